@@ -1,0 +1,1 @@
+//! dirs (to be written).

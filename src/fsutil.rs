@@ -1,0 +1,1 @@
+//! fsutil (to be written).

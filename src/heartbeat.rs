@@ -1,0 +1,1 @@
+//! heartbeat (to be written).

@@ -1,0 +1,1 @@
+//! ids (to be written).

@@ -1,0 +1,24 @@
+//! A BOSH agent: the daemon on every BOSH-managed VM.
+//!
+//! It takes orders from the BOSH director over NATS (and from `bosh create-env` over HTTPS), runs them
+//! through one dispatcher, and reports heartbeats to the health monitor. The crate is a library so that
+//! integration tests, benchmarks and the thin `main.rs` all reach the same modules; ARCHITECTURE.md has
+//! the bird's-eye view and the invariants.
+
+pub mod actions;
+pub mod app;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod dirs;
+pub mod dispatch;
+pub mod fsutil;
+pub mod heartbeat;
+pub mod ids;
+pub mod jobs;
+pub mod logging;
+pub mod mbus;
+pub mod platform;
+pub mod settings;
+pub mod tls;
+pub mod vitals;

@@ -1,0 +1,3 @@
+//! Message buses: NATS for the director and health monitor, HTTPS for bosh-cli.
+pub mod https;
+pub mod nats;

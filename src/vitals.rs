@@ -1,0 +1,1 @@
+//! Vitals from /proc and statvfs (owned by the vitals helper).
