@@ -1,1 +1,123 @@
-//! app (to be written).
+//! Boot order: configuration → settings → platform, supervisor and task table → bus → resume persisted
+//! tasks → worker pool → heartbeat → wait for a signal. Each step fails with a message naming what was
+//! wrong; nothing here runs per request.
+
+use crate::actions::{BusControl, Context};
+use crate::cli::Options;
+use crate::config::AgentConfig;
+use crate::dirs::Dirs;
+use crate::dispatch::{pool, Dispatcher, Incoming};
+use crate::heartbeat::Heartbeat;
+use crate::jobs::{DummySupervisor, JobSupervisor};
+use crate::mbus::{agent_https, agent_nats::NatsBus, Notifier, Silent};
+use crate::settings::service::{Overrides, SettingsService};
+use crate::settings::sources::{self, EmbeddedSource, SettingsSource};
+use crate::{dispatch::tasks::TaskTable, platform, vitals::CpuSampler};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// Request workers: enough that a slow synchronous action never holds up `ping` or `get_task`.
+pub const WORKERS: usize = 4;
+/// CPU vitals window (the Go agent samples every 10 s).
+pub const CPU_WINDOW: Duration = Duration::from_secs(10);
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(opts: Options) -> Result<(), String> {
+    let signals = signals::block()?;
+    let dirs = Dirs::new(&opts.base, &opts.root);
+    std::fs::create_dir_all(dirs.bosh()).map_err(|e| format!("creating {}: {e}", dirs.bosh().display()))?;
+    let srcs: Vec<Box<dyn SettingsSource>> = match &opts.config {
+        Some(path) => sources::from_config(&AgentConfig::load(path)?.sources),
+        None => {
+            log::info!("no -C given: running on the embedded default (HTTPS bus, dummy platform)");
+            vec![Box::new(EmbeddedSource { bosh_dir: dirs.bosh() })]
+        }
+    };
+    let overrides = Overrides {
+        agent_id: opts.agent_id.clone(),
+        mbus: opts.mbus.clone(),
+        blobstore: opts.blobstore.clone(),
+    };
+    let settings = SettingsService::new(dirs.clone(), srcs, overrides);
+    let effective = settings.load().map_err(|e| format!("loading settings: {e}"))?;
+    let platform: Arc<dyn platform::Platform> = platform::from_name(&opts.platform, &dirs)?.into();
+    let supervisor: Arc<dyn JobSupervisor> = match opts.supervisor.as_str() {
+        "dummy" => Arc::new(DummySupervisor),
+        _ => {
+            log::warn!("monit supervision is not in this release yet; jobs are reported as by -M dummy");
+            Arc::new(DummySupervisor)
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Incoming>();
+    let first_url = effective.mbus_urls().into_iter().next().unwrap_or_default();
+    let log_url = crate::mbus::url::redact(&first_url);
+    let (bus, notifier, _https): (Arc<dyn BusControl>, Arc<dyn Notifier>, _) =
+        if first_url.starts_with("https://") {
+            let server = agent_https::start(&effective, &dirs, tx)?;
+            log::info!("HTTPS bus listening on {} ({log_url})", server.local_addr());
+            (Arc::new(agent_https::HttpsControl), Arc::new(Silent), Some(server))
+        } else {
+            let nats = Arc::new(NatsBus::start(&effective, tx)?);
+            log::info!("NATS bus connecting to {log_url} as agent {}", effective.settings.agent_id);
+            (nats.clone(), nats, None)
+        };
+    let tasks = TaskTable::new(Some(dirs.tasks_json()));
+    let ctx = Arc::new(Context {
+        dirs,
+        settings,
+        platform,
+        supervisor,
+        tasks,
+        cpu: CpuSampler::start(CPU_WINDOW),
+        bus,
+    });
+    let dispatcher = Arc::new(Dispatcher::new(ctx.clone()));
+    dispatcher.resume_persisted();
+    pool::start(WORKERS, rx, dispatcher).map_err(|e| format!("starting workers: {e}"))?;
+    let _heartbeat = Heartbeat::start(ctx, notifier, opts.heartbeat_interval)
+        .map_err(|e| format!("starting heartbeat: {e}"))?;
+    log::info!("agent {} ready", effective.settings.agent_id);
+    let signal = signals::wait(&signals);
+    log::info!("received signal {signal}: stopping");
+    Ok(())
+}
+
+/// Signals are blocked in every thread and taken synchronously by the main thread, so no handler runs
+/// in the middle of a worker's code. Child processes get a clean mask from std.
+mod signals {
+    use std::mem::MaybeUninit;
+
+    pub struct Set(libc::sigset_t);
+
+    pub fn block() -> Result<Set, String> {
+        // SAFETY: sigset_t is plain data initialised by sigemptyset before use; the calls only touch
+        // the set and this thread's mask.
+        unsafe {
+            let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
+            libc::sigemptyset(set.as_mut_ptr());
+            for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                libc::sigaddset(set.as_mut_ptr(), s);
+            }
+            let set = set.assume_init();
+            match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
+                0 => Ok(Set(set)),
+                e => Err(format!("blocking signals: error {e}")),
+            }
+        }
+    }
+
+    /// Waits for SIGTERM or SIGINT (SIGHUP is logged and ignored) and returns its name.
+    pub fn wait(set: &Set) -> &'static str {
+        loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: the set was initialised in `block`; sig is a valid out pointer.
+            let rc = unsafe { libc::sigwait(&set.0, &mut sig) };
+            match (rc, sig) {
+                (0, libc::SIGTERM) => return "TERM",
+                (0, libc::SIGINT) => return "INT",
+                (0, libc::SIGHUP) => log::info!("SIGHUP ignored"),
+                _ => {}
+            }
+        }
+    }
+}

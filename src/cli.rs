@@ -1,1 +1,356 @@
-//! cli (to be written).
+//! The command line: today's stemcell invocation (`bosh-agent -P ubuntu -C /var/vcap/bosh/agent.json`),
+//! the original Ruby agent's flags, and the `call` client. Parsing only; no behaviour lives here.
+//! Unknown flags and bad values are a one-line error (exit code 2, see `main.rs`).
+
+use log::LevelFilter;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The usage text for `--help`.
+pub const USAGE: &str = "\
+bosh-agent: the BOSH agent
+
+USAGE:
+  bosh-agent [OPTIONS]              run the agent
+  bosh-agent call [CALL OPTIONS] METHOD [JSON-ARGS]
+
+OPTIONS:
+  -P NAME     platform: ubuntu, linux or dummy (default: ubuntu with -C, dummy without)
+  -C FILE     agent.json (Go agent format); without it the agent runs on an embedded default:
+              HTTPS bus on https://bosh:bosh@127.0.0.1:6868, state in ./agent-data, self-signed cert
+  -M NAME     job supervisor: monit or dummy (default: monit with -C, dummy without)
+  -b DIR      base directory (default: /var/vcap with -C, ./agent-data without)
+  -r DIR      root directory for system files (default: /)
+  -c          configure the VM on start (bootstrap)
+  -I NAME     infrastructure (Ruby agent style): aws, openstack, vsphere, warden, dummy, ...
+  -n URI      message bus URI (overrides settings)
+  -a ID       agent id (overrides settings)
+  -s URI      blobstore URI: a path, file://, http:// or https:// (overrides settings)
+  -l LEVEL    log level: error, warn, info, debug, trace (default: info)
+  -h SECS     heartbeat interval in seconds (default: 30)
+  -t PORT     SMTP port for monit alerts (default: 2825)
+  --no-alerts do not listen for monit alerts
+  -v          print the version and exit
+  --help      print this help
+
+CALL OPTIONS:
+  --mbus URL       nats://host:port or https://user:pass@host:port (default: the embedded default)
+  --ca FILE        CA certificate to verify the agent or NATS server with
+  --cert FILE      client certificate (NATS mutual TLS)
+  --key FILE       client private key (NATS mutual TLS)
+  --agent-id ID    the agent's id (required for NATS)
+  --timeout SECS   give up after this long (default: 60)
+";
+
+/// What the process was asked to do.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    /// Run the agent.
+    Run(Options),
+    /// Send one request to an agent and print the answer.
+    Call(CallOptions),
+    /// Print the usage.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// Options of the agent itself.
+#[derive(Debug, PartialEq)]
+pub struct Options {
+    /// `-P`.
+    pub platform: String,
+    /// `-C`; `None` selects the embedded default.
+    pub config: Option<PathBuf>,
+    /// `-M`.
+    pub supervisor: String,
+    /// `-b`.
+    pub base: PathBuf,
+    /// `-r`.
+    pub root: PathBuf,
+    /// `-c`.
+    pub configure: bool,
+    /// `-I`.
+    pub infrastructure: Option<String>,
+    /// `-n`.
+    pub mbus: Option<String>,
+    /// `-a`.
+    pub agent_id: Option<String>,
+    /// `-s`.
+    pub blobstore: Option<String>,
+    /// `-l`.
+    pub log_level: LevelFilter,
+    /// `-h`.
+    pub heartbeat_interval: Duration,
+    /// `-t`.
+    pub smtp_port: u16,
+    /// `--no-alerts`.
+    pub no_alerts: bool,
+}
+
+/// Options of `bosh-agent call`.
+#[derive(Debug, PartialEq)]
+pub struct CallOptions {
+    /// Where the agent listens.
+    pub mbus: String,
+    /// CA file.
+    pub ca: Option<PathBuf>,
+    /// Client certificate file.
+    pub cert: Option<PathBuf>,
+    /// Client key file.
+    pub key: Option<PathBuf>,
+    /// The agent's id (NATS subject `agent.<id>`).
+    pub agent_id: Option<String>,
+    /// Overall deadline.
+    pub timeout: Duration,
+    /// The action.
+    pub method: String,
+    /// The arguments array.
+    pub arguments: Vec<serde_json::Value>,
+}
+
+/// The embedded default bus URL, shared by the agent and `call`.
+pub const EMBEDDED_MBUS: &str = "https://bosh:bosh@127.0.0.1:6868";
+
+const INFRASTRUCTURES: &[&str] = &[
+    "aws",
+    "openstack",
+    "vsphere",
+    "vcloud",
+    "warden",
+    "dummy",
+    "google",
+    "azure",
+    "softlayer",
+    "cloudstack",
+];
+
+/// Parses the process arguments (without the program name).
+pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
+    if args.first().is_some_and(|a| a == "call") {
+        return parse_call(args[1..].to_vec()).map(Command::Call);
+    }
+    // The Go agent spells it `-no-alerts`, which pico-args cannot express as a key.
+    let before = args.len();
+    let args: Vec<OsString> = args.into_iter().filter(|a| a != "-no-alerts" && a != "--no-alerts").collect();
+    let no_alerts = args.len() != before;
+    let mut p = pico_args::Arguments::from_vec(args);
+    if p.contains("--help") {
+        return Ok(Command::Help);
+    }
+    if p.contains("-v") {
+        return Ok(Command::Version);
+    }
+    let config: Option<PathBuf> = p.opt_value_from_str("-C").map_err(arg_err)?;
+    let embedded = config.is_none();
+    let default = |with_config: &str, embedded_value: &str| {
+        if embedded { embedded_value } else { with_config }.to_string()
+    };
+    let platform = p.opt_value_from_str("-P").map_err(arg_err)?.unwrap_or_else(|| default("ubuntu", "dummy"));
+    if !["ubuntu", "linux", "dummy"].contains(&platform.as_str()) {
+        return Err(format!("-P: unknown platform '{platform}' (expected ubuntu, linux or dummy)"));
+    }
+    let supervisor =
+        p.opt_value_from_str("-M").map_err(arg_err)?.unwrap_or_else(|| default("monit", "dummy"));
+    if !["monit", "dummy"].contains(&supervisor.as_str()) {
+        return Err(format!("-M: unknown job supervisor '{supervisor}' (expected monit or dummy)"));
+    }
+    let infrastructure: Option<String> = p.opt_value_from_str("-I").map_err(arg_err)?;
+    if let Some(i) = &infrastructure {
+        if !INFRASTRUCTURES.contains(&i.as_str()) {
+            return Err(format!(
+                "-I: unknown infrastructure '{i}' (expected one of {})",
+                INFRASTRUCTURES.join(", ")
+            ));
+        }
+    }
+    let log_level = match p.opt_value_from_str::<_, String>("-l").map_err(arg_err)? {
+        None => LevelFilter::Info,
+        Some(l) => l.parse().map_err(|_| {
+            format!("-l: unknown log level '{l}' (expected error, warn, info, debug or trace)")
+        })?,
+    };
+    let heartbeat: u64 = p.opt_value_from_fn("-h", positive).map_err(arg_err)?.unwrap_or(30);
+    let smtp_port: u16 = p.opt_value_from_fn("-t", port).map_err(arg_err)?.unwrap_or(2825);
+    let options = Options {
+        platform,
+        supervisor,
+        base: p
+            .opt_value_from_str("-b")
+            .map_err(arg_err)?
+            .unwrap_or_else(|| default("/var/vcap", "agent-data").into()),
+        root: p.opt_value_from_str("-r").map_err(arg_err)?.unwrap_or_else(|| "/".into()),
+        configure: p.contains("-c"),
+        infrastructure,
+        mbus: p.opt_value_from_str("-n").map_err(arg_err)?,
+        agent_id: p.opt_value_from_str("-a").map_err(arg_err)?,
+        blobstore: p.opt_value_from_str("-s").map_err(arg_err)?,
+        log_level,
+        heartbeat_interval: Duration::from_secs(heartbeat),
+        smtp_port,
+        no_alerts,
+        config,
+    };
+    reject_rest(p)?;
+    Ok(Command::Run(options))
+}
+
+fn parse_call(args: Vec<OsString>) -> Result<CallOptions, String> {
+    let mut p = pico_args::Arguments::from_vec(args);
+    let mbus = p.opt_value_from_str("--mbus").map_err(arg_err)?.unwrap_or_else(|| EMBEDDED_MBUS.to_string());
+    let ca = p.opt_value_from_str("--ca").map_err(arg_err)?;
+    let cert = p.opt_value_from_str("--cert").map_err(arg_err)?;
+    let key = p.opt_value_from_str("--key").map_err(arg_err)?;
+    let agent_id = p.opt_value_from_str("--agent-id").map_err(arg_err)?;
+    let timeout = p.opt_value_from_fn("--timeout", positive).map_err(arg_err)?.unwrap_or(60);
+    let rest = p.finish();
+    if let Some(flag) = rest.iter().find(|a| a.to_string_lossy().starts_with('-')) {
+        return Err(format!("call: unknown option '{}'", flag.to_string_lossy()));
+    }
+    let mut rest = rest.into_iter().map(|a| a.to_string_lossy().into_owned());
+    let method = rest.next().ok_or("call: METHOD is required")?;
+    let arguments = match rest.next() {
+        None => Vec::new(),
+        Some(json) => match serde_json::from_str(&json)
+            .map_err(|e| format!("call: JSON-ARGS is not valid JSON: {e}"))?
+        {
+            serde_json::Value::Array(a) => a,
+            other => vec![other],
+        },
+    };
+    if let Some(extra) = rest.next() {
+        return Err(format!("call: unexpected argument '{extra}' (pass arguments as one JSON array)"));
+    }
+    Ok(CallOptions {
+        mbus,
+        ca,
+        cert,
+        key,
+        agent_id,
+        timeout: Duration::from_secs(timeout),
+        method,
+        arguments,
+    })
+}
+
+fn positive(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{s}' is not a positive whole number")),
+    }
+}
+
+fn port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{s}' is not a port number")),
+    }
+}
+
+fn arg_err(e: pico_args::Error) -> String {
+    e.to_string()
+}
+
+fn reject_rest(p: pico_args::Arguments) -> Result<(), String> {
+    match p.finish().first() {
+        Some(a) => Err(format!("unknown argument '{}' (see --help)", a.to_string_lossy())),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Options, String> {
+        match parse(args.iter().map(OsString::from).collect())? {
+            Command::Run(o) => Ok(o),
+            other => panic!("not a run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_the_stemcell_invocation() {
+        let o = run(&["-P", "ubuntu", "-C", "/var/vcap/bosh/agent.json"]).unwrap();
+        assert_eq!(o.platform, "ubuntu");
+        assert_eq!(o.supervisor, "monit");
+        assert_eq!(o.base, PathBuf::from("/var/vcap"));
+        assert_eq!(o.heartbeat_interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn accepts_the_ruby_flags() {
+        let o = run(&[
+            "-P",
+            "dummy",
+            "-C",
+            "a.json",
+            "-M",
+            "dummy",
+            "-b",
+            "/tmp/b",
+            "-c",
+            "-I",
+            "aws",
+            "-n",
+            "nats://h:1",
+            "-a",
+            "id",
+            "-l",
+            "debug",
+            "-s",
+            "/blobs",
+            "-h",
+            "5",
+            "-t",
+            "2826",
+            "--no-alerts",
+            "-r",
+            "/tmp/r",
+        ])
+        .unwrap();
+        assert!(o.configure && o.no_alerts);
+        assert_eq!(
+            (o.smtp_port, o.log_level, o.heartbeat_interval),
+            (2826, LevelFilter::Debug, Duration::from_secs(5))
+        );
+        assert_eq!(o.root, PathBuf::from("/tmp/r"));
+    }
+
+    #[test]
+    fn embedded_default_without_config() {
+        let o = run(&[]).unwrap();
+        assert_eq!((o.platform.as_str(), o.supervisor.as_str(), o.config), ("dummy", "dummy", None));
+        assert_eq!(o.base, PathBuf::from("agent-data"));
+    }
+
+    #[test]
+    fn rejects_bad_input_with_one_line() {
+        for args in [
+            &["--bogus"][..],
+            &["-P", "windows"],
+            &["-h", "0"],
+            &["-h", "x"],
+            &["-t", "70000"],
+            &["-l", "loud"],
+            &["-C"],
+        ] {
+            let e = run(args).unwrap_err();
+            assert!(!e.contains('\n') && !e.is_empty(), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn parses_call() {
+        let Command::Call(c) =
+            parse(["call", "--agent-id", "a1", "get_state", r#"["full"]"#].map(OsString::from).to_vec())
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((c.method.as_str(), c.arguments.len(), c.mbus.as_str()), ("get_state", 1, EMBEDDED_MBUS));
+        assert!(parse(["call"].map(OsString::from).to_vec()).is_err());
+        assert!(parse(["call", "ping", "{bad"].map(OsString::from).to_vec()).is_err());
+    }
+}

@@ -1,1 +1,193 @@
-//! client (to be written).
+//! `bosh-agent call`: a client in the same binary that talks to an agent the way the director (NATS,
+//! protocol 3) or bosh-cli (HTTPS) does, polls `get_task` for asynchronous answers, and returns the
+//! final reply envelope. Used by operators, tests and the benchmark.
+
+use crate::cli::CallOptions;
+use crate::mbus::nats::{Message, NatsConnection, NatsOptions};
+use crate::mbus::url::MbusUrl;
+use base64::Engine;
+use serde_json::{json, Value};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+/// How often a running task is polled (the director polls every second; a person waits less gladly).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// One request/reply exchange with an agent.
+pub trait Transport {
+    /// Sends one request and returns the reply envelope.
+    fn request(&mut self, method: &str, arguments: &[Value], deadline: Instant) -> Result<Value, String>;
+}
+
+/// Sends the call and follows a task handle to its result; returns the final envelope.
+pub fn call(opts: &CallOptions) -> Result<Value, String> {
+    let deadline = Instant::now() + opts.timeout;
+    let mut transport = connect(opts, deadline)?;
+    call_with(transport.as_mut(), &opts.method, &opts.arguments, deadline)
+}
+
+/// [`call`] over an already-open transport.
+pub fn call_with(
+    t: &mut dyn Transport,
+    method: &str,
+    args: &[Value],
+    deadline: Instant,
+) -> Result<Value, String> {
+    let mut reply = t.request(method, args, deadline)?;
+    while let Some(id) = running_task(&reply) {
+        if Instant::now() + POLL_INTERVAL > deadline {
+            return Err(format!("task {id} still running at the deadline"));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+        reply = t.request("get_task", &[json!(id)], deadline)?;
+    }
+    Ok(reply)
+}
+
+/// The task id when a reply is a running-task handle.
+pub fn running_task(reply: &Value) -> Option<String> {
+    let v = reply.get("value")?;
+    (v.get("state")?.as_str()? == "running").then(|| v.get("agent_task_id")?.as_str().map(String::from))?
+}
+
+/// Opens the transport the URL's scheme names.
+pub fn connect(opts: &CallOptions, deadline: Instant) -> Result<Box<dyn Transport>, String> {
+    let url = MbusUrl::parse(&opts.mbus)?;
+    let read = |p: &Option<std::path::PathBuf>| -> Result<Option<String>, String> {
+        p.as_ref()
+            .map(|p| std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display())))
+            .transpose()
+    };
+    let ca = read(&opts.ca)?;
+    if url.scheme == "https" {
+        return Ok(Box::new(Https::new(&url, ca.as_deref())?));
+    }
+    let agent_id = opts.agent_id.clone().ok_or("--agent-id is required for NATS")?;
+    let tls = match (read(&opts.cert)?, read(&opts.key)?) {
+        (Some(cert), Some(key)) => {
+            Some(crate::tls::client::nats_client_config(ca.as_deref().unwrap_or(""), &cert, &key)?)
+        }
+        (None, None) => None,
+        _ => return Err("--cert and --key go together".into()),
+    };
+    Ok(Box::new(Nats::connect(&opts.mbus, tls, &agent_id, deadline)?))
+}
+
+/// bosh-cli's side of the HTTPS bus: `POST /agent` with Basic auth.
+pub struct Https {
+    agent: ureq::Agent,
+    endpoint: String,
+    auth: String,
+}
+
+impl Https {
+    /// A client for `url`, verifying the agent against `ca` when given, otherwise accepting any
+    /// certificate as bosh-cli does without a CA.
+    pub fn new(url: &MbusUrl, ca: Option<&str>) -> Result<Https, String> {
+        let tls = match ca {
+            Some(pem) => {
+                let certs = crate::tls::parse_certs(pem)?
+                    .into_iter()
+                    .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+                    .collect::<Vec<_>>();
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build()
+            }
+            None => ureq::tls::TlsConfig::builder().disable_verification(true).build(),
+        };
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .build()
+            .new_agent();
+        let creds =
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", url.user, url.password));
+        Ok(Https {
+            agent,
+            endpoint: format!("https://{}/agent", url.host_port()),
+            auth: format!("Basic {creds}"),
+        })
+    }
+}
+
+impl Transport for Https {
+    fn request(&mut self, method: &str, arguments: &[Value], _deadline: Instant) -> Result<Value, String> {
+        let body =
+            json!({ "method": method, "arguments": arguments, "reply_to": "bosh-agent-call" }).to_string();
+        let mut resp = self
+            .agent
+            .post(&self.endpoint)
+            .header("Authorization", &self.auth)
+            .header("Content-Type", "application/json")
+            .send(body.as_bytes())
+            .map_err(|e| format!("POST {}: {e}", self.endpoint))?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().map_err(|e| format!("reading reply: {e}"))?;
+        if status != 200 {
+            return Err(format!("Agent responded with non-successful status code: {status}"));
+        }
+        serde_json::from_str(&text).map_err(|e| format!("reply is not JSON: {e}"))
+    }
+}
+
+/// The director's side of NATS: publish to `agent.<id>` with a `director.<uuid>.<id>.<uuid>` reply.
+pub struct Nats {
+    conn: NatsConnection,
+    replies: Receiver<Message>,
+    agent_id: String,
+    inbox: String,
+}
+
+impl Nats {
+    /// Connects and subscribes to a private reply inbox.
+    pub fn connect(
+        url: &str,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+        agent_id: &str,
+        deadline: Instant,
+    ) -> Result<Nats, String> {
+        let inbox = format!("director.{}", crate::ids::uuid_v4());
+        let (tx, replies) = mpsc::channel();
+        let opts = NatsOptions {
+            urls: vec![url.to_string()],
+            tls,
+            subscriptions: vec![format!("{inbox}.>")],
+            name: "bosh-agent-call".into(),
+        };
+        let conn = NatsConnection::start(opts, tx);
+        if !conn.wait_connected(deadline.saturating_duration_since(Instant::now())) {
+            conn.shutdown();
+            return Err(format!("could not connect to {}", crate::mbus::url::redact(url)));
+        }
+        Ok(Nats { conn, replies, agent_id: agent_id.to_string(), inbox })
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.conn.shutdown();
+    }
+}
+
+impl Transport for Nats {
+    fn request(&mut self, method: &str, arguments: &[Value], deadline: Instant) -> Result<Value, String> {
+        let reply_to = format!("{}.{}.{}", self.inbox, self.agent_id, crate::ids::uuid_v4());
+        let body = json!({ "protocol": 3, "method": method, "arguments": arguments, "reply_to": reply_to })
+            .to_string();
+        self.conn
+            .publish(&format!("agent.{}", self.agent_id), body.as_bytes())
+            .map_err(|e| format!("publishing: {e:?}"))?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.replies.recv_timeout(left) {
+                Ok(m) if m.subject == reply_to => {
+                    return serde_json::from_slice(&m.payload).map_err(|e| format!("reply is not JSON: {e}"))
+                }
+                Ok(_) => continue, // a late reply to an earlier request
+                Err(_) => return Err(format!("timed out waiting for the reply to {method}")),
+            }
+        }
+    }
+}

@@ -1,1 +1,69 @@
-//! heartbeat (to be written).
+//! The heartbeat thread: one heartbeat at start, then one every interval, on
+//! `hm.agent.heartbeat.<agent_id>`. The health monitor recreates a VM whose heartbeats stop for 60 s,
+//! so this thread depends on nothing that can block for long: settings and spec are read from memory
+//! and disk, vitals from /proc, job state from a supervisor that answers within a bound.
+
+use crate::actions::Context;
+use crate::jobs::spec;
+use crate::mbus::{HmTopic, Notifier};
+use serde_json::{json, Value};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Builds the heartbeat payload (clients.md §3.2): no `id` (the HM deduplicates by id) and vitals
+/// string-typed as the CLI and HM decode them.
+pub fn payload(ctx: &Context) -> Value {
+    let applied = spec::load(&ctx.dirs).unwrap_or_else(|e| {
+        log::warn!("heartbeat: {e}");
+        json!({})
+    });
+    let vitals = crate::vitals::collect(
+        &ctx.cpu,
+        &spec::disk_paths(&ctx.dirs),
+        ctx.platform.vitals_require_mount_points(),
+    );
+    let job = applied.get("job").and_then(|j| j.get("name")).filter(|n| n.is_string()).cloned();
+    let index = applied.get("index").filter(|i| i.is_u64()).cloned();
+    json!({
+        "deployment": applied.get("deployment").and_then(Value::as_str).unwrap_or(""),
+        "job": job,
+        "index": index,
+        "job_state": ctx.supervisor.job_state(),
+        "vitals": vitals,
+        "node_id": applied.get("id").and_then(Value::as_str).unwrap_or(""),
+        "number_of_processes": ctx.supervisor.processes().len(),
+    })
+}
+
+/// Stops the heartbeat thread when dropped or told to.
+pub struct Heartbeat {
+    stop: Sender<()>,
+}
+
+impl Heartbeat {
+    /// Starts the thread.
+    pub fn start(
+        ctx: Arc<Context>,
+        notifier: Arc<dyn Notifier>,
+        interval: Duration,
+    ) -> std::io::Result<Heartbeat> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        std::thread::Builder::new().name("heartbeat".into()).spawn(move || loop {
+            let beat = payload(&ctx);
+            if let Err(e) = notifier.notify(HmTopic::Heartbeat, &beat) {
+                log::warn!("sending heartbeat: {e}");
+            }
+            match stopped.recv_timeout(interval) {
+                Err(RecvTimeoutError::Timeout) => continue,
+                _ => break,
+            }
+        })?;
+        Ok(Heartbeat { stop })
+    }
+
+    /// Stops the thread after its current beat.
+    pub fn stop(&self) {
+        let _ = self.stop.send(());
+    }
+}

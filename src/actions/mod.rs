@@ -1,1 +1,180 @@
-//! Actions.
+//! The actions the director and bosh-cli can invoke, and the registry that names them.
+//!
+//! Each action is a small type that binds its own typed arguments ([`Action::bind`]) and runs with a
+//! [`Call`]. The [`REGISTRY`] table shows at a glance which actions are asynchronous, cancelable,
+//! persistent and loggable; the dispatcher reads nothing else.
+
+mod agent;
+mod args;
+mod disks;
+mod dummy;
+mod settings;
+mod system;
+mod tasks;
+
+pub use args::{bind, FromArgs};
+
+use crate::dirs::Dirs;
+use crate::dispatch::tasks::{CancelToken, TaskTable};
+use crate::jobs::JobSupervisor;
+use crate::platform::Platform;
+use crate::settings::service::SettingsService;
+use crate::settings::Effective;
+use crate::vitals::CpuSampler;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// What the bus must do when `update_settings` changed the bus settings (new certificate or URLs).
+pub trait BusControl: Send + Sync {
+    /// Reconnects with the new settings if they differ from the ones in use.
+    fn settings_changed(&self, settings: &Effective);
+}
+
+/// Shared handles every action may use. Cheap to share: everything is behind `Arc`s.
+pub struct Context {
+    /// Directory layout.
+    pub dirs: Dirs,
+    /// Current settings.
+    pub settings: SettingsService,
+    /// The platform layer (real Linux or dummy).
+    pub platform: Arc<dyn Platform>,
+    /// Job supervision (monit or dummy).
+    pub supervisor: Arc<dyn JobSupervisor>,
+    /// The task table, for `get_task` and `cancel_task`.
+    pub tasks: TaskTable,
+    /// CPU sampler feeding vitals.
+    pub cpu: CpuSampler,
+    /// The bus, told about settings changes.
+    pub bus: Arc<dyn BusControl>,
+}
+
+/// One invocation of an action.
+pub struct Call<'a> {
+    /// Shared handles.
+    pub ctx: &'a Context,
+    /// The request's protocol version.
+    pub protocol: u64,
+    /// Cancellation for asynchronous actions (never triggered for synchronous ones).
+    pub cancel: &'a CancelToken,
+}
+
+/// An action with typed arguments.
+pub trait Action: Sized + Send + 'static {
+    /// Checks and converts the `arguments` array; errors name the bad argument.
+    fn bind(args: &[Value]) -> Result<Self, String>;
+    /// Does the work.
+    fn run(self, call: &Call) -> Result<Value, String>;
+    /// Finishes a persistent task interrupted by a restart; by default runs it again.
+    fn resume(self, call: &Call) -> Result<Value, String> {
+        self.run(call)
+    }
+}
+
+/// How an action answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The reply carries the result.
+    Sync,
+    /// The reply is a task handle; the result comes from `get_task`.
+    Async,
+    /// Async when the request's protocol is at least 3 (the director), sync otherwise (bosh-cli).
+    AsyncFromProtocol3,
+}
+
+/// An action bound to its arguments, ready to run.
+pub type Bound = Box<dyn FnOnce(&Call, bool) -> Result<Value, String> + Send>;
+
+/// One registry row.
+pub struct ActionSpec {
+    /// The method name on the wire.
+    pub name: &'static str,
+    /// Sync or async.
+    pub mode: Mode,
+    /// Whether `cancel_task` can stop it.
+    pub cancelable: bool,
+    /// Whether its task survives an agent restart (recorded in `tasks.json`).
+    pub persistent: bool,
+    /// Whether its arguments may be logged (false when they carry secrets).
+    pub loggable: bool,
+    /// Only offered on the dummy platform (test and benchmark helpers).
+    pub dummy_only: bool,
+    bind: fn(&[Value]) -> Result<Bound, String>,
+}
+
+impl ActionSpec {
+    /// Binds the arguments; the result runs the action, or resumes it when its flag is set.
+    pub fn bind(&self, args: &[Value]) -> Result<Bound, String> {
+        (self.bind)(args)
+    }
+    /// Whether a request with this protocol version gets a task handle.
+    pub fn is_async(&self, protocol: u64) -> bool {
+        match self.mode {
+            Mode::Sync => false,
+            Mode::Async => true,
+            Mode::AsyncFromProtocol3 => protocol >= 3,
+        }
+    }
+}
+
+fn binder<A: Action>(args: &[Value]) -> Result<Bound, String> {
+    let action = A::bind(args)?;
+    Ok(Box::new(move |call: &Call, resume: bool| if resume { action.resume(call) } else { action.run(call) }))
+}
+
+const fn row(
+    name: &'static str,
+    mode: Mode,
+    [cancelable, persistent, loggable]: [bool; 3],
+    bind: fn(&[Value]) -> Result<Bound, String>,
+) -> ActionSpec {
+    ActionSpec { name, mode, cancelable, persistent, loggable, dummy_only: false, bind }
+}
+
+const NO: bool = false;
+const YES: bool = true;
+use Mode::{Async, AsyncFromProtocol3, Sync as Synchronous};
+
+/// Every action the agent answers. Columns after the mode: cancelable, persistent, loggable.
+pub static REGISTRY: &[ActionSpec] = &[
+    row("ping", Synchronous, [NO, NO, YES], binder::<agent::Ping>),
+    row("noop", Synchronous, [NO, NO, YES], binder::<agent::Noop>),
+    row("info", Synchronous, [NO, NO, YES], binder::<agent::Info>),
+    row("get_state", Synchronous, [NO, NO, YES], binder::<agent::GetState>),
+    row("state", Synchronous, [NO, NO, YES], binder::<agent::GetState>),
+    row("get_task", Synchronous, [NO, NO, YES], binder::<tasks::GetTask>),
+    row("cancel_task", Synchronous, [NO, NO, YES], binder::<tasks::CancelTask>),
+    row("list_disk", AsyncFromProtocol3, [NO, NO, YES], binder::<disks::ListDisk>),
+    row("remove_file", Synchronous, [NO, NO, YES], binder::<system::RemoveFile>),
+    row("shutdown", Synchronous, [NO, NO, YES], binder::<system::Shutdown>),
+    row("update_settings", Async, [NO, YES, NO], binder::<settings::UpdateSettingsAction>),
+    ActionSpec { dummy_only: true, ..row("dummy_sleep", Async, [YES, NO, YES], binder::<dummy::Sleep>) },
+];
+
+/// Finds the action for a method name, honouring dummy-only rows.
+pub fn lookup(method: &str, dummy_platform: bool) -> Option<&'static ActionSpec> {
+    REGISTRY.iter().find(|s| s.name == method && (dummy_platform || !s.dummy_only))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_flags_match_the_contract() {
+        let flags = |n: &str| {
+            let s = lookup(n, true).unwrap();
+            (s.is_async(3), s.is_async(0), s.cancelable, s.persistent, s.loggable)
+        };
+        assert_eq!(flags("ping"), (false, false, false, false, true));
+        assert_eq!(flags("get_task"), (false, false, false, false, true));
+        assert_eq!(flags("list_disk"), (true, false, false, false, true));
+        assert_eq!(flags("update_settings"), (true, true, false, true, false));
+        assert_eq!(flags("dummy_sleep"), (true, true, true, false, true));
+        assert!(lookup("dummy_sleep", false).is_none());
+        assert!(lookup("no_such", true).is_none());
+        let mut names: Vec<_> = REGISTRY.iter().map(|s| s.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), REGISTRY.len(), "duplicate method names");
+    }
+}

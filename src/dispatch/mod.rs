@@ -1,1 +1,217 @@
-//! Dispatch.
+//! The dispatcher: turns a request body into a reply, whichever bus it came from.
+//!
+//! Listener threads push [`Incoming`] requests onto one channel; a fixed pool of workers ([`pool`])
+//! takes them off and calls [`Dispatcher::handle`]. Synchronous actions run on the worker; asynchronous
+//! ones get a task id, their reply is sent first, and then their body runs on a thread of its own, so a
+//! long task never occupies a worker and `ping`, `get_state` and `get_task` are answered at once however
+//! many tasks run.
+
+pub mod pool;
+pub mod tasks;
+
+use crate::actions::{lookup, ActionSpec, Bound, Call, Context};
+use crate::mbus::{Request, Response};
+use base64::Engine;
+use serde_json::json;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+use tasks::{CancelToken, PersistedTask};
+
+/// Where a reply goes: a NATS publish to `reply_to`, or the waiting HTTPS connection.
+pub trait ReplySink: Send {
+    /// The largest reply this bus can carry (NATS max_payload), or `None` for no limit.
+    fn limit(&self) -> Option<usize>;
+    /// Delivers the encoded reply; `reply_to` is the request's, when it could be read.
+    fn send(self: Box<Self>, reply_to: Option<&str>, body: Vec<u8>);
+}
+
+/// A request as a listener received it.
+pub struct Incoming {
+    /// The raw request body.
+    pub body: Vec<u8>,
+    /// Where the reply goes.
+    pub reply: Box<dyn ReplySink>,
+}
+
+/// Work to do after the reply has been sent (starting an async task's thread).
+pub type AfterReply = Box<dyn FnOnce() + Send>;
+
+/// Routes requests to actions.
+pub struct Dispatcher {
+    ctx: Arc<Context>,
+}
+
+impl Dispatcher {
+    /// A dispatcher over the shared context.
+    pub fn new(ctx: Arc<Context>) -> Dispatcher {
+        Dispatcher { ctx }
+    }
+
+    /// Parses, dispatches, replies and logs one request. Never panics on input: a malformed envelope
+    /// gets an exception naming the problem (when there is somewhere to send it).
+    pub fn handle(&self, incoming: Incoming) {
+        let started = Instant::now();
+        let limit = incoming.reply.limit();
+        let request = match Request::parse(&incoming.body) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("rejected request: {} (reply_to={:?})", e.message, e.reply_to);
+                let body = Response::exception(e.message).encode(limit);
+                incoming.reply.send(e.reply_to.as_deref(), body);
+                return;
+            }
+        };
+        let spec = lookup(&request.method, self.ctx.platform.is_dummy());
+        if spec.is_none_or(|s| s.loggable) {
+            log::debug!("request {} arguments {}", request.method, json!(request.arguments));
+        }
+        let (response, after) = self.dispatch(&request, spec);
+        let outcome = match &response {
+            Response::Value(v) if v.get("agent_task_id").is_some() && v.get("state").is_some() => "task",
+            Response::Value(_) => "value",
+            Response::Exception(_) => "exception",
+        };
+        let body = response.encode(limit);
+        incoming.reply.send(Some(&request.reply_to), body);
+        log::info!(
+            "request method={} reply_to={} protocol={} outcome={} duration={:.1}ms",
+            request.method,
+            request.reply_to,
+            request.protocol,
+            outcome,
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        if let Response::Exception(m) = &response {
+            log::info!("request {} failed: {}", request.method, first_line(m));
+        }
+        if let Some(after) = after {
+            after();
+        }
+    }
+
+    /// Decides the reply for a parsed request; for an async action also returns the task to start once
+    /// the reply is on its way.
+    pub fn dispatch(
+        &self,
+        request: &Request,
+        spec: Option<&'static ActionSpec>,
+    ) -> (Response, Option<AfterReply>) {
+        let Some(spec) = spec else {
+            return (Response::exception(format!("unknown message {}", request.method)), None);
+        };
+        let bound = match spec.bind(&request.arguments) {
+            Ok(b) => b,
+            Err(e) => return (Response::exception(format!("Action Failed {}: {e}", spec.name)), None),
+        };
+        if !spec.is_async(request.protocol) {
+            let token = CancelToken::default();
+            let call = Call { ctx: &self.ctx, protocol: request.protocol, cancel: &token };
+            return match run_guarded(bound, &call, false) {
+                Ok(v) => (Response::Value(v), None),
+                Err(e) => (Response::exception(format!("Action Failed {}: {e}", spec.name)), None),
+            };
+        }
+        let id = crate::ids::uuid_v4();
+        let token = spec.cancelable.then(CancelToken::default);
+        let persist = spec.persistent.then(|| PersistedTask {
+            task_id: id.clone(),
+            method: spec.name.to_string(),
+            payload: base64::engine::general_purpose::STANDARD.encode(request_json(request)),
+        });
+        if let Err(e) = self.ctx.tasks.start(&id, token.clone(), persist) {
+            return (Response::exception(format!("Action Failed {}: {e}", spec.name)), None);
+        }
+        let handle = json!({ "agent_task_id": id, "state": "running" });
+        let ctx = self.ctx.clone();
+        let protocol = request.protocol;
+        let after: AfterReply =
+            Box::new(move || spawn_task(ctx, spec.name, id, protocol, token, bound, false));
+        (Response::Value(handle), Some(after))
+    }
+
+    /// Restarts the tasks of persistent actions that were running when the agent stopped, under their
+    /// old ids, so the director's `get_task` polling carries on. Runs before any new request.
+    pub fn resume_persisted(&self) {
+        for p in self.ctx.tasks.persisted() {
+            let parsed =
+                p.request_body().and_then(|b| Request::parse(&b).map_err(|e| e.message)).and_then(|r| {
+                    match lookup(&r.method, self.ctx.platform.is_dummy()) {
+                        Some(spec) if spec.persistent => spec.bind(&r.arguments).map(|b| (r, spec, b)),
+                        _ => Err(format!("method {} cannot be resumed", r.method)),
+                    }
+                });
+            match parsed {
+                Ok((r, spec, bound)) => {
+                    log::info!("resuming task {} ({})", p.task_id, spec.name);
+                    let token = spec.cancelable.then(CancelToken::default);
+                    if let Err(e) = self.ctx.tasks.start(&p.task_id, token.clone(), None) {
+                        log::error!("resuming task {}: {e}", p.task_id);
+                        continue;
+                    }
+                    spawn_task(self.ctx.clone(), spec.name, p.task_id, r.protocol, token, bound, true);
+                }
+                Err(e) => {
+                    log::warn!("dropping persisted task {}: {e}", p.task_id);
+                    self.ctx.tasks.start(&p.task_id, None, None).ok();
+                    self.ctx.tasks.finish(&p.task_id, Err(e));
+                }
+            }
+        }
+    }
+}
+
+fn spawn_task(
+    ctx: Arc<Context>,
+    method: &'static str,
+    id: String,
+    protocol: u64,
+    token: Option<CancelToken>,
+    bound: Bound,
+    resume: bool,
+) {
+    let tasks = ctx.tasks.clone();
+    let task_id = id.clone();
+    let spawned = std::thread::Builder::new().name(format!("task-{method}")).spawn(move || {
+        let started = Instant::now();
+        let token = token.unwrap_or_default();
+        let call = Call { ctx: &ctx, protocol, cancel: &token };
+        let result = run_guarded(bound, &call, resume);
+        log::info!(
+            "task {task_id} ({method}) {} after {:.1}s",
+            if result.is_ok() { "done" } else { "failed" },
+            started.elapsed().as_secs_f64()
+        );
+        ctx.tasks.finish(&task_id, result);
+    });
+    if let Err(e) = spawned {
+        tasks.finish(&id, Err(format!("starting task thread: {e}")));
+    }
+}
+
+/// Runs an action, turning a panic into an error so one bad action never takes the agent down.
+fn run_guarded(bound: Bound, call: &Call, resume: bool) -> Result<serde_json::Value, String> {
+    match catch_unwind(AssertUnwindSafe(|| bound(call, resume))) {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            log::error!("action panicked: {what}");
+            Err(format!("internal error: {what}"))
+        }
+    }
+}
+
+fn request_json(r: &Request) -> Vec<u8> {
+    json!({ "protocol": r.protocol, "method": r.method, "arguments": r.arguments, "reply_to": r.reply_to })
+        .to_string()
+        .into_bytes()
+}
+
+fn first_line(s: &str) -> &str {
+    let line = s.lines().next().unwrap_or("");
+    &line[..line.len().min(line.char_indices().nth(300).map_or(line.len(), |(i, _)| i))]
+}

@@ -1,1 +1,206 @@
-//! Platform.
+//! The platform layer: what differs between a real Linux VM and the dummy platform that lets the whole
+//! director conversation run on any machine (`-P dummy`).
+
+use crate::dirs::Dirs;
+use crate::settings::Effective;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Platform operations the actions need.
+pub trait Platform: Send + Sync {
+    /// `ubuntu`, `linux` or `dummy`.
+    fn name(&self) -> &str;
+    /// Whether this is the dummy platform (enables test-only actions).
+    fn is_dummy(&self) -> bool;
+    /// Powers the VM off.
+    fn shutdown(&self) -> Result<(), String>;
+    /// Replaces the agent-managed trusted CA certificates with the blocks in `pem_bundle`.
+    fn update_trusted_certs(&self, pem_bundle: &str) -> Result<(), String>;
+    /// CIDs of the persistent disks currently mounted.
+    fn mounted_persistent_disks(&self, settings: &Effective) -> Result<Vec<String>, String>;
+    /// Whether ephemeral/persistent vitals need a real mount point (Linux) or just a path (dummy).
+    fn vitals_require_mount_points(&self) -> bool;
+}
+
+/// Picks the platform for `-P`.
+pub fn from_name(name: &str, dirs: &Dirs) -> Result<Box<dyn Platform>, String> {
+    match name {
+        "ubuntu" | "linux" => Ok(Box::new(Linux { name: name.to_string(), dirs: dirs.clone() })),
+        "dummy" => Ok(Box::new(Dummy { dirs: dirs.clone() })),
+        other => Err(format!("unknown platform '{other}' (expected ubuntu, linux or dummy)")),
+    }
+}
+
+/// Splits a PEM bundle into its certificate blocks.
+pub fn pem_blocks(bundle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in bundle.lines() {
+        let line = line.trim();
+        if line.starts_with("-----BEGIN ") {
+            current = Some(String::new());
+        }
+        if let Some(c) = current.as_mut() {
+            c.push_str(line);
+            c.push('\n');
+        }
+        if line.starts_with("-----END ") {
+            out.extend(current.take());
+        }
+    }
+    out
+}
+
+/// Writes `bosh-trusted-cert-<n>.crt` files into `dir`, removing the ones from a previous update.
+fn write_cert_files(dir: &std::path::Path, pem_bundle: &str) -> Result<usize, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("bosh-trusted-cert-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let blocks = pem_blocks(pem_bundle);
+    for (i, block) in blocks.iter().enumerate() {
+        let path = dir.join(format!("bosh-trusted-cert-{}.crt", i + 1));
+        crate::fsutil::write_atomic(&path, block.as_bytes(), 0o644)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(blocks.len())
+}
+
+/// A real Linux VM (`-P ubuntu` or `-P linux`).
+pub struct Linux {
+    name: String,
+    dirs: Dirs,
+}
+
+impl Platform for Linux {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn is_dummy(&self) -> bool {
+        false
+    }
+    fn shutdown(&self) -> Result<(), String> {
+        run_bounded(Command::new("shutdown").args(["-P", "0"]), Duration::from_secs(30)).map(|_| ())
+    }
+    fn update_trusted_certs(&self, pem_bundle: &str) -> Result<(), String> {
+        write_cert_files(&self.dirs.under_root("/usr/local/share/ca-certificates"), pem_bundle)?;
+        if self.dirs.root != std::path::Path::new("/") {
+            return Ok(()); // a scratch root (tests): the system bundle is not ours to rebuild
+        }
+        let mut last = String::new();
+        for _ in 0..3 {
+            match run_bounded(Command::new("update-ca-certificates").arg("-f"), Duration::from_secs(60)) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+    fn mounted_persistent_disks(&self, settings: &Effective) -> Result<Vec<String>, String> {
+        let mounts =
+            std::fs::read_to_string("/proc/self/mounts").map_err(|e| format!("reading mounts: {e}"))?;
+        let store = self.dirs.store();
+        let store_mounted =
+            mounts.lines().any(|l| l.split_whitespace().nth(1).map(PathBuf::from) == Some(store.clone()));
+        // Until disk management lands, a mounted store counts for the one persistent disk recorded.
+        Ok(if store_mounted {
+            settings.settings.disks.persistent.keys().take(1).cloned().collect()
+        } else {
+            Vec::new()
+        })
+    }
+    fn vitals_require_mount_points(&self) -> bool {
+        true
+    }
+}
+
+/// The dummy platform (`-P dummy`): records instead of touching the machine.
+pub struct Dummy {
+    dirs: Dirs,
+}
+
+impl Platform for Dummy {
+    fn name(&self) -> &str {
+        "dummy"
+    }
+    fn is_dummy(&self) -> bool {
+        true
+    }
+    fn shutdown(&self) -> Result<(), String> {
+        log::info!("dummy platform: shutdown requested, nothing to power off");
+        Ok(())
+    }
+    fn update_trusted_certs(&self, pem_bundle: &str) -> Result<(), String> {
+        write_cert_files(&self.dirs.bosh().join("trusted_certs"), pem_bundle).map(|_| ())
+    }
+    fn mounted_persistent_disks(&self, settings: &Effective) -> Result<Vec<String>, String> {
+        let mut cids: Vec<String> = settings.settings.disks.persistent.keys().cloned().collect();
+        if let Ok(Some(hints)) = crate::fsutil::read_json::<serde_json::Map<String, serde_json::Value>>(
+            &self.dirs.disk_hints_json(),
+        ) {
+            cids.extend(hints.keys().cloned());
+        }
+        cids.sort();
+        cids.dedup();
+        Ok(cids)
+    }
+    fn vitals_require_mount_points(&self) -> bool {
+        false
+    }
+}
+
+/// Runs a command with a deadline, killing it when it hangs (update-ca-certificates sometimes does).
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<String, String> {
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running {desc}: {e}"))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{desc} timed out after {}s", limit.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(format!("waiting for {desc}: {e}")),
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| format!("collecting {desc}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{desc} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_pem_bundles_and_replaces_old_files() {
+        let bundle = "junk\n-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
+        assert_eq!(pem_blocks(bundle).len(), 2);
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(write_cert_files(dir.path(), bundle).unwrap(), 2);
+        assert_eq!(write_cert_files(dir.path(), "").unwrap(), 0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn bounded_commands_time_out() {
+        let e = run_bounded(Command::new("sleep").arg("5"), Duration::from_millis(200)).unwrap_err();
+        assert!(e.contains("timed out"));
+        assert_eq!(run_bounded(Command::new("echo").arg("hi"), Duration::from_secs(5)).unwrap(), "hi\n");
+    }
+}

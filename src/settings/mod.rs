@@ -1,1 +1,241 @@
-//! Settings.
+//! The director's settings for this VM (go-agent.md §5.2) and the overrides that `update_settings`
+//! layers on top. Typed where the agent acts on a field; every other key is carried through untouched
+//! so nothing the director sent is lost when settings are cached.
+
+pub mod service;
+pub mod sources;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Settings as the infrastructure delivers them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Settings {
+    /// Names this VM on the bus: the agent subscribes to `agent.<agent_id>`.
+    pub agent_id: String,
+    /// The message bus URL: `nats://host:4222` or `https://user:pw@0.0.0.0:6868`.
+    pub mbus: String,
+    /// The default blobstore.
+    pub blobstore: Blobstore,
+    /// Disk devices, in the director's loose shapes.
+    pub disks: Disks,
+    /// The `env` block, where the director puts bootstrap certificates and knobs.
+    pub env: Env,
+    /// Networks by name, passed back verbatim in `get_state`.
+    pub networks: BTreeMap<String, Value>,
+    /// NTP servers.
+    pub ntp: Vec<String>,
+    /// The VM's name at the infrastructure.
+    pub vm: Vm,
+    /// Every key the agent does not interpret.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A blobstore provider and its options.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Blobstore {
+    /// `local`, `dav`, `s3`, `gcs`, ...
+    pub provider: String,
+    /// Provider-specific options (may hold credentials: never logged).
+    pub options: Map<String, Value>,
+}
+
+/// Disk settings; persistent disks by CID.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Disks {
+    /// The root disk device.
+    pub system: Value,
+    /// The ephemeral disk: a path, an object or null.
+    pub ephemeral: Value,
+    /// Persistent disks, CID → path or object.
+    pub persistent: BTreeMap<String, Value>,
+    /// Raw instance-storage disks.
+    pub raw_ephemeral: Value,
+    /// Keys not interpreted here.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The `env` block.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Env {
+    /// `env.bosh`.
+    pub bosh: BoshEnv,
+    /// Keys not interpreted here (`persistent_disk_fs`, ...).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `env.bosh`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct BoshEnv {
+    /// Bus certificates and URL overrides.
+    pub mbus: MbusEnv,
+    /// Blobstore overrides; the first wins over the top-level `blobstore`.
+    pub blobstores: Vec<Blobstore>,
+    /// Keys not interpreted here (password, authorized_keys, ...).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `env.bosh.mbus` and `update_settings.mbus`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct MbusEnv {
+    /// URLs that override the top-level `mbus` (several means a NATS cluster).
+    pub urls: Option<Vec<String>>,
+    /// The bus certificate: NATS client identity, or the HTTPS server's identity.
+    pub cert: Cert,
+}
+
+/// A CA, certificate and key in PEM. The key never appears in `Debug` output so it cannot leak into
+/// a log line by accident.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Cert {
+    /// CA bundle to verify the peer with.
+    pub ca: String,
+    /// Our certificate chain.
+    pub certificate: String,
+    /// Our private key (PKCS#1, SEC1 or PKCS#8).
+    pub private_key: String,
+}
+
+impl fmt::Debug for Cert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cert")
+            .field("ca", &format_args!("{} bytes", self.ca.len()))
+            .field("certificate", &format_args!("{} bytes", self.certificate.len()))
+            .field("private_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `vm`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Vm {
+    /// The infrastructure's name for this VM.
+    pub name: String,
+}
+
+/// What `update_settings` has told the agent; persisted in `update_settings.json` and layered over the
+/// infrastructure's settings on every load, so a rotated certificate survives a reboot.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct UpdateSettings {
+    /// PEM bundle of CAs to trust system-wide.
+    pub trusted_certs: String,
+    /// Persistent disks by role name.
+    pub disk_associations: Vec<DiskAssociation>,
+    /// New bus URLs and certificate.
+    pub mbus: MbusEnv,
+    /// New blobstores.
+    pub blobstores: Option<Vec<Blobstore>>,
+}
+
+/// A persistent disk's role name and CID.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct DiskAssociation {
+    /// Role name, e.g. `data`.
+    pub name: String,
+    /// The disk CID.
+    pub cid: String,
+}
+
+/// Settings with the `update_settings` overrides applied: the one view the rest of the agent reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Effective {
+    /// As delivered by the infrastructure (plus command-line overrides).
+    pub settings: Settings,
+    /// As received through `update_settings`.
+    pub update: UpdateSettings,
+}
+
+impl Effective {
+    /// Bus URLs in precedence order: `update_settings.mbus.urls`, `env.bosh.mbus.urls`, `mbus`.
+    pub fn mbus_urls(&self) -> Vec<String> {
+        let non_empty = |u: &Option<Vec<String>>| u.clone().filter(|v| !v.is_empty());
+        non_empty(&self.update.mbus.urls)
+            .or_else(|| non_empty(&self.settings.env.bosh.mbus.urls))
+            .unwrap_or_else(|| vec![self.settings.mbus.clone()])
+    }
+
+    /// The bus certificate: the rotated one once `update_settings` delivered one with a CA.
+    pub fn mbus_cert(&self) -> &Cert {
+        if self.update.mbus.cert.ca.is_empty() {
+            &self.settings.env.bosh.mbus.cert
+        } else {
+            &self.update.mbus.cert
+        }
+    }
+
+    /// The blobstore: `update_settings.blobstores[0]`, `env.bosh.blobstores[0]`, `blobstore`.
+    pub fn blobstore(&self) -> &Blobstore {
+        self.update
+            .blobstores
+            .as_ref()
+            .and_then(|b| b.first())
+            .or_else(|| self.settings.env.bosh.blobstores.first())
+            .unwrap_or(&self.settings.blobstore)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn settings() -> Settings {
+        serde_json::from_value(json!({
+            "agent_id": "a1", "mbus": "nats://10.0.0.1:4222",
+            "blobstore": {"provider": "local", "options": {"blobstore_path": "/b"}},
+            "env": {"bosh": {"mbus": {"cert": {"ca": "CA1", "certificate": "C1", "private_key": "K1"}},
+                              "password": "secret-hash"}},
+            "networks": {"default": {"ip": "10.0.0.5", "type": "manual"}},
+            "cloud_properties": {"kept": true}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn keeps_unknown_keys_through_a_round_trip() {
+        let s = settings();
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["cloud_properties"]["kept"], true);
+        assert_eq!(v["env"]["bosh"]["password"], "secret-hash");
+    }
+
+    #[test]
+    fn precedence_follows_update_settings_then_env_then_top_level() {
+        let mut e = Effective { settings: settings(), update: UpdateSettings::default() };
+        assert_eq!(e.mbus_urls(), vec!["nats://10.0.0.1:4222"]);
+        assert_eq!(e.mbus_cert().certificate, "C1");
+        assert_eq!(e.blobstore().provider, "local");
+        e.settings.env.bosh.mbus.urls = Some(vec!["nats://env:1".into()]);
+        assert_eq!(e.mbus_urls(), vec!["nats://env:1"]);
+        e.update.mbus.urls = Some(vec!["nats://upd:1".into()]);
+        e.update.mbus.cert.certificate = "C2".into();
+        assert_eq!(e.mbus_urls(), vec!["nats://upd:1"]);
+        assert_eq!(e.mbus_cert().certificate, "C1", "a cert without CA is ignored");
+        e.update.mbus.cert.ca = "CA2".into();
+        assert_eq!(e.mbus_cert().certificate, "C2");
+        e.update.blobstores = Some(vec![Blobstore { provider: "dav".into(), ..Default::default() }]);
+        assert_eq!(e.blobstore().provider, "dav");
+    }
+
+    #[test]
+    fn debug_never_shows_private_key() {
+        let s = settings();
+        assert!(!format!("{s:?}").contains("K1"));
+    }
+}

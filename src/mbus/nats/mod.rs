@@ -1,5 +1,10 @@
 //! A small blocking core-NATS client over rustls (owned by the NATS helper; interface fixed here).
 //!
+//! Why our own client: the agent's design card forbids an async runtime, and the agent needs only a
+//! sliver of NATS (one subscription, publishes, TLS, reconnect). The client is synchronous and
+//! threaded: one connection thread per [`NatsConnection`] connects, reads and reconnects forever;
+//! publishers write straight to the socket from their own thread so replies leave without a hop.
+//!
 //! INTERFACE CONTRACT (the rest of the agent codes against exactly this):
 //!
 //! ```ignore
@@ -24,3 +29,295 @@
 //!     pub fn shutdown(&self);
 //! }
 //! ```
+//!
+//! Behaviour worth knowing (details in `connection.rs`): reconnects start after 0.5 s and double up
+//! to 10 s, reset after a successful connect; host names are re-resolved on every attempt; an
+//! `-ERR 'Permissions Violation…'` is logged and the connection kept, any other `-ERR` reconnects;
+//! the client PINGs after 20 s of silence and gives up after two unanswered PINGs.
+
+mod connection;
+pub mod protocol;
+pub mod url;
+mod wire;
+
+use connection::{Shared, State};
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use wire::lock;
+
+/// nats-server's default `max_payload` (and BOSH's `nats.max_payload_mb` default): the limit we
+/// assume until the server's INFO tells us otherwise.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// How many publishes are kept while disconnected: enough for heartbeats and a few replies across
+/// a NATS restart, bounded so an unreachable server cannot eat the VM's memory.
+pub const PENDING_MAX_MESSAGES: usize = 256;
+
+/// Byte bound of the disconnected buffer (see [`PENDING_MAX_MESSAGES`]).
+pub const PENDING_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// What to connect to and how; replaced wholesale by [`NatsConnection::reconfigure`].
+#[derive(Clone)]
+pub struct NatsOptions {
+    /// `nats://[user:pass@]host:port` URLs, tried in turn (cluster members or repeated retries).
+    pub urls: Vec<String>,
+    /// `Some` upgrades to TLS right after INFO (mutual TLS for BOSH); `None` stays plain.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Subjects subscribed after every (re)connect (for the agent: `agent.<agent_id>`).
+    pub subscriptions: Vec<String>,
+    /// CONNECT `name`, shown in the server's monitoring to identify the VM.
+    pub name: String,
+}
+
+impl fmt::Debug for NatsOptions {
+    /// Written by hand so URLs print without their userinfo: options end up in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self
+            .urls
+            .iter()
+            .map(|u| match url::NatsUrl::parse(u) {
+                Ok(parsed) => parsed.to_string(),
+                Err(_) => "<unparsable url>".to_string(),
+            })
+            .collect();
+        f.debug_struct("NatsOptions")
+            .field("urls", &urls)
+            .field("tls", &self.tls.is_some())
+            .field("subscriptions", &self.subscriptions)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// A message received on one of our subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The subject it was published to.
+    pub subject: String,
+    /// The NATS reply subject, if the publisher set one (the director uses `reply_to` in the body
+    /// instead, but other clients may not).
+    pub reply: Option<String>,
+    /// The raw body.
+    pub payload: Vec<u8>,
+}
+
+/// Why a publish was refused. Transient disconnection is not an error: the message is buffered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishError {
+    /// The payload exceeds the server's `max_payload`; sending it would make the server drop the
+    /// connection, so nothing was sent and the connection is untouched.
+    TooLarge {
+        /// Payload size in bytes.
+        size: usize,
+        /// The server's limit.
+        max_payload: usize,
+    },
+    /// The subject is empty or contains whitespace, which would corrupt the protocol stream.
+    InvalidSubject(String),
+    /// [`NatsConnection::shutdown`] was called.
+    Closed,
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::TooLarge { size, max_payload } => {
+                write!(f, "NATS payload of {size} bytes exceeds the server's max_payload of {max_payload}")
+            }
+            PublishError::InvalidSubject(why) => write!(f, "invalid NATS subject: {why}"),
+            PublishError::Closed => write!(f, "NATS connection was shut down"),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+/// Handle on a self-healing NATS connection; cheap to clone, all clones drive the same connection.
+#[derive(Clone)]
+pub struct NatsConnection {
+    shared: Arc<Shared>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl fmt::Debug for NatsConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsConnection").field("connected", &self.is_connected()).finish()
+    }
+}
+
+impl NatsConnection {
+    /// Spawns the connection thread; it connects and reconnects forever, delivering MSGs to `inbox`.
+    /// Never fails: an unreachable server, bad URL or rejected certificate are logged and retried,
+    /// because the agent must keep trying until the director's NATS accepts it.
+    pub fn start(opts: NatsOptions, inbox: Sender<Message>) -> NatsConnection {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                opts,
+                generation: 0,
+                shutdown: false,
+                wire: None,
+                socket: None,
+                max_payload: DEFAULT_MAX_PAYLOAD,
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                connection_id: 0,
+                pings_sent: 0,
+                pongs_received: 0,
+            }),
+            changed: Condvar::new(),
+        });
+        let worker = shared.clone();
+        let spawned =
+            std::thread::Builder::new().name("nats".into()).spawn(move || connection::run(&worker, &inbox));
+        let thread = match spawned {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                log::error!("NATS: cannot spawn the connection thread: {e}");
+                None
+            }
+        };
+        NatsConnection { shared, thread: Arc::new(Mutex::new(thread)) }
+    }
+
+    /// Publishes `payload` to `subject`, written to the socket before returning when connected.
+    /// Err(PublishError::TooLarge{..}) when payload > max_payload (nothing sent, connection kept);
+    /// while disconnected, buffers a bounded number of messages (oldest dropped) flushed after
+    /// reconnect and resubscribe.
+    pub fn publish(&self, subject: &str, payload: &[u8]) -> Result<(), PublishError> {
+        self.publish_inner(subject, None, payload)
+    }
+
+    /// Like [`NatsConnection::publish`] but sets the NATS reply subject, for peers that use NATS
+    /// request/reply (the director does not: it puts `reply_to` in the body). Also what tests use to
+    /// check reply-subject handling end to end.
+    pub fn publish_with_reply(&self, subject: &str, reply: &str, payload: &[u8]) -> Result<(), PublishError> {
+        protocol::validate_subject(reply).map_err(PublishError::InvalidSubject)?;
+        self.publish_inner(subject, Some(reply), payload)
+    }
+
+    fn publish_inner(&self, subject: &str, reply: Option<&str>, payload: &[u8]) -> Result<(), PublishError> {
+        protocol::validate_subject(subject).map_err(PublishError::InvalidSubject)?;
+        let wire = {
+            let state = lock(&self.shared.state);
+            if state.shutdown {
+                return Err(PublishError::Closed);
+            }
+            if payload.len() > state.max_payload {
+                return Err(PublishError::TooLarge { size: payload.len(), max_payload: state.max_payload });
+            }
+            state.wire.clone()
+        };
+        let frame = protocol::encode_pub(subject, reply, payload);
+        match wire {
+            Some(wire) => {
+                if let Err(e) = wire.send(&frame) {
+                    log::warn!("NATS: publish failed ({e}); buffering and reconnecting");
+                    wire.close();
+                    self.shared.requeue(&wire, frame);
+                }
+            }
+            None => lock(&self.shared.state).buffer(frame),
+        }
+        Ok(())
+    }
+
+    /// Round-trips a PING to the server and waits for its PONG: true once the server has processed
+    /// everything sent before (subscriptions, publishes). Lets the agent make sure a last message
+    /// (the shutdown notice) reached the server, and lets tests order events without sleeping.
+    /// False when not connected, on timeout, or when the connection changes meanwhile.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.shared.state);
+        let Some(wire) = state.wire.clone() else {
+            return false;
+        };
+        let connection = state.connection_id;
+        state.pings_sent += 1;
+        let target = state.pings_sent;
+        // Sent under the state lock so PING numbering matches wire order (PONGs come back in order).
+        if wire.send(protocol::PING).is_err() {
+            wire.close();
+            return false;
+        }
+        loop {
+            if state.connection_id != connection || state.wire.is_none() || state.shutdown {
+                return false;
+            }
+            if state.pongs_received >= target {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = match self.shared.changed.wait_timeout(state, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// The server's `max_payload` from INFO; [`DEFAULT_MAX_PAYLOAD`] until a server has told us.
+    pub fn max_payload(&self) -> usize {
+        lock(&self.shared.state).max_payload
+    }
+
+    /// True while a connection is established (CONNECT acknowledged, subscriptions sent).
+    pub fn is_connected(&self) -> bool {
+        lock(&self.shared.state).wire.is_some()
+    }
+
+    /// Blocks until connected or `timeout` passes; returns whether connected. Lets callers (and
+    /// tests) wait for the connection without sleeping blindly.
+    pub fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.shared.state);
+        loop {
+            if state.wire.is_some() {
+                return true;
+            }
+            let now = Instant::now();
+            if state.shutdown || now >= deadline {
+                return false;
+            }
+            state = match self.shared.changed.wait_timeout(state, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// Drops the current connection and reconnects with `opts` right away (used to hot-swap the
+    /// client certificate after `update_settings`, since the bootstrap identity is about to be
+    /// revoked). Buffered publishes are kept and sent on the new connection.
+    pub fn reconfigure(&self, opts: NatsOptions) {
+        let mut state = lock(&self.shared.state);
+        log::info!("NATS: reconfiguring ({opts:?})");
+        state.opts = opts;
+        state.generation += 1;
+        state.kill_socket();
+        self.shared.changed.notify_all();
+    }
+
+    /// Closes the connection and stops the connection thread; later publishes return `Closed`.
+    pub fn shutdown(&self) {
+        {
+            let mut state = lock(&self.shared.state);
+            state.shutdown = true;
+            state.pending.clear();
+            state.pending_bytes = 0;
+            state.kill_socket();
+            self.shared.changed.notify_all();
+        }
+        let handle = lock(&self.thread).take();
+        if let Some(handle) = handle {
+            if handle.thread().id() != std::thread::current().id() && handle.join().is_err() {
+                log::error!("NATS: connection thread panicked");
+            }
+        }
+    }
+}

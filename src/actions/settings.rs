@@ -1,0 +1,36 @@
+//! `update_settings`: trusted certificates, disk associations, and a rotated bus certificate.
+//!
+//! Unlike the Go agent, which exits and lets the supervisor restart it, the new bus certificate is
+//! hot-swapped: the bus reconnects with it and the task stays answerable over the new connection.
+
+use super::{bind, Action, Call};
+use crate::settings::UpdateSettings;
+use serde_json::{json, Value};
+
+/// `update_settings [settings]`, persistent so a restart mid-way still answers the director's poll.
+pub struct UpdateSettingsAction {
+    update: UpdateSettings,
+}
+impl Action for UpdateSettingsAction {
+    fn bind(args: &[Value]) -> Result<Self, String> {
+        let (update,): (UpdateSettings,) = bind(args)?;
+        Ok(UpdateSettingsAction { update })
+    }
+    fn run(self, call: &Call) -> Result<Value, String> {
+        let ctx = call.ctx;
+        if let Err(e) = ctx.settings.load() {
+            log::warn!("update_settings: reloading settings: {e}; keeping the current ones");
+        }
+        ctx.platform
+            .update_trusted_certs(&self.update.trusted_certs)
+            .map_err(|e| format!("Updating trusted certificates: {e}"))?;
+        let effective = ctx.settings.apply_update(self.update)?;
+        ctx.bus.settings_changed(&effective);
+        Ok(json!("ok"))
+    }
+    /// Everything the task did before a restart was persisted first; the settings written are already
+    /// in effect, so resuming only reports success.
+    fn resume(self, _: &Call) -> Result<Value, String> {
+        Ok(json!("ok"))
+    }
+}

@@ -1,0 +1,42 @@
+//! `get_task` and `cancel_task`: answered straight from the task table, never queued behind tasks.
+
+use super::{bind, Action, Call};
+use crate::dispatch::tasks::{CancelOutcome, TaskState};
+use serde_json::{json, Value};
+
+/// `get_task [id]`: the running handle, the raw result, or the failure.
+pub struct GetTask {
+    id: String,
+}
+impl Action for GetTask {
+    fn bind(args: &[Value]) -> Result<Self, String> {
+        let (id,): (String,) = bind(args)?;
+        Ok(GetTask { id })
+    }
+    fn run(self, call: &Call) -> Result<Value, String> {
+        match call.ctx.tasks.get(&self.id) {
+            Some(TaskState::Running) => Ok(json!({ "agent_task_id": self.id, "state": "running" })),
+            Some(TaskState::Done(v)) => Ok(v),
+            Some(TaskState::Failed(e)) => Err(format!("Task {} result: {e}", self.id)),
+            None => Err(format!("Task with id {} could not be found", self.id)),
+        }
+    }
+}
+
+/// `cancel_task [id]`: asks a cancelable task to stop; it still finishes with a normal result.
+pub struct CancelTask {
+    id: String,
+}
+impl Action for CancelTask {
+    fn bind(args: &[Value]) -> Result<Self, String> {
+        let (id,): (String,) = bind(args)?;
+        Ok(CancelTask { id })
+    }
+    fn run(self, call: &Call) -> Result<Value, String> {
+        match call.ctx.tasks.cancel(&self.id) {
+            CancelOutcome::Canceled => Ok(json!("canceled")),
+            CancelOutcome::NotSupported => Err("not supported".into()),
+            CancelOutcome::NotFound => Err(format!("Task with id {} could not be found", self.id)),
+        }
+    }
+}

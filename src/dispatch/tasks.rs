@@ -1,0 +1,290 @@
+//! The task table behind `get_task` and `cancel_task`: one mutex around a map, held only for map
+//! operations (never while an action runs), so status polls are answered at once however many tasks
+//! run. Finished results are kept for a bounded time and count; tasks of persistent actions are also
+//! recorded in `tasks.json` (the Go agent's format) so they can be resumed after a restart.
+
+use crate::fsutil;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long a finished task's result stays answerable.
+pub const RESULT_TTL: Duration = Duration::from_secs(3600);
+/// How many finished results are kept at most.
+pub const RESULT_CAP: usize = 1000;
+
+/// Cooperative cancellation for a running action: it checks or waits on the token, so a cancelled task
+/// still finishes with a normal result (the director collects an errand's output after cancelling).
+#[derive(Clone, Default)]
+pub struct CancelToken(Arc<(Mutex<bool>, Condvar)>);
+
+impl CancelToken {
+    /// Asks the action to stop.
+    pub fn cancel(&self) {
+        let (flag, cv) = &*self.0;
+        *lock(flag) = true;
+        cv.notify_all();
+    }
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        *lock(&self.0 .0)
+    }
+    /// Sleeps up to `d`, waking early on cancellation; returns whether the task was cancelled.
+    pub fn wait(&self, d: Duration) -> bool {
+        let (flag, cv) = &*self.0;
+        let deadline = Instant::now() + d;
+        let mut g = lock(flag);
+        while !*g {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            g = match cv.wait_timeout(g, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        *g
+    }
+}
+
+/// A task's state as `get_task` reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskState {
+    /// Still running.
+    Running,
+    /// Finished with this value.
+    Done(Value),
+    /// Finished with this error.
+    Failed(String),
+}
+
+/// The answer to a cancel request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CancelOutcome {
+    /// Cancellation was requested (or the task had already finished).
+    Canceled,
+    /// The action cannot be cancelled.
+    NotSupported,
+    /// No task has this id.
+    NotFound,
+}
+
+/// One persisted task, in the Go agent's `tasks.json` shape so either agent can resume the other's.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PersistedTask {
+    /// The task id, reused on resume so the director's polling continues.
+    #[serde(rename = "TaskID")]
+    pub task_id: String,
+    /// The action name.
+    #[serde(rename = "Method")]
+    pub method: String,
+    /// Base64 of the request JSON.
+    #[serde(rename = "Payload")]
+    pub payload: String,
+}
+
+impl PersistedTask {
+    /// The request JSON, decoded.
+    pub fn request_body(&self) -> Result<Vec<u8>, String> {
+        base64::engine::general_purpose::STANDARD
+            .decode(self.payload.as_bytes())
+            .map_err(|e| format!("task {} payload is not base64: {e}", self.task_id))
+    }
+}
+
+struct Task {
+    state: TaskState,
+    cancel: Option<CancelToken>,
+    finished_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Inner {
+    tasks: HashMap<String, Task>,
+    finished: VecDeque<String>,
+    persisted: BTreeMap<String, PersistedTask>,
+}
+
+/// Shared handle to the task table; clones see the same tasks.
+#[derive(Clone)]
+pub struct TaskTable {
+    inner: Arc<Mutex<Inner>>,
+    path: Option<PathBuf>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl TaskTable {
+    /// A table persisting to `path` (`<base>/bosh/tasks.json`), or purely in memory.
+    pub fn new(path: Option<PathBuf>) -> TaskTable {
+        let persisted = path
+            .as_ref()
+            .and_then(|p| match fsutil::read_json::<BTreeMap<String, PersistedTask>>(p) {
+                Ok(v) => v,
+                Err(e) => {
+                    log::error!("ignoring unreadable {}: {e}", p.display());
+                    None
+                }
+            })
+            .unwrap_or_default();
+        TaskTable { inner: Arc::new(Mutex::new(Inner { persisted, ..Default::default() })), path }
+    }
+
+    /// Tasks that were running when the agent last stopped, to be resumed under their ids.
+    pub fn persisted(&self) -> Vec<PersistedTask> {
+        lock(&self.inner).persisted.values().cloned().collect()
+    }
+
+    /// Registers a running task under `id`. A persistent task is written to `tasks.json` before this
+    /// returns, so it is never started without being resumable.
+    pub fn start(
+        &self,
+        id: &str,
+        cancel: Option<CancelToken>,
+        persist: Option<PersistedTask>,
+    ) -> Result<(), String> {
+        let mut inner = lock(&self.inner);
+        if let Some(p) = persist {
+            inner.persisted.insert(id.to_string(), p);
+            self.save(&inner)?;
+        }
+        inner.tasks.insert(id.to_string(), Task { state: TaskState::Running, cancel, finished_at: None });
+        Ok(())
+    }
+
+    /// Records a task's result and forgets its persisted entry.
+    pub fn finish(&self, id: &str, result: Result<Value, String>) {
+        let mut inner = lock(&self.inner);
+        let now = Instant::now();
+        if let Some(t) = inner.tasks.get_mut(id) {
+            t.state = match result {
+                Ok(v) => TaskState::Done(v),
+                Err(e) => TaskState::Failed(e),
+            };
+            t.cancel = None;
+            t.finished_at = Some(now);
+        }
+        inner.finished.push_back(id.to_string());
+        if inner.persisted.remove(id).is_some() {
+            if let Err(e) = self.save(&inner) {
+                log::error!("{e}");
+            }
+        }
+        prune(&mut inner, now);
+    }
+
+    /// The state of a task, if it is known.
+    pub fn get(&self, id: &str) -> Option<TaskState> {
+        lock(&self.inner).tasks.get(id).map(|t| t.state.clone())
+    }
+
+    /// Requests cancellation of a task; only tasks started with a token can be cancelled.
+    pub fn cancel(&self, id: &str) -> CancelOutcome {
+        let inner = lock(&self.inner);
+        match inner.tasks.get(id) {
+            None => CancelOutcome::NotFound,
+            Some(t) if t.state != TaskState::Running => CancelOutcome::Canceled,
+            Some(Task { cancel: Some(c), .. }) => {
+                c.cancel();
+                CancelOutcome::Canceled
+            }
+            Some(_) => CancelOutcome::NotSupported,
+        }
+    }
+
+    /// How many tasks are still running.
+    pub fn running(&self) -> usize {
+        lock(&self.inner).tasks.values().filter(|t| t.state == TaskState::Running).count()
+    }
+
+    fn save(&self, inner: &Inner) -> Result<(), String> {
+        match &self.path {
+            Some(p) => fsutil::write_json_atomic(p, &inner.persisted, 0o600)
+                .map_err(|e| format!("writing {}: {e}", p.display())),
+            None => Ok(()),
+        }
+    }
+}
+
+fn prune(inner: &mut Inner, now: Instant) {
+    while let Some(id) = inner.finished.front().cloned() {
+        let expired = inner
+            .tasks
+            .get(&id)
+            .and_then(|t| t.finished_at)
+            .is_none_or(|at| now.duration_since(at) > RESULT_TTL);
+        if expired || inner.finished.len() > RESULT_CAP {
+            inner.finished.pop_front();
+            inner.tasks.remove(&id);
+        } else {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lifecycle_and_cancel() {
+        let t = TaskTable::new(None);
+        let c = CancelToken::default();
+        t.start("a", Some(c.clone()), None).unwrap();
+        t.start("b", None, None).unwrap();
+        assert_eq!(t.get("a"), Some(TaskState::Running));
+        assert_eq!(t.cancel("a"), CancelOutcome::Canceled);
+        assert!(c.is_cancelled() && c.wait(Duration::from_secs(5)));
+        assert_eq!(t.cancel("b"), CancelOutcome::NotSupported);
+        assert_eq!(t.cancel("zz"), CancelOutcome::NotFound);
+        t.finish("a", Ok(json!(0)));
+        t.finish("b", Err("boom".into()));
+        assert_eq!(t.get("a"), Some(TaskState::Done(json!(0))));
+        assert_eq!(t.get("b"), Some(TaskState::Failed("boom".into())));
+        assert_eq!(t.cancel("b"), CancelOutcome::Canceled, "finished tasks cancel quietly");
+        assert_eq!(t.running(), 0);
+    }
+
+    #[test]
+    fn keeps_a_bounded_number_of_results() {
+        let t = TaskTable::new(None);
+        for i in 0..RESULT_CAP + 10 {
+            t.start(&i.to_string(), None, None).unwrap();
+            t.finish(&i.to_string(), Ok(json!(i)));
+        }
+        assert_eq!(t.get("0"), None);
+        assert!(t.get(&(RESULT_CAP + 9).to_string()).is_some());
+    }
+
+    #[test]
+    fn persistent_tasks_survive_a_new_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.json");
+        let t = TaskTable::new(Some(path.clone()));
+        let body = br#"{"method":"update_settings","arguments":[{}]}"#;
+        let p = PersistedTask {
+            task_id: "id1".into(),
+            method: "update_settings".into(),
+            payload: base64::engine::general_purpose::STANDARD.encode(body),
+        };
+        t.start("id1", None, Some(p)).unwrap();
+        let again = TaskTable::new(Some(path.clone()));
+        assert_eq!(again.persisted().len(), 1);
+        assert_eq!(again.persisted()[0].request_body().unwrap(), body);
+        let raw: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(raw["id1"]["Method"], "update_settings");
+        t.finish("id1", Ok(json!("ok")));
+        assert!(TaskTable::new(Some(path)).persisted().is_empty());
+    }
+}

@@ -1,0 +1,229 @@
+//! Loading, caching and updating settings. Sources are tried in order; the first good answer is cached
+//! in `settings.json`, and when every source fails the cached copy keeps the agent bootable.
+
+use super::sources::SettingsSource;
+use super::{Blobstore, Effective, Settings, UpdateSettings};
+use crate::dirs::Dirs;
+use crate::fsutil;
+use serde_json::{json, Map, Value};
+use std::sync::{Arc, RwLock};
+
+/// Command-line overrides (`-a`, `-n`, `-s`), which win over every source.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `-a agent id`.
+    pub agent_id: Option<String>,
+    /// `-n mbus URI`.
+    pub mbus: Option<String>,
+    /// `-s blobstore URI`.
+    pub blobstore: Option<String>,
+}
+
+/// Owns the current settings; cheap to clone and safe to share between threads.
+#[derive(Clone)]
+pub struct SettingsService {
+    dirs: Dirs,
+    sources: Arc<Vec<Box<dyn SettingsSource>>>,
+    overrides: Overrides,
+    current: Arc<RwLock<Effective>>,
+}
+
+impl SettingsService {
+    /// A service over these sources; call [`SettingsService::load`] before reading.
+    pub fn new(dirs: Dirs, sources: Vec<Box<dyn SettingsSource>>, overrides: Overrides) -> Self {
+        SettingsService {
+            dirs,
+            sources: Arc::new(sources),
+            overrides,
+            current: Arc::new(RwLock::new(Effective::default())),
+        }
+    }
+
+    /// Fetches settings from the first source that answers, falling back to the cached copy, applies
+    /// the overrides and checks the keys the agent cannot run without.
+    pub fn load(&self) -> Result<Effective, String> {
+        let mut settings = self.fetch_or_cached()?;
+        apply_overrides(&mut settings, &self.overrides)?;
+        for (key, value) in [("agent_id", &settings.agent_id), ("mbus", &settings.mbus)] {
+            if value.is_empty() {
+                return Err(format!("settings lack the mandatory key '{key}'"));
+            }
+        }
+        if let Err(e) = fsutil::write_json_atomic(&self.dirs.settings_json(), &settings, 0o600) {
+            log::warn!("caching settings in {}: {e}", self.dirs.settings_json().display());
+        }
+        let update = fsutil::read_json::<UpdateSettings>(&self.dirs.update_settings_json())
+            .map_err(|e| format!("reading update settings: {e}"))?
+            .unwrap_or_default();
+        let effective = Effective { settings, update };
+        *self.write() = effective.clone();
+        Ok(effective)
+    }
+
+    /// The settings as last loaded or updated.
+    pub fn get(&self) -> Effective {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Merges what `update_settings` sent (the Go agent's rules: certs and disk associations always
+    /// replaced, mbus and blobstores only when given and different), persists it atomically, and
+    /// returns the new effective settings.
+    pub fn apply_update(&self, new: UpdateSettings) -> Result<Effective, String> {
+        let mut current = self.get();
+        let mut merged = current.update.clone();
+        merged.trusted_certs = new.trusted_certs;
+        merged.disk_associations = new.disk_associations;
+        if new.mbus != Default::default() && new.mbus != merged.mbus {
+            merged.mbus = new.mbus;
+        }
+        if new.blobstores.is_some() && new.blobstores != merged.blobstores {
+            merged.blobstores = new.blobstores;
+        }
+        fsutil::write_json_atomic(&self.dirs.update_settings_json(), &merged, 0o600)
+            .map_err(|e| format!("writing update settings: {e}"))?;
+        current.update = merged;
+        *self.write() = current.clone();
+        Ok(current)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Effective> {
+        match self.current.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn fetch_or_cached(&self) -> Result<Settings, String> {
+        let mut errors = Vec::new();
+        for source in self.sources.iter() {
+            match source.fetch().and_then(|v| {
+                serde_json::from_value::<Settings>(v).map_err(|e| format!("invalid settings: {e}"))
+            }) {
+                Ok(s) => {
+                    log::info!("settings loaded from {}", source.name());
+                    return Ok(s);
+                }
+                Err(e) => {
+                    log::warn!("settings source {}: {e}", source.name());
+                    errors.push(format!("{}: {e}", source.name()));
+                }
+            }
+        }
+        match fsutil::read_json::<Settings>(&self.dirs.settings_json()) {
+            Ok(Some(s)) => {
+                log::warn!("all settings sources failed; using cached settings.json");
+                Ok(s)
+            }
+            Ok(None) if self.sources.is_empty() && self.has_enough_overrides() => Ok(Settings::default()),
+            Ok(None) => Err(if errors.is_empty() {
+                "no settings source is configured and no cached settings exist".into()
+            } else {
+                format!("no settings could be loaded: {}", errors.join("; "))
+            }),
+            Err(e) => Err(format!("no settings source answered and the cache is unreadable: {e}")),
+        }
+    }
+
+    fn has_enough_overrides(&self) -> bool {
+        self.overrides.agent_id.is_some() && self.overrides.mbus.is_some()
+    }
+}
+
+fn apply_overrides(s: &mut Settings, o: &Overrides) -> Result<(), String> {
+    if let Some(id) = &o.agent_id {
+        s.agent_id = id.clone();
+    }
+    if let Some(m) = &o.mbus {
+        s.mbus = m.clone();
+        s.env.bosh.mbus.urls = None;
+    }
+    if let Some(uri) = &o.blobstore {
+        s.blobstore = blobstore_from_uri(uri)?;
+    }
+    Ok(())
+}
+
+/// Turns the Ruby agent's `-s` URI into a provider: a path or `file://` is `local`, `http(s)://` is `dav`
+/// with its credentials moved out of the URL.
+pub fn blobstore_from_uri(uri: &str) -> Result<Blobstore, String> {
+    let mut options = Map::new();
+    let provider = if let Some(path) = uri.strip_prefix("file://") {
+        options.insert("blobstore_path".into(), json!(path));
+        "local"
+    } else if uri.starts_with('/') {
+        options.insert("blobstore_path".into(), json!(uri));
+        "local"
+    } else if let Some((scheme, rest)) = uri.split_once("://").filter(|(s, _)| *s == "http" || *s == "https")
+    {
+        let (auth, host) = match rest.split_once('@') {
+            Some((a, h)) => (Some(a), h),
+            None => (None, rest),
+        };
+        options.insert("endpoint".into(), json!(format!("{scheme}://{host}")));
+        if let Some(auth) = auth {
+            let (u, p) = auth.split_once(':').unwrap_or((auth, ""));
+            options.insert("user".into(), Value::String(crate::mbus::url::percent_decode(u)));
+            options.insert("password".into(), Value::String(crate::mbus::url::percent_decode(p)));
+        }
+        "dav"
+    } else {
+        return Err(format!("blobstore URI must be a path, file://, http:// or https://, got '{uri}'"));
+    };
+    Ok(Blobstore { provider: provider.into(), options })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::sources::FileSource;
+
+    #[test]
+    fn falls_back_to_cache_and_names_missing_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(dir.path().join("base"), "/");
+        let src = dir.path().join("settings-src.json");
+        std::fs::write(&src, r#"{"agent_id":"a1","mbus":"nats://h:1","extra":1}"#).unwrap();
+        let svc = SettingsService::new(
+            dirs.clone(),
+            vec![Box::new(FileSource { path: src.clone() })],
+            Overrides::default(),
+        );
+        assert_eq!(svc.load().unwrap().settings.agent_id, "a1");
+        std::fs::remove_file(&src).unwrap();
+        assert_eq!(svc.load().unwrap().settings.agent_id, "a1", "cached copy used");
+        std::fs::write(&src, r#"{"mbus":"nats://h:1"}"#).unwrap();
+        assert_eq!(svc.load().unwrap_err(), "settings lack the mandatory key 'agent_id'");
+    }
+
+    #[test]
+    fn update_keeps_mbus_unless_a_new_one_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(dir.path(), "/");
+        let o = Overrides { agent_id: Some("a".into()), mbus: Some("nats://h:1".into()), blobstore: None };
+        let svc = SettingsService::new(dirs.clone(), vec![], o);
+        svc.load().unwrap();
+        let mut u = UpdateSettings::default();
+        u.mbus.cert.ca = "CA".into();
+        u.trusted_certs = "T1".into();
+        svc.apply_update(u).unwrap();
+        let e =
+            svc.apply_update(UpdateSettings { trusted_certs: "T2".into(), ..Default::default() }).unwrap();
+        assert_eq!(e.update.mbus.cert.ca, "CA");
+        assert_eq!(e.update.trusted_certs, "T2");
+        let on_disk: UpdateSettings = fsutil::read_json(&dirs.update_settings_json()).unwrap().unwrap();
+        assert_eq!(on_disk, e.update);
+        assert_eq!(svc.load().unwrap().update, e.update, "survives a reload");
+    }
+
+    #[test]
+    fn blobstore_uris() {
+        let b = blobstore_from_uri("http://u%40x:p@h:25250").unwrap();
+        assert_eq!((b.provider.as_str(), b.options["user"].as_str()), ("dav", Some("u@x")));
+        assert_eq!(b.options["endpoint"], "http://h:25250");
+        assert_eq!(blobstore_from_uri("/var/blobs").unwrap().provider, "local");
+        assert!(blobstore_from_uri("ftp://x").is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! Fixtures shared by the integration tests: a throw-away PKI and a real nats-server.
+//!
+//! Every integration test binary compiles this module but uses only part of it, hence the
+//! `dead_code` allowance: without it, `clippy -D warnings` would fail for helpers another test uses.
+#![allow(dead_code)]
+
+pub mod certs;
+pub mod nats_server;
+
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// Records every log line of the process (tests run in parallel in one process, so assert with
+/// "contains", never "equals") and echoes it to stderr, which libtest shows for failing tests only.
+/// Lets negative tests check *why* something failed, not just that it did.
+struct CaptureLogger;
+
+static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static INIT: Once = Once::new();
+
+impl log::Log for CaptureLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Info
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let line = format!("{} {}", record.level(), record.args());
+            eprintln!("{line}");
+            LINES.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the capturing logger (idempotent; first caller wins).
+pub fn capture_logs() {
+    INIT.call_once(|| {
+        if log::set_logger(&CaptureLogger).is_ok() {
+            log::set_max_level(log::LevelFilter::Info);
+        }
+    });
+}
+
+/// True once some captured log line contains `needle`.
+pub fn logged(needle: &str) -> bool {
+    LINES.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|line| line.contains(needle))
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held. Tests use this
+/// instead of fixed sleeps so they are as fast as the system allows and still bounded.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
