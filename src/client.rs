@@ -157,7 +157,10 @@ impl Nats {
             name: "bosh-agent-call".into(),
         };
         let conn = NatsConnection::start(opts, tx);
-        if !conn.wait_connected(deadline.saturating_duration_since(Instant::now())) {
+        let left = || deadline.saturating_duration_since(Instant::now());
+        // Connected and the reply subscription acknowledged by the server (PING/PONG), so no reply can
+        // arrive before the server knows where to deliver it.
+        if !(conn.wait_connected(left()) && conn.flush(left())) {
             conn.shutdown();
             return Err(format!("could not connect to {}", crate::mbus::url::redact(url)));
         }

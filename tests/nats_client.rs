@@ -283,3 +283,22 @@ fn permissions_violation_keeps_the_connection() {
     assert_eq!(rx.recv_timeout(RECV).expect("own message").payload, b"allowed");
     assert!(agent.flush(RECV));
 }
+
+#[test]
+fn replies_have_no_batching_delay() {
+    // 300 sequential request/reply exchanges over mTLS: with Nagle or a polling loop anywhere on the
+    // path (~40 ms each) this would take many seconds; without, well under one.
+    let pki = TestPki::new();
+    let server = NatsServer::start(&pki, NatsServerOptions::default());
+    let (agent, agent_rx) = client(server.url(), pki.nats_tls("agent"), &["agent.agent-1"]);
+    let (director, director_rx) = client(server.url(), pki.nats_tls("director"), &["director.>"]);
+    connected(&agent, &server);
+    connected(&director, &server);
+    let started = std::time::Instant::now();
+    for i in 0..300 {
+        roundtrip(&agent, &agent_rx, &director, &director_rx, &format!("n{i}"));
+    }
+    let elapsed = started.elapsed();
+    eprintln!("300 request/reply exchanges took {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(6), "too slow: {elapsed:?}");
+}

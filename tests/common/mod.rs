@@ -4,6 +4,7 @@
 //! `dead_code` allowance: without it, `clippy -D warnings` would fail for helpers another test uses.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod certs;
 pub mod nats_server;
 

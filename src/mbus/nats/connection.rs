@@ -70,7 +70,7 @@ impl State {
             && (self.pending.len() > PENDING_MAX_MESSAGES || self.pending_bytes > PENDING_MAX_BYTES)
         {
             if let Some(old) = self.pending.pop_front() {
-                self.pending_bytes -= old.len();
+                self.pending_bytes = self.pending_bytes.saturating_sub(old.len());
                 log::warn!("NATS: disconnected buffer full, dropped the oldest message");
             }
         }
@@ -167,7 +167,7 @@ pub(crate) fn run(shared: &Shared, inbox: &Sender<Message>) {
 
 /// Waits up to `timeout` (forever when `None`); true when options changed or shutdown was requested.
 fn wait_for_change(shared: &Shared, generation: u64, timeout: Option<Duration>) -> bool {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut state = shared.lock();
     loop {
         if state.shutdown || state.generation != generation {
@@ -324,7 +324,7 @@ fn serve(
         }
         let flushed = state.pending.len();
         while let Some(frame) = state.pending.pop_front() {
-            state.pending_bytes -= frame.len();
+            state.pending_bytes = state.pending_bytes.saturating_sub(frame.len());
             if let Err(e) = wire.send(&frame) {
                 state.pending.push_front(frame);
                 state.pending_bytes = state.pending.iter().map(Vec::len).sum();
@@ -448,5 +448,74 @@ fn io_text(what: &str, e: &io::Error) -> String {
         format!("{what}: timed out")
     } else {
         format!("{what}: {e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State {
+            opts: NatsOptions { urls: vec![], tls: None, subscriptions: vec![], name: String::new() },
+            generation: 0,
+            shutdown: false,
+            wire: None,
+            socket: None,
+            max_payload: 0,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            connection_id: 0,
+            pings_sent: 0,
+            pongs_received: 0,
+        }
+    }
+
+    #[test]
+    fn buffer_drops_oldest_beyond_message_bound() {
+        let mut s = state();
+        for i in 0..PENDING_MAX_MESSAGES + 10 {
+            s.buffer(i.to_string().into_bytes());
+        }
+        assert_eq!(s.pending.len(), PENDING_MAX_MESSAGES);
+        assert_eq!(s.pending.front().map(Vec::as_slice), Some(&b"10"[..]));
+        assert_eq!(s.pending_bytes, s.pending.iter().map(Vec::len).sum::<usize>());
+    }
+
+    #[test]
+    fn buffer_drops_oldest_beyond_byte_bound() {
+        let mut s = state();
+        let chunk = PENDING_MAX_BYTES / 3;
+        for i in 0..5u8 {
+            s.buffer(vec![i; chunk]);
+        }
+        assert_eq!(s.pending.len(), 3);
+        assert_eq!(s.pending.front().map(|f| f[0]), Some(2));
+        // A single frame above the byte bound is still kept (it fit max_payload).
+        s.buffer(vec![9; PENDING_MAX_BYTES + 1]);
+        assert_eq!(s.pending.len(), 1);
+    }
+
+    #[test]
+    fn unreachable_server_never_connects_and_shuts_down_promptly() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let conn = super::super::NatsConnection::start(
+            NatsOptions {
+                urls: vec![format!("nats://127.0.0.1:{port}"), "nats://bad url:x".into()],
+                tls: None,
+                subscriptions: vec!["a".into()],
+                name: "t".into(),
+            },
+            tx,
+        );
+        assert!(!conn.wait_connected(Duration::from_millis(300)));
+        conn.publish("a", b"x").unwrap();
+        let started = Instant::now();
+        conn.shutdown();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(!conn.is_connected());
     }
 }

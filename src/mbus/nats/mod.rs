@@ -30,6 +30,10 @@
 //! }
 //! ```
 //!
+//! Additions beyond the contract: [`NatsConnection::publish_with_reply`] (sets a NATS reply subject),
+//! [`NatsConnection::flush`] (PING/PONG round trip, e.g. to make sure the shutdown notice left), and
+//! [`PublishError::InvalidSubject`] / [`PublishError::Closed`].
+//!
 //! Behaviour worth knowing (details in `connection.rs`): reconnects start after 0.5 s and double up
 //! to 10 s, reset after a successful connect; host names are re-resolved on every attempt; an
 //! `-ERR 'Permissions Violation…'` is logged and the connection kept, any other `-ERR` reconnects;
@@ -151,7 +155,7 @@ impl fmt::Debug for NatsConnection {
 
 impl NatsConnection {
     /// Spawns the connection thread; it connects and reconnects forever, delivering MSGs to `inbox`.
-    /// Never fails: an unreachable server, bad URL or rejected certificate are logged and retried,
+    /// The thread runs until [`NatsConnection::shutdown`], even if every handle is dropped. Never fails: an unreachable server, bad URL or rejected certificate are logged and retried,
     /// because the agent must keep trying until the director's NATS accepts it.
     pub fn start(opts: NatsOptions, inbox: Sender<Message>) -> NatsConnection {
         let shared = Arc::new(Shared {
@@ -230,7 +234,7 @@ impl NatsConnection {
     /// (the shutdown notice) reached the server, and lets tests order events without sleeping.
     /// False when not connected, on timeout, or when the connection changes meanwhile.
     pub fn flush(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut state = lock(&self.shared.state);
         let Some(wire) = state.wire.clone() else {
             return false;
@@ -274,7 +278,7 @@ impl NatsConnection {
     /// Blocks until connected or `timeout` passes; returns whether connected. Lets callers (and
     /// tests) wait for the connection without sleeping blindly.
     pub fn wait_connected(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut state = lock(&self.shared.state);
         loop {
             if state.wire.is_some() {
@@ -320,4 +324,12 @@ impl NatsConnection {
             }
         }
     }
+}
+
+/// `now + timeout`, saturating (about a century ahead) so callers may pass `Duration::MAX`.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
 }

@@ -1,0 +1,243 @@
+//! The agent binary under test, started exactly as a stemcell would start it (`-C agent.json` with a
+//! File settings source) in a scratch base directory, and a director-side client to talk to it.
+
+use super::certs::TestPki;
+use super::wait_until;
+use bosh_agent::client::{Nats, Transport};
+use bosh_agent::mbus::nats::{Message, NatsConnection, NatsOptions};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// A running agent process; killed on drop.
+pub struct TestAgent {
+    child: Option<Child>,
+    dir: TempDir,
+    /// The agent id, unique per test.
+    pub agent_id: String,
+    args: Vec<String>,
+}
+
+/// Settings for an agent on NATS with the bootstrap certificate the director would generate.
+pub fn nats_settings(pki: &TestPki, agent_id: &str, url: &str) -> Value {
+    let (cert, key) = pki.client(&format!("{agent_id}.bootstrap.agent.bosh-internal"));
+    json!({
+        "agent_id": agent_id,
+        "mbus": url,
+        "env": {"bosh": {"mbus": {"cert": {"ca": pki.ca_pem, "certificate": cert, "private_key": key}}}},
+        "networks": {"default": {"type": "manual", "ip": "10.0.0.5", "netmask": "255.255.255.0", "default": ["dns", "gateway"]}},
+        "vm": {"name": "vm-test"},
+        "disks": {"persistent": {"disk-1": "/dev/sdc"}}
+    })
+}
+
+impl TestAgent {
+    /// Writes `settings` and an `agent.json` pointing at them, then starts the agent on the dummy
+    /// platform with a 1 s heartbeat.
+    pub fn start(settings: &Value, extra: &[&str]) -> TestAgent {
+        let dir = tempfile::tempdir().expect("agent scratch dir");
+        Self::prepare(dir.path(), settings);
+        let agent_id = settings["agent_id"].as_str().unwrap_or("").to_string();
+        let mut args: Vec<String> =
+            ["-P", "dummy", "-M", "dummy", "-l", "debug", "-h", "1"].map(String::from).to_vec();
+        args.extend(["-C".into(), path(&dir.path().join("agent.json"))]);
+        args.extend(["-b".into(), path(&dir.path().join("base"))]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut agent = TestAgent { child: None, dir, agent_id, args };
+        agent.spawn();
+        agent
+    }
+
+    fn prepare(dir: &Path, settings: &Value) {
+        std::fs::create_dir_all(dir.join("base/bosh")).expect("base dir");
+        std::fs::write(dir.join("settings.json"), settings.to_string()).expect("settings");
+        let cfg = json!({"Platform": {"Linux": {}}, "Infrastructure": {"Settings": {"Sources": [
+            {"Type": "File", "SettingsPath": path(&dir.join("settings.json"))}]}}});
+        std::fs::write(dir.join("agent.json"), cfg.to_string()).expect("agent.json");
+    }
+
+    fn spawn(&mut self) {
+        let log =
+            std::fs::File::options().create(true).append(true).open(self.log_path()).expect("agent log");
+        let child = Command::new(env!("CARGO_BIN_EXE_bosh-agent"))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawning bosh-agent");
+        self.child = Some(child);
+    }
+
+    /// The base directory (`-b`).
+    pub fn base(&self) -> PathBuf {
+        self.dir.path().join("base")
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// Kills the agent (as a crash would) and starts it again with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Kills the agent.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Sends SIGTERM and returns the exit status once it exits (bounded).
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        None
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.log());
+        }
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.to_str().expect("UTF-8 temp path").to_string()
+}
+
+/// The director's side: protocol 3 requests with `director.<uuid>.<agent_id>.<uuid>` reply subjects.
+pub struct Director {
+    nats: Nats,
+}
+
+impl Director {
+    /// Connects with a director certificate.
+    pub fn connect(pki: &TestPki, url: &str, agent_id: &str) -> Director {
+        let tls = pki.nats_tls("director.bosh-internal");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        Director { nats: Nats::connect(url, Some(tls), agent_id, deadline).expect("director connects") }
+    }
+
+    /// One request; the reply envelope.
+    pub fn request(&mut self, method: &str, args: Value) -> Result<Value, String> {
+        let args = args.as_array().cloned().unwrap_or_default();
+        self.nats.request(method, &args, Instant::now() + Duration::from_secs(10))
+    }
+
+    /// One request that must be answered.
+    pub fn send(&mut self, method: &str, args: Value) -> Value {
+        self.request(method, args).unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    /// Retries `ping` until the agent answers (it connects in the background).
+    pub fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+            let args: Vec<Value> = Vec::new();
+            if let Ok(v) = self.nats.request("ping", &args, Instant::now() + left) {
+                if v == json!({"value": "pong"}) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Sends an async request and polls `get_task` until it is no longer running.
+    pub fn run_task(&mut self, method: &str, args: Value) -> Value {
+        let first = self.send(method, args);
+        let id = first["value"]["agent_task_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} gave no task: {first}"))
+            .to_string();
+        assert_eq!(first["value"]["state"], "running");
+        self.wait_task(&id, Duration::from_secs(20))
+    }
+
+    /// Polls `get_task` until the task finishes.
+    pub fn wait_task(&mut self, id: &str, timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        let done = wait_until(timeout, || {
+            last = self.send("get_task", json!([id]));
+            last["value"]["state"] != "running" || last["value"]["agent_task_id"] != id
+        });
+        assert!(done, "task {id} still running: {last}");
+        last
+    }
+}
+
+/// A health-monitor-side subscriber to `hm.agent.*.<agent_id>`.
+pub struct HealthMonitor {
+    conn: NatsConnection,
+    rx: Receiver<Message>,
+}
+
+impl HealthMonitor {
+    /// Subscribes with the health monitor's certificate.
+    pub fn connect(pki: &TestPki, url: &str, agent_id: &str) -> HealthMonitor {
+        let (tx, rx) = mpsc::channel();
+        let opts = NatsOptions {
+            urls: vec![url.to_string()],
+            tls: Some(pki.nats_tls("default.hm.bosh-internal")),
+            subscriptions: vec![format!("hm.agent.*.{agent_id}")],
+            name: "hm".into(),
+        };
+        let conn = NatsConnection::start(opts, tx);
+        assert!(conn.wait_connected(Duration::from_secs(10)), "health monitor connects");
+        assert!(conn.flush(Duration::from_secs(5)), "subscription registered");
+        HealthMonitor { conn, rx }
+    }
+
+    /// The next message on `subject` within `timeout`.
+    pub fn next(&self, subject: &str, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.rx.recv_timeout(deadline.checked_duration_since(Instant::now())?).ok()?;
+            if m.subject == subject {
+                return serde_json::from_slice(&m.payload).ok();
+            }
+        }
+    }
+
+    /// Drops everything received so far.
+    pub fn drain(&self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+impl Drop for HealthMonitor {
+    fn drop(&mut self) {
+        self.conn.shutdown();
+    }
+}
