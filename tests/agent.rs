@@ -5,7 +5,7 @@ mod common;
 
 use common::agent::{nats_settings, Director, HealthMonitor, TestAgent};
 use common::certs::TestPki;
-use common::nats_server::{free_port, NatsServer, NatsServerOptions};
+use common::nats_server::{free_port, MappedUser, NatsServer, NatsServerOptions};
 use common::wait_until;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -374,4 +374,70 @@ fn missing_mandatory_setting_is_a_clear_startup_error() {
     let mut agent = TestAgent::start(&settings, &[]);
     assert!(wait_until(Duration::from_secs(10), || !agent.alive()), "agent should exit");
     assert!(agent.log().contains("settings lack the mandatory key 'agent_id'"), "{}", agent.log());
+}
+
+/// The per-agent NATS users bosh-nats-sync writes: the agent may subscribe to `agent.<id>` only and
+/// publish only replies and health-monitor events.
+fn bosh_users(id: &str, with_bootstrap: bool) -> Vec<MappedUser> {
+    let publish = [
+        format!("hm.agent.heartbeat.{id}"),
+        format!("hm.agent.alert.{id}"),
+        format!("hm.agent.shutdown.{id}"),
+        format!("director.*.{id}.*"),
+    ];
+    let subscribe = [format!("agent.{id}")];
+    let mut users = vec![
+        MappedUser::cn(&format!("{id}.agent.bosh-internal"), Some(&publish), Some(&subscribe)),
+        MappedUser::cn(
+            "director.bosh-internal",
+            Some(&["agent.*".to_string()]),
+            Some(&["director.>".to_string()]),
+        ),
+        MappedUser::cn("default.hm.bosh-internal", Some(&[]), Some(&["hm.agent.*.*".to_string()])),
+    ];
+    if with_bootstrap {
+        users.push(MappedUser::cn(
+            &format!("{id}.bootstrap.agent.bosh-internal"),
+            Some(&publish),
+            Some(&subscribe),
+        ));
+    }
+    users
+}
+
+#[test]
+fn bootstrap_certificate_is_replaced_before_nats_sync_revokes_it() {
+    let pki = TestPki::new();
+    let id = unique_id("sync");
+    let mut opts = NatsServerOptions { mapped_users: Some(bosh_users(&id, true)), ..Default::default() };
+    let mut nats = NatsServer::start(&pki, opts.clone());
+    let agent = TestAgent::start(&nats_settings(&pki, &id, &nats.url()), &[]);
+    let mut d = Director::connect(&pki, &nats.url(), &id);
+    assert!(d.wait_ready(Duration::from_secs(15)), "agent never answered:\n{}\n{}", agent.log(), nats.log());
+    let hm = HealthMonitor::connect(&pki, &nats.url(), &id);
+    let beat = format!("hm.agent.heartbeat.{id}");
+    assert!(
+        hm.next(&beat, Duration::from_secs(5)).is_some(),
+        "heartbeat allowed under per-agent permissions"
+    );
+
+    let (cert, key) = pki.client(&format!("{id}.agent.bosh-internal"));
+    let update = json!([{"trusted_certs": "", "mbus": {"cert": {"ca": pki.ca_pem, "certificate": cert, "private_key": key}}}]);
+    let first = d.send("update_settings", update);
+    let task = first["value"]["agent_task_id"].as_str().expect("task id").to_string();
+    assert_eq!(d.wait_task(&task, Duration::from_secs(10)), json!({"value": "ok"}));
+
+    // nats-sync drops the bootstrap user once the director marks the credentials permanent.
+    opts.mapped_users = Some(bosh_users(&id, false));
+    nats.reload(&pki, &opts);
+    assert!(wait_until(Duration::from_secs(5), || nats.log().contains("Reloaded")), "{}", nats.log());
+    assert_eq!(d.send("get_task", json!([task])), json!({"value": "ok"}));
+    assert_eq!(d.send("ping", json!([])), json!({"value": "pong"}));
+    hm.drain();
+    assert!(hm.next(&beat, Duration::from_secs(5)).is_some(), "heartbeats continue with the new certificate");
+    assert!(
+        !nats.log().contains("Permissions Violation"),
+        "the agent stepped outside its permissions:\n{}",
+        nats.log()
+    );
 }

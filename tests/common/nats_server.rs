@@ -31,6 +31,31 @@ pub struct NatsServerOptions {
     pub server_cert: Option<(PathBuf, PathBuf)>,
     /// Run without TLS (plain `nats://`); the PKI is then unused.
     pub plain: bool,
+    /// Map client certificates to these users (`verify_and_map`), by subject DN such as
+    /// `CN=<id>.agent.bosh-internal,O=Cloud Foundry`, as the BOSH nats job does; others are refused.
+    pub mapped_users: Option<Vec<MappedUser>>,
+}
+
+/// A user identified by its client certificate's subject, with optional publish/subscribe allow-lists.
+#[derive(Debug, Clone, Default)]
+pub struct MappedUser {
+    /// Subject DN, e.g. `CN=x.agent.bosh-internal,O=Cloud Foundry,C=USA`.
+    pub dn: String,
+    /// Subjects this user may publish to (all when `None`).
+    pub publish: Option<Vec<String>>,
+    /// Subjects this user may subscribe to (all when `None`).
+    pub subscribe: Option<Vec<String>>,
+}
+
+impl MappedUser {
+    /// A user for the certificate with CommonName `cn` made by `TestPki`.
+    pub fn cn(cn: &str, publish: Option<&[String]>, subscribe: Option<&[String]>) -> MappedUser {
+        MappedUser {
+            dn: format!("CN={cn},O=Cloud Foundry,C=USA"),
+            publish: publish.map(<[String]>::to_vec),
+            subscribe: subscribe.map(<[String]>::to_vec),
+        }
+    }
 }
 
 /// A running nats-server; killed on drop.
@@ -46,39 +71,7 @@ impl NatsServer {
     pub fn start(pki: &TestPki, opts: NatsServerOptions) -> NatsServer {
         let port = opts.port.unwrap_or_else(free_port);
         let dir = tempfile::tempdir().expect("temporary directory for nats-server");
-        let (cert, key) = opts
-            .server_cert
-            .clone()
-            .unwrap_or_else(|| (pki.server_cert_file.clone(), pki.server_key_file.clone()));
-        let mut conf = format!("listen: 127.0.0.1:{port}\n");
-        if !opts.plain {
-            conf.push_str(&format!(
-                "tls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 5\n}}\n",
-                quote_path(&cert),
-                quote_path(&key),
-                quote_path(&pki.ca_file),
-            ));
-        }
-        if let Some(max) = opts.max_payload {
-            conf.push_str(&format!("max_payload: {max}\n"));
-        }
-        match (&opts.users, &opts.publish_allow) {
-            (Some((user, pass)), None) => conf.push_str(&format!(
-                "authorization {{\n  user: {}\n  password: {}\n}}\n",
-                quote(user),
-                quote(pass)
-            )),
-            (Some((user, pass)), Some(allow)) => {
-                let allow: Vec<String> = allow.iter().map(|s| quote(s)).collect();
-                conf.push_str(&format!(
-                    "authorization {{\n  users = [\n    {{ user: {}, password: {}, permissions: {{ publish: [{}] }} }}\n  ]\n}}\n",
-                    quote(user),
-                    quote(pass),
-                    allow.join(", ")
-                ));
-            }
-            (None, _) => {}
-        }
+        let conf = config_text(pki, port, &opts);
         let config = dir.path().join("nats.conf");
         std::fs::write(&config, conf).expect("writing nats-server config");
         let mut server = NatsServer { child: None, port, dir, config };
@@ -107,6 +100,16 @@ impl NatsServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Rewrites the configuration and makes the running server reload it (SIGHUP), as bosh-nats-sync
+    /// does when it changes the users; connections whose user disappeared are closed by the server.
+    pub fn reload(&mut self, pki: &TestPki, opts: &NatsServerOptions) {
+        std::fs::write(&self.config, config_text(pki, self.port, opts))
+            .expect("rewriting nats-server config");
+        let pid = self.child.as_ref().expect("server running").id();
+        // SAFETY: plain kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0, "signalling nats-server");
     }
 
     /// Stops the server if running and starts it again on the same port with the same config.
@@ -143,6 +146,62 @@ impl NatsServer {
         });
         assert!(up, "nats-server did not listen on {port} within 10 s:\n{}", self.log());
     }
+}
+
+/// The nats-server configuration for these options.
+fn config_text(pki: &TestPki, port: u16, opts: &NatsServerOptions) -> String {
+    let (cert, key) = opts
+        .server_cert
+        .clone()
+        .unwrap_or_else(|| (pki.server_cert_file.clone(), pki.server_key_file.clone()));
+    let mut conf = format!("listen: 127.0.0.1:{port}\n");
+    if !opts.plain {
+        conf.push_str(&format!(
+            "tls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  {verify}\n  timeout: 5\n}}\n",
+            quote_path(&cert),
+            quote_path(&key),
+            quote_path(&pki.ca_file),
+            verify = if opts.mapped_users.is_some() { "verify_and_map: true" } else { "verify: true" },
+        ));
+    }
+    if let Some(max) = opts.max_payload {
+        conf.push_str(&format!("max_payload: {max}\n"));
+    }
+    match (&opts.users, &opts.publish_allow) {
+        (Some((user, pass)), None) => conf.push_str(&format!(
+            "authorization {{\n  user: {}\n  password: {}\n}}\n",
+            quote(user),
+            quote(pass)
+        )),
+        (Some((user, pass)), Some(allow)) => {
+            let allow: Vec<String> = allow.iter().map(|s| quote(s)).collect();
+            conf.push_str(&format!(
+                "authorization {{\n  users = [\n    {{ user: {}, password: {}, permissions: {{ publish: [{}] }} }}\n  ]\n}}\n",
+                quote(user),
+                quote(pass),
+                allow.join(", ")
+            ));
+        }
+        (None, _) => {}
+    }
+    if let Some(users) = &opts.mapped_users {
+        let list = |l: &[String]| l.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ");
+        let users: Vec<String> = users
+            .iter()
+            .map(|u| {
+                let mut perms = Vec::new();
+                if let Some(p) = &u.publish {
+                    perms.push(format!("publish: [{}]", list(p)));
+                }
+                if let Some(s) = &u.subscribe {
+                    perms.push(format!("subscribe: [{}]", list(s)));
+                }
+                format!("    {{ user: {}, permissions: {{ {} }} }}", quote(&u.dn), perms.join(", "))
+            })
+            .collect();
+        conf.push_str(&format!("authorization {{\n  users = [\n{}\n  ]\n}}\n", users.join("\n")));
+    }
+    conf
 }
 
 impl Drop for NatsServer {
