@@ -103,12 +103,19 @@ fn main() {
         format!("{:.2}x", echo_busy.p99().as_secs_f64() / echo_idle.p99().as_secs_f64()),
     );
     cancel_all(&mut to_agent, &tasks);
+    let busy_mem = agent.memory();
 
     // 6: resident memory, idle and after a soak of mixed requests.
-    let soak_errors = soak(&mut to_agent);
+    // Read halfway too: a plateau means bounded caches (the task table keeps 1000 results), steady
+    // growth between the halves would mean a leak.
+    let mut soak_errors = soak(&mut to_agent, SOAK / 2);
+    let half_mem = agent.memory();
+    soak_errors += soak(&mut to_agent, SOAK - SOAK / 2);
     let soak_mem = agent.memory();
     report.memory("agent VmRSS idle", idle_mem.rss_kib, None);
     report.memory("agent VmHWM idle", idle_mem.hwm_kib, None);
+    report.memory("agent VmRSS after busy phase", busy_mem.rss_kib, None);
+    report.memory(&format!("agent VmRSS after {} requests", SOAK / 2), half_mem.rss_kib, None);
     report.memory(&format!("agent VmRSS after {SOAK} requests"), soak_mem.rss_kib, Some(TARGET_RSS_KIB));
     report.memory(&format!("agent VmHWM after {SOAK} requests"), soak_mem.hwm_kib, Some(TARGET_RSS_KIB));
     report.info("agent threads idle / after soak", format!("{} / {}", idle_mem.threads, soak_mem.threads));
@@ -226,12 +233,12 @@ fn cancel_all(t: &mut Nats, tasks: &[String]) {
 
 /// The memory soak: ping, get_state, get_task of the previous (finished) list_disk task, and
 /// list_disk (a task under protocol 3) in turn. Returns how many replies lacked a `value`.
-fn soak(t: &mut Nats) -> usize {
+fn soak(t: &mut Nats, requests: usize) -> usize {
     let first = t.request("list_disk", &[], Instant::now() + REQUEST_TIMEOUT).expect("list_disk");
     let mut last_task = first["value"]["agent_task_id"].as_str().expect("list_disk task id").to_string();
     std::thread::sleep(Duration::from_millis(50));
     let mut errors = 0;
-    for i in 0..SOAK {
+    for i in 0..requests {
         let (method, args) = match i % 4 {
             0 => ("ping", vec![]),
             1 => ("get_state", vec![]),
