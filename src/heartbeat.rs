@@ -54,6 +54,7 @@ impl Heartbeat {
             if let Err(e) = notifier.notify(HmTopic::Heartbeat, &beat) {
                 log::warn!("sending heartbeat: {e}");
             }
+            crate::memory::release_free();
             match stopped.recv_timeout(interval) {
                 Err(RecvTimeoutError::Timeout) => continue,
                 _ => break,

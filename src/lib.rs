@@ -18,6 +18,7 @@ pub mod ids;
 pub mod jobs;
 pub mod logging;
 pub mod mbus;
+pub mod memory;
 pub mod platform;
 pub mod settings;
 pub mod tls;

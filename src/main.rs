@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(opts) => {
+            bosh_agent::memory::limit_arenas();
             bosh_agent::logging::init(opts.log_level);
             match bosh_agent::app::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,

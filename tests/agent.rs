@@ -262,6 +262,30 @@ fn oversized_replies_become_exceptions_and_the_connection_survives() {
 }
 
 #[test]
+fn replies_respect_a_smaller_server_max_payload() {
+    let pki = TestPki::new();
+    let nats =
+        NatsServer::start(&pki, NatsServerOptions { max_payload: Some(64 * 1024), ..Default::default() });
+    let id = unique_id("small");
+    let agent = TestAgent::start(&nats_settings(&pki, &id, &nats.url()), &[]);
+    let mut d = Director::connect(&pki, &nats.url(), &id);
+    assert!(d.wait_ready(Duration::from_secs(15)), "{}", agent.log());
+    let spec = json!({"deployment": "y".repeat(100_000)});
+    std::fs::write(agent.base().join("bosh/spec.json"), spec.to_string()).unwrap();
+    assert_eq!(exception(&d.send("get_state", json!([]))), "Response exceeded maximum allowed length");
+    assert_eq!(d.send("ping", json!([])), json!({"value": "pong"}));
+}
+
+#[test]
+fn a_panicking_action_costs_one_reply_not_the_agent() {
+    let (mut env, mut d) = start("panic");
+    let e = exception(&d.send("dummy_panic", json!([])));
+    assert!(e.contains("internal error") && e.contains("asked to panic"), "{e}");
+    assert_eq!(d.send("ping", json!([])), json!({"value": "pong"}));
+    assert!(env.agent.alive());
+}
+
+#[test]
 fn update_settings_rotates_the_certificate_and_stays_answerable() {
     let (env, mut d) = start("rotate");
     let id = env.agent.agent_id.clone();

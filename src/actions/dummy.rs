@@ -1,5 +1,6 @@
-//! `dummy_sleep [seconds]`: a cancelable task that only waits, offered on the dummy platform so tests
-//! and benchmarks can keep tasks running without jobs (the Go agent's dummy platform has similar aids).
+//! Test aids offered only on the dummy platform (the Go agent's dummy platform has similar ones):
+//! `dummy_sleep [seconds]`, a cancelable task that only waits, so tests and benchmarks can keep tasks
+//! running without jobs; and `dummy_panic`, which proves a panicking action costs one reply, not the agent.
 
 use super::{bind, Action, Call};
 use serde_json::{json, Value};
@@ -23,5 +24,16 @@ impl Action for Sleep {
     fn run(self, call: &Call) -> Result<Value, String> {
         let canceled = call.cancel.wait(Duration::from_secs_f64(self.seconds));
         Ok(json!({ "canceled": canceled }))
+    }
+}
+
+/// Panics on purpose.
+pub struct Panic;
+impl Action for Panic {
+    fn bind(args: &[Value]) -> Result<Self, String> {
+        bind::<()>(args).map(|_| Panic)
+    }
+    fn run(self, _: &Call) -> Result<Value, String> {
+        panic!("dummy_panic was asked to panic")
     }
 }

@@ -148,6 +148,7 @@ pub static REGISTRY: &[ActionSpec] = &[
     row("shutdown", Synchronous, [NO, NO, YES], binder::<system::Shutdown>),
     row("update_settings", Async, [NO, YES, NO], binder::<settings::UpdateSettingsAction>),
     ActionSpec { dummy_only: true, ..row("dummy_sleep", Async, [YES, NO, YES], binder::<dummy::Sleep>) },
+    ActionSpec { dummy_only: true, ..row("dummy_panic", Synchronous, [NO, NO, YES], binder::<dummy::Panic>) },
 ];
 
 /// Finds the action for a method name, honouring dummy-only rows.

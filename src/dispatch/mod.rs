@@ -2,8 +2,8 @@
 //!
 //! Listener threads push [`Incoming`] requests onto one channel; a fixed pool of workers ([`pool`])
 //! takes them off and calls [`Dispatcher::handle`]. Synchronous actions run on the worker; asynchronous
-//! ones get a task id, their reply is sent first, and then their body runs on a thread of its own, so a
-//! long task never occupies a worker and `ping`, `get_state` and `get_task` are answered at once however
+//! ones get a task id, their reply is sent first, and then their body runs on a task thread (reused, never
+//! queued behind another task), so a long task never occupies a worker and `ping`, `get_state` and `get_task` are answered at once however
 //! many tasks run.
 
 pub mod pool;
@@ -40,12 +40,13 @@ pub type AfterReply = Box<dyn FnOnce() + Send>;
 /// Routes requests to actions.
 pub struct Dispatcher {
     ctx: Arc<Context>,
+    runner: pool::TaskRunner,
 }
 
 impl Dispatcher {
     /// A dispatcher over the shared context.
     pub fn new(ctx: Arc<Context>) -> Dispatcher {
-        Dispatcher { ctx }
+        Dispatcher { ctx, runner: pool::TaskRunner::default() }
     }
 
     /// Parses, dispatches, replies and logs one request. Never panics on input: a malformed envelope
@@ -123,10 +124,10 @@ impl Dispatcher {
             return (Response::exception(format!("Action Failed {}: {e}", spec.name)), None);
         }
         let handle = json!({ "agent_task_id": id, "state": "running" });
-        let ctx = self.ctx.clone();
+        let (ctx, runner) = (self.ctx.clone(), self.runner.clone());
         let protocol = request.protocol;
         let after: AfterReply =
-            Box::new(move || spawn_task(ctx, spec.name, id, protocol, token, bound, false));
+            Box::new(move || spawn_task(&runner, ctx, spec.name, id, protocol, token, bound, false));
         (Response::Value(handle), Some(after))
     }
 
@@ -149,7 +150,16 @@ impl Dispatcher {
                         log::error!("resuming task {}: {e}", p.task_id);
                         continue;
                     }
-                    spawn_task(self.ctx.clone(), spec.name, p.task_id, r.protocol, token, bound, true);
+                    spawn_task(
+                        &self.runner,
+                        self.ctx.clone(),
+                        spec.name,
+                        p.task_id,
+                        r.protocol,
+                        token,
+                        bound,
+                        true,
+                    );
                 }
                 Err(e) => {
                     log::warn!("dropping persisted task {}: {e}", p.task_id);
@@ -161,7 +171,9 @@ impl Dispatcher {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one call site per path; a struct would only rename them
 fn spawn_task(
+    runner: &pool::TaskRunner,
     ctx: Arc<Context>,
     method: &'static str,
     id: String,
@@ -172,7 +184,7 @@ fn spawn_task(
 ) {
     let tasks = ctx.tasks.clone();
     let task_id = id.clone();
-    let spawned = std::thread::Builder::new().name(format!("task-{method}")).spawn(move || {
+    let spawned = runner.run(Box::new(move || {
         let started = Instant::now();
         let token = token.unwrap_or_default();
         let call = Call { ctx: &ctx, protocol, cancel: &token };
@@ -183,7 +195,10 @@ fn spawn_task(
             started.elapsed().as_secs_f64()
         );
         ctx.tasks.finish(&task_id, result);
-    });
+        if ctx.tasks.running() == 0 {
+            crate::memory::release_free();
+        }
+    }));
     if let Err(e) = spawned {
         tasks.finish(&id, Err(format!("starting task thread: {e}")));
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// How long a finished task's result stays answerable.
 pub const RESULT_TTL: Duration = Duration::from_secs(3600);
 /// How many finished results are kept at most.
-pub const RESULT_CAP: usize = 1000;
+pub const RESULT_CAP: usize = 256;
 
 /// Cooperative cancellation for a running action: it checks or waits on the token, so a cancelled task
 /// still finishes with a normal result (the director collects an errand's output after cancelling).
@@ -97,8 +97,17 @@ impl PersistedTask {
     }
 }
 
+/// A task's state as stored: finished values are kept as compact JSON text rather than a `Value` tree,
+/// which roughly halves what a thousand kept results cost.
+#[derive(PartialEq)]
+enum Stored {
+    Running,
+    Done(Box<str>),
+    Failed(Box<str>),
+}
+
 struct Task {
-    state: TaskState,
+    state: Stored,
     cancel: Option<CancelToken>,
     finished_at: Option<Instant>,
 }
@@ -158,7 +167,7 @@ impl TaskTable {
             inner.persisted.insert(id.to_string(), p);
             self.save(&inner)?;
         }
-        inner.tasks.insert(id.to_string(), Task { state: TaskState::Running, cancel, finished_at: None });
+        inner.tasks.insert(id.to_string(), Task { state: Stored::Running, cancel, finished_at: None });
         Ok(())
     }
 
@@ -168,8 +177,8 @@ impl TaskTable {
         let now = Instant::now();
         if let Some(t) = inner.tasks.get_mut(id) {
             t.state = match result {
-                Ok(v) => TaskState::Done(v),
-                Err(e) => TaskState::Failed(e),
+                Ok(v) => Stored::Done(v.to_string().into_boxed_str()),
+                Err(e) => Stored::Failed(e.into_boxed_str()),
             };
             t.cancel = None;
             t.finished_at = Some(now);
@@ -185,7 +194,14 @@ impl TaskTable {
 
     /// The state of a task, if it is known.
     pub fn get(&self, id: &str) -> Option<TaskState> {
-        lock(&self.inner).tasks.get(id).map(|t| t.state.clone())
+        let inner = lock(&self.inner);
+        let state = &inner.tasks.get(id)?.state;
+        Some(match state {
+            Stored::Running => TaskState::Running,
+            // The text was produced by serialising a Value, so it parses back; Null is unreachable.
+            Stored::Done(json) => TaskState::Done(serde_json::from_str(json).unwrap_or(Value::Null)),
+            Stored::Failed(e) => TaskState::Failed(e.to_string()),
+        })
     }
 
     /// Requests cancellation of a task; only tasks started with a token can be cancelled.
@@ -193,7 +209,7 @@ impl TaskTable {
         let inner = lock(&self.inner);
         match inner.tasks.get(id) {
             None => CancelOutcome::NotFound,
-            Some(t) if t.state != TaskState::Running => CancelOutcome::Canceled,
+            Some(t) if t.state != Stored::Running => CancelOutcome::Canceled,
             Some(Task { cancel: Some(c), .. }) => {
                 c.cancel();
                 CancelOutcome::Canceled
@@ -204,7 +220,7 @@ impl TaskTable {
 
     /// How many tasks are still running.
     pub fn running(&self) -> usize {
-        lock(&self.inner).tasks.values().filter(|t| t.state == TaskState::Running).count()
+        lock(&self.inner).tasks.values().filter(|t| t.state == Stored::Running).count()
     }
 
     fn save(&self, inner: &Inner) -> Result<(), String> {

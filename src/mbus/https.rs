@@ -1,27 +1,9 @@
 //! The HTTPS bus for `bosh create-env`: bosh-cli POSTs agent requests to `/agent` and uploads blobs to
 //! `/blobs/<prefix>/<id>` (wire contract: clients.md §5.1–5.3, go-agent.md §2.7).
 //!
-//! INTERFACE CONTRACT:
-//!
-//! ```ignore
-//! pub trait AgentEndpoint: Send + Sync + 'static {
-//!     /// Body of `POST /agent` in, JSON reply body out (always a JSON object).
-//!     fn handle(&self, body: Vec<u8>) -> Vec<u8>;
-//! }
-//! pub struct HttpsOptions {
-//!     pub listen: String,            // "host:port" from the mbus URL
-//!     pub user: String, pub password: String,   // Basic auth, percent-decoded
-//!     pub tls: Arc<rustls::ServerConfig>,
-//!     pub blobs_dir: PathBuf,        // <base>/data/blobs
-//!     pub max_connections: usize,
-//! }
-//! pub struct HttpsServer { .. }
-//! impl HttpsServer {
-//!     pub fn start(opts: HttpsOptions, endpoint: Arc<dyn AgentEndpoint>) -> std::io::Result<HttpsServer>;
-//!     pub fn local_addr(&self) -> SocketAddr;
-//!     pub fn shutdown(&self);
-//! }
-//! ```
+//! The surface: [`HttpsServer::start`] listens with a rustls server config and hands every `POST /agent`
+//! body to an [`AgentEndpoint`], whose returned bytes are the 200 reply; blobs are streamed to and from
+//! `blobs_dir` without the endpoint's involvement.
 //!
 //! Design (why it looks like this): the agent is synchronous, so the server is one accept thread plus
 //! one thread per connection, capped at `max_connections`; over the cap a small, separately capped set

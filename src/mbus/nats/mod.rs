@@ -1,38 +1,16 @@
-//! A small blocking core-NATS client over rustls (owned by the NATS helper; interface fixed here).
+//! A small blocking core-NATS client over rustls.
 //!
 //! Why our own client: the agent's design card forbids an async runtime, and the agent needs only a
 //! sliver of NATS (one subscription, publishes, TLS, reconnect). The client is synchronous and
 //! threaded: one connection thread per [`NatsConnection`] connects, reads and reconnects forever;
 //! publishers write straight to the socket from their own thread so replies leave without a hop.
 //!
-//! INTERFACE CONTRACT (the rest of the agent codes against exactly this):
-//!
-//! ```ignore
-//! pub struct NatsOptions {
-//!     pub urls: Vec<String>,                       // nats://[user:pass@]host:port, tried in turn
-//!     pub tls: Option<Arc<rustls::ClientConfig>>,  // Some => TLS upgrade after INFO (mTLS)
-//!     pub subscriptions: Vec<String>,              // subjects to SUB after every (re)connect
-//!     pub name: String,                            // CONNECT "name"
-//! }
-//! pub struct Message { pub subject: String, pub reply: Option<String>, pub payload: Vec<u8> }
-//! #[derive(Clone)] pub struct NatsConnection { .. }
-//! impl NatsConnection {
-//!     /// Spawns the connection thread; it connects and reconnects forever, delivering MSGs to `inbox`.
-//!     pub fn start(opts: NatsOptions, inbox: std::sync::mpsc::Sender<Message>) -> NatsConnection;
-//!     /// Err(PublishError::TooLarge{..}) when payload > max_payload (nothing sent, connection kept);
-//!     /// while disconnected, buffers a bounded number of messages flushed after reconnect.
-//!     pub fn publish(&self, subject: &str, payload: &[u8]) -> Result<(), PublishError>;
-//!     pub fn max_payload(&self) -> usize;           // from INFO; 1 MiB until known
-//!     pub fn is_connected(&self) -> bool;
-//!     pub fn wait_connected(&self, timeout: Duration) -> bool;
-//!     pub fn reconfigure(&self, opts: NatsOptions); // new certs/urls: drop and reconnect with these
-//!     pub fn shutdown(&self);
-//! }
-//! ```
-//!
-//! Additions beyond the contract: [`NatsConnection::publish_with_reply`] (sets a NATS reply subject),
-//! [`NatsConnection::flush`] (PING/PONG round trip, e.g. to make sure the shutdown notice left), and
-//! [`PublishError::InvalidSubject`] / [`PublishError::Closed`].
+//! The surface: [`NatsConnection::start`] spawns the connection thread, which delivers every MSG on
+//! its subscriptions to an mpsc inbox; [`NatsConnection::publish`] refuses payloads over the server's
+//! max_payload (nothing sent, connection kept) and, while disconnected, buffers a bounded number of
+//! messages that are sent after the next connect; [`NatsConnection::reconfigure`] drops the connection
+//! and reconnects with new options (certificate rotation); [`NatsConnection::flush`] is a PING/PONG
+//! round trip proving the server has processed everything sent before it.
 //!
 //! Behaviour worth knowing (details in `connection.rs`): reconnects start after 0.5 s and double up
 //! to 10 s, reset after a successful connect; host names are re-resolved on every attempt; an
