@@ -320,16 +320,37 @@ fn update_settings_rotates_the_certificate_and_stays_answerable() {
 }
 
 #[test]
+fn an_unusable_certificate_is_refused_before_it_is_persisted() {
+    let (env, mut d) = start("badcert");
+    let args =
+        json!([{"mbus": {"cert": {"ca": env.pki.ca_pem, "certificate": "garbage", "private_key": "nope"}}}]);
+    let e = exception(&d.run_task("update_settings", args));
+    assert!(e.contains("mbus.cert.certificate"), "{e}");
+    assert!(!env.agent.base().join("bosh/update_settings.json").exists());
+    assert_eq!(d.send("ping", json!([])), json!({"value": "pong"}));
+}
+
+#[test]
 fn rotated_certificate_survives_a_restart() {
-    let (mut env, mut d) = start("rotrestart");
-    let id = env.agent.agent_id.clone();
-    let (cert, key) = env.pki.client(&format!("{id}.agent.bosh-internal"));
-    let args = json!([{"trusted_certs": "", "mbus": {"cert": {"ca": env.pki.ca_pem, "certificate": cert, "private_key": key}}}]);
+    // After rotation only the new certificate is authorised, so the restarted agent can reach NATS only
+    // if it layered update_settings.json over the bootstrap settings.
+    let pki = TestPki::new();
+    let id = unique_id("rotrestart");
+    let mut opts = NatsServerOptions { mapped_users: Some(bosh_users(&id, true)), ..Default::default() };
+    let mut nats = NatsServer::start(&pki, opts.clone());
+    let mut agent = TestAgent::start(&nats_settings(&pki, &id, &nats.url()), &[]);
+    let mut d = Director::connect(&pki, &nats.url(), &id);
+    assert!(d.wait_ready(Duration::from_secs(15)), "{}", agent.log());
+    let (cert, key) = pki.client(&format!("{id}.agent.bosh-internal"));
+    let args = json!([{"trusted_certs": "", "mbus": {"cert": {"ca": pki.ca_pem, "certificate": cert, "private_key": key}}}]);
     assert_eq!(d.run_task("update_settings", args), json!({"value": "ok"}));
-    env.agent.restart();
-    assert!(d.wait_ready(Duration::from_secs(20)), "agent did not come back:\n{}", env.agent.log());
+    opts.mapped_users = Some(bosh_users(&id, false));
+    nats.reload(&pki, &opts);
+    assert!(wait_until(Duration::from_secs(5), || nats.log().contains("Reloaded")), "{}", nats.log());
+    agent.restart();
+    assert!(d.wait_ready(Duration::from_secs(20)), "agent did not come back:\n{}", agent.log());
     let cached: Value =
-        serde_json::from_slice(&std::fs::read(env.agent.base().join("bosh/settings.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(agent.base().join("bosh/settings.json")).unwrap()).unwrap();
     assert_eq!(cached["agent_id"], id.as_str());
 }
 

@@ -18,6 +18,7 @@ impl Action for UpdateSettingsAction {
     }
     fn run(self, call: &Call) -> Result<Value, String> {
         let ctx = call.ctx;
+        check_cert(&self.update.mbus.cert)?;
         if let Err(e) = ctx.settings.load() {
             log::warn!("update_settings: reloading settings: {e}; keeping the current ones");
         }
@@ -33,4 +34,16 @@ impl Action for UpdateSettingsAction {
     fn resume(self, _: &Call) -> Result<Value, String> {
         Ok(json!("ok"))
     }
+}
+
+/// Refuses a bus certificate that cannot be used, before anything is persisted: a bad certificate saved
+/// in `update_settings.json` would otherwise keep the agent off the bus after its next restart.
+fn check_cert(cert: &crate::settings::Cert) -> Result<(), String> {
+    if cert.ca.is_empty() {
+        return Ok(()); // ignored by the precedence rules: nothing to switch to
+    }
+    crate::tls::parse_certs(&cert.ca).map_err(|e| format!("mbus.cert.ca: {e}"))?;
+    crate::tls::parse_certs(&cert.certificate).map_err(|e| format!("mbus.cert.certificate: {e}"))?;
+    crate::tls::parse_key(&cert.private_key).map_err(|e| format!("mbus.cert.private_key: {e}"))?;
+    Ok(())
 }
