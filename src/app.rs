@@ -42,10 +42,10 @@ pub fn run(opts: Options) -> Result<(), String> {
     let effective = settings.load().map_err(|e| format!("loading settings: {e}"))?;
     let platform: Arc<dyn platform::Platform> = platform::from_name(&opts.platform, &dirs)?.into();
     let supervisor: Arc<dyn JobSupervisor> = match opts.supervisor.as_str() {
-        "dummy" => Arc::new(DummySupervisor),
+        "dummy" => Arc::new(DummySupervisor::default()),
         _ => {
             log::warn!("monit supervision is not in this release yet; jobs are reported as by -M dummy");
-            Arc::new(DummySupervisor)
+            Arc::new(DummySupervisor::default())
         }
     };
     let (tx, rx) = mpsc::channel::<Incoming>();

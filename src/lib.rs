@@ -6,7 +6,10 @@
 //! the bird's-eye view and the invariants.
 
 pub mod actions;
+pub mod alerts;
 pub mod app;
+pub mod archive;
+pub mod blobstore;
 pub mod cli;
 pub mod client;
 pub mod config;

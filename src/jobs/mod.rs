@@ -1,10 +1,12 @@
 //! Job supervision: the seam between the agent and whatever keeps job processes running (monit on a
-//! stemcell). This release ships the `dummy` supervisor so the agent stands alone; monit plugs in behind
-//! the same trait.
+//! stemcell, `-M monit`), plus the `dummy` supervisor (`-M dummy`) that lets the agent stand alone.
 
+pub mod monit;
 pub mod spec;
 
 use serde::Serialize;
+use std::path::Path;
+use std::sync::Mutex;
 
 /// One supervised process, as `get_state` reports it.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -21,23 +23,70 @@ pub struct Process {
     pub cpu: serde_json::Value,
 }
 
-/// What the agent needs from a job supervisor. Every method must answer within a bounded time, because
-/// `get_state` and heartbeats call them.
+/// What the agent needs from a job supervisor. `job_state` and `processes` must answer within a
+/// bounded time (about 2 s at most), because `get_state` and heartbeats call them and a director marks
+/// a VM "unresponsive agent" when `get_state` times out.
 pub trait JobSupervisor: Send + Sync {
     /// `running`, `failing`, `starting`, `stopped` or `unknown`.
     fn job_state(&self) -> String;
     /// The supervised processes.
     fn processes(&self) -> Vec<Process>;
+    /// Starts every job service and clears the stopped marker.
+    fn start(&self) -> Result<(), String>;
+    /// Stops every job service and sets the stopped marker; with `wait` (protocol 3 and later) returns
+    /// only once they are stopped.
+    fn stop(&self, wait: bool) -> Result<(), String>;
+    /// Stops monitoring every job service (before drain scripts run).
+    fn unmonitor(&self) -> Result<(), String>;
+    /// Makes the supervisor re-read its job configuration.
+    fn reload(&self) -> Result<(), String>;
+    /// Installs a job's supervisor configuration file under a name ordered by `index`.
+    fn add_job(&self, name: &str, index: usize, config: &Path) -> Result<(), String>;
+    /// Removes every installed job configuration.
+    fn remove_all_jobs(&self) -> Result<(), String>;
 }
 
-/// A supervisor with nothing to supervise: always `running`, no processes (`-M dummy`).
-pub struct DummySupervisor;
+/// A supervisor with nothing to supervise (`-M dummy`): `running` until stopped, no processes.
+#[derive(Default)]
+pub struct DummySupervisor {
+    stopped: Mutex<bool>,
+}
+
+impl DummySupervisor {
+    fn set_stopped(&self, v: bool) {
+        match self.stopped.lock() {
+            Ok(mut g) => *g = v,
+            Err(p) => *p.into_inner() = v,
+        }
+    }
+}
 
 impl JobSupervisor for DummySupervisor {
     fn job_state(&self) -> String {
-        "running".into()
+        let stopped = self.stopped.lock().map(|g| *g).unwrap_or(false);
+        if stopped { "stopped" } else { "running" }.into()
     }
     fn processes(&self) -> Vec<Process> {
         Vec::new()
+    }
+    fn start(&self) -> Result<(), String> {
+        self.set_stopped(false);
+        Ok(())
+    }
+    fn stop(&self, _wait: bool) -> Result<(), String> {
+        self.set_stopped(true);
+        Ok(())
+    }
+    fn unmonitor(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn reload(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn add_job(&self, _: &str, _: usize, _: &Path) -> Result<(), String> {
+        Ok(())
+    }
+    fn remove_all_jobs(&self) -> Result<(), String> {
+        Ok(())
     }
 }
