@@ -3,11 +3,13 @@
 //! wrong; nothing here runs per request.
 
 use crate::actions::{BusControl, Context};
+use crate::alerts::{self, SmtpOptions, SmtpServer};
 use crate::cli::Options;
 use crate::config::AgentConfig;
 use crate::dirs::Dirs;
 use crate::dispatch::{pool, Dispatcher, Incoming};
 use crate::heartbeat::Heartbeat;
+use crate::jobs::monit::{MonitOptions, MonitSupervisor};
 use crate::jobs::{DummySupervisor, JobSupervisor};
 use crate::mbus::{agent_https, agent_nats::NatsBus, Notifier, Silent};
 use crate::settings::service::{Overrides, SettingsService};
@@ -26,8 +28,12 @@ pub fn run(opts: Options) -> Result<(), String> {
     let signals = signals::block()?;
     let dirs = Dirs::new(&opts.base, &opts.root);
     std::fs::create_dir_all(dirs.bosh()).map_err(|e| format!("creating {}: {e}", dirs.bosh().display()))?;
+    let config = match &opts.config {
+        Some(path) => AgentConfig::load(path)?,
+        None => AgentConfig::default(),
+    };
     let srcs: Vec<Box<dyn SettingsSource>> = match &opts.config {
-        Some(path) => sources::from_config(&AgentConfig::load(path)?.sources),
+        Some(_) => sources::from_config(&config.sources),
         None => {
             log::info!("no -C given: running on the embedded default (HTTPS bus, dummy platform)");
             vec![Box::new(EmbeddedSource { bosh_dir: dirs.bosh() })]
@@ -43,10 +49,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     let platform: Arc<dyn platform::Platform> = platform::from_name(&opts.platform, &dirs)?.into();
     let supervisor: Arc<dyn JobSupervisor> = match opts.supervisor.as_str() {
         "dummy" => Arc::new(DummySupervisor::default()),
-        _ => {
-            log::warn!("monit supervision is not in this release yet; jobs are reported as by -M dummy");
-            Arc::new(DummySupervisor::default())
-        }
+        _ => Arc::new(MonitSupervisor::new(monit_options(&config, &dirs))?),
     };
     let (tx, rx) = mpsc::channel::<Incoming>();
     let first_url = effective.mbus_urls().into_iter().next().unwrap_or_default();
@@ -70,16 +73,80 @@ pub fn run(opts: Options) -> Result<(), String> {
         tasks,
         cpu: CpuSampler::start(CPU_WINDOW),
         bus,
+        notifier: notifier.clone(),
+        jobs_lock: Default::default(),
     });
     let dispatcher = Arc::new(Dispatcher::new(ctx.clone()));
     dispatcher.resume_persisted();
     pool::start(WORKERS, rx, dispatcher).map_err(|e| format!("starting workers: {e}"))?;
+    let _alerts = if opts.supervisor == "monit" && !opts.no_alerts && _https.is_none() {
+        Some(start_alerts(&ctx, notifier.clone(), opts.smtp_port)?)
+    } else {
+        None
+    };
     let _heartbeat = Heartbeat::start(ctx, notifier, opts.heartbeat_interval)
         .map_err(|e| format!("starting heartbeat: {e}"))?;
     log::info!("agent {} ready", effective.settings.agent_id);
     let signal = signals::wait(&signals);
     log::info!("received signal {signal}: stopping");
     Ok(())
+}
+
+fn monit_options(config: &AgentConfig, dirs: &Dirs) -> MonitOptions {
+    let bundled = dirs.bosh().join("bin/monit");
+    MonitOptions {
+        address: config.monit.address.clone().unwrap_or_else(|| "127.0.0.1:2822".into()),
+        monit_dir: dirs.base.join("monit"),
+        control_file: config.monit.control_file.clone().unwrap_or_else(|| dirs.bosh().join("etc/monitrc")),
+        monit_binary: config.monit.binary.clone().unwrap_or_else(|| {
+            if bundled.is_file() {
+                bundled
+            } else {
+                "monit".into()
+            }
+        }),
+    }
+}
+
+/// Starts the SMTP listener monit mails alerts to, and writes the `alerts.monitrc` that points monit at
+/// it with this boot's credentials. Each alert is published once on `hm.agent.alert.<id>`.
+fn start_alerts(ctx: &Arc<Context>, notifier: Arc<dyn Notifier>, port: u16) -> Result<SmtpServer, String> {
+    let password = crate::ids::uuid_v4().replace('-', "");
+    let opts =
+        SmtpOptions { listen: format!("127.0.0.1:{port}"), user: "vcap".into(), password: password.clone() };
+    let settings = ctx.settings.clone();
+    let sink = Box::new(move |mail: String| {
+        let ips = network_ips(&settings.get());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if let Some(alert) = alerts::from_mail(&mail, &ips, now) {
+            match serde_json::to_value(&alert) {
+                Ok(v) => {
+                    if let Err(e) = notifier.notify(crate::mbus::HmTopic::Alert, &v) {
+                        log::warn!("publishing alert: {e}");
+                    }
+                }
+                Err(e) => log::warn!("encoding alert: {e}"),
+            }
+        }
+    });
+    let server = SmtpServer::start(opts, sink)
+        .map_err(|e| format!("starting the alert listener on port {port}: {e}"))?;
+    let monit_dir = ctx.dirs.base.join("monit");
+    let rc = alerts::monitrc(server.local_addr().port(), "vcap", &password, &monit_dir.join("events"));
+    crate::fsutil::write_atomic(&monit_dir.join("alerts.monitrc"), rc.as_bytes(), 0o600)
+        .map_err(|e| format!("writing alerts.monitrc: {e}"))?;
+    Ok(server)
+}
+
+fn network_ips(settings: &crate::settings::Effective) -> Vec<String> {
+    settings
+        .settings
+        .networks
+        .values()
+        .filter_map(|n| n.get("ip").and_then(|i| i.as_str()).map(String::from))
+        .collect()
 }
 
 /// Signals are blocked in every thread and taken synchronously by the main thread, so no handler runs

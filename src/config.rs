@@ -27,6 +27,20 @@ pub struct AgentConfig {
     pub sources: Vec<SourceConfig>,
     /// `Platform.Linux` options, kept raw until the platform layer needs them.
     pub linux_options: Value,
+    /// Where monit is (an extension of ours; the Go agent hard-codes these).
+    pub monit: MonitConfig,
+}
+
+/// `"Monit": {"Address", "ControlFile", "Binary"}`: lets a stemcell or a test run monit on another
+/// port or with another control file. Unknown to the Go agent, which ignores it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MonitConfig {
+    /// monit's HTTP interface, default `127.0.0.1:2822`.
+    pub address: Option<String>,
+    /// The control file for `monit reload`, default `<base>/bosh/etc/monitrc`.
+    pub control_file: Option<PathBuf>,
+    /// The monit executable, default `<base>/bosh/bin/monit` if present, else `monit` on PATH.
+    pub binary: Option<PathBuf>,
 }
 
 /// Looks up `key` in a JSON object ignoring ASCII case, the way Go's decoder matches field names.
@@ -58,7 +72,15 @@ impl AgentConfig {
             Some(Value::Array(items)) => items.iter().map(parse_source).collect::<Result<_, _>>()?,
             Some(_) => return Err("Infrastructure.Settings.Sources must be an array".into()),
         };
-        Ok(AgentConfig { sources, linux_options })
+        let monit = get_ci(value, "Monit");
+        let text =
+            |k: &str| monit.and_then(|m| get_ci(m, k)).and_then(Value::as_str).filter(|s| !s.is_empty());
+        let monit = MonitConfig {
+            address: text("Address").map(String::from),
+            control_file: text("ControlFile").map(PathBuf::from),
+            binary: text("Binary").map(PathBuf::from),
+        };
+        Ok(AgentConfig { sources, linux_options, monit })
     }
 }
 

@@ -8,6 +8,7 @@ mod agent;
 mod args;
 mod disks;
 mod dummy;
+mod jobs;
 mod settings;
 mod system;
 mod tasks;
@@ -17,12 +18,13 @@ pub use args::{bind, FromArgs};
 use crate::dirs::Dirs;
 use crate::dispatch::tasks::{CancelToken, TaskTable};
 use crate::jobs::JobSupervisor;
+use crate::mbus::Notifier;
 use crate::platform::Platform;
 use crate::settings::service::SettingsService;
 use crate::settings::Effective;
 use crate::vitals::CpuSampler;
 use serde_json::Value;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What the bus must do when `update_settings` changed the bus settings (new certificate or URLs).
 pub trait BusControl: Send + Sync {
@@ -46,6 +48,11 @@ pub struct Context {
     pub cpu: CpuSampler,
     /// The bus, told about settings changes.
     pub bus: Arc<dyn BusControl>,
+    /// Health-monitor events (the shutdown notice of `drain shutdown`).
+    pub notifier: Arc<dyn Notifier>,
+    /// Serialises the actions that change installed jobs (apply, prepare, start), so two never
+    /// interleave their symlink switches.
+    pub jobs_lock: Mutex<()>,
 }
 
 /// One invocation of an action.
@@ -146,6 +153,13 @@ pub static REGISTRY: &[ActionSpec] = &[
     row("list_disk", AsyncFromProtocol3, [NO, NO, YES], binder::<disks::ListDisk>),
     row("remove_file", Synchronous, [NO, NO, YES], binder::<system::RemoveFile>),
     row("shutdown", Synchronous, [NO, NO, YES], binder::<system::Shutdown>),
+    row("prepare", Async, [NO, NO, YES], binder::<jobs::Prepare>),
+    row("apply", Async, [NO, NO, YES], binder::<jobs::Apply>),
+    row("start", Synchronous, [NO, NO, YES], binder::<jobs::Start>),
+    row("stop", Async, [NO, NO, YES], binder::<jobs::Stop>),
+    row("drain", Async, [YES, NO, YES], binder::<jobs::Drain>),
+    row("run_script", Async, [NO, NO, YES], binder::<jobs::RunScript>),
+    row("run_errand", Async, [YES, NO, YES], binder::<jobs::RunErrand>),
     row("update_settings", Async, [NO, YES, NO], binder::<settings::UpdateSettingsAction>),
     ActionSpec { dummy_only: true, ..row("dummy_sleep", Async, [YES, NO, YES], binder::<dummy::Sleep>) },
     ActionSpec { dummy_only: true, ..row("dummy_panic", Synchronous, [NO, NO, YES], binder::<dummy::Panic>) },

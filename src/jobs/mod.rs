@@ -1,7 +1,9 @@
 //! Job supervision: the seam between the agent and whatever keeps job processes running (monit on a
 //! stemcell, `-M monit`), plus the `dummy` supervisor (`-M dummy`) that lets the agent stand alone.
 
+pub mod applier;
 pub mod monit;
+pub mod scripts;
 pub mod spec;
 
 use serde::Serialize;

@@ -1,0 +1,323 @@
+//! Installing what an apply spec names: compiled packages under `data/packages/<name>/<hash>`, jobs
+//! (from the rendered-templates archive) under `data/jobs/<name>/<hash>`, with `packages/<name>` and
+//! `jobs/<name>` symlinks switched atomically (go-agent.md §6.2). `prepare` downloads and unpacks in
+//! parallel without switching anything; `apply` does the same, then switches the links, removes what
+//! the spec no longer names, and records the spec. A bundle that is already installed is skipped, so
+//! applying the same spec twice is cheap.
+
+use super::spec::{ApplySpec, PackageSpec, TemplateSpec};
+use crate::archive::{self, Unpack};
+use crate::blobstore::{Blobs, MultiDigest};
+use crate::dirs::Dirs;
+use ring::digest::SHA1_FOR_LEGACY_USE_ONLY;
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// How many packages are downloaded and unpacked at once when the spec does not say
+/// (`env.bosh.parallel`).
+pub const DEFAULT_PARALLEL: usize = 5;
+
+/// Where bundles live and how they are enabled; needs no blobstore.
+pub struct Layout<'a> {
+    /// Directory layout.
+    pub dirs: &'a Dirs,
+}
+
+/// Downloads and unpacks bundles for one spec.
+pub struct Installer<'a> {
+    /// Directory layout.
+    pub dirs: &'a Dirs,
+    /// Where blobs come from.
+    pub blobs: &'a Blobs,
+    /// Parallel downloads.
+    pub parallel: usize,
+}
+
+/// A bundle's installed location and the link that enables it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bundle {
+    /// `data/<jobs|packages>/<name>/<hash>`.
+    pub dir: PathBuf,
+    /// `<jobs|packages>/<name>`.
+    pub link: PathBuf,
+}
+
+/// The install directory name: sha1 of `"<version>-<digest>"`, as the Go agent names them, so either
+/// agent recognises the other's installs.
+pub fn bundle_hash(version: &str, digest: &str) -> String {
+    let d = ring::digest::digest(&SHA1_FOR_LEGACY_USE_ONLY, format!("{version}-{digest}").as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Layout<'_> {
+    /// Where a package lives and is linked.
+    pub fn package_bundle(&self, p: &PackageSpec) -> Bundle {
+        let digest = p.sha1.clone().unwrap_or_default();
+        Bundle {
+            dir: self.dirs.data().join("packages").join(&p.name).join(bundle_hash(&p.version, &digest)),
+            link: self.dirs.base.join("packages").join(&p.name),
+        }
+    }
+
+    /// Where a job lives and is linked.
+    pub fn job_bundle(&self, job: &TemplateSpec, archive_digest: &str) -> Bundle {
+        Bundle {
+            dir: self
+                .dirs
+                .data()
+                .join("jobs")
+                .join(&job.name)
+                .join(bundle_hash(&job.version, archive_digest)),
+            link: self.dirs.base.join("jobs").join(&job.name),
+        }
+    }
+}
+
+impl Installer<'_> {
+    fn layout(&self) -> Layout<'_> {
+        Layout { dirs: self.dirs }
+    }
+
+    /// Downloads and unpacks every package and job not yet installed; switches nothing.
+    pub fn install_all(&self, spec: &ApplySpec) -> Result<(), String> {
+        let packages: Vec<&PackageSpec> = spec.packages.values().collect();
+        let work = Mutex::new(packages.into_iter());
+        let errors = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..self.parallel.clamp(1, 16) {
+                s.spawn(|| loop {
+                    let next = match work.lock() {
+                        Ok(mut it) => it.next(),
+                        Err(p) => p.into_inner().next(),
+                    };
+                    let Some(p) = next else { break };
+                    if let Err(e) = self.install_package(p) {
+                        if let Ok(mut errs) = errors.lock() {
+                            errs.push(e);
+                        }
+                    }
+                });
+            }
+        });
+        let errors = errors.into_inner().unwrap_or_default();
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        self.install_jobs(spec)
+    }
+
+    fn install_package(&self, p: &PackageSpec) -> Result<(), String> {
+        let bundle = self.layout().package_bundle(p);
+        if bundle.dir.is_dir() {
+            return Ok(());
+        }
+        let digest_text = p
+            .sha1
+            .as_deref()
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| format!("package {} has no sha1", p.name))?;
+        let digest = MultiDigest::parse(digest_text).map_err(|e| format!("package {}: {e}", p.name))?;
+        let tmp = self.tmp_dir()?;
+        let blob = match (p.signed_url.as_deref().filter(|u| !u.is_empty()), p.blobstore_id.as_deref()) {
+            (Some(url), _) => {
+                let headers = p.blobstore_headers.clone().unwrap_or_default();
+                self.blobs.fetch_signed(url, &headers, &digest, &tmp)
+            }
+            (None, Some(id)) if !id.is_empty() => self.blobs.fetch(id, &digest, &tmp),
+            _ => Err("neither blobstore_id nor signed_url given".into()),
+        }
+        .map_err(|e| format!("Fetching package {}: {e}", p.name))?;
+        make_parent(&bundle.dir)?;
+        archive::unpack(blob.path(), &bundle.dir, &Unpack { subdir: None })
+            .map_err(|e| format!("Installing package {}: {e}", p.name))?;
+        set_mode(&bundle.dir, 0o755)
+    }
+
+    fn install_jobs(&self, spec: &ApplySpec) -> Result<(), String> {
+        let jobs = spec.jobs();
+        let Some(archive_ref) = spec.archive() else { return Ok(()) };
+        let pending: Vec<&TemplateSpec> =
+            jobs.iter().filter(|j| !self.layout().job_bundle(j, &archive_ref.sha1).dir.is_dir()).collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let digest =
+            MultiDigest::parse(&archive_ref.sha1).map_err(|e| format!("rendered templates archive: {e}"))?;
+        let tmp = self.tmp_dir()?;
+        let blob = self
+            .blobs
+            .fetch(&archive_ref.blobstore_id, &digest, &tmp)
+            .map_err(|e| format!("Fetching rendered templates archive: {e}"))?;
+        for job in pending {
+            let bundle = self.layout().job_bundle(job, &archive_ref.sha1);
+            make_parent(&bundle.dir)?;
+            archive::unpack(blob.path(), &bundle.dir, &Unpack { subdir: Some(&job.name) })
+                .map_err(|e| format!("Installing job {}: {e}", job.name))?;
+            fix_job_permissions(&bundle.dir)?;
+        }
+        Ok(())
+    }
+
+    fn tmp_dir(&self) -> Result<PathBuf, String> {
+        let tmp = self.dirs.data().join("tmp");
+        fs::create_dir_all(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+        Ok(tmp)
+    }
+}
+
+impl Layout<'_> {
+    /// Switches the links to this spec's bundles, links each job's packages, creates the jobs' log,
+    /// run and data directories, and removes every bundle and link the spec no longer names.
+    pub fn enable(&self, spec: &ApplySpec) -> Result<(), String> {
+        let mut keep_packages = BTreeSet::new();
+        for p in spec.packages.values() {
+            let b = self.package_bundle(p);
+            switch_link(&b.link, &b.dir)?;
+            keep_packages.insert(b.dir);
+        }
+        let mut keep_jobs = BTreeSet::new();
+        if let Some(archive_ref) = spec.archive() {
+            for job in spec.jobs() {
+                let b = self.job_bundle(&job, &archive_ref.sha1);
+                self.link_job_packages(&b.dir, spec)?;
+                for d in [
+                    self.dirs.data().join("sys/log").join(&job.name),
+                    self.dirs.data().join("sys/run").join(&job.name),
+                    self.dirs.data().join(&job.name),
+                ] {
+                    create_dir_mode(&d, 0o770)?;
+                }
+                switch_link(&b.link, &b.dir)?;
+                keep_jobs.insert(b.dir);
+            }
+        }
+        keep_only(&self.dirs.data().join("packages"), &self.dirs.base.join("packages"), &keep_packages)?;
+        keep_only(&self.dirs.data().join("jobs"), &self.dirs.base.join("jobs"), &keep_jobs)?;
+        switch_link(&self.dirs.base.join("sys"), &self.dirs.data().join("sys"))
+    }
+
+    fn link_job_packages(&self, job_dir: &Path, spec: &ApplySpec) -> Result<(), String> {
+        let dir = job_dir.join("packages");
+        create_dir_mode(&dir, 0o750)?;
+        for p in spec.packages.values() {
+            switch_link(&dir.join(&p.name), &self.package_bundle(p).dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn make_parent(dir: &Path) -> Result<(), String> {
+    match dir.parent() {
+        Some(parent) => fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display())),
+        None => Ok(()),
+    }
+}
+
+fn create_dir_mode(dir: &Path, mode: u32) -> Result<(), String> {
+    if !dir.is_dir() {
+        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        set_mode(dir, mode)?;
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))
+}
+
+/// Jobs' scripts must be executable whatever the archive said; everything else stays as unpacked.
+fn fix_job_permissions(dir: &Path) -> Result<(), String> {
+    set_mode(dir, 0o750)?;
+    if let Ok(entries) = fs::read_dir(dir.join("bin")) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_file()) {
+                set_mode(&e.path(), 0o750)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Points `link` at `target` atomically (a new link renamed over the old one), so a job never sees a
+/// missing link mid-switch.
+pub fn switch_link(link: &Path, target: &Path) -> Result<(), String> {
+    if fs::read_link(link).is_ok_and(|t| t == target) {
+        return Ok(());
+    }
+    make_parent(link)?;
+    let tmp = link.with_file_name(format!(
+        ".{}.link-{}",
+        link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        crate::ids::uuid_v4()
+    ));
+    symlink(target, &tmp).map_err(|e| format!("linking {}: {e}", link.display()))?;
+    fs::rename(&tmp, link).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!("switching {}: {e}", link.display())
+    })
+}
+
+/// Removes every `<data_root>/<name>/<hash>` not in `keep`, and every `<link_root>/<name>` link that no
+/// longer points into `keep`.
+fn keep_only(data_root: &Path, link_root: &Path, keep: &BTreeSet<PathBuf>) -> Result<(), String> {
+    if let Ok(links) = fs::read_dir(link_root) {
+        for l in links.flatten() {
+            let path = l.path();
+            if let Ok(target) = fs::read_link(&path) {
+                if !keep.contains(&target) {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+    }
+    let Ok(names) = fs::read_dir(data_root) else { return Ok(()) };
+    for name in names.flatten() {
+        let Ok(versions) = fs::read_dir(name.path()) else { continue };
+        let mut left = 0;
+        for v in versions.flatten() {
+            if keep.contains(&v.path()) {
+                left += 1;
+            } else {
+                fs::remove_dir_all(v.path()).map_err(|e| format!("removing {}: {e}", v.path().display()))?;
+            }
+        }
+        if left == 0 {
+            let _ = fs::remove_dir(name.path());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_hash_matches_the_go_agent_naming() {
+        // printf '1.0-abc' | sha1sum
+        assert_eq!(bundle_hash("1.0", "abc"), "d2c175796db2fd6e4fea7bf223860d10d541adfc");
+        assert_ne!(bundle_hash("1.0", "abc"), bundle_hash("1.1", "abc"));
+    }
+
+    #[test]
+    fn links_switch_atomically_and_keep_only_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data/packages");
+        let a = data.join("foo/aaa");
+        let b = data.join("foo/bbb");
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        let link = dir.path().join("packages/foo");
+        switch_link(&link, &a).unwrap();
+        switch_link(&link, &b).unwrap();
+        assert_eq!(fs::read_link(&link).unwrap(), b);
+        keep_only(&data, &dir.path().join("packages"), &BTreeSet::from([b.clone()])).unwrap();
+        assert!(!a.exists() && b.exists() && link.exists());
+        keep_only(&data, &dir.path().join("packages"), &BTreeSet::new()).unwrap();
+        assert!(!b.exists() && fs::symlink_metadata(&link).is_err() && !data.join("foo").exists());
+    }
+}
