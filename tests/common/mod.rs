@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod certs;
 pub mod nats_server;
+pub mod tarball;
 
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
