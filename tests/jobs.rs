@@ -103,7 +103,10 @@ fn value(reply: &Value) -> &Value {
 }
 
 fn exception(reply: &Value) -> String {
-    reply["exception"]["message"].as_str().unwrap_or_else(|| panic!("expected an exception, got {reply}")).to_string()
+    reply["exception"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an exception, got {reply}"))
+        .to_string()
 }
 
 #[test]
@@ -123,7 +126,11 @@ fn apply_installs_packages_and_jobs_and_prunes_old_versions() {
     assert!(base.join("packages/bar/bin/bar").is_file() && base.join("packages/foo/share/README").is_file());
     assert!(base.join("jobs/web/bin/pre-start").is_file() && base.join("jobs/web/config/web.yml").is_file());
     assert!(base.join("jobs/web/packages/foo/bin/foo").is_file(), "job-specific package links");
-    assert!(base.join("data/sys/log/web").is_dir() && base.join("data/sys/run/web").is_dir() && base.join("data/web").is_dir());
+    assert!(
+        base.join("data/sys/log/web").is_dir()
+            && base.join("data/sys/run/web").is_dir()
+            && base.join("data/web").is_dir()
+    );
     assert_eq!(std::fs::read_to_string(base.join("instance/id")).unwrap(), "uuid-1");
     assert_eq!(std::fs::read_to_string(base.join("instance/deployment")).unwrap(), "dep");
 
@@ -176,11 +183,19 @@ fn scripts_drain_and_errands_follow_the_protocols() {
     assert_eq!(env.d.run_task("apply", json!([spec])), json!({"value": "applied"}));
 
     // pre-start with env; output appended to sys/log/<job>/.
-    assert_eq!(env.d.run_task("run_script", json!(["pre-start", {"env": {"FOO": "bar"}}])), json!({"value": {}}));
-    assert_eq!(env.d.run_task("run_script", json!(["pre-start", {"env": {"FOO": "baz"}}])), json!({"value": {}}));
+    assert_eq!(
+        env.d.run_task("run_script", json!(["pre-start", {"env": {"FOO": "bar"}}])),
+        json!({"value": {}})
+    );
+    assert_eq!(
+        env.d.run_task("run_script", json!(["pre-start", {"env": {"FOO": "baz"}}])),
+        json!({"value": {}})
+    );
     let log = std::fs::read_to_string(env.base().join("sys/log/web/pre-start.stdout.log")).unwrap();
     assert_eq!(log, "pre-start ran FOO=bar\npre-start ran FOO=baz\n");
-    assert!(std::fs::read_to_string(env.base().join("sys/log/web/pre-start.stderr.log")).unwrap().contains("warn"));
+    assert!(std::fs::read_to_string(env.base().join("sys/log/web/pre-start.stderr.log"))
+        .unwrap()
+        .contains("warn"));
     // A script no job has is fine.
     assert_eq!(env.d.run_task("run_script", json!(["post-deploy", {}])), json!({"value": {}}));
 
@@ -200,7 +215,10 @@ fn scripts_drain_and_errands_follow_the_protocols() {
     assert_eq!(env.d.run_task("drain", json!(["shutdown", {}])), json!({"value": 0}));
     assert!(t.elapsed() >= Duration::from_secs(1), "waited the |-1| seconds");
     let args = std::fs::read_to_string(env.scratch.path().join("drain.args")).unwrap();
-    assert!(args.contains("job_shutdown hash_unchanged") && args.contains("job_check_status hash_unchanged"), "{args}");
+    assert!(
+        args.contains("job_shutdown hash_unchanged") && args.contains("job_check_status hash_unchanged"),
+        "{args}"
+    );
     let shutdown = hm.next(&format!("hm.agent.shutdown.{}", env.agent.agent_id), Duration::from_secs(5));
     assert_eq!(shutdown, Some(Value::Null), "drain shutdown announces itself to the HM");
 
@@ -213,7 +231,8 @@ fn scripts_drain_and_errands_follow_the_protocols() {
 #[test]
 fn errands_and_drains_can_be_cancelled_and_still_report() {
     let mut env = start("cancel");
-    let errand = "#!/bin/sh\necho started\ntrap 'echo got-term; exit 143' TERM\nwhile true; do sleep 0.1; done\n";
+    let errand =
+        "#!/bin/sh\necho started\ntrap 'echo got-term; exit 143' TERM\nwhile true; do sleep 0.1; done\n";
     let archive = env.templates(errand);
     let spec = env.spec(&[], archive, "h1");
     assert_eq!(env.d.run_task("apply", json!([spec])), json!({"value": "applied"}));
@@ -245,7 +264,10 @@ fn a_digest_mismatch_installs_nothing() {
     let spec = env.spec(&[foo], json!({"blobstore_id": "", "sha1": ""}), "h1");
     let e = exception(&env.d.run_task("apply", json!([spec])));
     assert!(e.contains("foo") && e.contains("digest"), "{e}");
-    assert!(!env.base().join("data/packages/foo").exists() || std::fs::read_dir(env.base().join("data/packages/foo")).unwrap().count() == 0);
+    assert!(
+        !env.base().join("data/packages/foo").exists()
+            || std::fs::read_dir(env.base().join("data/packages/foo")).unwrap().count() == 0
+    );
     assert!(std::fs::symlink_metadata(env.base().join("packages/foo")).is_err());
 }
 

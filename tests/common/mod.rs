@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod blob_server;
 pub mod certs;
 pub mod nats_server;
 pub mod tarball;
