@@ -16,6 +16,7 @@ use tempfile::TempDir;
 pub struct TestAgent {
     child: Option<Child>,
     dir: TempDir,
+    base: PathBuf,
     /// The agent id, unique per test.
     pub agent_id: String,
     args: Vec<String>,
@@ -36,26 +37,36 @@ pub fn nats_settings(pki: &TestPki, agent_id: &str, url: &str) -> Value {
 
 impl TestAgent {
     /// Writes `settings` and an `agent.json` pointing at them, then starts the agent on the dummy
-    /// platform with a 1 s heartbeat.
+    /// platform and supervisor with a 1 s heartbeat.
     pub fn start(settings: &Value, extra: &[&str]) -> TestAgent {
+        TestAgent::launch(settings, Launch { extra, ..Launch::default() })
+    }
+
+    /// Starts the agent with more control: base dir, supervisor and `agent.json` additions.
+    pub fn launch(settings: &Value, how: Launch) -> TestAgent {
         let dir = tempfile::tempdir().expect("agent scratch dir");
-        Self::prepare(dir.path(), settings);
+        let base = how.base.map(Path::to_path_buf).unwrap_or_else(|| dir.path().join("base"));
+        Self::prepare(dir.path(), &base, settings, how.agent_json);
         let agent_id = settings["agent_id"].as_str().unwrap_or("").to_string();
+        let supervisor = how.supervisor.unwrap_or("dummy");
         let mut args: Vec<String> =
-            ["-P", "dummy", "-M", "dummy", "-l", "debug", "-h", "1"].map(String::from).to_vec();
+            ["-P", "dummy", "-M", supervisor, "-l", "debug", "-h", "1"].map(String::from).to_vec();
         args.extend(["-C".into(), path(&dir.path().join("agent.json"))]);
-        args.extend(["-b".into(), path(&dir.path().join("base"))]);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut agent = TestAgent { child: None, dir, agent_id, args };
+        args.extend(["-b".into(), path(&base)]);
+        args.extend(how.extra.iter().map(|s| s.to_string()));
+        let mut agent = TestAgent { child: None, dir, base, agent_id, args };
         agent.spawn();
         agent
     }
 
-    fn prepare(dir: &Path, settings: &Value) {
-        std::fs::create_dir_all(dir.join("base/bosh")).expect("base dir");
+    fn prepare(dir: &Path, base: &Path, settings: &Value, extra: Option<Value>) {
+        std::fs::create_dir_all(base.join("bosh")).expect("base dir");
         std::fs::write(dir.join("settings.json"), settings.to_string()).expect("settings");
-        let cfg = json!({"Platform": {"Linux": {}}, "Infrastructure": {"Settings": {"Sources": [
+        let mut cfg = json!({"Platform": {"Linux": {}}, "Infrastructure": {"Settings": {"Sources": [
             {"Type": "File", "SettingsPath": path(&dir.join("settings.json"))}]}}});
+        if let (Some(Value::Object(more)), Some(obj)) = (extra, cfg.as_object_mut()) {
+            obj.extend(more);
+        }
         std::fs::write(dir.join("agent.json"), cfg.to_string()).expect("agent.json");
     }
 
@@ -74,7 +85,7 @@ impl TestAgent {
 
     /// The base directory (`-b`).
     pub fn base(&self) -> PathBuf {
-        self.dir.path().join("base")
+        self.base.clone()
     }
 
     /// Everything the agent logged so far.
@@ -129,6 +140,19 @@ impl Drop for TestAgent {
             eprintln!("--- agent log ---\n{}", self.log());
         }
     }
+}
+
+/// How to launch a [`TestAgent`] beyond its settings.
+#[derive(Default)]
+pub struct Launch<'a> {
+    /// `-b`; a fresh directory when `None`.
+    pub base: Option<&'a Path>,
+    /// `-M`; `dummy` when `None`.
+    pub supervisor: Option<&'a str>,
+    /// Keys merged into `agent.json` (e.g. `Monit`).
+    pub agent_json: Option<Value>,
+    /// More command-line arguments.
+    pub extra: &'a [&'a str],
 }
 
 fn path(p: &Path) -> String {
