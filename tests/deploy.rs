@@ -140,7 +140,9 @@ fn deploy_crash_alert_and_update_under_real_monit() {
     assert_eq!(dep.d.run_task("drain", json!(["update", v2])), json!({"value": 0}));
     assert_eq!(dep.d.run_task("stop", json!([])), json!({"value": "stopped"}));
     assert_eq!(dep.job_state(), "stopped");
-    assert!(dep.monit.live_pid("web").is_none(), "stop waited for the process to go");
+    // The stop program has run; the job's shell exits after its current 0.2 s sleep.
+    let gone = wait_until(Duration::from_secs(3), || dep.monit.live_pid("web").is_none());
+    assert!(gone, "stop left the job running:\n{}", dep.monit.log());
     assert_eq!(dep.d.run_task("apply", json!([v2])), json!({"value": "applied"}));
     assert_eq!(std::fs::read_to_string(dep.agent.base().join("packages/lib/lib/version")).unwrap(), "v2");
     assert_eq!(dep.d.send("start", json!([])), json!({"value": "started"}));

@@ -93,6 +93,22 @@ fn a_killed_job_is_failing_until_monit_restarts_it() {
     assert_ne!(restarted, pid);
 }
 
+/// Drain unmonitors every service before the director's stop; monit 5.33 would then answer the stop
+/// without running any stop program, so the supervisor monitors them again first.
+#[test]
+fn stop_after_unmonitor_really_stops_the_processes() {
+    let (daemon, sup) = started(&["web", "worker"]);
+    let pids = [daemon.live_pid("web").expect("web pid"), daemon.live_pid("worker").expect("worker pid")];
+    sup.unmonitor().expect("unmonitor");
+    sup.stop(true).expect("stop and wait");
+    assert_eq!(sup.job_state(), "stopped");
+    assert!(
+        wait_until(Duration::from_secs(3), || pids.iter().all(|&p| !alive(p))),
+        "job processes survived a stop after unmonitor:\n{}",
+        daemon.log()
+    );
+}
+
 #[test]
 fn unmonitor_makes_the_job_failing() {
     let (daemon, sup) = started(&["web", "worker"]);

@@ -149,6 +149,30 @@ impl MonitSupervisor {
         Ok(())
     }
 
+    /// Polls until no vcap service has an action pending (bounded by the stop wait).
+    fn wait_not_pending(&self) -> Result<(), String> {
+        let deadline = Instant::now() + self.timings.stop_wait;
+        loop {
+            let pending: Vec<String> = match self.client.status_patiently() {
+                Ok(status) => {
+                    status.vcap_services().filter(|s| s.pending()).map(|s| s.name.clone()).collect()
+                }
+                Err(e) => return Err(e.into_message()),
+            };
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "Timed out waiting for services '{}' to no longer be pending after {} seconds",
+                    pending.join(", "),
+                    self.timings.stop_wait.as_secs()
+                ));
+            }
+            std::thread::sleep(self.timings.poll_interval);
+        }
+    }
+
     /// Polls until no vcap service is monitored or pending, the end of a stop.
     fn wait_stopped(&self) -> Result<(), String> {
         let deadline = Instant::now() + self.timings.stop_wait;
@@ -296,6 +320,20 @@ impl JobSupervisor for MonitSupervisor {
     }
 
     fn stop(&self, wait: bool) -> Result<(), String> {
+        // Monit 5.33 treats `stop` of an unmonitored service (drain unmonitors them all) as done
+        // without running its stop program, so processes would survive a "stopped" answer: let
+        // pending actions finish, monitor such services again, then stop them.
+        self.wait_not_pending()?;
+        let status = self.status_retried()?;
+        let unmonitored: Vec<String> =
+            status.vcap_services().filter(|s| !s.monitored()).map(|s| s.name.clone()).collect();
+        for name in &unmonitored {
+            self.retried(self.timings.busy_attempts, || self.client.action(name, "monitor"))
+                .map_err(|e| format!("monitor of monit service '{name}': {e}"))?;
+        }
+        if !unmonitored.is_empty() {
+            self.wait_not_pending()?;
+        }
         self.act_on_vcap("stop", self.timings.busy_attempts)?;
         crate::fsutil::write_atomic(&self.stopped_marker(), b"", 0o644)
             .map_err(|e| format!("writing {}: {e}", self.stopped_marker().display()))?;
