@@ -4,6 +4,7 @@
 mod common;
 
 use common::agent::{nats_settings, Director, HealthMonitor, TestAgent};
+use common::blob_server::{BlobServer, BlobServerOptions};
 use common::certs::TestPki;
 use common::nats_server::{NatsServer, NatsServerOptions};
 use common::tarball::{digests, escaping_symlink, file, script, tgz};
@@ -22,12 +23,18 @@ struct Env {
 }
 
 fn start(tag: &str) -> Env {
+    start_with(tag, None)
+}
+
+/// Starts an agent whose blobstore is `blobstore`, or a local directory when `None`.
+fn start_with(tag: &str, blobstore: Option<Value>) -> Env {
     let pki = TestPki::new();
     let nats = NatsServer::start(&pki, NatsServerOptions::default());
     let id = format!("{tag}-{}", &bosh_agent::ids::uuid_v4()[..8]);
     let blobs = tempfile::tempdir().unwrap();
     let mut settings = nats_settings(&pki, &id, &nats.url());
-    settings["blobstore"] = json!({"provider": "local", "options": {"blobstore_path": blobs.path()}});
+    settings["blobstore"] = blobstore
+        .unwrap_or_else(|| json!({"provider": "local", "options": {"blobstore_path": blobs.path()}}));
     let agent = TestAgent::start(&settings, &[]);
     let mut d = Director::connect(&pki, &nats.url(), &id);
     assert!(d.wait_ready(Duration::from_secs(15)), "agent never answered:\n{}", agent.log());
@@ -286,4 +293,42 @@ fn a_malicious_package_is_refused_and_nothing_escapes() {
     assert!(e.contains("evil"), "{e}");
     assert!(!outside.join("pwned").exists(), "a tarball wrote outside its target");
     assert!(std::fs::symlink_metadata(env.base().join("packages/evil")).is_err());
+}
+
+/// The dav client's sharding: the first byte of sha1(id) as two hex digits.
+fn dav_path(id: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, id.as_bytes());
+    format!("/{:02x}/{id}", d.as_ref()[0])
+}
+
+#[test]
+fn apply_fetches_from_an_http_blobstore_and_from_signed_urls() {
+    let dav = BlobServer::start(BlobServerOptions {
+        basic_auth: Some(("agent".into(), "s3cret".into())),
+        ..Default::default()
+    });
+    let signer = BlobServer::start(BlobServerOptions {
+        required_header: Some(("x-goog-encryption-key".into(), "k1".into())),
+        ..Default::default()
+    });
+    let blobstore =
+        json!({"provider": "dav", "options": {"endpoint": dav.url(), "user": "agent", "password": "s3cret"}});
+    let mut env = start_with("dav", Some(blobstore));
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.tgz"), dir.path().join("b.tgz"));
+    tgz(&a, &[file("lib/a", b"from dav")]);
+    tgz(&b, &[file("lib/b", b"from a signed url")]);
+    dav.put_blob(&dav_path("blob-a"), &std::fs::read(&a).unwrap());
+    signer.put_blob("/signed/blob-b", &std::fs::read(&b).unwrap());
+    let pkg_a = json!({"name": "a", "version": "1", "sha1": digests(&a).1, "blobstore_id": "blob-a"});
+    let pkg_b = json!({"name": "b", "version": "1", "sha1": digests(&b).0,
+        "signed_url": format!("{}/signed/blob-b?X-Signature=secret-sig", signer.url()),
+        "blobstore_headers": {"x-goog-encryption-key": "k1"}});
+    let spec = env.spec(&[pkg_a, pkg_b], json!({"blobstore_id": "", "sha1": ""}), "h1");
+    assert_eq!(env.d.run_task("apply", json!([spec])), json!({"value": "applied"}));
+    assert_eq!(std::fs::read(env.base().join("packages/a/lib/a")).unwrap(), b"from dav");
+    assert_eq!(std::fs::read(env.base().join("packages/b/lib/b")).unwrap(), b"from a signed url");
+    assert!(signer.requests().iter().all(|r| r.header("x-goog-encryption-key") == Some("k1")));
+    let log = env.agent.log();
+    assert!(!log.contains("s3cret") && !log.contains("secret-sig"), "credentials leaked into the log");
 }

@@ -64,8 +64,8 @@ impl Dispatcher {
             }
         };
         let spec = lookup(&request.method, self.ctx.platform.is_dummy());
-        if spec.is_none_or(|s| s.loggable) {
-            log::debug!("request {} arguments {}", request.method, json!(request.arguments));
+        if spec.is_none_or(|s| s.loggable) && log::log_enabled!(log::Level::Debug) {
+            log::debug!("request {} arguments {}", request.method, redacted(&json!(request.arguments)));
         }
         let (response, after) = self.dispatch(&request, spec);
         let outcome = match &response {
@@ -226,7 +226,53 @@ fn request_json(r: &Request) -> Vec<u8> {
         .into_bytes()
 }
 
+/// Keys whose values are credentials even inside loggable arguments: signed URLs carry their
+/// signature, blobstore headers carry encryption keys.
+const SECRET_KEYS: &[&str] = &[
+    "signed_url",
+    "upload_signed_url",
+    "package_get_signed_url",
+    "blobstore_headers",
+    "password",
+    "private_key",
+    "secret_access_key",
+    "credentials_source",
+    "json_key",
+    "payload",
+];
+
+/// A copy of `v` with the values of [`SECRET_KEYS`] replaced, for debug logging.
+pub fn redacted(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let hidden = SECRET_KEYS.contains(&k.as_str()) && !v.is_null();
+                    (k.clone(), if hidden { Value::String("<redacted>".into()) } else { redacted(v) })
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(redacted).collect()),
+        other => other.clone(),
+    }
+}
+
 fn first_line(s: &str) -> &str {
     let line = s.lines().next().unwrap_or("");
     &line[..line.len().min(line.char_indices().nth(300).map_or(line.len(), |(i, _)| i))]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_credentials_at_any_depth() {
+        let args = json!([{"packages": {"a": {"signed_url": "https://x?sig=1", "blobstore_headers": {"k": "v"}, "name": "a"}},
+                           "options": {"password": "p", "user": "u"}}]);
+        let r = redacted(&args).to_string();
+        assert!(!r.contains("sig=1") && !r.contains("\"v\"") && !r.contains("\"p\""), "{r}");
+        assert!(r.contains("\"name\":\"a\"") && r.contains("\"user\":\"u\""));
+    }
 }
