@@ -11,23 +11,19 @@
 //! Why a real nats-server and the real release binary: the point is what a BOSH VM runs, started the
 //! way a stemcell starts it (`-C agent.json` with a File settings source, dummy platform).
 //!
-//! The small fixtures (PKI, nats-server, agent process) are written here rather than shared with
-//! `tests/common`, because a bench target cannot import an integration test's modules.
+//! The fixtures (PKI, nats-server, agent process, report table) live in `support/`, shared with the
+//! apply benchmark so both measure an agent started the same way.
+
+mod support;
 
 use bosh_agent::client::{Nats, Transport};
 use bosh_agent::mbus::nats::{Message, NatsConnection, NatsOptions};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
-};
 use serde_json::{json, Value};
-use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
+use support::{
+    agent_binary, agent_settings, director, interleave, wait_ready, AgentProcess, NatsServer, Pki, Report,
+};
 
 /// Interleaved ping pairs in the idle phase: enough that p99 rests on ~30 samples.
 const PINGS: usize = 3000;
@@ -61,14 +57,14 @@ fn main() {
     let echo_id = format!("echo-{}", &bosh_agent::ids::uuid_v4()[..8]);
     let _echo = EchoResponder::start(&url, pki.tls("echo.bosh-internal"), &echo_id);
     let agent_id = format!("bench-{}", &bosh_agent::ids::uuid_v4()[..8]);
-    let mut agent = AgentProcess::start(&agent_bin, &pki, &agent_id, &url);
+    let mut agent = AgentProcess::start(&agent_bin, &agent_settings(&pki, &agent_id, &url));
 
     let mut to_agent = director(&pki, &url, &agent_id);
     let mut to_echo = director(&pki, &url, &echo_id);
     wait_ready(&mut to_echo, "echo responder", &mut agent);
     wait_ready(&mut to_agent, "agent", &mut agent);
 
-    let mut report = Report::default();
+    let mut report = Report::new("echo");
     let ping = |t: &mut Nats| timed(t, "ping", &[], |r| r == &json!({"value": "pong"}));
 
     // 1-3: idle ping, agent and echo alternating.
@@ -128,44 +124,18 @@ fn main() {
     let size = std::fs::metadata(&agent_bin).map(|m| m.len()).expect("stat release binary");
     report.size("release binary size", size, TARGET_BINARY_BYTES);
 
-    report.print(started.elapsed());
+    let title = [
+        "bosh-agent benchmark: NATS mTLS round trips, director-style protocol 3 (agent and echo interleaved)"
+            .to_string(),
+        format!(
+            "samples: ping {PINGS}+{PINGS}, get_state {STATES}+{STATES}, busy ping {BUSY_PINGS}+{BUSY_PINGS} \
+             with {BUSY_TASKS} dummy_sleep tasks, soak {SOAK}"
+        ),
+    ];
+    report.print(&title, started.elapsed());
     drop(to_agent);
     drop(to_echo);
     agent.stop();
-}
-
-/// `target/release/bosh-agent`, or `BOSH_AGENT_BIN`; a missing binary is an error, not a skip,
-/// because silently benchmarking nothing would look like a pass.
-fn agent_binary() -> PathBuf {
-    let path = std::env::var_os("BOSH_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/bosh-agent"));
-    assert!(
-        path.is_file(),
-        "{} not found: run `cargo build --release` first (scripts/bench does)",
-        path.display()
-    );
-    path
-}
-
-/// A director-side client (protocol 3, `director.<uuid>.<id>.<uuid>` reply subjects) for `id`.
-fn director(pki: &Pki, url: &str, id: &str) -> Nats {
-    let tls = pki.tls("director.bosh-internal");
-    Nats::connect(url, Some(tls), id, Instant::now() + Duration::from_secs(15))
-        .unwrap_or_else(|e| panic!("director connection for {id}: {e}"))
-}
-
-/// Pings until `what` answers (the agent connects in the background after start).
-fn wait_ready(t: &mut Nats, what: &str, agent: &mut AgentProcess) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        agent.check_alive();
-        let attempt = Instant::now() + Duration::from_millis(500);
-        if matches!(t.request("ping", &[], attempt), Ok(v) if v == json!({"value": "pong"})) {
-            return;
-        }
-    }
-    panic!("{what} did not answer ping within 30 s\n--- agent log ---\n{}", agent.log());
 }
 
 /// One request, timed from publish to parsed reply; panics when `ok` rejects the reply so a broken
@@ -183,26 +153,6 @@ fn warm_up(to_agent: &mut Nats, to_echo: &mut Nats) {
         timed(to_agent, "ping", &[], |_| true);
         timed(to_echo, "ping", &[], |_| true);
     }
-}
-
-/// Runs `a` and `b` alternately `n` times each (starting side alternates too, so neither always
-/// follows the other) and collects both sets of samples.
-fn interleave(
-    n: usize,
-    mut a: impl FnMut() -> Duration,
-    mut b: impl FnMut() -> Duration,
-) -> (Samples, Samples) {
-    let (mut sa, mut sb) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for i in 0..n {
-        if i % 2 == 0 {
-            sa.push(a());
-            sb.push(b());
-        } else {
-            sb.push(b());
-            sa.push(a());
-        }
-    }
-    (Samples::new(sa), Samples::new(sb))
 }
 
 /// Starts `dummy_sleep [600]` and returns its task id (the reply must be a running-task handle).
@@ -261,160 +211,6 @@ fn soak(t: &mut Nats, requests: usize) -> usize {
     errors
 }
 
-/// Latency samples, sorted once.
-struct Samples(Vec<Duration>);
-
-impl Samples {
-    fn new(mut v: Vec<Duration>) -> Samples {
-        v.sort_unstable();
-        Samples(v)
-    }
-    /// Nearest-rank percentile.
-    fn pct(&self, p: f64) -> Duration {
-        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
-        self.0[rank.clamp(1, self.0.len()) - 1]
-    }
-    fn p50(&self) -> Duration {
-        self.pct(50.0)
-    }
-    fn p99(&self) -> Duration {
-        self.pct(99.0)
-    }
-}
-
-/// The result table: one row per figure with its target and verdict, and the list of misses for the
-/// summary line.
-#[derive(Default)]
-struct Report {
-    rows: Vec<[String; 6]>,
-    missed: Vec<String>,
-    checked: usize,
-}
-
-impl Report {
-    fn row(
-        &mut self,
-        name: &str,
-        agent: String,
-        echo: String,
-        ratio: String,
-        target: String,
-        ok: Option<bool>,
-    ) {
-        let verdict = match ok {
-            Some(true) => "ok".to_string(),
-            Some(false) => "MISS".to_string(),
-            None => "-".to_string(),
-        };
-        if let Some(ok) = ok {
-            self.checked += 1;
-            if !ok {
-                self.missed.push(name.to_string());
-            }
-        }
-        self.rows.push([name.to_string(), agent, echo, ratio, target, verdict]);
-    }
-
-    fn latency(&mut self, name: &str, agent: Duration, echo: Duration, target: Option<f64>) {
-        let ratio = agent.as_secs_f64() / echo.as_secs_f64();
-        self.row(
-            name,
-            micros(agent),
-            micros(echo),
-            format!("{ratio:.2}x"),
-            target.map_or("-".into(), |t| format!("<= {t:.1}x")),
-            target.map(|t| ratio <= t),
-        );
-    }
-
-    fn ratio(&mut self, name: &str, ratio: f64, target: f64) {
-        self.row(
-            name,
-            "".into(),
-            "".into(),
-            format!("{ratio:.2}x"),
-            format!("<= {target:.1}x"),
-            Some(ratio <= target),
-        );
-    }
-
-    fn info(&mut self, name: &str, value: String) {
-        self.row(name, value, "".into(), "".into(), "-".into(), None);
-    }
-
-    fn memory(&mut self, name: &str, kib: u64, target: Option<u64>) {
-        let bytes = kib * 1024;
-        self.row(
-            name,
-            format!("{:.2} MB", bytes as f64 / 1e6),
-            "".into(),
-            "".into(),
-            target.map_or("-".into(), |t| format!("< {} MB", t / 1_000_000)),
-            target.map(|t| bytes < t),
-        );
-    }
-
-    fn size(&mut self, name: &str, bytes: u64, target: u64) {
-        self.row(
-            name,
-            format!("{:.2} MB", bytes as f64 / 1e6),
-            "".into(),
-            "".into(),
-            format!("< {} MB", target / 1_000_000),
-            Some(bytes < target),
-        );
-    }
-
-    fn print(&self, elapsed: Duration) {
-        let header = ["figure", "agent", "echo", "agent/echo", "target", "verdict"].map(String::from);
-        let mut widths = [0usize; 6];
-        for r in std::iter::once(&header).chain(&self.rows) {
-            for (w, cell) in widths.iter_mut().zip(r) {
-                *w = (*w).max(cell.len());
-            }
-        }
-        let line = |r: &[String; 6]| {
-            let cells: Vec<String> = r
-                .iter()
-                .zip(widths)
-                .enumerate()
-                .map(|(i, (c, w))| if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") })
-                .collect();
-            println!("{}", cells.join("  ").trim_end());
-        };
-        println!();
-        println!(
-            "bosh-agent benchmark: NATS mTLS round trips, director-style protocol 3 (agent and echo interleaved)"
-        );
-        println!(
-            "samples: ping {PINGS}+{PINGS}, get_state {STATES}+{STATES}, busy ping {BUSY_PINGS}+{BUSY_PINGS} \
-             with {BUSY_TASKS} dummy_sleep tasks, soak {SOAK}"
-        );
-        println!();
-        line(&header);
-        println!("{}", "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
-        for r in &self.rows {
-            line(r);
-        }
-        println!();
-        let met = self.checked - self.missed.len();
-        if self.missed.is_empty() {
-            println!("SUMMARY: all {met}/{} targets met ({:.0} s)", self.checked, elapsed.as_secs_f64());
-        } else {
-            println!(
-                "SUMMARY: {met}/{} targets met; missed: {} ({:.0} s)",
-                self.checked,
-                self.missed.join(", "),
-                elapsed.as_secs_f64()
-            );
-        }
-    }
-}
-
-fn micros(d: Duration) -> String {
-    format!("{:.0} us", d.as_secs_f64() * 1e6)
-}
-
 /// A bare NATS responder answering every director-style request with `{"value":"pong"}`: the
 /// floor under which no agent can go, since it does nothing but parse `reply_to` and publish.
 /// It listens on `agent.<id>` so the unchanged `Nats` director client can address it.
@@ -456,245 +252,5 @@ impl EchoResponder {
 impl Drop for EchoResponder {
     fn drop(&mut self) {
         self.conn.shutdown();
-    }
-}
-
-/// A throw-away CA, a server certificate shaped like BOSH's NATS certificate, and client
-/// certificates on demand. Generated per run so no key material lives in the repository.
-struct Pki {
-    dir: TempDir,
-    issuer: Issuer<'static, KeyPair>,
-    ca_pem: String,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().expect("PKI directory");
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn("bosh bench CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let ca_pem = params.self_signed(&key).expect("self-signing CA").pem();
-        let pki = Pki { dir, issuer: Issuer::new(params, key), ca_pem };
-        std::fs::write(pki.dir.path().join("ca.pem"), &pki.ca_pem).expect("writing CA");
-
-        // The agent insists on a `*.nats.bosh-internal` CommonName, as on a real director.
-        let key = KeyPair::generate().expect("server key");
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn("default.nats.bosh-internal");
-        params.subject_alt_names = vec![
-            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            SanType::DnsName("localhost".try_into().expect("DNS SAN")),
-        ];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &pki.issuer).expect("signing server certificate");
-        std::fs::write(pki.dir.path().join("server.crt"), cert.pem()).expect("writing server cert");
-        std::fs::write(pki.dir.path().join("server.key"), key.serialize_pem()).expect("writing server key");
-        pki
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.dir.path().join(name).to_str().expect("UTF-8 temp path").to_string()
-    }
-
-    /// A client certificate and key (PEM) for CommonName `cn`.
-    fn client(&self, cn: &str) -> (String, String) {
-        let key = KeyPair::generate().expect("client key");
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(cn);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        (params.signed_by(&key, &self.issuer).expect("signing client cert").pem(), key.serialize_pem())
-    }
-
-    /// A NATS client TLS configuration for a fresh client certificate.
-    fn tls(&self, cn: &str) -> Arc<rustls::ClientConfig> {
-        let (cert, key) = self.client(cn);
-        bosh_agent::tls::client::nats_client_config(&self.ca_pem, &cert, &key).expect("client TLS config")
-    }
-}
-
-fn dn(cn: &str) -> DistinguishedName {
-    let mut name = DistinguishedName::new();
-    name.push(DnType::OrganizationName, "Cloud Foundry");
-    name.push(DnType::CommonName, cn);
-    name
-}
-
-/// Kills a child process when dropped, so a panicking benchmark leaves no servers behind.
-struct ChildGuard(Option<Child>);
-
-impl ChildGuard {
-    fn stop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// nats-server with BOSH's TLS setup (client certificates required) on a free local port.
-struct NatsServer {
-    _child: ChildGuard,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl NatsServer {
-    fn start(pki: &Pki) -> NatsServer {
-        let binary = nats_server_binary();
-        let dir = tempfile::tempdir().expect("nats-server directory");
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let conf = format!(
-            "listen: 127.0.0.1:{port}\ntls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 5\n}}\n",
-            json!(pki.file("server.crt")),
-            json!(pki.file("server.key")),
-            json!(pki.file("ca.pem")),
-        );
-        let conf_path = dir.path().join("nats.conf");
-        std::fs::write(&conf_path, conf).expect("writing nats.conf");
-        let log_path = dir.path().join("nats.log");
-        let log = File::create(&log_path).expect("nats log");
-        let child = Command::new(&binary)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().expect("log handle")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
-        let mut guard = ChildGuard(Some(child));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let exited = guard.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-            assert!(exited.is_none(), "nats-server exited: {exited:?}\n{}", log());
-            assert!(Instant::now() < deadline, "nats-server not listening on {port}\n{}", log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        NatsServer { _child: guard, port, _dir: dir }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-/// `NATS_SERVER`, then `PATH`, then /usr/sbin (where Debian's package puts it); fails loudly.
-fn nats_server_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("NATS_SERVER") {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "NATS_SERVER={} is not a file", p.display());
-        return p;
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "nats-server not found: set NATS_SERVER or install it (Debian: apt-get install nats-server)"
-            )
-        })
-}
-
-/// The agent's resident memory as the kernel reports it.
-struct Memory {
-    rss_kib: u64,
-    hwm_kib: u64,
-    threads: u64,
-    /// Anonymous (heap and stacks) part of the RSS; the rest is the binary's and libc's pages.
-    anon_kib: u64,
-}
-
-/// The release agent, started as a stemcell starts it, on the dummy platform with a 30 s heartbeat.
-struct AgentProcess {
-    child: ChildGuard,
-    dir: TempDir,
-}
-
-impl AgentProcess {
-    fn start(binary: &Path, pki: &Pki, agent_id: &str, url: &str) -> AgentProcess {
-        let dir = tempfile::tempdir().expect("agent directory");
-        let p = |name: &str| dir.path().join(name).to_str().expect("UTF-8 temp path").to_string();
-        std::fs::create_dir_all(dir.path().join("base/bosh")).expect("base dir");
-        let (cert, key) = pki.client(&format!("{agent_id}.bootstrap.agent.bosh-internal"));
-        let settings = json!({
-            "agent_id": agent_id,
-            "mbus": url,
-            "env": {"bosh": {"mbus": {"cert": {"ca": pki.ca_pem, "certificate": cert, "private_key": key}}}},
-            "networks": {"default": {"type": "manual", "ip": "10.0.0.5", "netmask": "255.255.255.0",
-                "default": ["dns", "gateway"]}},
-            "vm": {"name": "vm-bench"},
-            "disks": {"persistent": {"disk-1": "/dev/sdc"}}
-        });
-        std::fs::write(p("settings.json"), settings.to_string()).expect("settings");
-        let config = json!({"Platform": {"Linux": {}}, "Infrastructure": {"Settings": {"Sources": [
-            {"Type": "File", "SettingsPath": p("settings.json")}]}}});
-        std::fs::write(p("agent.json"), config.to_string()).expect("agent.json");
-        let log = File::create(p("agent.log")).expect("agent log");
-        let child = Command::new(binary)
-            .args(["-P", "dummy", "-M", "dummy", "-l", "warn", "-h", "30"])
-            .args(["-C", &p("agent.json"), "-b", &p("base")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
-        AgentProcess { child: ChildGuard(Some(child)), dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    fn check_alive(&mut self) {
-        if let Some(status) = self.child.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-            panic!("agent exited ({status})\n--- agent log ---\n{}", self.log());
-        }
-    }
-
-    /// VmRSS, VmHWM and Threads from /proc/<pid>/status.
-    fn memory(&mut self) -> Memory {
-        self.check_alive();
-        let pid = self.child.0.as_ref().expect("agent running").id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc status");
-        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("{name} missing from /proc/{pid}/status"))
-        };
-        let anon_kib = rollup
-            .lines()
-            .find_map(|l| l.strip_prefix("Anonymous:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        Memory { rss_kib: field("VmRSS:"), hwm_kib: field("VmHWM:"), threads: field("Threads:"), anon_kib }
-    }
-
-    fn stop(&mut self) {
-        self.child.stop();
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- agent log ---\n{}", self.log());
-        }
     }
 }

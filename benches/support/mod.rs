@@ -1,0 +1,552 @@
+//! Fixtures shared by the end-to-end benchmarks (`benches/agent.rs`, `benches/apply.rs`): a
+//! throw-away PKI, a mutual-TLS nats-server, the release agent as a child process with its memory
+//! read from `/proc`, director connections, interleaved sampling and the report table.
+//!
+//! Why a module of its own: both benchmarks must start the agent, the server and the certificates in
+//! exactly the same way, or their figures would not describe the same agent; one copy keeps them
+//! from drifting apart. Why not `tests/common`: a bench target cannot import an integration test's
+//! modules, and the tests' fixtures (1 s heartbeat, debug logging) are tuned for assertions, not
+//! for measuring.
+
+// Each bench compiles this module on its own and uses a different part of it; what one of them does
+// not use is not dead for the other.
+#![allow(dead_code)]
+
+use bosh_agent::client::{Nats, Transport};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use serde_json::{json, Value};
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// `target/release/bosh-agent`, or `BOSH_AGENT_BIN`; a missing binary is an error, not a skip,
+/// because silently benchmarking nothing would look like a pass.
+pub fn agent_binary() -> PathBuf {
+    let path = std::env::var_os("BOSH_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/bosh-agent"));
+    assert!(
+        path.is_file(),
+        "{} not found: run `cargo build --release` first (scripts/bench does)",
+        path.display()
+    );
+    path
+}
+
+/// A director-side client (protocol 3, `director.<uuid>.<id>.<uuid>` reply subjects) for `id`.
+pub fn director(pki: &Pki, url: &str, id: &str) -> Nats {
+    let tls = pki.tls("director.bosh-internal");
+    Nats::connect(url, Some(tls), id, Instant::now() + Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("director connection for {id}: {e}"))
+}
+
+/// Pings until `what` answers (the agent connects in the background after start).
+pub fn wait_ready(t: &mut Nats, what: &str, agent: &mut AgentProcess) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        agent.check_alive();
+        let attempt = Instant::now() + Duration::from_millis(500);
+        if matches!(t.request("ping", &[], attempt), Ok(v) if v == json!({"value": "pong"})) {
+            return;
+        }
+    }
+    panic!("{what} did not answer ping within 30 s\n--- agent log ---\n{}", agent.log());
+}
+
+/// Runs `a` and `b` alternately `n` times each (starting side alternates too, so neither always
+/// follows the other) and collects both sets of samples. Alternating is what makes the ratio of the
+/// two meaningful on a noisy machine: a slow moment hits both sides instead of one.
+pub fn interleave(
+    n: usize,
+    mut a: impl FnMut() -> Duration,
+    mut b: impl FnMut() -> Duration,
+) -> (Samples, Samples) {
+    let (mut sa, mut sb) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        if i % 2 == 0 {
+            sa.push(a());
+            sb.push(b());
+        } else {
+            sb.push(b());
+            sa.push(a());
+        }
+    }
+    (Samples::new(sa), Samples::new(sb))
+}
+
+/// Duration samples, sorted once.
+pub struct Samples(Vec<Duration>);
+
+impl Samples {
+    pub fn new(mut v: Vec<Duration>) -> Samples {
+        assert!(!v.is_empty(), "no samples");
+        v.sort_unstable();
+        Samples(v)
+    }
+    /// Nearest-rank percentile.
+    pub fn pct(&self, p: f64) -> Duration {
+        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
+        self.0[rank.clamp(1, self.0.len()) - 1]
+    }
+    pub fn p50(&self) -> Duration {
+        self.pct(50.0)
+    }
+    pub fn p99(&self) -> Duration {
+        self.pct(99.0)
+    }
+    pub fn min(&self) -> Duration {
+        self.0[0]
+    }
+    pub fn max(&self) -> Duration {
+        self.0[self.0.len() - 1]
+    }
+}
+
+/// Whether a ratio must stay under or above its target.
+#[derive(Clone, Copy)]
+pub enum Target {
+    /// Slower-is-worse figures (time, latency): ratio <= target.
+    AtMost(f64),
+    /// Faster-is-better figures (throughput): ratio >= target.
+    AtLeast(f64),
+}
+
+impl Target {
+    fn text(self) -> String {
+        match self {
+            Target::AtMost(t) => format!("<= {t:.1}x"),
+            Target::AtLeast(t) => format!(">= {t:.1}x"),
+        }
+    }
+    fn met(self, ratio: f64) -> bool {
+        match self {
+            Target::AtMost(t) => ratio <= t,
+            Target::AtLeast(t) => ratio >= t,
+        }
+    }
+}
+
+/// The result table: one row per figure with its target and verdict, and the list of misses for the
+/// summary line. The column names are the bench's (what the agent is compared with differs).
+pub struct Report {
+    header: [String; 6],
+    rows: Vec<[String; 6]>,
+    missed: Vec<String>,
+    checked: usize,
+}
+
+impl Report {
+    /// `baseline` names the second column, e.g. `echo` or `tar`; the ratio column is `agent/<it>`.
+    pub fn new(baseline: &str) -> Report {
+        let header = ["figure", "agent", baseline, &format!("agent/{baseline}"), "target", "verdict"]
+            .map(String::from);
+        Report { header, rows: Vec::new(), missed: Vec::new(), checked: 0 }
+    }
+
+    pub fn row(
+        &mut self,
+        name: &str,
+        agent: String,
+        baseline: String,
+        ratio: String,
+        target: String,
+        ok: Option<bool>,
+    ) {
+        let verdict = match ok {
+            Some(true) => "ok".to_string(),
+            Some(false) => "MISS".to_string(),
+            None => "-".to_string(),
+        };
+        if let Some(ok) = ok {
+            self.checked += 1;
+            if !ok {
+                self.missed.push(name.to_string());
+            }
+        }
+        self.rows.push([name.to_string(), agent, baseline, ratio, target, verdict]);
+    }
+
+    /// Two already formatted figures and their ratio, checked against `target` when given.
+    pub fn compare(
+        &mut self,
+        name: &str,
+        agent: String,
+        baseline: String,
+        ratio: f64,
+        target: Option<Target>,
+    ) {
+        self.row(
+            name,
+            agent,
+            baseline,
+            format!("{ratio:.2}x"),
+            target.map_or("-".into(), Target::text),
+            target.map(|t| t.met(ratio)),
+        );
+    }
+
+    /// Latencies in microseconds; the ratio is agent/baseline, lower is better.
+    pub fn latency(&mut self, name: &str, agent: Duration, baseline: Duration, target: Option<f64>) {
+        let ratio = agent.as_secs_f64() / baseline.as_secs_f64();
+        self.compare(name, micros(agent), micros(baseline), ratio, target.map(Target::AtMost));
+    }
+
+    /// Wall-clock times in seconds; the ratio is agent/baseline, lower is better.
+    pub fn elapsed(&mut self, name: &str, agent: Duration, baseline: Duration, target: Option<f64>) {
+        let ratio = agent.as_secs_f64() / baseline.as_secs_f64();
+        self.compare(name, seconds(agent), seconds(baseline), ratio, target.map(Target::AtMost));
+    }
+
+    /// Throughputs in decimal MB/s; the ratio is agent/baseline, higher is better.
+    pub fn throughput(&mut self, name: &str, agent_mbs: f64, baseline_mbs: f64, target: Option<f64>) {
+        self.compare(
+            name,
+            format!("{agent_mbs:.0} MB/s"),
+            format!("{baseline_mbs:.0} MB/s"),
+            agent_mbs / baseline_mbs,
+            target.map(Target::AtLeast),
+        );
+    }
+
+    pub fn ratio(&mut self, name: &str, ratio: f64, target: f64) {
+        self.compare(name, "".into(), "".into(), ratio, Some(Target::AtMost(target)));
+    }
+
+    pub fn info(&mut self, name: &str, value: String) {
+        self.row(name, value, "".into(), "".into(), "-".into(), None);
+    }
+
+    /// A kernel figure in KiB, shown and checked in decimal megabytes (how the targets are stated).
+    pub fn memory(&mut self, name: &str, kib: u64, target: Option<u64>) {
+        let bytes = kib * 1024;
+        self.row(
+            name,
+            format!("{:.2} MB", bytes as f64 / 1e6),
+            "".into(),
+            "".into(),
+            target.map_or("-".into(), |t| format!("< {} MB", t / 1_000_000)),
+            target.map(|t| bytes < t),
+        );
+    }
+
+    pub fn size(&mut self, name: &str, bytes: u64, target: u64) {
+        self.row(
+            name,
+            format!("{:.2} MB", bytes as f64 / 1e6),
+            "".into(),
+            "".into(),
+            format!("< {} MB", target / 1_000_000),
+            Some(bytes < target),
+        );
+    }
+
+    /// Prints `title` lines, the table and the summary line.
+    pub fn print(&self, title: &[String], elapsed: Duration) {
+        let mut widths = [0usize; 6];
+        for r in std::iter::once(&self.header).chain(&self.rows) {
+            for (w, cell) in widths.iter_mut().zip(r) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        let line = |r: &[String; 6]| {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(widths)
+                .enumerate()
+                .map(|(i, (c, w))| if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") })
+                .collect();
+            println!("{}", cells.join("  ").trim_end());
+        };
+        println!();
+        for t in title {
+            println!("{t}");
+        }
+        println!();
+        line(&self.header);
+        println!("{}", "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
+        for r in &self.rows {
+            line(r);
+        }
+        println!();
+        let met = self.checked - self.missed.len();
+        if self.missed.is_empty() {
+            println!("SUMMARY: all {met}/{} targets met ({:.0} s)", self.checked, elapsed.as_secs_f64());
+        } else {
+            println!(
+                "SUMMARY: {met}/{} targets met; missed: {} ({:.0} s)",
+                self.checked,
+                self.missed.join(", "),
+                elapsed.as_secs_f64()
+            );
+        }
+    }
+}
+
+pub fn micros(d: Duration) -> String {
+    format!("{:.0} us", d.as_secs_f64() * 1e6)
+}
+
+pub fn seconds(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// A throw-away CA, a server certificate shaped like BOSH's NATS certificate, and client
+/// certificates on demand. Generated per run so no key material lives in the repository.
+pub struct Pki {
+    dir: TempDir,
+    issuer: Issuer<'static, KeyPair>,
+    pub ca_pem: String,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("PKI directory");
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn("bosh bench CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca_pem = params.self_signed(&key).expect("self-signing CA").pem();
+        let pki = Pki { dir, issuer: Issuer::new(params, key), ca_pem };
+        std::fs::write(pki.dir.path().join("ca.pem"), &pki.ca_pem).expect("writing CA");
+
+        // The agent insists on a `*.nats.bosh-internal` CommonName, as on a real director.
+        let key = KeyPair::generate().expect("server key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn("default.nats.bosh-internal");
+        params.subject_alt_names = vec![
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            SanType::DnsName("localhost".try_into().expect("DNS SAN")),
+        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &pki.issuer).expect("signing server certificate");
+        std::fs::write(pki.dir.path().join("server.crt"), cert.pem()).expect("writing server cert");
+        std::fs::write(pki.dir.path().join("server.key"), key.serialize_pem()).expect("writing server key");
+        pki
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().expect("UTF-8 temp path").to_string()
+    }
+
+    /// A client certificate and key (PEM) for CommonName `cn`.
+    pub fn client(&self, cn: &str) -> (String, String) {
+        let key = KeyPair::generate().expect("client key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(cn);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        (params.signed_by(&key, &self.issuer).expect("signing client cert").pem(), key.serialize_pem())
+    }
+
+    /// A NATS client TLS configuration for a fresh client certificate.
+    pub fn tls(&self, cn: &str) -> Arc<rustls::ClientConfig> {
+        let (cert, key) = self.client(cn);
+        bosh_agent::tls::client::nats_client_config(&self.ca_pem, &cert, &key).expect("client TLS config")
+    }
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "Cloud Foundry");
+    name.push(DnType::CommonName, cn);
+    name
+}
+
+/// Kills a child process when dropped, so a panicking benchmark leaves no servers behind.
+pub struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// nats-server with BOSH's TLS setup (client certificates required) on a free local port.
+pub struct NatsServer {
+    _child: ChildGuard,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl NatsServer {
+    pub fn start(pki: &Pki) -> NatsServer {
+        let binary = nats_server_binary();
+        let dir = tempfile::tempdir().expect("nats-server directory");
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let conf = format!(
+            "listen: 127.0.0.1:{port}\ntls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 5\n}}\n",
+            json!(pki.file("server.crt")),
+            json!(pki.file("server.key")),
+            json!(pki.file("ca.pem")),
+        );
+        let conf_path = dir.path().join("nats.conf");
+        std::fs::write(&conf_path, conf).expect("writing nats.conf");
+        let log_path = dir.path().join("nats.log");
+        let log = File::create(&log_path).expect("nats log");
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("log handle")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
+        let mut guard = ChildGuard(Some(child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = guard.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+            assert!(exited.is_none(), "nats-server exited: {exited:?}\n{}", log());
+            assert!(Instant::now() < deadline, "nats-server not listening on {port}\n{}", log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NatsServer { _child: guard, port, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+/// `NATS_SERVER`, then `PATH`, then /usr/sbin (where Debian's package puts it); fails loudly.
+fn nats_server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "NATS_SERVER={} is not a file", p.display());
+        return p;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "nats-server not found: set NATS_SERVER or install it (Debian: apt-get install nats-server)"
+            )
+        })
+}
+
+/// The agent's resident memory as the kernel reports it.
+pub struct Memory {
+    pub rss_kib: u64,
+    /// The peak of the RSS since the process started: what a fresh agent needed at most.
+    pub hwm_kib: u64,
+    pub threads: u64,
+    /// Anonymous (heap and stacks) part of the RSS; the rest is the binary's and libc's pages.
+    pub anon_kib: u64,
+}
+
+/// Settings as a director-created VM gets them: the NATS URL, the bus certificate and a manual
+/// network. Benches add to the returned object (blobstore, `env.bosh.parallel`) before starting.
+pub fn agent_settings(pki: &Pki, agent_id: &str, url: &str) -> Value {
+    let (cert, key) = pki.client(&format!("{agent_id}.bootstrap.agent.bosh-internal"));
+    json!({
+        "agent_id": agent_id,
+        "mbus": url,
+        "env": {"bosh": {"mbus": {"cert": {"ca": pki.ca_pem, "certificate": cert, "private_key": key}}}},
+        "networks": {"default": {"type": "manual", "ip": "10.0.0.5", "netmask": "255.255.255.0",
+            "default": ["dns", "gateway"]}},
+        "vm": {"name": "vm-bench"},
+        "disks": {"persistent": {"disk-1": "/dev/sdc"}}
+    })
+}
+
+/// The release agent, started as a stemcell starts it, on the dummy platform with a 30 s heartbeat.
+pub struct AgentProcess {
+    child: ChildGuard,
+    dir: TempDir,
+}
+
+impl AgentProcess {
+    /// Starts the agent with `settings` (see [`agent_settings`]) behind a File settings source.
+    pub fn start(binary: &Path, settings: &Value) -> AgentProcess {
+        let dir = tempfile::tempdir().expect("agent directory");
+        let p = |name: &str| dir.path().join(name).to_str().expect("UTF-8 temp path").to_string();
+        std::fs::create_dir_all(dir.path().join("base/bosh")).expect("base dir");
+        std::fs::write(p("settings.json"), settings.to_string()).expect("settings");
+        let config = json!({"Platform": {"Linux": {}}, "Infrastructure": {"Settings": {"Sources": [
+            {"Type": "File", "SettingsPath": p("settings.json")}]}}});
+        std::fs::write(p("agent.json"), config.to_string()).expect("agent.json");
+        let log = File::create(p("agent.log")).expect("agent log");
+        let child = Command::new(binary)
+            .args(["-P", "dummy", "-M", "dummy", "-l", "warn", "-h", "30"])
+            .args(["-C", &p("agent.json"), "-b", &p("base")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
+        AgentProcess { child: ChildGuard(Some(child)), dir }
+    }
+
+    /// The agent's `-b` base directory (`packages/`, `data/`, `bosh/` live here).
+    pub fn base(&self) -> PathBuf {
+        self.dir.path().join("base")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn check_alive(&mut self) {
+        if let Some(status) = self.child.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            panic!("agent exited ({status})\n--- agent log ---\n{}", self.log());
+        }
+    }
+
+    /// VmRSS, VmHWM and Threads from /proc/<pid>/status.
+    pub fn memory(&mut self) -> Memory {
+        self.check_alive();
+        let pid = self.child.0.as_ref().expect("agent running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc status");
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from /proc/{pid}/status"))
+        };
+        let anon_kib = rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Anonymous:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        Memory { rss_kib: field("VmRSS:"), hwm_kib: field("VmHWM:"), threads: field("Threads:"), anon_kib }
+    }
+
+    pub fn stop(&mut self) {
+        self.child.stop();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // Stop before the temp dir goes, so the agent is not writing into a directory being removed.
+        self.child.stop();
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.log());
+        }
+    }
+}
