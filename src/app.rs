@@ -86,6 +86,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     let _heartbeat = Heartbeat::start(ctx, notifier, opts.heartbeat_interval)
         .map_err(|e| format!("starting heartbeat: {e}"))?;
+    crate::memory::trim_code_pages();
     log::info!("agent {} ready", effective.settings.agent_id);
     let signal = signals::wait(&signals);
     log::info!("received signal {signal}: stopping");

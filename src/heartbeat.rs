@@ -54,7 +54,10 @@ impl Heartbeat {
             if let Err(e) = notifier.notify(HmTopic::Heartbeat, &beat) {
                 log::warn!("sending heartbeat: {e}");
             }
+            // Between beats the agent is usually idle: hand back freed heap and code pages faulted in
+            // by the last burst of requests.
             crate::memory::release_free();
+            crate::memory::trim_code_pages();
             match stopped.recv_timeout(interval) {
                 Err(RecvTimeoutError::Timeout) => continue,
                 _ => break,

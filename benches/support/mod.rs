@@ -24,6 +24,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The agents' heartbeat interval: short enough that the memory figures can also be read once the
+/// agent has settled after a burst (it trims heap and code pages between heartbeats).
+pub const HEARTBEAT_SECS: u64 = 5;
 use tempfile::TempDir;
 
 /// `target/release/bosh-agent`, or `BOSH_AGENT_BIN`; a missing binary is an error, not a skip,
@@ -488,7 +492,7 @@ impl AgentProcess {
         std::fs::write(p("agent.json"), config.to_string()).expect("agent.json");
         let log = File::create(p("agent.log")).expect("agent log");
         let child = Command::new(binary)
-            .args(["-P", "dummy", "-M", "dummy", "-l", "warn", "-h", "30"])
+            .args(["-P", "dummy", "-M", "dummy", "-l", "warn", "-h", &HEARTBEAT_SECS.to_string()])
             .args(["-C", &p("agent.json"), "-b", &p("base")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

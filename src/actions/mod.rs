@@ -6,9 +6,13 @@
 
 mod agent;
 mod args;
+mod blobs;
+mod compile;
 mod disks;
+mod dns;
 mod dummy;
 mod jobs;
+mod logs;
 mod settings;
 mod system;
 mod tasks;
@@ -160,6 +164,20 @@ pub static REGISTRY: &[ActionSpec] = &[
     row("drain", Async, [YES, NO, YES], binder::<jobs::Drain>),
     row("run_script", Async, [NO, NO, YES], binder::<jobs::RunScript>),
     row("run_errand", Async, [YES, NO, YES], binder::<jobs::RunErrand>),
+    row("compile_package", Async, [NO, NO, YES], binder::<compile::CompilePackage>),
+    row(
+        "compile_package_with_signed_url",
+        Async,
+        [NO, NO, YES],
+        binder::<compile::CompilePackageWithSignedUrl>,
+    ),
+    row("fetch_logs", Async, [NO, NO, YES], binder::<logs::FetchLogs>),
+    row("fetch_logs_with_signed_url", Async, [NO, NO, YES], binder::<logs::FetchLogsWithSignedUrl>),
+    row("bundle_logs", Synchronous, [NO, NO, YES], binder::<logs::BundleLogs>),
+    row("upload_blob", Async, [NO, NO, NO], binder::<blobs::UploadBlob>),
+    row("sync_dns", Synchronous, [NO, NO, YES], binder::<dns::SyncDns>),
+    row("sync_dns_with_signed_url", Synchronous, [NO, NO, YES], binder::<dns::SyncDnsWithSignedUrl>),
+    row("delete_arp_entries", Synchronous, [NO, NO, YES], binder::<dns::DeleteArpEntries>),
     row("update_settings", Async, [NO, YES, NO], binder::<settings::UpdateSettingsAction>),
     ActionSpec { dummy_only: true, ..row("dummy_sleep", Async, [YES, NO, YES], binder::<dummy::Sleep>) },
     ActionSpec { dummy_only: true, ..row("dummy_panic", Synchronous, [NO, NO, YES], binder::<dummy::Panic>) },
@@ -185,6 +203,10 @@ mod tests {
         assert_eq!(flags("list_disk"), (true, false, false, false, true));
         assert_eq!(flags("update_settings"), (true, true, false, true, false));
         assert_eq!(flags("dummy_sleep"), (true, true, true, false, true));
+        assert_eq!(flags("upload_blob"), (true, true, false, false, false));
+        assert_eq!(flags("sync_dns"), (false, false, false, false, true));
+        assert_eq!(flags("bundle_logs"), (false, false, false, false, true));
+        assert_eq!(flags("run_errand"), (true, true, true, false, true));
         assert!(lookup("dummy_sleep", false).is_none());
         assert!(lookup("no_such", true).is_none());
         let mut names: Vec<_> = REGISTRY.iter().map(|s| s.name).collect();

@@ -21,6 +21,23 @@ pub trait Platform: Send + Sync {
     fn mounted_persistent_disks(&self, settings: &Effective) -> Result<Vec<String>, String>;
     /// Whether ephemeral/persistent vitals need a real mount point (Linux) or just a path (dummy).
     fn vitals_require_mount_points(&self) -> bool;
+    /// Writes the director's DNS records where name resolution finds them (`/etc/hosts`).
+    fn save_dns_records(&self, records: &[(String, String)], agent_id: &str) -> Result<(), String>;
+    /// Forgets the neighbour (ARP) entries of these addresses; failures are only logged.
+    fn delete_arp_entries(&self, ips: &[std::net::IpAddr]);
+}
+
+/// The `/etc/hosts` text: the local names first, then one line per record.
+pub fn hosts_file(records: &[(String, String)], agent_id: &str) -> String {
+    let mut out = format!(
+        "127.0.0.1 {agent_id} localhost\n\n# The following lines are desirable for IPv6 capable hosts\n\
+         ::1 {agent_id} localhost ip6-localhost ip6-loopback\nfe00::0 ip6-localnet\nff00::0 ip6-mcastprefix\n\
+         ff02::1 ip6-allnodes\nff02::2 ip6-allrouters\nff02::3 ip6-allhosts\n"
+    );
+    for (ip, name) in records {
+        out.push_str(&format!("{ip} {name}\n"));
+    }
+    out
 }
 
 /// Picks the platform for `-P`.
@@ -77,6 +94,21 @@ pub struct Linux {
 }
 
 impl Platform for Linux {
+    fn save_dns_records(&self, records: &[(String, String)], agent_id: &str) -> Result<(), String> {
+        let path = self.dirs.under_root("/etc/hosts");
+        crate::fsutil::write_atomic(&path, hosts_file(records, agent_id).as_bytes(), 0o644)
+            .map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+    fn delete_arp_entries(&self, ips: &[std::net::IpAddr]) {
+        for ip in ips {
+            let ip = ip.to_string();
+            if let Err(e) =
+                run_bounded(Command::new("ip").args(["neigh", "flush", "to", &ip]), Duration::from_secs(5))
+            {
+                log::info!("flushing the neighbour entry of {ip}: {e}");
+            }
+        }
+    }
     fn name(&self) -> &str {
         &self.name
     }
@@ -124,6 +156,15 @@ pub struct Dummy {
 }
 
 impl Platform for Dummy {
+    fn save_dns_records(&self, records: &[(String, String)], _agent_id: &str) -> Result<(), String> {
+        let text: String = records.iter().map(|(ip, name)| format!("{ip} {name}\n")).collect();
+        let path = self.dirs.bosh().join("etc_hosts");
+        crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644)
+            .map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+    fn delete_arp_entries(&self, ips: &[std::net::IpAddr]) {
+        log::info!("dummy platform: would flush {} neighbour entries", ips.len());
+    }
     fn name(&self) -> &str {
         "dummy"
     }
