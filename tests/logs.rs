@@ -181,6 +181,13 @@ fn fetch_logs_uploads_to_a_dav_blobstore() {
     assert_eq!(unpack(&stored), expect(&[("worker/worker.log", "working\n")]));
     assert!(dav.requests().iter().any(|r| r.method == "PUT"));
     env.assert_no_temp_tarballs();
+
+    // A blobstore that keeps failing: the task fails with the cause, and the tarball is still removed.
+    dav.fail_next(10);
+    let reply = env.d.run_task("fetch_logs", json!(["job", null]));
+    let msg = reply["exception"]["message"].as_str().unwrap_or_else(|| panic!("{reply}"));
+    assert!(msg.contains("Uploading logs: ") && msg.contains("500"), "{msg}");
+    env.assert_no_temp_tarballs();
     assert!(!env.agent.log().contains("s3cret"), "password leaked into the log");
 }
 
