@@ -84,19 +84,27 @@ pub fn unpack(archive: &Path, dest: &Path, opts: &Unpack) -> Result<(), String> 
 /// are stored as separate files, and sockets, devices and FIFOs are an error since a package cannot
 /// ship them.
 pub fn pack(dir: &Path, out: &mut dyn Write) -> Result<(), String> {
+    let mut gz = GzEncoder::new(out, Compression::default());
+    pack_tar(dir, &mut gz)?;
+    let out = gz.finish().map_err(|e| format!("packing {}: {e}", dir.display()))?;
+    out.flush().map_err(|e| format!("packing {}: {e}", dir.display()))
+}
+
+/// [`pack`] without the gzip layer: the same deterministic tar stream, for callers that compress it
+/// their own way (the compiler compresses large packages on several cores).
+pub fn pack_tar(dir: &Path, out: &mut dyn Write) -> Result<(), String> {
     let fail = |e: String| format!("packing {}: {e}", dir.display());
     let meta = fs::metadata(dir).map_err(|e| fail(e.to_string()))?;
     if !meta.is_dir() {
         return Err(fail("not a directory".into()));
     }
-    let mut packer = Packer { builder: tar::Builder::new(GzEncoder::new(out, Compression::default())) };
+    let mut packer = Packer { builder: tar::Builder::new(out) };
     packer
         .append(header(&meta, EntryType::Directory, 0), b"./", None, io::empty())
         .map_err(|e| fail(e.to_string()))?;
     packer.walk(dir, b"./".to_vec()).map_err(fail)?;
-    let gz = packer.builder.into_inner().map_err(|e| fail(e.to_string()))?;
-    let out = gz.finish().map_err(|e| fail(e.to_string()))?;
-    out.flush().map_err(|e| fail(e.to_string()))
+    packer.builder.into_inner().map_err(|e| fail(e.to_string()))?;
+    Ok(())
 }
 
 /// The private staging directory; removed on drop unless committed, so every error path (and even a
@@ -571,7 +579,7 @@ fn header(meta: &Metadata, kind: EntryType, size: u64) -> Header {
 /// Writes headers with names exactly as given: the tar crate's own path setters drop the "./"
 /// prefix that compiled packages carry (go-agent.md §6.1 auto-detects it on the way in).
 struct Packer<'w> {
-    builder: tar::Builder<GzEncoder<&'w mut dyn Write>>,
+    builder: tar::Builder<&'w mut dyn Write>,
 }
 
 impl Packer<'_> {
