@@ -95,6 +95,9 @@ fn main() {
         .collect();
     report.info("  overhead per round (s)", per_round.join(" / "));
     report.info("  tools = tar xzf source + tar czf install dir", seconds(tools));
+    for (i, r) in rounds.iter().enumerate() {
+        report.info(&format!("  agent phases, round {}", i + 1), r.phases.clone());
+    }
     let hwm = rounds.iter().map(|r| r.hwm_kib).max().unwrap_or(0);
     report.memory("agent VmHWM during compile (max)", hwm, Some(TARGET_HWM_BYTES));
     report.info("compiled package (.tgz, agent)", mb(rounds[0].compiled_bytes));
@@ -117,6 +120,8 @@ struct Round {
     script: Duration,
     hwm_kib: u64,
     compiled_bytes: u64,
+    /// The agent's own account of where the time went (its info log line).
+    phases: String,
 }
 
 /// Starts a fresh agent, compiles the source, checks the uploaded blob, reads the agent's memory.
@@ -132,7 +137,7 @@ fn compile_once(
     let id = format!("compile-{}", &bosh_agent::ids::uuid_v4()[..8]);
     let mut settings = agent_settings(pki, &id, url);
     settings["blobstore"] = json!({"provider": "local", "options": {"blobstore_path": blobstore}});
-    let mut agent = AgentProcess::start(agent_bin, &settings);
+    let mut agent = AgentProcess::start_logging(agent_bin, &settings, "info");
     let mut to_agent = director(pki, url, &id);
     wait_ready(&mut to_agent, "agent", &mut agent);
     let _ = fs::remove_file(times_file);
@@ -152,6 +157,11 @@ fn compile_once(
     assert_eq!(result["sha1"], sha1, "the returned sha1 is not the uploaded blob's");
     verify_compiled(&blob_path);
     let compiled_bytes = data.len() as u64;
+    let log = agent.log();
+    let phases = log
+        .lines()
+        .find_map(|l| l.split_once("Compiled package big 1.0.1 in ").map(|(_, p)| p.to_string()))
+        .unwrap_or_else(|| "(not logged)".into());
     drop(data);
     fs::remove_file(&blob_path).expect("removing the compiled blob");
     assert!(!agent.base().join("data/compile").exists(), "compile dir left behind");
@@ -159,7 +169,7 @@ fn compile_once(
     agent.stop();
     drop(agent);
     sync();
-    Round { round_trip, script, hwm_kib: mem.hwm_kib, compiled_bytes }
+    Round { round_trip, script, hwm_kib: mem.hwm_kib, compiled_bytes, phases }
 }
 
 /// Sends an async request and polls `get_task` every `POLL`; timed as the director sees it.
