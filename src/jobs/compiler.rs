@@ -52,7 +52,7 @@ use super::applier::{switch_link, Installer, Layout, DEFAULT_PARALLEL};
 use super::scripts::{self, SCRIPT_PATH};
 use super::spec::{ApplySpec, PackageSpec};
 use crate::archive::{self, Unpack};
-use crate::blobstore::digest::sha1_hex;
+use crate::blobstore::digest::{hex, sha1_hex, UploadDigests};
 use crate::blobstore::{Blobs, FetchedBlob, MultiDigest};
 use crate::dirs::Dirs;
 use crate::dispatch::tasks::CancelToken;
@@ -223,18 +223,21 @@ impl Compiler<'_> {
         // 6. Pack and upload.
         let tgz = tmp.join(format!("compiled-{}-{}.tgz", req.name, crate::ids::uuid_v4()));
         undo.push(Step::RemoveFile(tgz.clone()));
-        pack_to(&install_dir, &tgz)?;
+        let signed = matches!(req.destination, Destination::Signed { .. });
+        let digests = pack_to(&install_dir, &tgz, signed)?;
         phases.mark("pack");
         let compiled = match &req.destination {
             Destination::Blobstore => {
-                let (blobstore_id, sha1) =
-                    self.blobs.upload(&tgz).map_err(|e| format!("Uploading compiled package: {e}"))?;
+                let (blobstore_id, sha1) = self
+                    .blobs
+                    .upload_hashed(&tgz, &digests.sha1)
+                    .map_err(|e| format!("Uploading compiled package: {e}"))?;
                 Compiled::Blob { blobstore_id, sha1 }
             }
             Destination::Signed { url, headers } => {
                 let digests = self
                     .blobs
-                    .upload_signed(url, headers, &tgz)
+                    .upload_signed_hashed(url, headers, &tgz, &digests)
                     .map_err(|e| format!("Uploading compiled package: {e}"))?;
                 Compiled::Signed { digests }
             }
@@ -445,13 +448,46 @@ pub fn tail(path: &Path, cap: usize) -> String {
 
 /// Packs `dir` into the .tgz `out` with [`compress_parallel`]. No fsync: the file is a temp file
 /// uploaded at once, and a crash loses the compile either way.
-fn pack_to(dir: &Path, out: &Path) -> Result<(), String> {
+///
+/// The sha1 (and, for signed URLs, the sha512) of the compressed bytes is computed as they are
+/// written, on the writer thread while the workers compress, so the upload need not read the file
+/// again; sha512 is skipped when nobody needs it.
+fn pack_to(dir: &Path, out: &Path, with_sha512: bool) -> Result<UploadDigests, String> {
     let file = File::create(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
-    let mut w = BufWriter::with_capacity(256 * 1024, file);
+    let mut w = Hashing {
+        inner: BufWriter::with_capacity(256 * 1024, file),
+        sha1: ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY),
+        sha512: with_sha512.then(|| ring::digest::Context::new(&ring::digest::SHA512)),
+    };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_GZIP_THREADS);
     compress_parallel(|tar| archive::pack_tar(dir, tar), &mut w, threads)
         .map_err(|e| format!("Packing compiled package: {e}"))?;
-    w.flush().map_err(|e| format!("writing {}: {e}", out.display()))
+    w.inner.flush().map_err(|e| format!("writing {}: {e}", out.display()))?;
+    Ok(UploadDigests {
+        sha1: hex(w.sha1.finish().as_ref()),
+        sha512: w.sha512.map(|c| hex(c.finish().as_ref())).unwrap_or_default(),
+    })
+}
+
+/// Passes bytes on and hashes them with the upload digests.
+struct Hashing<W> {
+    inner: W,
+    sha1: ring::digest::Context,
+    sha512: Option<ring::digest::Context>,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha1.update(&buf[..n]);
+        if let Some(c) = &mut self.sha512 {
+            c.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Bytes of tar stream per gzip member: big enough that restarting the deflate window (32 KiB)
@@ -536,10 +572,38 @@ pub fn compress_parallel(
 /// deflated at level 1.
 fn gzip_member(data: &[u8]) -> io::Result<Vec<u8>> {
     use flate2::{write::GzEncoder, Compression};
-    let level = if incompressible(data) { Compression::none() } else { Compression::fast() };
-    let mut gz = GzEncoder::new(Vec::with_capacity(data.len() / 2 + 64), level);
+    if incompressible(data) {
+        return Ok(stored_member(data));
+    }
+    let mut gz = GzEncoder::new(Vec::with_capacity(data.len() / 2 + 64), Compression::fast());
     gz.write_all(data)?;
     gz.finish()
+}
+
+/// A gzip member holding `data` in deflate "stored" blocks (RFC 1951 §3.2.4), written directly:
+/// for bytes that do not compress this is a copy plus a CRC, several times faster than asking the
+/// deflate encoder for level 0.
+fn stored_member(data: &[u8]) -> Vec<u8> {
+    const BLOCK: usize = 65_535;
+    let mut out = Vec::with_capacity(data.len() + (data.len() / BLOCK + 1) * 5 + 18);
+    // Magic, deflate, no flags, no mtime, no extra flags, OS unknown (RFC 1952 §2.3).
+    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
+    let mut blocks = data.chunks(BLOCK).peekable();
+    if data.is_empty() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(block) = blocks.next() {
+        out.push(u8::from(blocks.peek().is_none())); // BFINAL on the last; BTYPE 00 = stored
+        let len = block.len() as u16; // at most BLOCK, which fits
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(block);
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes()); // ISIZE is the length mod 2^32
+    out
 }
 
 /// Whether samples from the start and the middle of `data` both fail to compress.
@@ -718,6 +782,17 @@ mod tests {
             assert!(back == data, "round trip with {threads} threads");
             assert!(out.len() < data.len(), "text compressed");
         }
+        // The system's gzip agrees (stored members are written by hand).
+        let mut out = Vec::new();
+        compress_parallel(|w| w.write_all(&data).map_err(|e| e.to_string()), &mut out, 2).unwrap();
+        let mut gz =
+            Command::new("gzip").arg("-dc").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut stdin = gz.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || stdin.write_all(&out));
+        let decoded = gz.wait_with_output().unwrap();
+        feeder.join().unwrap().unwrap();
+        assert!(decoded.status.success() && decoded.stdout == data, "gzip -dc disagrees");
+        assert_eq!(stored_member(b"").len(), 23);
         let failed = compress_parallel(|_| Err("tar failed".into()), &mut Vec::new(), 2);
         assert_eq!(failed, Err("tar failed".into()));
     }
