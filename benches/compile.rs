@@ -95,8 +95,12 @@ fn main() {
         .collect();
     report.info("  overhead per round (s)", per_round.join(" / "));
     report.info("  tools = tar xzf source + tar czf install dir", seconds(tools));
-    for (i, r) in rounds.iter().enumerate() {
-        report.info(&format!("  agent phases, round {}", i + 1), r.phases.clone());
+    // The agent's own account of its steps (its info log line), median per step over the rounds.
+    let steps: Vec<Vec<(String, f64)>> = rounds.iter().map(|r| parse_phases(&r.phases)).collect();
+    for (k, (name, _)) in steps.first().cloned().unwrap_or_default().iter().enumerate() {
+        let mut v: Vec<f64> = steps.iter().filter_map(|s| s.get(k).map(|(_, t)| *t)).collect();
+        v.sort_by(f64::total_cmp);
+        report.info(&format!("  agent step: {name}, median"), format!("{:.2} s", v[v.len() / 2]));
     }
     let hwm = rounds.iter().map(|r| r.hwm_kib).max().unwrap_or(0);
     report.memory("agent VmHWM during compile (max)", hwm, Some(TARGET_HWM_BYTES));
@@ -195,6 +199,18 @@ fn run_task(t: &mut Nats, method: &str, args: &[Value], agent: &AgentProcess) ->
         );
         return (took, reply);
     }
+}
+
+/// `"1.37 s (fetch 0.23 s, unpack 0.43 s, ...)"` → `[("fetch", 0.23), ("unpack", 0.43), ...]`.
+fn parse_phases(line: &str) -> Vec<(String, f64)> {
+    let inner = line.split_once('(').and_then(|(_, r)| r.split_once(')')).map_or("", |(i, _)| i);
+    inner
+        .split(", ")
+        .filter_map(|p| {
+            let mut w = p.split_whitespace();
+            Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The packaging script's own run time, from the two timestamps it wrote.
