@@ -77,7 +77,8 @@ pub fn unpack(archive: &Path, dest: &Path, opts: &Unpack) -> Result<(), String> 
 
 /// Writes `dir`'s contents (relative paths "./...", modes kept, symlinks as links) as .tgz to `out`.
 ///
-/// This is the compiled-package format (go-agent.md §3.5): `tar czf - -C dir .` in effect. Entries
+/// This is the compiled-package format (go-agent.md §3.5): `tar czf - -C dir .` in effect (the
+/// compiler compresses the same [`pack_tar`] stream itself, on several cores). Entries
 /// are written depth-first in sorted name order and with zero uid/gid and a zero gzip timestamp, so
 /// the same tree always gives the same bytes (and the same digest). `dir` itself may be a symlink (the
 /// install target `packages/<name>` is one); links below it are stored, never followed. Hard links

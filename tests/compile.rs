@@ -75,6 +75,7 @@ cat "$deps/dep/lib/dep.txt" > "$BOSH_INSTALL_TARGET/share/from-dep.txt"
 cp src/hello.txt "$BOSH_INSTALL_TARGET/share/hello.txt"
 printf '#!/bin/sh\necho compiled\n' > "$BOSH_INSTALL_TARGET/bin/bar"
 chmod 755 "$BOSH_INSTALL_TARGET/bin/bar"
+head -c 3000000 /dev/urandom > "$BOSH_INSTALL_TARGET/share/random.bin"
 env > "$BOSH_INSTALL_TARGET/share/env.txt"
 pwd > "$BOSH_INSTALL_TARGET/share/pwd.txt"
 touch "$TMPDIR/scratch" "$HOME/.dotfile"
@@ -166,6 +167,8 @@ fn compiles_with_a_dependency_and_uploads_what_packaging_wrote() {
     let x = untar(&blob);
     assert_eq!(read(x.path(), "share/from-dep.txt"), "dependency data\n");
     assert_eq!(read(x.path(), "share/hello.txt"), "hello from source\n");
+    // Several gzip members, stored and deflated, read back by the system's tar.
+    assert_eq!(std::fs::metadata(x.path().join("x/share/random.bin")).unwrap().len(), 3_000_000);
     let bin = x.path().join("x/bin/bar");
     assert_eq!(String::from_utf8_lossy(&Command::new(&bin).output().unwrap().stdout), "compiled\n");
 

@@ -23,13 +23,16 @@
 //!    VM may be deleted soon after.
 //! 6. **Pack** the install target as a deterministic .tgz and upload it: to the blobstore (the
 //!    result is `{"blobstore_id","sha1"}` with a fresh UUID and the sha1 hex) or with a PUT to the
-//!    signed URL (the result is `{"sha1":"<sha1>;sha512:<hex>"}`).
+//!    signed URL (the result is `{"sha1":"<sha1>;sha512:<hex>"}`). Packing is the agent's largest
+//!    cost on big packages, so the tar stream is compressed on several cores as a multi-member gzip
+//!    ([`compress_parallel`]) and hashed as it is written.
 //! 7. **Clean up whatever happens**: the compile directory, the temp files, the install target and
 //!    any dependency bundle this compile installed are removed, and every `packages/<name>` link it
 //!    touched is put back as it was. Unlike the Go agent, which wipes `data/packages` on every
 //!    compile, packages of a job running on the same VM are left alone: a dependency that was
 //!    already installed is reused and kept, and a link that existed before is restored. The undo
-//!    list runs on drop, so an early `?` return cleans up too.
+//!    list runs on drop, so an early `?` return cleans up too. (While the compile runs, those links
+//!    do point at the compile's bundles: `BOSH_INSTALL_TARGET` must be `packages/<name>`.)
 //!
 //! **The environment of `packaging`** is built from nothing; nothing is inherited from the agent,
 //! whose environment (the stemcell's init system, `bosh-agent` flags, proxies, locale) differs
