@@ -170,10 +170,14 @@ impl Compiler<'_> {
         if req.version.is_empty() {
             return Err("the package version is empty".into());
         }
+        let mut seen = std::collections::BTreeSet::new();
         for d in &req.deps {
             check_name("dependency name", &d.name)?;
             if d.name == req.name {
                 return Err(format!("package {} depends on itself", req.name));
+            }
+            if !seen.insert(d.name.as_str()) {
+                return Err(format!("dependency {} is named twice", d.name));
             }
         }
         let data = self.dirs.data();
