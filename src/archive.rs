@@ -77,26 +77,35 @@ pub fn unpack(archive: &Path, dest: &Path, opts: &Unpack) -> Result<(), String> 
 
 /// Writes `dir`'s contents (relative paths "./...", modes kept, symlinks as links) as .tgz to `out`.
 ///
-/// This is the compiled-package format (go-agent.md §3.5): `tar czf - -C dir .` in effect. Entries
+/// This is the compiled-package format (go-agent.md §3.5): `tar czf - -C dir .` in effect (the
+/// compiler compresses the same [`pack_tar`] stream itself, on several cores). Entries
 /// are written depth-first in sorted name order and with zero uid/gid and a zero gzip timestamp, so
 /// the same tree always gives the same bytes (and the same digest). `dir` itself may be a symlink (the
 /// install target `packages/<name>` is one); links below it are stored, never followed. Hard links
 /// are stored as separate files, and sockets, devices and FIFOs are an error since a package cannot
 /// ship them.
 pub fn pack(dir: &Path, out: &mut dyn Write) -> Result<(), String> {
+    let mut gz = GzEncoder::new(out, Compression::default());
+    pack_tar(dir, &mut gz)?;
+    let out = gz.finish().map_err(|e| format!("packing {}: {e}", dir.display()))?;
+    out.flush().map_err(|e| format!("packing {}: {e}", dir.display()))
+}
+
+/// [`pack`] without the gzip layer: the same deterministic tar stream, for callers that compress it
+/// their own way (the compiler compresses large packages on several cores).
+pub fn pack_tar(dir: &Path, out: &mut dyn Write) -> Result<(), String> {
     let fail = |e: String| format!("packing {}: {e}", dir.display());
     let meta = fs::metadata(dir).map_err(|e| fail(e.to_string()))?;
     if !meta.is_dir() {
         return Err(fail("not a directory".into()));
     }
-    let mut packer = Packer { builder: tar::Builder::new(GzEncoder::new(out, Compression::default())) };
+    let mut packer = Packer { builder: tar::Builder::new(out) };
     packer
         .append(header(&meta, EntryType::Directory, 0), b"./", None, io::empty())
         .map_err(|e| fail(e.to_string()))?;
     packer.walk(dir, b"./".to_vec()).map_err(fail)?;
-    let gz = packer.builder.into_inner().map_err(|e| fail(e.to_string()))?;
-    let out = gz.finish().map_err(|e| fail(e.to_string()))?;
-    out.flush().map_err(|e| fail(e.to_string()))
+    packer.builder.into_inner().map_err(|e| fail(e.to_string()))?;
+    Ok(())
 }
 
 /// The private staging directory; removed on drop unless committed, so every error path (and even a
@@ -571,7 +580,7 @@ fn header(meta: &Metadata, kind: EntryType, size: u64) -> Header {
 /// Writes headers with names exactly as given: the tar crate's own path setters drop the "./"
 /// prefix that compiled packages carry (go-agent.md §6.1 auto-detects it on the way in).
 struct Packer<'w> {
-    builder: tar::Builder<GzEncoder<&'w mut dyn Write>>,
+    builder: tar::Builder<&'w mut dyn Write>,
 }
 
 impl Packer<'_> {

@@ -483,6 +483,12 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts the agent with `settings` (see [`agent_settings`]) behind a File settings source.
     pub fn start(binary: &Path, settings: &Value) -> AgentProcess {
+        AgentProcess::start_logging(binary, settings, "warn")
+    }
+
+    /// Like [`AgentProcess::start`] with another log level (`info` lets a bench read the agent's
+    /// own timing lines, e.g. the phases of a compile).
+    pub fn start_logging(binary: &Path, settings: &Value, level: &str) -> AgentProcess {
         let dir = tempfile::tempdir().expect("agent directory");
         let p = |name: &str| dir.path().join(name).to_str().expect("UTF-8 temp path").to_string();
         std::fs::create_dir_all(dir.path().join("base/bosh")).expect("base dir");
@@ -492,7 +498,7 @@ impl AgentProcess {
         std::fs::write(p("agent.json"), config.to_string()).expect("agent.json");
         let log = File::create(p("agent.log")).expect("agent log");
         let child = Command::new(binary)
-            .args(["-P", "dummy", "-M", "dummy", "-l", "warn", "-h", &HEARTBEAT_SECS.to_string()])
+            .args(["-P", "dummy", "-M", "dummy", "-l", level, "-h", &HEARTBEAT_SECS.to_string()])
             .args(["-C", &p("agent.json"), "-b", &p("base")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

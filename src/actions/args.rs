@@ -42,6 +42,22 @@ impl<A: DeserializeOwned, B: DeserializeOwned> FromArgs for (A, B) {
     }
 }
 
+/// Implements [`FromArgs`] for a tuple of 3 or more types; each position is decoded with [`one`].
+macro_rules! tuple_args {
+    ($n:literal; $($t:ident $i:tt),+) => {
+        impl<$($t: DeserializeOwned),+> FromArgs for ($($t,)+) {
+            fn from_args(args: &[Value]) -> Result<Self, String> {
+                Ok(($(one(args, $i, $n)?,)+))
+            }
+        }
+    };
+}
+
+tuple_args!(3; A 0, B 1, C 2);
+tuple_args!(4; A 0, B 1, C 2, D 3);
+// `compile_package [blobstore_id, digest, name, version, deps]` has five positional arguments.
+tuple_args!(5; A 0, B 1, C 2, D 3, E 4);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +74,10 @@ mod tests {
         assert!(e.contains("argument 1: invalid type: integer `5`, expected a string"), "{e}");
         let (o,): (Option<String>,) = bind(&[]).unwrap();
         assert_eq!(o, None);
+        let (a, b, c, d, e): (String, String, String, String, Option<Value>) =
+            bind(&[json!("a"), json!("b"), json!("c"), json!("d")]).unwrap();
+        assert_eq!((a.as_str(), b.as_str(), c.as_str(), d.as_str(), e), ("a", "b", "c", "d", None));
+        let e = bind::<(String, String, String)>(&[json!("a")]).unwrap_err();
+        assert!(e.ends_with("Not enough arguments, expected 3, got 1"), "{e}");
     }
 }

@@ -352,9 +352,15 @@ impl Blobs {
 
     /// Uploads a file under a new UUID; returns (blob id, sha1 hex).
     pub fn upload(&self, src: &Path) -> Result<(String, String), String> {
-        let sha1 = digest::UploadDigests::of_file(src)
-            .map_err(|e| format!("Hashing {} for upload: {e}", src.display()))?
-            .sha1;
+        let digests = digest::UploadDigests::of_file(src)
+            .map_err(|e| format!("Hashing {} for upload: {e}", src.display()))?;
+        self.upload_hashed(src, &digests.sha1)
+    }
+
+    /// [`Blobs::upload`] with the sha1 hex already known, computed while the caller wrote the file,
+    /// so a large file (a compiled package) is not read a second time just to hash it.
+    pub fn upload_hashed(&self, src: &Path, sha1: &str) -> Result<(String, String), String> {
+        let sha1 = sha1.to_string();
         let id = crate::ids::uuid_v4();
         self.with_retries(&format!("Putting blob {id}"), || {
             self.provider.put(src, &id).map_err(Attempt::Source)
@@ -373,6 +379,17 @@ impl Blobs {
     ) -> Result<String, String> {
         let digests = digest::UploadDigests::of_file(src)
             .map_err(|e| format!("Hashing {} for upload: {e}", src.display()))?;
+        self.upload_signed_hashed(url, headers, src, &digests)
+    }
+
+    /// [`Blobs::upload_signed`] with the digests already known (see [`Blobs::upload_hashed`]).
+    pub fn upload_signed_hashed(
+        &self,
+        url: &str,
+        headers: &BTreeMap<String, String>,
+        src: &Path,
+        digests: &digest::UploadDigests,
+    ) -> Result<String, String> {
         signed::put(&self.http, url, headers, src).map_err(|e| e.message)?;
         Ok(digests.multi())
     }

@@ -2,6 +2,7 @@
 //! stemcell, `-M monit`), plus the `dummy` supervisor (`-M dummy`) that lets the agent stand alone.
 
 pub mod applier;
+pub mod compiler;
 pub mod monit;
 pub mod scripts;
 pub mod spec;
