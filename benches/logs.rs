@@ -139,7 +139,7 @@ fn main() {
     agent.stop();
 
     // The level trade-off, in-process with the agent's own code (same build profile as the agent).
-    let threads = bosh_agent::logs::gzip_threads();
+    let threads = bosh_agent::gzip::threads();
     let selection = bosh_agent::logs::select(
         &bosh_agent::dirs::Dirs::new(agent.base(), "/"),
         &bosh_agent::logs::Request::parse("job", None).expect("request"),

@@ -17,6 +17,7 @@ pub mod dirs;
 pub mod dispatch;
 pub mod fsutil;
 pub mod glob;
+pub mod gzip;
 pub mod heartbeat;
 pub mod ids;
 pub mod jobs;

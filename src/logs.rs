@@ -23,9 +23,7 @@
 //! - **A missing log directory contributes nothing** (an agent that logs to stderr has no
 //!   `bosh/log`), so `job,agent` still returns the job logs; a bundle may therefore be empty.
 
-mod gzip;
-
-pub use gzip::{ParallelGz, CHUNK_BYTES};
+pub use crate::gzip::{ParallelGz, CHUNK_BYTES};
 
 use crate::dirs::Dirs;
 use crate::glob::Glob;
@@ -244,12 +242,6 @@ pub fn tmp_dir(dirs: &Dirs) -> PathBuf {
     dirs.data().join("tmp")
 }
 
-/// The number of gzip threads: every core, capped at 4 (beyond that the disk is the limit and the
-/// VM's jobs deserve the rest).
-pub fn gzip_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4)
-}
-
 /// Selects the request's files and streams them into a new `.tgz` at `<tmp_dir>/logs-<uuid>.tgz`
 /// (mode 0600, owned by `owner` when given).
 pub fn bundle(dirs: &Dirs, request: &Request, owner: Option<(u32, u32)>) -> Result<Bundle, String> {
@@ -269,7 +261,7 @@ pub fn bundle(dirs: &Dirs, request: &Request, owner: Option<(u32, u32)>) -> Resu
         std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
             .map_err(|e| format!("Changing owner of {}: {e}", bundle.path.display()))?;
     }
-    let (count, bytes, compressed) = write_tgz(&files, file, Compression::new(LEVEL), gzip_threads())
+    let (count, bytes, compressed) = write_tgz(&files, file, Compression::new(LEVEL), crate::gzip::threads())
         .map_err(|e| format!("Creating log bundle {}: {e}", bundle.path.display()))?;
     bundle.files = count;
     bundle.bytes = bytes;

@@ -24,8 +24,8 @@
 //! 6. **Pack** the install target as a deterministic .tgz and upload it: to the blobstore (the
 //!    result is `{"blobstore_id","sha1"}` with a fresh UUID and the sha1 hex) or with a PUT to the
 //!    signed URL (the result is `{"sha1":"<sha1>;sha512:<hex>"}`). Packing is the agent's largest
-//!    cost on big packages, so the tar stream is compressed on several cores as a multi-member gzip
-//!    ([`compress_parallel`]) and hashed as it is written.
+//!    cost on big packages, so the tar stream is compressed on several cores at the fastest level
+//!    into one ordinary gzip member ([`crate::gzip::ParallelGz`]) and hashed as it is written.
 //! 7. **Clean up whatever happens**: the compile directory, the temp files, the install target and
 //!    any dependency bundle this compile installed are removed, and every `packages/<name>` link it
 //!    touched is put back as it was. Unlike the Go agent, which wipes `data/packages` on every
@@ -59,6 +59,7 @@ use crate::blobstore::digest::{hex, sha1_hex, UploadDigests};
 use crate::blobstore::{Blobs, FetchedBlob, MultiDigest};
 use crate::dirs::Dirs;
 use crate::dispatch::tasks::CancelToken;
+use crate::gzip::ParallelGz;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -453,7 +454,8 @@ pub fn tail(path: &Path, cap: usize) -> String {
     }
 }
 
-/// Packs `dir` into the .tgz `out` with [`compress_parallel`]. No fsync: the file is a temp file
+/// Packs `dir` into the .tgz `out` with [`ParallelGz`] at the fastest level (a compiled package is
+/// unpacked once per VM; time on the compilation VM is what the operator waits for). No fsync: the file is a temp file
 /// uploaded at once, and a crash loses the compile either way.
 ///
 /// The sha1 (and, for signed URLs, the sha512) of the compressed bytes is computed as they are
@@ -466,9 +468,10 @@ fn pack_to(dir: &Path, out: &Path, with_sha512: bool) -> Result<UploadDigests, S
         sha1: ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY),
         sha512: with_sha512.then(|| ring::digest::Context::new(&ring::digest::SHA512)),
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_GZIP_THREADS);
-    compress_parallel(|tar| archive::pack_tar(dir, tar), &mut w, threads)
+    let mut gz = ParallelGz::new(&mut w, flate2::Compression::fast(), crate::gzip::threads())
         .map_err(|e| format!("Packing compiled package: {e}"))?;
+    archive::pack_tar(dir, &mut gz).map_err(|e| format!("Packing compiled package: {e}"))?;
+    gz.finish().map_err(|e| format!("Packing compiled package: {e}"))?;
     w.inner.flush().map_err(|e| format!("writing {}: {e}", out.display()))?;
     Ok(UploadDigests {
         sha1: hex(w.sha1.finish().as_ref()),
@@ -494,185 +497,6 @@ impl<W: Write> Write for Hashing<W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
-    }
-}
-
-/// Bytes of tar stream per gzip member: big enough that restarting the deflate window (32 KiB)
-/// costs nothing measurable, small enough that the chunks in flight stay a few MiB.
-pub const GZIP_CHUNK: usize = 512 * 1024;
-/// At most this many cores compress; with two chunks in flight per core this bounds the memory
-/// for compression at about 4 x 2 x (chunk in + chunk out) = 8 MiB.
-pub const MAX_GZIP_THREADS: usize = 4;
-/// A sample compressing to more than this fraction of its size marks a chunk as already
-/// compressed (vendored tarballs, jars, images), which is then stored instead of deflated.
-const INCOMPRESSIBLE: f64 = 0.97;
-const SAMPLE: usize = 16 * 1024;
-
-/// Compresses what `produce` writes into `out` as a multi-member gzip: the stream is cut into
-/// [`GZIP_CHUNK`] pieces, each compressed on one of `threads` workers into a complete gzip member,
-/// and the members are written in order.
-///
-/// Why: gzip level 6 on one core runs at about 20-40 MB/s, which made packing a 100 MB package
-/// take four seconds, most of the agent's share of a compile. Concatenated gzip members are one
-/// valid gzip file (RFC 1952 §2.2): `tar xzf`, Go's `compress/gzip` (the Go agent) and this agent's
-/// own unpacker read them as one stream. Each chunk is deflated at level 1 (`gzip --fast`), which
-/// costs some size on text but is several times faster; chunks that do not compress at all are
-/// stored, because deflating random bytes is the slowest case and gains nothing.
-///
-/// Memory stays bounded: a token is taken before a chunk is handed out and returned only once its
-/// member is written, so at most `2 x threads` chunks exist at a time.
-pub fn compress_parallel(
-    produce: impl FnOnce(&mut dyn Write) -> Result<(), String>,
-    out: &mut (dyn Write + Send),
-    threads: usize,
-) -> Result<(), String> {
-    use std::sync::mpsc::{sync_channel, Receiver};
-    use std::sync::Mutex;
-    let threads = threads.max(1);
-    let in_flight = 2 * threads;
-    let (job_tx, job_rx) = sync_channel::<(u64, Vec<u8>)>(in_flight);
-    let (done_tx, done_rx) = sync_channel::<(u64, io::Result<Vec<u8>>)>(in_flight);
-    let (token_tx, token_rx) = sync_channel::<()>(in_flight);
-    for _ in 0..in_flight {
-        let _ = token_tx.send(());
-    }
-    let job_rx: Mutex<Receiver<(u64, Vec<u8>)>> = Mutex::new(job_rx);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            let done_tx = done_tx.clone();
-            let job_rx = &job_rx;
-            s.spawn(move || loop {
-                let job = match job_rx.lock() {
-                    Ok(rx) => rx.recv(),
-                    Err(p) => p.into_inner().recv(),
-                };
-                let Ok((seq, data)) = job else { break };
-                if done_tx.send((seq, gzip_member(&data))).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(done_tx);
-        let writer = s.spawn(move || -> Result<(), String> {
-            let mut pending = BTreeMap::new();
-            let mut next = 0u64;
-            for (seq, member) in done_rx {
-                pending.insert(seq, member);
-                while let Some(member) = pending.remove(&next) {
-                    let member = member.map_err(|e| format!("compressing: {e}"))?;
-                    out.write_all(&member).map_err(|e| format!("writing: {e}"))?;
-                    next += 1;
-                    let _ = token_tx.send(());
-                }
-            }
-            Ok(())
-        });
-        let mut chunker = Chunker { tx: Some(job_tx), tokens: token_rx, buf: Vec::new(), seq: 0 };
-        let produced = produce(&mut chunker).and_then(|()| chunker.finish());
-        drop(chunker); // closes the job channel: the workers and then the writer finish
-        let written = writer.join().unwrap_or_else(|_| Err("the gzip writer thread panicked".into()));
-        written.and(produced)
-    })
-}
-
-/// One complete gzip member for `data`: stored when a sample shows it does not compress, else
-/// deflated at level 1.
-fn gzip_member(data: &[u8]) -> io::Result<Vec<u8>> {
-    use flate2::{write::GzEncoder, Compression};
-    if incompressible(data) {
-        return Ok(stored_member(data));
-    }
-    let mut gz = GzEncoder::new(Vec::with_capacity(data.len() / 2 + 64), Compression::fast());
-    gz.write_all(data)?;
-    gz.finish()
-}
-
-/// A gzip member holding `data` in deflate "stored" blocks (RFC 1951 §3.2.4), written directly:
-/// for bytes that do not compress this is a copy plus a CRC, several times faster than asking the
-/// deflate encoder for level 0.
-fn stored_member(data: &[u8]) -> Vec<u8> {
-    const BLOCK: usize = 65_535;
-    let mut out = Vec::with_capacity(data.len() + (data.len() / BLOCK + 1) * 5 + 18);
-    // Magic, deflate, no flags, no mtime, no extra flags, OS unknown (RFC 1952 §2.3).
-    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
-    let mut blocks = data.chunks(BLOCK).peekable();
-    if data.is_empty() {
-        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
-    }
-    while let Some(block) = blocks.next() {
-        out.push(u8::from(blocks.peek().is_none())); // BFINAL on the last; BTYPE 00 = stored
-        let len = block.len() as u16; // at most BLOCK, which fits
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(block);
-    }
-    let mut crc = flate2::Crc::new();
-    crc.update(data);
-    out.extend_from_slice(&crc.sum().to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes()); // ISIZE is the length mod 2^32
-    out
-}
-
-/// Whether samples from the start and the middle of `data` both fail to compress.
-fn incompressible(data: &[u8]) -> bool {
-    use flate2::{write::DeflateEncoder, Compression};
-    if data.len() < 4 * SAMPLE {
-        return false;
-    }
-    [0, data.len() / 2].iter().all(|&at| {
-        let sample = &data[at..at + SAMPLE];
-        let mut enc = DeflateEncoder::new(Vec::with_capacity(SAMPLE + 64), Compression::fast());
-        match enc.write_all(sample).and_then(|()| enc.finish()) {
-            Ok(out) => out.len() as f64 > sample.len() as f64 * INCOMPRESSIBLE,
-            Err(_) => false,
-        }
-    })
-}
-
-/// Cuts a byte stream into [`GZIP_CHUNK`] pieces for the workers, waiting for a token before each.
-struct Chunker {
-    tx: Option<std::sync::mpsc::SyncSender<(u64, Vec<u8>)>>,
-    tokens: std::sync::mpsc::Receiver<()>,
-    buf: Vec<u8>,
-    seq: u64,
-}
-
-impl Chunker {
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let broken = || io::Error::new(io::ErrorKind::BrokenPipe, "the gzip writer stopped");
-        self.tokens.recv().map_err(|_| broken())?;
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(GZIP_CHUNK));
-        let tx = self.tx.as_ref().ok_or_else(broken)?;
-        tx.send((self.seq, data)).map_err(|_| broken())?;
-        self.seq += 1;
-        Ok(())
-    }
-
-    /// Hands out the last, partial chunk and closes the stream.
-    fn finish(&mut self) -> Result<(), String> {
-        let sent = self.send().map_err(|e| e.to_string());
-        self.tx = None;
-        sent
-    }
-}
-
-impl Write for Chunker {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buf.capacity() == 0 {
-            self.buf.reserve_exact(GZIP_CHUNK);
-        }
-        let n = data.len().min(GZIP_CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == GZIP_CHUNK {
-            self.send()?;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -768,41 +592,6 @@ impl Drop for Undo {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parallel_gzip_is_one_readable_stream_in_order() {
-        use flate2::read::MultiGzDecoder;
-        let mut data = Vec::new();
-        let mut x = 1u64;
-        for i in 0..(3 * GZIP_CHUNK + 1234) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // Random bytes for the first chunks, text after: both kinds of member.
-            data.push(if i < 2 * GZIP_CHUNK { x as u8 } else { b"abc def\n"[i % 8] });
-        }
-        for threads in [1, 3] {
-            let mut out = Vec::new();
-            compress_parallel(|w| w.write_all(&data).map_err(|e| e.to_string()), &mut out, threads).unwrap();
-            let mut back = Vec::new();
-            MultiGzDecoder::new(&out[..]).read_to_end(&mut back).unwrap();
-            assert!(back == data, "round trip with {threads} threads");
-            assert!(out.len() < data.len(), "text compressed");
-        }
-        // The system's gzip agrees (stored members are written by hand).
-        let mut out = Vec::new();
-        compress_parallel(|w| w.write_all(&data).map_err(|e| e.to_string()), &mut out, 2).unwrap();
-        let mut gz =
-            Command::new("gzip").arg("-dc").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-        let mut stdin = gz.stdin.take().unwrap();
-        let feeder = std::thread::spawn(move || stdin.write_all(&out));
-        let decoded = gz.wait_with_output().unwrap();
-        feeder.join().unwrap().unwrap();
-        assert!(decoded.status.success() && decoded.stdout == data, "gzip -dc disagrees");
-        assert_eq!(stored_member(b"").len(), 23);
-        let failed = compress_parallel(|_| Err("tar failed".into()), &mut Vec::new(), 2);
-        assert_eq!(failed, Err("tar failed".into()));
-    }
 
     #[test]
     fn names_must_be_single_segments() {

@@ -1,6 +1,7 @@
 //! A gzip writer that compresses on several threads and still produces one ordinary gzip member.
 //!
-//! Why: compressing is nearly all the work of `bosh logs`, and the release build is optimised for size
+//! Why: compressing is nearly all the work of `bosh logs` and most of the agent's share of a compile
+//! (packing the install target), and the release build is optimised for size
 //! (`opt-level = "z"`), which makes the pure-Rust deflate noticeably slower per core than the system's
 //! `gzip`. Splitting the stream into fixed-size chunks and deflating them on worker threads (the
 //! technique `pigz` made popular) recovers the difference on any VM with more than one core, while
@@ -29,6 +30,12 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 const WORKER_STACK: usize = 1024 * 1024;
 /// The fixed gzip header: magic, deflate, no flags, no mtime, no extra flags, OS = Unix.
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+
+/// The number of compression threads: every core, capped at 4 (beyond that the disk is the limit
+/// and the VM's jobs deserve the rest).
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4)
+}
 
 /// One chunk to compress, with a recycled output buffer.
 struct Job {
@@ -77,7 +84,7 @@ impl<W: Write> ParallelGz<W> {
             let rx = Arc::clone(&job_rx);
             let tx = done_tx.clone();
             let handle = std::thread::Builder::new()
-                .name(format!("logs-gzip-{i}"))
+                .name(format!("gzip-{i}"))
                 .stack_size(WORKER_STACK)
                 .spawn(move || worker(level, &rx, &tx))?;
             handles.push(handle);
@@ -190,6 +197,7 @@ impl<W: Write> Drop for ParallelGz<W> {
 /// Takes chunks off the shared queue until it closes; one deflate state per thread, reset per chunk.
 fn worker(level: Compression, jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>) {
     let mut deflate = Compress::new(level, false);
+    let mut store = Compress::new(Compression::none(), false);
     loop {
         let job = {
             let rx = match jobs.lock() {
@@ -202,12 +210,34 @@ fn worker(level: Compression, jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>) 
             }
         };
         let Job { seq, input, mut output, last } = job;
-        deflate.reset();
-        let result = compress(&mut deflate, &input, &mut output, last).map(|()| output);
+        // Already-compressed data (vendored tarballs, jars, images) only costs time to deflate:
+        // such chunks go out as stored blocks, still inside the same single gzip member.
+        let encoder = if incompressible(&input) { &mut store } else { &mut deflate };
+        encoder.reset();
+        let result = compress(encoder, &input, &mut output, last).map(|()| output);
         if done.send(Done { seq, input, output: result }).is_err() {
             return;
         }
     }
+}
+
+/// A sample deflating to more than this fraction of its size marks a chunk as incompressible.
+const INCOMPRESSIBLE: f64 = 0.97;
+/// Bytes sampled (at the start and the middle of a chunk) to decide.
+const SAMPLE: usize = 16 * 1024;
+
+/// Whether samples from the start and the middle of `data` both fail to compress at the fastest level.
+fn incompressible(data: &[u8]) -> bool {
+    if data.len() < 4 * SAMPLE {
+        return false;
+    }
+    let mut probe = Compress::new(Compression::fast(), false);
+    let mut out = Vec::with_capacity(SAMPLE + 1024);
+    [0, data.len() / 2].iter().all(|&at| {
+        probe.reset();
+        compress(&mut probe, &data[at..at + SAMPLE], &mut out, true)
+            .is_ok_and(|()| out.len() as f64 > SAMPLE as f64 * INCOMPRESSIBLE)
+    })
 }
 
 /// Raw-deflates `input` into `output`, ending with a sync flush (or the final block when `last`).
@@ -277,6 +307,27 @@ mod tests {
         roundtrip(&big, 1, 7777);
         roundtrip(&big, 3, 100_000);
         roundtrip(&sample(CHUNK_BYTES), 2, CHUNK_BYTES);
+    }
+
+    #[test]
+    fn incompressible_chunks_are_stored_inside_the_same_member() {
+        let mut x = 7u64;
+        let random: Vec<u8> = (0..2 * CHUNK_BYTES)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert!(incompressible(&random[..CHUNK_BYTES]) && !incompressible(&sample(CHUNK_BYTES)));
+        let mut mixed = random.clone();
+        mixed.extend(sample(CHUNK_BYTES));
+        roundtrip(&mixed, 2, 65_536);
+        let mut gz = ParallelGz::new(Vec::new(), Compression::fast(), 2).unwrap();
+        gz.write_all(&random).unwrap();
+        let (out, _) = gz.finish().unwrap();
+        assert!(out.len() < random.len() + random.len() / 100, "stored blocks add little: {}", out.len());
     }
 
     #[test]
