@@ -13,7 +13,9 @@ mod dns;
 mod dummy;
 mod jobs;
 mod logs;
+mod network;
 mod settings;
+mod ssh;
 mod system;
 mod tasks;
 
@@ -178,6 +180,15 @@ pub static REGISTRY: &[ActionSpec] = &[
     row("sync_dns", Synchronous, [NO, NO, YES], binder::<dns::SyncDns>),
     row("sync_dns_with_signed_url", Synchronous, [NO, NO, YES], binder::<dns::SyncDnsWithSignedUrl>),
     row("delete_arp_entries", Synchronous, [NO, NO, YES], binder::<dns::DeleteArpEntries>),
+    row("mount_disk", Async, [NO, NO, YES], binder::<disks::MountDisk>),
+    row("unmount_disk", Async, [NO, NO, YES], binder::<disks::UnmountDisk>),
+    row("migrate_disk", Async, [NO, NO, YES], binder::<disks::MigrateDisk>),
+    row("add_persistent_disk", Async, [NO, NO, YES], binder::<disks::AddPersistentDisk>),
+    row("remove_persistent_disk", Async, [NO, NO, YES], binder::<disks::RemovePersistentDisk>),
+    row("add_dynamic_disk", Async, [NO, NO, YES], binder::<disks::AddDynamicDisk>),
+    row("remove_dynamic_disk", Synchronous, [NO, NO, YES], binder::<disks::RemoveDynamicDisk>),
+    row("ssh", Synchronous, [NO, NO, NO], binder::<ssh::Ssh>),
+    row("prepare_network_change", Synchronous, [NO, NO, YES], binder::<network::PrepareNetworkChange>),
     row("update_settings", Async, [NO, YES, NO], binder::<settings::UpdateSettingsAction>),
     ActionSpec { dummy_only: true, ..row("dummy_sleep", Async, [YES, NO, YES], binder::<dummy::Sleep>) },
     ActionSpec { dummy_only: true, ..row("dummy_panic", Synchronous, [NO, NO, YES], binder::<dummy::Panic>) },
