@@ -23,7 +23,7 @@ mod support;
 
 use bosh_agent::blobstore::digest::hex;
 use bosh_agent::blobstore::MultiDigest;
-use bosh_agent::client::{Nats, Transport};
+use bosh_agent::client::Nats;
 use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY, SHA256};
 use serde_json::{json, Value};
 use std::fs::{self, File};
@@ -36,7 +36,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::{
     agent_binary, agent_settings, director, interleave, wait_ready, AgentProcess, NatsServer, Pki, Report,
-    Samples,
+    Samples, XorShift,
 };
 
 /// Packages in the spec: a mid-sized release's worth.
@@ -268,23 +268,10 @@ fn agent_apply(ctx: &Ctx, parallel: Option<usize>) -> AgentRun {
 /// `apply [spec]`, then `get_task` every `POLL` until it is no longer running; timed from the request
 /// to the reply that says it is done, as the director would see it.
 fn run_apply(t: &mut Nats, spec: &Value, agent: &AgentProcess) -> Duration {
-    let start = Instant::now();
-    let first = t.request("apply", std::slice::from_ref(spec), start + REQUEST_TIMEOUT).expect("apply");
-    let id = first["value"]["agent_task_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("apply gave no task: {first}"))
-        .to_string();
-    loop {
-        std::thread::sleep(POLL);
-        let reply = t.request("get_task", &[json!(id)], Instant::now() + REQUEST_TIMEOUT).expect("get_task");
-        if reply["value"]["state"] == "running" && reply["value"]["agent_task_id"] == id {
-            assert!(start.elapsed() < APPLY_TIMEOUT, "apply still running after {APPLY_TIMEOUT:?}");
-            continue;
-        }
-        let took = start.elapsed();
-        assert_eq!(reply, json!({"value": "applied"}), "apply failed\n--- agent log ---\n{}", agent.log());
-        return took;
-    }
+    let (took, reply) =
+        support::run_task(t, "apply", std::slice::from_ref(spec), POLL, REQUEST_TIMEOUT, APPLY_TIMEOUT);
+    assert_eq!(reply, json!({"value": "applied"}), "apply failed\n--- agent log ---\n{}", agent.log());
+    took
 }
 
 /// Runs `tar xzf <pkg> -C <fresh dir>` for every package, `parallel` processes at a time, taking
@@ -587,30 +574,6 @@ impl<W: Write> Write for Hashing<W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
-    }
-}
-
-/// xorshift64: fast enough that generating 300 MB costs less than compressing it, and incompressible
-/// for gzip, which is all the "binary" files need.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> XorShift {
-        XorShift(seed | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
     }
 }
 

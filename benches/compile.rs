@@ -17,7 +17,7 @@
 
 mod support;
 
-use bosh_agent::client::{Nats, Transport};
+use bosh_agent::client::Nats;
 use ring::digest::{digest, SHA1_FOR_LEGACY_USE_ONLY};
 use serde_json::{json, Value};
 use std::fs::{self, File};
@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{
     agent_binary, agent_settings, director, seconds, wait_ready, AgentProcess, NatsServer, Pki, Report,
-    Samples,
+    Samples, XorShift,
 };
 
 /// Incompressible files (sizes in bytes): 60 MB of "binaries" and tarballs vendored in the source.
@@ -178,27 +178,13 @@ fn compile_once(
 
 /// Sends an async request and polls `get_task` every `POLL`; timed as the director sees it.
 fn run_task(t: &mut Nats, method: &str, args: &[Value], agent: &AgentProcess) -> (Duration, Value) {
-    let start = Instant::now();
-    let first = t.request(method, args, start + REQUEST_TIMEOUT).expect(method);
-    let id = first["value"]["agent_task_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{method} gave no task: {first}"))
-        .to_string();
-    loop {
-        std::thread::sleep(POLL);
-        let reply = t.request("get_task", &[json!(id)], Instant::now() + REQUEST_TIMEOUT).expect("get_task");
-        if reply["value"]["state"] == "running" && reply["value"]["agent_task_id"] == id {
-            assert!(start.elapsed() < COMPILE_TIMEOUT, "{method} still running after {COMPILE_TIMEOUT:?}");
-            continue;
-        }
-        let took = start.elapsed();
-        assert!(
-            reply["value"]["result"].is_object(),
-            "{method} failed: {reply}\n--- agent log ---\n{}",
-            agent.log()
-        );
-        return (took, reply);
-    }
+    let (took, reply) = support::run_task(t, method, args, POLL, REQUEST_TIMEOUT, COMPILE_TIMEOUT);
+    assert!(
+        reply["value"]["result"].is_object(),
+        "{method} failed: {reply}\n--- agent log ---\n{}",
+        agent.log()
+    );
+    (took, reply)
 }
 
 /// `"1.37 s (fetch 0.23 s, unpack 0.43 s, ...)"` → `[("fetch", 0.23), ("unpack", 0.43), ...]`.
@@ -277,7 +263,7 @@ struct SrcFile {
 
 impl SrcFile {
     fn contents(&self) -> Vec<u8> {
-        let mut rng = XorShift(self.seed | 1);
+        let mut rng = XorShift::new(self.seed);
         if self.random {
             let mut v = vec![0u8; self.size];
             rng.fill(&mut v);
@@ -338,26 +324,6 @@ fn append<W: io::Write>(b: &mut tar::Builder<W>, path: &str, mode: u32, data: &[
     h.set_mode(mode);
     h.set_mtime(1_700_000_000);
     b.append_data(&mut h, path, data).expect("appending entry");
-}
-
-/// xorshift64: incompressible for gzip, fast to generate.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
 }
 
 /// C-ish source text from a small vocabulary: compresses about as well as real sources.

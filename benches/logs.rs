@@ -21,7 +21,7 @@
 
 mod support;
 
-use bosh_agent::client::{Nats, Transport};
+use bosh_agent::client::Nats;
 use flate2::Compression;
 use serde_json::{json, Value};
 use std::fs::{self, File};
@@ -172,26 +172,12 @@ fn main() {
 
 /// `fetch_logs ["job", null]`, polled until done; returns the time and the uploaded blob's path.
 fn fetch_logs(t: &mut Nats, agent: &AgentProcess, blobstore: &Path) -> (Duration, PathBuf) {
-    let start = Instant::now();
-    let first =
-        t.request("fetch_logs", &[json!("job"), Value::Null], start + REQUEST_TIMEOUT).expect("fetch_logs");
-    let id = first["value"]["agent_task_id"]
+    let args = [json!("job"), Value::Null];
+    let (took, reply) = support::run_task(t, "fetch_logs", &args, POLL, REQUEST_TIMEOUT, TASK_TIMEOUT);
+    let blob = reply["value"]["blobstore_id"]
         .as_str()
-        .unwrap_or_else(|| panic!("fetch_logs gave no task: {first}"))
-        .to_string();
-    loop {
-        std::thread::sleep(POLL);
-        let reply = t.request("get_task", &[json!(id)], Instant::now() + REQUEST_TIMEOUT).expect("get_task");
-        if reply["value"]["state"] == "running" && reply["value"]["agent_task_id"] == id {
-            assert!(start.elapsed() < TASK_TIMEOUT, "fetch_logs still running after {TASK_TIMEOUT:?}");
-            continue;
-        }
-        let took = start.elapsed();
-        let blob = reply["value"]["blobstore_id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("fetch_logs failed: {reply}\n--- agent log ---\n{}", agent.log()));
-        return (took, blobstore.join(blob));
-    }
+        .unwrap_or_else(|| panic!("fetch_logs failed: {reply}\n--- agent log ---\n{}", agent.log()));
+    (took, blobstore.join(blob))
 }
 
 /// `tar czf <out> -C <logs> .` (or with `gzip -1` through `-I`); returns the time and the size.

@@ -4,35 +4,17 @@
 mod common;
 
 use base64::Engine;
-use common::agent::{nats_settings, Director, TestAgent};
+use common::agent::AgentEnv;
 use common::blob_server::{BlobServer, BlobServerOptions};
-use common::certs::TestPki;
-use common::nats_server::{NatsServer, NatsServerOptions};
+use common::nats_server::NatsServerOptions;
 use common::tarball::{digests, file, tgz};
 use serde_json::{json, Value};
-use std::time::Duration;
 
-struct Env {
-    _pki: TestPki,
-    _nats: NatsServer,
-    agent: TestAgent,
-    blobs: tempfile::TempDir,
-    d: Director,
-}
+type Env = AgentEnv;
 
 fn start(tag: &str) -> Env {
-    let pki = TestPki::new();
     // The bosh nats job lets operators raise max_payload for NATS-delivered templates.
-    let nats =
-        NatsServer::start(&pki, NatsServerOptions { max_payload: Some(16 << 20), ..Default::default() });
-    let id = format!("{tag}-{}", &bosh_agent::ids::uuid_v4()[..8]);
-    let blobs = tempfile::tempdir().unwrap();
-    let mut settings = nats_settings(&pki, &id, &nats.url());
-    settings["blobstore"] = json!({"provider": "local", "options": {"blobstore_path": blobs.path()}});
-    let agent = TestAgent::start(&settings, &[]);
-    let mut d = Director::connect(&pki, &nats.url(), &id);
-    assert!(d.wait_ready(Duration::from_secs(15)), "{}", agent.log());
-    Env { _pki: pki, _nats: nats, agent, blobs, d }
+    AgentEnv::start(tag, NatsServerOptions { max_payload: Some(16 << 20), ..Default::default() }, None)
 }
 
 fn exception(reply: &Value) -> String {

@@ -7,10 +7,9 @@ mod common;
 
 use bosh_agent::client::{call_with, Https};
 use bosh_agent::mbus::url::MbusUrl;
-use common::agent::{nats_settings, Director, TestAgent};
+use common::agent::{AgentEnv, TestAgent};
 use common::blob_server::{BlobServer, BlobServerOptions};
-use common::certs::TestPki;
-use common::nats_server::{free_port, NatsServer, NatsServerOptions};
+use common::nats_server::{free_port, NatsServerOptions};
 use common::tarball::{file, script, tgz, Entry};
 use common::wait_until;
 use serde_json::{json, Value};
@@ -19,25 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Env {
-    _pki: TestPki,
-    _nats: NatsServer,
-    agent: TestAgent,
-    blobs: tempfile::TempDir,
-    d: Director,
-}
+type Env = AgentEnv;
 
 fn start(tag: &str) -> Env {
-    let pki = TestPki::new();
-    let nats = NatsServer::start(&pki, NatsServerOptions::default());
-    let id = format!("{tag}-{}", &bosh_agent::ids::uuid_v4()[..8]);
-    let blobs = tempfile::tempdir().unwrap();
-    let mut settings = nats_settings(&pki, &id, &nats.url());
-    settings["blobstore"] = json!({"provider": "local", "options": {"blobstore_path": blobs.path()}});
-    let agent = TestAgent::start(&settings, &[]);
-    let mut d = Director::connect(&pki, &nats.url(), &id);
-    assert!(d.wait_ready(Duration::from_secs(15)), "agent never answered:\n{}", agent.log());
-    Env { _pki: pki, _nats: nats, agent, blobs, d }
+    AgentEnv::start(tag, NatsServerOptions::default(), None)
 }
 
 /// Writes a tarball of `entries` and returns its bytes.

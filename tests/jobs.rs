@@ -4,7 +4,7 @@
 mod common;
 
 use common::agent::{nats_settings, Director, HealthMonitor, TestAgent};
-use common::blob_server::{BlobServer, BlobServerOptions};
+use common::blob_server::{dav_path, BlobServer, BlobServerOptions};
 use common::certs::TestPki;
 use common::nats_server::{NatsServer, NatsServerOptions};
 use common::tarball::{digests, escaping_symlink, file, script, tgz};
@@ -293,12 +293,6 @@ fn a_malicious_package_is_refused_and_nothing_escapes() {
     assert!(e.contains("evil"), "{e}");
     assert!(!outside.join("pwned").exists(), "a tarball wrote outside its target");
     assert!(std::fs::symlink_metadata(env.base().join("packages/evil")).is_err());
-}
-
-/// The dav client's sharding: the first byte of sha1(id) as two hex digits.
-fn dav_path(id: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, id.as_bytes());
-    format!("/{:02x}/{id}", d.as_ref()[0])
 }
 
 #[test]

@@ -8,10 +8,9 @@ mod common;
 use bosh_agent::blobstore::digest::UploadDigests;
 use bosh_agent::client::{Https, Transport};
 use bosh_agent::mbus::url::MbusUrl;
-use common::agent::{nats_settings, Director, TestAgent};
-use common::blob_server::{BlobServer, BlobServerOptions};
-use common::certs::TestPki;
-use common::nats_server::{free_port, NatsServer, NatsServerOptions};
+use common::agent::{AgentEnv, TestAgent};
+use common::blob_server::{dav_path, BlobServer, BlobServerOptions};
+use common::nats_server::{free_port, NatsServerOptions};
 use common::wait_until;
 use flate2::read::GzDecoder;
 use serde_json::{json, Value};
@@ -21,29 +20,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-struct Env {
-    _pki: TestPki,
-    _nats: NatsServer,
-    agent: TestAgent,
-    blobs: tempfile::TempDir,
-    d: Director,
-}
+type Env = AgentEnv;
 
 /// Starts an agent whose blobstore is `blobstore`, or a local directory when `None`, and fills its
 /// log directories.
 fn start(tag: &str, blobstore: Option<Value>) -> Env {
-    let pki = TestPki::new();
-    let nats = NatsServer::start(&pki, NatsServerOptions::default());
-    let id = format!("{tag}-{}", &bosh_agent::ids::uuid_v4()[..8]);
-    let blobs = tempfile::tempdir().unwrap();
-    let mut settings = nats_settings(&pki, &id, &nats.url());
-    settings["blobstore"] = blobstore
-        .unwrap_or_else(|| json!({"provider": "local", "options": {"blobstore_path": blobs.path()}}));
-    let agent = TestAgent::start(&settings, &[]);
-    fill_logs(&agent.base());
-    let mut d = Director::connect(&pki, &nats.url(), &id);
-    assert!(d.wait_ready(Duration::from_secs(15)), "agent never answered:\n{}", agent.log());
-    Env { _pki: pki, _nats: nats, agent, blobs, d }
+    let env = AgentEnv::start(tag, NatsServerOptions::default(), blobstore);
+    fill_logs(&env.agent.base());
+    env
 }
 
 fn write(path: &Path, data: &str) {
@@ -157,12 +141,6 @@ fn fetch_logs_refuses_unknown_types_and_bad_filters() {
     let reply = env.d.send("fetch_logs", json!(["job", ["[unclosed"]]));
     assert!(reply["exception"]["message"].as_str().is_some_and(|m| m.contains("Invalid filter")), "{reply}");
     assert!(std::fs::read_dir(env.blobs.path()).unwrap().next().is_none(), "nothing uploaded");
-}
-
-/// The dav client's sharding: the first byte of sha1(id) as two hex digits.
-fn dav_path(id: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, id.as_bytes());
-    format!("/{:02x}/{id}", d.as_ref()[0])
 }
 
 #[test]

@@ -560,3 +560,58 @@ impl Drop for AgentProcess {
         }
     }
 }
+
+/// xorshift64: a fast, seedable source of incompressible bytes for generated test data.
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A generator; any seed works (zero is mapped away).
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(seed | 1)
+    }
+
+    /// The next 64 pseudo-random bits.
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Fills `buf` with pseudo-random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// Sends an async request, then `get_task` every `poll` until it is no longer running, timed from
+/// the request to the reply that says it is done, as the director sees it; returns that reply.
+pub fn run_task(
+    t: &mut Nats,
+    method: &str,
+    args: &[Value],
+    poll: Duration,
+    request_timeout: Duration,
+    task_timeout: Duration,
+) -> (Duration, Value) {
+    let start = Instant::now();
+    let first = t.request(method, args, start + request_timeout).expect(method);
+    let id = first["value"]["agent_task_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{method} gave no task: {first}"))
+        .to_string();
+    loop {
+        std::thread::sleep(poll);
+        let reply = t.request("get_task", &[json!(id)], Instant::now() + request_timeout).expect("get_task");
+        if reply["value"]["state"] == "running" && reply["value"]["agent_task_id"] == id {
+            assert!(start.elapsed() < task_timeout, "{method} still running after {task_timeout:?}");
+            continue;
+        }
+        return (start.elapsed(), reply);
+    }
+}

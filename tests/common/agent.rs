@@ -265,3 +265,39 @@ impl Drop for HealthMonitor {
         self.conn.shutdown();
     }
 }
+
+/// An agent on the dummy platform over a fresh mTLS nats-server, with a blobstore (a local directory
+/// unless given), already answering `ping`: the usual start of a lifecycle or data test.
+pub struct AgentEnv {
+    /// The test PKI (for more clients).
+    pub pki: TestPki,
+    /// The nats-server.
+    pub nats: super::nats_server::NatsServer,
+    /// The agent.
+    pub agent: TestAgent,
+    /// The local blobstore directory (unused when another blobstore was given).
+    pub blobs: TempDir,
+    /// A director connection.
+    pub d: Director,
+}
+
+impl AgentEnv {
+    /// Starts everything; `tag` prefixes the agent id.
+    pub fn start(
+        tag: &str,
+        nats: super::nats_server::NatsServerOptions,
+        blobstore: Option<Value>,
+    ) -> AgentEnv {
+        let pki = TestPki::new();
+        let nats = super::nats_server::NatsServer::start(&pki, nats);
+        let id = format!("{tag}-{}", &bosh_agent::ids::uuid_v4()[..8]);
+        let blobs = tempfile::tempdir().expect("blobstore dir");
+        let mut settings = nats_settings(&pki, &id, &nats.url());
+        settings["blobstore"] = blobstore
+            .unwrap_or_else(|| json!({"provider": "local", "options": {"blobstore_path": blobs.path()}}));
+        let agent = TestAgent::start(&settings, &[]);
+        let mut d = Director::connect(&pki, &nats.url(), &id);
+        assert!(d.wait_ready(Duration::from_secs(15)), "agent never answered:\n{}", agent.log());
+        AgentEnv { pki, nats, agent, blobs, d }
+    }
+}

@@ -290,3 +290,9 @@ impl<R: BufRead> Read for Chunked<'_, R> {
         Ok(n)
     }
 }
+
+/// Where the dav client keeps blob `id`: under the first byte of sha1(id) as two hex digits.
+pub fn dav_path(id: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, id.as_bytes());
+    format!("/{:02x}/{id}", d.as_ref()[0])
+}
