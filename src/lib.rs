@@ -27,5 +27,6 @@ pub mod mbus;
 pub mod memory;
 pub mod platform;
 pub mod settings;
+pub mod syslog_alerts;
 pub mod tls;
 pub mod vitals;

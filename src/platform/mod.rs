@@ -1,6 +1,10 @@
 //! The platform layer: what differs between a real Linux VM and the dummy platform that lets the whole
 //! director conversation run on any machine (`-P dummy`).
 
+pub mod bootstrap;
+pub mod network;
+pub mod users;
+
 use crate::dirs::Dirs;
 use crate::settings::Effective;
 use std::path::PathBuf;

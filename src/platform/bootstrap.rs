@@ -1,0 +1,312 @@
+//! Configuring the VM at agent start (`-c`, and always on `-P ubuntu|linux`): the steps of the Go
+//! agent's Linux bootstrap (go-agent.md §7.2) that a stemcell needs before jobs can run — vcap's keys
+//! and passwords, hostname, network files, the data directory layout, NTP servers and trusted CAs.
+//!
+//! Every step is idempotent (the agent restarts often; a second run must change nothing) and writes
+//! only under the root dir (`-r`) or the base dir (`-b`), so tests run it against a scratch root.
+//! Commands that change the live system (`hostname`, `usermod`, restarting networking, `sync-time`)
+//! run only when the root is `/` and the platform is not `dummy`. A failing step stops the bootstrap
+//! with an error that names it, because an agent on a half-configured VM would mislead the director.
+
+use super::users;
+use crate::dirs::Dirs;
+use crate::settings::Effective;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// What the command line asked for.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// `-c`: configure the VM even on the dummy platform (files only there).
+    pub configure: bool,
+}
+
+/// The data directory layout (§7.2 steps 16, 17, 20): path under the base dir, mode, and whether it
+/// belongs to `root:vcap` so job processes (group vcap) can reach it.
+pub const DATA_DIRS: [(&str, u32, bool); 10] = [
+    ("data", 0o750, false),
+    ("data/sys", 0o750, true),
+    ("data/sys/log", 0o750, true),
+    ("data/sys/run", 0o750, true),
+    ("data/jobs", 0o750, true),
+    ("data/packages", 0o755, true),
+    ("data/sensitive_blobs", 0o700, true),
+    ("data/dynamic_disks", 0o750, true),
+    ("data/blobs", 0o700, true),
+    ("data/tmp", 0o755, false),
+];
+
+/// Whether the bootstrap runs for this platform and `-c`.
+pub fn should_run(platform_name: &str, options: &Options) -> bool {
+    options.configure || matches!(platform_name, "ubuntu" | "linux")
+}
+
+/// Runs every bootstrap step in the Go agent's order; the error names the failed step.
+pub fn run(dirs: &Dirs, settings: &Effective, platform_name: &str, options: &Options) -> Result<(), String> {
+    if !should_run(platform_name, options) {
+        log::info!("bootstrap: skipped on the {platform_name} platform without -c");
+        return Ok(());
+    }
+    let live = dirs.root == Path::new("/") && platform_name != "dummy";
+    let b = Bootstrap { dirs, settings, live };
+    step("authorized keys", || b.authorized_keys())?;
+    step("passwords", || b.passwords())?;
+    step("hostname", || b.hostname())?;
+    step("networking", || b.networking())?;
+    step("ephemeral disk", || b.ephemeral_disk())?;
+    step("ntp", || b.ntp())?;
+    step("data dir", || b.data_dirs())?;
+    step("trusted certificates", || {
+        let certs = &settings.update.trusted_certs;
+        if certs.trim().is_empty() {
+            return Ok(());
+        }
+        super::from_name(platform_name, dirs)?.update_trusted_certs(certs)
+    })?;
+    log::info!("bootstrap: done (live system: {live})");
+    Ok(())
+}
+
+fn step(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    log::debug!("bootstrap: {name}");
+    f().map_err(|e| format!("bootstrap step '{name}': {e}"))
+}
+
+struct Bootstrap<'a> {
+    dirs: &'a Dirs,
+    settings: &'a Effective,
+    live: bool,
+}
+
+/// Writes `data` unless the file already holds exactly that; returns whether it wrote.
+fn write_if_changed(path: &Path, data: &[u8], mode: u32) -> Result<bool, String> {
+    if std::fs::read(path).is_ok_and(|old| old == data) {
+        return Ok(false);
+    }
+    crate::fsutil::write_atomic(path, data, mode).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(true)
+}
+
+fn is_root_user() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The crypted passwords to set: vcap always, root unless `keep_root_password`; `*` (no password
+/// login) when the director sent none.
+pub fn password_plan(settings: &Effective) -> Vec<(&'static str, String)> {
+    let env = &settings.settings.env.bosh.extra;
+    let hash = env.get("password").and_then(Value::as_str).filter(|p| !p.is_empty()).unwrap_or("*");
+    let keep_root = env.get("keep_root_password").and_then(Value::as_bool).unwrap_or(false);
+    let mut plan = Vec::new();
+    if !keep_root {
+        plan.push(("root", hash.to_string()));
+    }
+    plan.push(("vcap", hash.to_string()));
+    plan
+}
+
+impl Bootstrap<'_> {
+    /// vcap's home and ids from the root's passwd; `<root>/home/vcap` without ids when absent.
+    fn vcap(&self) -> Result<(PathBuf, Option<(u32, u32)>), String> {
+        let entries = users::read_passwd(&self.dirs.under_root(users::SYSTEM_PASSWD))?;
+        Ok(match entries.into_iter().find(|e| e.name == "vcap") {
+            Some(e) => (self.dirs.under_root(&e.home.to_string_lossy()), Some((e.uid, e.gid))),
+            None => (self.dirs.under_root("/home/vcap"), None),
+        })
+    }
+
+    fn authorized_keys(&self) -> Result<(), String> {
+        let keys: Vec<&str> = match self.settings.settings.env.bosh.extra.get("authorized_keys") {
+            None | Some(Value::Null) => return Ok(()),
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::trim).collect(),
+            Some(_) => return Err("env.bosh.authorized_keys must be a list of strings".into()),
+        };
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if keys.iter().any(|k| k.is_empty() || k.contains(['\n', '\r', '\0'])) {
+            return Err("env.bosh.authorized_keys holds an empty or multi-line key".into());
+        }
+        let (home, ids) = self.vcap()?;
+        let owner = ids.filter(|_| is_root_user());
+        users::write_authorized_keys(&home, &keys.join("\n"), owner)
+    }
+
+    fn passwords(&self) -> Result<(), String> {
+        if !self.live {
+            log::info!("bootstrap: passwords left alone (not the live system)");
+            return Ok(());
+        }
+        for (user, hash) in password_plan(self.settings) {
+            users::set_password(user, &hash)?;
+        }
+        Ok(())
+    }
+
+    fn hostname(&self) -> Result<(), String> {
+        let id = &self.settings.settings.agent_id;
+        if id.is_empty()
+            || id.len() > 253
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(format!("agent id '{}' cannot be a hostname", id.escape_debug()));
+        }
+        write_if_changed(&self.dirs.under_root("/etc/hostname"), format!("{id}\n").as_bytes(), 0o644)?;
+        let hosts = self.dirs.under_root("/etc/hosts");
+        let first = format!("127.0.0.1 {id} localhost");
+        let current = std::fs::read_to_string(&hosts).unwrap_or_default();
+        // Keep a hosts file that already names this agent: sync_dns records live after its header.
+        if current.lines().next() != Some(first.as_str()) {
+            write_if_changed(&hosts, super::hosts_file(&[], id).as_bytes(), 0o644)?;
+        }
+        if self.live {
+            super::run_bounded(Command::new("hostname").arg(id), Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    fn networking(&self) -> Result<(), String> {
+        let networks = &self.settings.settings.networks;
+        let files = super::network::networkd_files(networks)?;
+        let dir = self.dirs.under_root("/etc/systemd/network");
+        let mut changed = false;
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let ours =
+                    std::fs::read_to_string(e.path()).is_ok_and(|t| t.starts_with(super::network::GENERATED));
+                if ours && name.ends_with(".network") && !files.iter().any(|(n, _)| *n == name) {
+                    std::fs::remove_file(e.path())
+                        .map_err(|err| format!("removing {}: {err}", e.path().display()))?;
+                    changed = true;
+                }
+            }
+        }
+        for (name, text) in &files {
+            changed |= write_if_changed(&dir.join(name), text.as_bytes(), 0o644)?;
+        }
+        let servers = super::network::nameservers(networks)?;
+        if !servers.is_empty() {
+            let text = super::network::resolv_conf(&servers);
+            write_if_changed(&self.dirs.under_root("/etc/resolv.conf"), text.as_bytes(), 0o644)?;
+        }
+        if changed && self.live {
+            let script = self.dirs.bosh().join("bin/restart_networking");
+            let mut cmd = if script.is_file() {
+                Command::new(script)
+            } else {
+                let mut c = Command::new("networkctl");
+                c.arg("reload");
+                c
+            };
+            super::run_bounded(&mut cmd, Duration::from_secs(60))?;
+        }
+        Ok(())
+    }
+
+    fn ephemeral_disk(&self) -> Result<(), String> {
+        let eph = &self.settings.settings.disks.ephemeral;
+        let none = match eph {
+            Value::Null => true,
+            Value::String(s) => s.is_empty(),
+            Value::Object(o) => o.is_empty(),
+            _ => false,
+        };
+        if !none {
+            log::warn!("bootstrap: ephemeral disk {eph} is not partitioned by this agent; data stays on the root disk");
+        }
+        mkdir_mode(&self.dirs.data(), 0o750)
+    }
+
+    fn ntp(&self) -> Result<(), String> {
+        let servers: Vec<String> = match self.settings.settings.env.bosh.extra.get("ntp") {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
+            _ => self.settings.settings.ntp.clone(),
+        };
+        if servers.iter().any(|s| s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic())) {
+            return Err("an NTP server name is empty or has spaces or control characters".into());
+        }
+        let path = self.dirs.bosh().join("etc/ntpserver");
+        write_if_changed(&path, format!("{}\n", servers.join(" ")).as_bytes(), 0o644)?;
+        let sync = self.dirs.bosh().join("bin/sync-time");
+        if self.live && !servers.is_empty() && sync.is_file() {
+            if let Err(e) = super::run_bounded(&mut Command::new(sync), Duration::from_secs(60)) {
+                log::warn!("bootstrap: sync-time failed (best effort): {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn data_dirs(&self) -> Result<(), String> {
+        let vcap_gid = users::group_gid(&self.dirs.under_root(users::SYSTEM_GROUP), "vcap");
+        let chown = vcap_gid.filter(|_| is_root_user());
+        for (rel, mode, vcap_group) in DATA_DIRS {
+            let path = self.dirs.base.join(rel);
+            mkdir_mode(&path, mode)?;
+            if let (true, Some(gid)) = (vcap_group, chown) {
+                std::os::unix::fs::chown(&path, Some(0), Some(gid))
+                    .map_err(|e| format!("chown root:vcap {}: {e}", path.display()))?;
+            }
+        }
+        let link = self.dirs.base.join("sys");
+        let target = self.dirs.base.join("data/sys");
+        match std::fs::symlink_metadata(&link) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if std::fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
+                    return Ok(());
+                }
+                std::fs::remove_file(&link).map_err(|e| format!("removing {}: {e}", link.display()))?;
+            }
+            Ok(_) => return Err(format!("{} exists and is not a symlink", link.display())),
+            Err(_) => {}
+        }
+        std::os::unix::fs::symlink(&target, &link)
+            .map_err(|e| format!("linking {} to {}: {e}", link.display(), target.display()))
+    }
+}
+
+/// Creates `path` (and parents) and sets its mode, which `mkdir` alone would leave to the umask.
+fn mkdir_mode(path: &Path, mode: u32) -> Result<(), String> {
+    std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {mode:o} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn effective(v: Value) -> Effective {
+        Effective { settings: serde_json::from_value(v).unwrap(), update: Default::default() }
+    }
+
+    #[test]
+    fn passwords_follow_keep_root_password() {
+        let e = effective(json!({"env": {"bosh": {"password": "$6$x$y"}}}));
+        assert_eq!(password_plan(&e), vec![("root", "$6$x$y".to_string()), ("vcap", "$6$x$y".to_string())]);
+        let e = effective(json!({"env": {"bosh": {"password": "", "keep_root_password": true}}}));
+        assert_eq!(password_plan(&e), vec![("vcap", "*".to_string())]);
+    }
+
+    #[test]
+    fn runs_only_where_asked() {
+        assert!(should_run("ubuntu", &Options::default()));
+        assert!(should_run("linux", &Options::default()));
+        assert!(!should_run("dummy", &Options::default()));
+        assert!(should_run("dummy", &Options { configure: true }));
+    }
+
+    #[test]
+    fn errors_name_the_step() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(root.path().join("base"), root.path());
+        let e =
+            run(&dirs, &effective(json!({"agent_id": "bad id"})), "linux", &Options::default()).unwrap_err();
+        assert!(e.starts_with("bootstrap step 'hostname': agent id"), "{e}");
+    }
+}

@@ -1,0 +1,127 @@
+//! The Linux bootstrap against a scratch root: every file it writes, their modes, and that a second
+//! run changes nothing (the agent restarts often on a VM).
+
+use bosh_agent::dirs::Dirs;
+use bosh_agent::platform::bootstrap::{self, Options};
+use bosh_agent::settings::{Effective, Settings};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+fn settings() -> Effective {
+    let s: Settings = serde_json::from_value(json!({
+        "agent_id": "agent-123",
+        "networks": {
+            "default": {"type": "manual", "ip": "10.0.0.5", "netmask": "255.255.255.0", "gateway": "10.0.0.1",
+                        "dns": ["10.0.0.2", "10.0.0.3"], "default": ["dns", "gateway"], "mac": "aa:bb:cc:dd:ee:01"},
+            "other": {"type": "dynamic", "mac": "aa:bb:cc:dd:ee:02", "dns": ["10.1.0.2"]},
+            "public": {"type": "vip", "ip": "203.0.113.9"}
+        },
+        "ntp": ["0.pool.ntp.org"],
+        "env": {"bosh": {"authorized_keys": ["ssh-rsa AAAA one", "ssh-ed25519 BBBB two"],
+                         "ntp": ["time.example.com", "time2.example.com"], "password": "$6$salt$hash"}},
+        "disks": {"ephemeral": null}
+    }))
+    .expect("settings");
+    Effective { settings: s, update: Default::default() }
+}
+
+/// Every entry under `dir`: relative path → (mode, content or symlink target).
+fn snapshot(dir: &Path) -> BTreeMap<String, (u32, String)> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, String)>) {
+        for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).expect("prefix").to_string_lossy().into_owned();
+            let m = std::fs::symlink_metadata(&p).expect("metadata");
+            let mode = m.permissions().mode() & 0o7777;
+            if m.file_type().is_symlink() {
+                out.insert(rel, (0, std::fs::read_link(&p).expect("link").to_string_lossy().into_owned()));
+            } else if m.is_dir() {
+                out.insert(rel, (mode, String::new()));
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, (mode, std::fs::read_to_string(&p).expect("read")));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+#[test]
+fn bootstrap_writes_the_vm_configuration_under_the_root_and_is_idempotent() {
+    let root = tempfile::tempdir().expect("root");
+    let base = root.path().join("var/vcap");
+    let dirs = Dirs::new(&base, root.path());
+    bootstrap::run(&dirs, &settings(), "linux", &Options::default()).expect("first bootstrap");
+    let first = snapshot(root.path());
+
+    let file = |p: &str| first.get(p).unwrap_or_else(|| panic!("{p} missing; have {:?}", first.keys()));
+    assert_eq!(file("etc/hostname").1, "agent-123\n");
+    assert!(file("etc/hosts").1.starts_with("127.0.0.1 agent-123 localhost\n"));
+    let net = &file("etc/systemd/network/10_default.network").1;
+    for line in ["MACAddress=aa:bb:cc:dd:ee:01", "Address=10.0.0.5/24", "Gateway=10.0.0.1", "DNS=10.0.0.2"] {
+        assert!(net.contains(line), "{line} missing in\n{net}");
+    }
+    let other = &file("etc/systemd/network/10_other.network").1;
+    assert!(other.contains("DHCP=yes") && other.contains("UseRoutes=false"), "{other}");
+    assert!(!first.contains_key("etc/systemd/network/10_public.network"), "vip networks get no file");
+    let resolv = &file("etc/resolv.conf").1;
+    assert!(resolv.contains("nameserver 10.0.0.2\nnameserver 10.0.0.3\n") && !resolv.contains("10.1.0.2"));
+    assert_eq!(file("var/vcap/bosh/etc/ntpserver").1, "time.example.com time2.example.com\n");
+    let keys = file("home/vcap/.ssh/authorized_keys");
+    assert_eq!(keys, &(0o600, "ssh-rsa AAAA one\nssh-ed25519 BBBB two\n".to_string()));
+    assert_eq!(file("home/vcap/.ssh").0, 0o700);
+    for (rel, mode) in [
+        ("data", 0o750),
+        ("data/sys/log", 0o750),
+        ("data/sys/run", 0o750),
+        ("data/jobs", 0o750),
+        ("data/packages", 0o755),
+        ("data/sensitive_blobs", 0o700),
+        ("data/blobs", 0o700),
+        ("data/tmp", 0o755),
+    ] {
+        assert_eq!(file(&format!("var/vcap/{rel}")).0, mode, "{rel}");
+    }
+    assert_eq!(file("var/vcap/sys").1, base.join("data/sys").to_string_lossy());
+
+    bootstrap::run(&dirs, &settings(), "linux", &Options::default()).expect("second bootstrap");
+    assert_eq!(snapshot(root.path()), first, "a second bootstrap changed the tree");
+
+    // sync_dns records after the hosts header survive a restart.
+    let hosts = root.path().join("etc/hosts");
+    let with_records = format!("{}10.0.0.9 db.example\n", file("etc/hosts").1);
+    std::fs::write(&hosts, &with_records).expect("hosts");
+    bootstrap::run(&dirs, &settings(), "linux", &Options::default()).expect("third bootstrap");
+    assert_eq!(std::fs::read_to_string(&hosts).expect("hosts"), with_records);
+}
+
+#[test]
+fn bootstrap_replaces_stale_network_files_and_names_failing_steps() {
+    let root = tempfile::tempdir().expect("root");
+    let dirs = Dirs::new(root.path().join("base"), root.path());
+    bootstrap::run(&dirs, &settings(), "linux", &Options::default()).expect("bootstrap");
+    let mut fewer = settings();
+    fewer.settings.networks.remove("other");
+    bootstrap::run(&dirs, &fewer, "linux", &Options::default()).expect("bootstrap");
+    assert!(!root.path().join("etc/systemd/network/10_other.network").exists());
+    let foreign = root.path().join("etc/systemd/network/99_admin.network");
+    std::fs::write(&foreign, "[Match]\nName=lo\n").expect("foreign file");
+    bootstrap::run(&dirs, &fewer, "linux", &Options::default()).expect("bootstrap");
+    assert!(foreign.exists(), "files the agent did not write are left alone");
+
+    let mut bad = settings();
+    bad.settings
+        .networks
+        .insert("x".into(), json!({"ip": "10.0.0.300", "netmask": "255.0.0.0", "mac": "aa:bb:cc:dd:ee:03"}));
+    let e = bootstrap::run(&dirs, &bad, "linux", &Options::default()).expect_err("bad ip");
+    assert!(e.starts_with("bootstrap step 'networking'"), "{e}");
+
+    let dummy_root = tempfile::tempdir().expect("root");
+    let dummy = Dirs::new(dummy_root.path().join("base"), dummy_root.path());
+    bootstrap::run(&dummy, &settings(), "dummy", &Options::default()).expect("dummy without -c");
+    assert!(!dummy_root.path().join("etc").exists(), "dummy without -c writes nothing");
+}
