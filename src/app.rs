@@ -46,6 +46,8 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     let settings = SettingsService::new(dirs.clone(), srcs, overrides);
     let effective = settings.load().map_err(|e| format!("loading settings: {e}"))?;
+    let bootstrap = crate::platform::bootstrap::Options { configure: opts.configure };
+    crate::platform::bootstrap::run(&dirs, &effective, &opts.platform, &bootstrap)?;
     let platform: Arc<dyn platform::Platform> = platform::from_name(&opts.platform, &dirs)?.into();
     let supervisor: Arc<dyn JobSupervisor> = match opts.supervisor.as_str() {
         "dummy" => Arc::new(DummySupervisor::default()),
@@ -81,6 +83,15 @@ pub fn run(opts: Options) -> Result<(), String> {
     pool::start(WORKERS, rx, dispatcher).map_err(|e| format!("starting workers: {e}"))?;
     let _alerts = if opts.supervisor == "monit" && !opts.no_alerts && _https.is_none() {
         Some(start_alerts(&ctx, notifier.clone(), opts.smtp_port)?)
+    } else {
+        None
+    };
+    // SSH login alerts come from the stemcell's rsyslog; a taken port costs the alerts, never the agent.
+    let _syslog = if opts.platform != "dummy" && !opts.no_alerts && _https.is_none() {
+        let listen = format!("127.0.0.1:{}", crate::syslog_alerts::DEFAULT_PORT);
+        crate::syslog_alerts::start(&listen, crate::syslog_alerts::publishing_sink(notifier.clone()))
+            .inspect_err(|e| log::warn!("SSH login alerts disabled: listening on {listen}: {e}"))
+            .ok()
     } else {
         None
     };
