@@ -32,9 +32,13 @@ pub fn run(opts: Options) -> Result<(), String> {
         Some(path) => AgentConfig::load(path)?,
         None => AgentConfig::default(),
     };
-    let srcs: Vec<Box<dyn SettingsSource>> = match &opts.config {
-        Some(_) => sources::from_config(&config.sources),
-        None => {
+    let srcs: Vec<Box<dyn SettingsSource>> = match (&opts.config, &opts.infrastructure) {
+        (Some(_), _) => sources::from_config(&config.sources, &dirs),
+        (None, Some(infrastructure)) => {
+            let metadata_url = std::env::var(sources::METADATA_URL_ENV).ok();
+            sources::for_infrastructure(infrastructure, &dirs, metadata_url.as_deref())?
+        }
+        (None, None) => {
             log::info!("no -C given: running on the embedded default (HTTPS bus, dummy platform)");
             vec![Box::new(EmbeddedSource { bosh_dir: dirs.bosh() })]
         }

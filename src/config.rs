@@ -4,7 +4,8 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// One entry of `Infrastructure.Settings.Sources`.
+/// One entry of `Infrastructure.Settings.Sources`: the Go agent's source types with their fields, so a
+/// stemcell's `agent.json` means the same thing to this agent as to the Go one.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceConfig {
     /// Settings read from a local JSON file.
@@ -12,12 +13,62 @@ pub enum SourceConfig {
         /// Where the settings file lives.
         settings_path: PathBuf,
     },
-    /// A source type that a later release of this agent implements (HTTP, ConfigDrive, CDROM, ...);
-    /// kept so the order in `agent.json` is preserved when they arrive.
+    /// An EC2-style metadata service (AWS, OpenStack's metadata service, ...).
+    Http(HttpSourceConfig),
+    /// A plain settings document served over HTTP (GCP, SoftLayer): `GET URI+SettingsPath`.
+    InstanceMetadata {
+        /// Base URL of the metadata service.
+        uri: String,
+        /// Headers sent with the request (GCP needs `Metadata-Flavor: Google`).
+        headers: Vec<(String, String)>,
+        /// Path of the settings document under `uri`.
+        settings_path: String,
+    },
+    /// An OpenStack config drive: a labelled disk (or a directory) holding meta-data and user-data.
+    ConfigDrive {
+        /// Candidate devices, image files or directories; the first that can be read wins.
+        disk_paths: Vec<PathBuf>,
+        /// Meta-data file on the drive (instance id, public keys).
+        meta_data_path: String,
+        /// User-data file on the drive (settings, or a registry to fetch them from).
+        user_data_path: String,
+        /// Settings file on the drive; read directly when present.
+        settings_path: String,
+    },
+    /// vSphere's CD-ROM carrying the settings in one file.
+    Cdrom {
+        /// The file on the disc, `env` on vSphere.
+        file_name: String,
+        /// The device (or image file, or directory) to read it from. An extension of ours: the Go
+        /// agent hard-codes `/dev/sr0`, which is also the default here.
+        device_path: PathBuf,
+    },
+    /// A source type that a later release of this agent implements (VsphereGuestInfo); kept so the
+    /// order in `agent.json` is preserved when it arrives.
     Unsupported {
         /// The `Type` as written.
         kind: String,
     },
+}
+
+/// The `HTTP` source's fields (go-agent.md §5.1). Empty paths mean "not configured", except the
+/// user-data path, which defaults to EC2's so a bare `{"Type":"HTTP","URI":...}` still works.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HttpSourceConfig {
+    /// Base URL, `http://169.254.169.254` on EC2.
+    pub uri: String,
+    /// Headers sent with every metadata request.
+    pub headers: Vec<(String, String)>,
+    /// User-data path (settings, or a pointer to the registry).
+    pub user_data_path: String,
+    /// Instance-id path, the key into the registry.
+    pub instance_id_path: String,
+    /// OpenSSH public key path.
+    pub ssh_keys_path: String,
+    /// IMDSv2 token path; when set, a token is PUT for first and sent with every request.
+    pub token_path: String,
+    /// Key the registry by the user-data's `server.name` instead of the instance id (OpenStack).
+    pub use_server_name: bool,
 }
 
 /// The parts of `agent.json` the agent acts on.
@@ -89,6 +140,7 @@ fn parse_source(item: &Value) -> Result<SourceConfig, String> {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => return Err("Missing source type".into()),
     };
+    let text = |key: &str| get_ci(item, key).and_then(Value::as_str).unwrap_or("").to_string();
     match kind.to_ascii_lowercase().as_str() {
         "file" => {
             let path = get_ci(item, "SettingsPath")
@@ -97,10 +149,67 @@ fn parse_source(item: &Value) -> Result<SourceConfig, String> {
                 .ok_or("File settings source needs a SettingsPath")?;
             Ok(SourceConfig::File { settings_path: PathBuf::from(path) })
         }
-        "http" | "configdrive" | "cdrom" | "instancemetadata" | "vsphereguestinfo" => {
-            Ok(SourceConfig::Unsupported { kind })
+        "http" => Ok(SourceConfig::Http(HttpSourceConfig {
+            uri: required_uri(item, "HTTP")?,
+            headers: headers(item)?,
+            user_data_path: text("UserDataPath"),
+            instance_id_path: text("InstanceIDPath"),
+            ssh_keys_path: text("SSHKeysPath"),
+            token_path: text("TokenPath"),
+            use_server_name: get_ci(item, "UseServerName").and_then(Value::as_bool).unwrap_or(false),
+        })),
+        "instancemetadata" => Ok(SourceConfig::InstanceMetadata {
+            uri: required_uri(item, "InstanceMetadata")?,
+            headers: headers(item)?,
+            settings_path: text("SettingsPath"),
+        }),
+        "configdrive" => {
+            let disk_paths = match get_ci(item, "DiskPaths") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|p| p.as_str().map(PathBuf::from).ok_or("ConfigDrive DiskPaths must be strings"))
+                    .collect::<Result<_, _>>()?,
+                Some(_) => return Err("ConfigDrive DiskPaths must be an array".into()),
+            };
+            Ok(SourceConfig::ConfigDrive {
+                disk_paths,
+                meta_data_path: text("MetaDataPath"),
+                user_data_path: text("UserDataPath"),
+                settings_path: text("SettingsPath"),
+            })
         }
+        "cdrom" => {
+            let file_name = Some(text("FileName")).filter(|f| !f.is_empty()).unwrap_or_else(|| "env".into());
+            let device =
+                Some(text("DevicePath")).filter(|d| !d.is_empty()).unwrap_or_else(|| "/dev/sr0".into());
+            Ok(SourceConfig::Cdrom { file_name, device_path: PathBuf::from(device) })
+        }
+        "vsphereguestinfo" => Ok(SourceConfig::Unsupported { kind }),
         _ => Err(format!("Unknown source type '{kind}'")),
+    }
+}
+
+fn required_uri(item: &Value, kind: &str) -> Result<String, String> {
+    get_ci(item, "URI")
+        .and_then(Value::as_str)
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        .map(String::from)
+        .ok_or_else(|| format!("{kind} settings source needs an http:// or https:// URI"))
+}
+
+/// `"Headers": {"Name": "value"}`, kept in the written order.
+fn headers(item: &Value) -> Result<Vec<(String, String)>, String> {
+    match get_ci(item, "Headers") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                _ => Err(format!("settings source header '{k}' must be a string")),
+            })
+            .collect(),
+        Some(_) => Err("settings source Headers must be an object".into()),
     }
 }
 
@@ -123,10 +232,50 @@ mod tests {
             cfg.sources,
             vec![
                 SourceConfig::File { settings_path: "/var/vcap/bosh/settings-src.json".into() },
-                SourceConfig::Unsupported { kind: "ConfigDrive".into() }
+                SourceConfig::ConfigDrive {
+                    disk_paths: vec!["/dev/disk/by-label/config-2".into()],
+                    meta_data_path: String::new(),
+                    user_data_path: String::new(),
+                    settings_path: String::new(),
+                }
             ]
         );
         assert_eq!(cfg.linux_options["UseDefaultTmpDir"], true);
+    }
+
+    #[test]
+    fn reads_http_instance_metadata_and_cdrom_fields() {
+        let cfg = AgentConfig::from_value(&json!({"Infrastructure": {"Settings": {"Sources": [
+            {"Type": "HTTP", "URI": "http://169.254.169.254", "Headers": {"X-A": "1"},
+             "UserDataPath": "/latest/user-data", "InstanceIDPath": "/latest/meta-data/instance-id",
+             "SSHKeysPath": "/k", "TokenPath": "/latest/api/token", "UseServerName": true},
+            {"Type": "InstanceMetadata", "URI": "http://m", "SettingsPath": "/s",
+             "Headers": {"Metadata-Flavor": "Google"}},
+            {"Type": "CDROM", "FileName": "env"},
+            {"Type": "VsphereGuestInfo"}
+        ]}}}))
+        .unwrap();
+        let SourceConfig::Http(h) = &cfg.sources[0] else { panic!("{:?}", cfg.sources[0]) };
+        assert_eq!(h.headers, vec![("X-A".to_string(), "1".to_string())]);
+        assert_eq!((h.token_path.as_str(), h.use_server_name), ("/latest/api/token", true));
+        assert_eq!(
+            cfg.sources[1],
+            SourceConfig::InstanceMetadata {
+                uri: "http://m".into(),
+                headers: vec![("Metadata-Flavor".into(), "Google".into())],
+                settings_path: "/s".into()
+            }
+        );
+        assert_eq!(
+            cfg.sources[2],
+            SourceConfig::Cdrom { file_name: "env".into(), device_path: "/dev/sr0".into() }
+        );
+        assert_eq!(cfg.sources[3], SourceConfig::Unsupported { kind: "VsphereGuestInfo".into() });
+        let bad = json!({"Infrastructure": {"Settings": {"Sources": [{"Type": "HTTP", "URI": "ftp://x"}]}}});
+        assert_eq!(
+            AgentConfig::from_value(&bad).unwrap_err(),
+            "HTTP settings source needs an http:// or https:// URI"
+        );
     }
 
     #[test]

@@ -489,12 +489,25 @@ impl AgentProcess {
     /// Like [`AgentProcess::start`] with another log level (`info` lets a bench read the agent's
     /// own timing lines, e.g. the phases of a compile).
     pub fn start_logging(binary: &Path, settings: &Value, level: &str) -> AgentProcess {
+        AgentProcess::start_with_sources(binary, settings, None, level)
+    }
+
+    /// Like [`AgentProcess::start_logging`] with the given `Infrastructure.Settings.Sources` array
+    /// instead of the File source (`settings` is then written but not read), e.g. an HTTP metadata
+    /// source served by the bench.
+    pub fn start_with_sources(
+        binary: &Path,
+        settings: &Value,
+        sources: Option<Value>,
+        level: &str,
+    ) -> AgentProcess {
         let dir = tempfile::tempdir().expect("agent directory");
         let p = |name: &str| dir.path().join(name).to_str().expect("UTF-8 temp path").to_string();
         std::fs::create_dir_all(dir.path().join("base/bosh")).expect("base dir");
         std::fs::write(p("settings.json"), settings.to_string()).expect("settings");
-        let config = json!({"Platform": {"Linux": {}}, "Infrastructure": {"Settings": {"Sources": [
-            {"Type": "File", "SettingsPath": p("settings.json")}]}}});
+        let sources =
+            sources.unwrap_or_else(|| json!([{"Type": "File", "SettingsPath": p("settings.json")}]));
+        let config = json!({"Platform": {"Linux": {}}, "Infrastructure": {"Settings": {"Sources": sources}}});
         std::fs::write(p("agent.json"), config.to_string()).expect("agent.json");
         let log = File::create(p("agent.log")).expect("agent log");
         let child = Command::new(binary)

@@ -1,0 +1,94 @@
+//! The one HTTP client the network sources share: every request is bounded by the attempt's
+//! deadline, the body by a size cap, and the answer is sorted into "try again" and "give up".
+//!
+//! Why one small wrapper: metadata services and the registry are reached at boot, before anything
+//! else works, so a hanging or chatty server must never stall the agent; putting the deadline and the
+//! status policy in one place means every source gets them the same way.
+
+use super::Failure;
+use std::time::{Duration, Instant};
+
+/// Largest metadata or registry answer read; settings are a few kilobytes.
+const MAX_BODY: u64 = 1 << 20;
+/// Connecting to a link-local service is instant or never; don't spend the attempt's budget on it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A client whose requests all end by `deadline`.
+pub(crate) struct Http {
+    agent: ureq::Agent,
+    deadline: Instant,
+}
+
+impl Http {
+    /// A client for one attempt.
+    pub(crate) fn new(deadline: Instant) -> Http {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(3)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .build()
+            .new_agent();
+        Http { agent, deadline }
+    }
+
+    /// `GET url` with `headers`; the body of a 2xx answer.
+    pub(crate) fn get(&self, url: &str, headers: &[(String, String)]) -> Result<Vec<u8>, Failure> {
+        self.call("GET", url, headers)
+    }
+
+    /// `PUT url` with `headers` and an empty body; the body of a 2xx answer.
+    pub(crate) fn put(&self, url: &str, headers: &[(String, String)]) -> Result<Vec<u8>, Failure> {
+        self.call("PUT", url, headers)
+    }
+
+    fn call(&self, method: &str, url: &str, headers: &[(String, String)]) -> Result<Vec<u8>, Failure> {
+        let shown = crate::blobstore::signed::redact_url(url);
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure::Transient(format!("{method} {shown}: out of time")));
+        }
+        let result = if method == "PUT" {
+            let mut req = self.agent.put(url);
+            for (k, v) in headers {
+                req = req.header(k.as_str(), v.as_str());
+            }
+            req.config().timeout_global(Some(left)).build().send_empty()
+        } else {
+            let mut req = self.agent.get(url);
+            for (k, v) in headers {
+                req = req.header(k.as_str(), v.as_str());
+            }
+            req.config().timeout_global(Some(left)).build().call()
+        };
+        let scrub = |e: ureq::Error| crate::blobstore::signed::scrub(&e.to_string(), url);
+        let mut resp = result.map_err(|e| Failure::Transient(format!("{method} {shown}: {}", scrub(e))))?;
+        let status = resp.status().as_u16();
+        let body =
+            resp.body_mut().with_config().limit(MAX_BODY).read_to_vec().map_err(|e| {
+                Failure::Transient(format!("{method} {shown}: reading the answer: {}", scrub(e)))
+            })?;
+        match status {
+            200..=299 => Ok(body),
+            // Throttled, overloaded, or (IMDSv2) a token that expired between requests: worth retrying.
+            401 | 408 | 429 | 500..=599 => {
+                Err(Failure::Transient(format!("{method} {shown}: HTTP {status}{}", excerpt(&body))))
+            }
+            _ => Err(Failure::Permanent(format!("{method} {shown}: HTTP {status}{}", excerpt(&body)))),
+        }
+    }
+}
+
+/// The start of an error body, for the message (servers often say why).
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(" ({text})")
+    }
+}
+
+/// `base` and `path` joined with exactly one slash.
+pub(crate) fn join(base: &str, path: &str) -> String {
+    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+}

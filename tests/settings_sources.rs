@@ -1,0 +1,563 @@
+//! Settings sources against real parts: an EC2-style metadata service and a BOSH registry served
+//! from a local HTTP server in this process, config drives and CD-ROMs as directories and as
+//! loop-mounted vfat images, the settings service's order and fallback, bounded retries against a
+//! server that never answers, and the agent binary booting from the HTTP source.
+//!
+//! Why a hand-written server over std::net: the metadata service at 169.254.169.254 cannot exist
+//! here, and the agent's HTTP client (timeouts, headers, the IMDSv2 PUT) is part of what is tested,
+//! so the bytes must cross a socket. It speaks just enough HTTP/1.1: one request per connection.
+
+mod common;
+
+use bosh_agent::config::{HttpSourceConfig, SourceConfig};
+use bosh_agent::dirs::Dirs;
+use bosh_agent::settings::service::{Overrides, SettingsService};
+use bosh_agent::settings::sources::{self, RetryPolicy, SettingsSource};
+use common::agent::{nats_settings, Director, Launch, TestAgent};
+use common::certs::TestPki;
+use common::nats_server::{NatsServer, NatsServerOptions};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One request as the metadata server saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct MetaState {
+    routes: Mutex<HashMap<String, (u16, String)>>,
+    /// IMDSv2: the token handed out on `PUT /latest/api/token`; GETs without it get 401.
+    token: Option<String>,
+    /// A header every request must carry (403 otherwise).
+    required: Option<(String, String)>,
+    /// Accept and read requests but never answer (the connections are kept open).
+    hang: bool,
+    held: Mutex<Vec<TcpStream>>,
+    seen: Mutex<Vec<Seen>>,
+    fail_next: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// A metadata service and registry on `127.0.0.1:<free port>`.
+struct MetaServer {
+    addr: SocketAddr,
+    state: Arc<MetaState>,
+}
+
+impl MetaServer {
+    fn start(state: MetaState) -> MetaServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind metadata server");
+        let addr = listener.local_addr().expect("metadata server address");
+        let state = Arc::new(state);
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    let st = st.clone();
+                    std::thread::spawn(move || {
+                        let _ = serve(&st, conn);
+                    });
+                }
+            }
+        });
+        MetaServer { addr, state }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn route(&self, path: &str, status: u16, body: &str) {
+        self.state.routes.lock().unwrap().insert(path.to_string(), (status, body.to_string()));
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    fn count(&self, path: &str) -> usize {
+        self.seen().iter().filter(|s| s.path == path).count()
+    }
+}
+
+impl Drop for MetaServer {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(st: &MetaState, stream: TcpStream) -> std::io::Result<()> {
+    let mut out = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        match line.trim_end().split_once(':') {
+            Some((k, v)) => headers.push((k.trim().to_string(), v.trim().to_string())),
+            None => break,
+        }
+    }
+    let seen = Seen { method, path, headers };
+    let len = seen.header("content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink())?;
+    st.seen.lock().unwrap().push(seen.clone());
+    if st.hang {
+        st.held.lock().unwrap().push(out);
+        return Ok(());
+    }
+    let (status, body) = answer(st, &seen);
+    write!(out, "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    out.flush()
+}
+
+fn answer(st: &MetaState, req: &Seen) -> (u16, String) {
+    if st.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        return (500, "injected".into());
+    }
+    if let Some((name, value)) = &st.required {
+        if req.header(name) != Some(value.as_str()) {
+            return (403, format!("missing {name}"));
+        }
+    }
+    if let Some(token) = &st.token {
+        if req.method == "PUT" && req.path == "/latest/api/token" {
+            return match req.header("X-aws-ec2-metadata-token-ttl-seconds") {
+                Some(_) => (200, token.clone()),
+                None => (400, "no ttl".into()),
+            };
+        }
+        if req.path.starts_with("/latest/") && req.header("X-aws-ec2-metadata-token") != Some(token) {
+            return (401, "token required".into());
+        }
+    }
+    match (req.method.as_str(), st.routes.lock().unwrap().get(&req.path)) {
+        ("GET", Some((status, body))) => (*status, body.clone()),
+        _ => (404, "not found".into()),
+    }
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 3,
+        backoff: Duration::from_millis(20),
+        attempt_timeout: Duration::from_secs(2),
+        total: Duration::from_secs(10),
+    }
+}
+
+fn ec2(url: &str) -> HttpSourceConfig {
+    HttpSourceConfig {
+        uri: url.to_string(),
+        user_data_path: "/latest/user-data".into(),
+        instance_id_path: "/latest/meta-data/instance-id".into(),
+        ssh_keys_path: "/latest/meta-data/public-keys/0/openssh-key".into(),
+        ..Default::default()
+    }
+}
+
+fn one(config: SourceConfig, dirs: &Dirs) -> Box<dyn SettingsSource> {
+    sources::build(&[config], dirs, policy()).into_iter().next().expect("one source")
+}
+
+fn scratch() -> (tempfile::TempDir, Dirs) {
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(dir.path().join("base"), "/");
+    std::fs::create_dir_all(dirs.bosh()).unwrap();
+    (dir, dirs)
+}
+
+fn settings(id: &str) -> Value {
+    json!({"agent_id": id, "mbus": "nats://10.0.0.1:4222", "vm": {"name": "vm-1"}})
+}
+
+#[test]
+fn http_source_uses_the_imdsv2_token_custom_headers_and_reads_the_key() {
+    let server = MetaServer::start(MetaState { token: Some("tok-123".into()), ..Default::default() });
+    let mut doc = settings("a-imds");
+    doc["registry"] = json!({"endpoint": "http://unused:1"});
+    server.route("/latest/user-data", 200, &doc.to_string());
+    server.route("/latest/meta-data/public-keys/0/openssh-key", 200, "ssh-rsa AAAA test\n");
+    let (_d, dirs) = scratch();
+    let mut cfg = ec2(&server.url());
+    cfg.token_path = "/latest/api/token".into();
+    cfg.headers = vec![("X-Custom".into(), "yes".into())];
+    let source = one(SourceConfig::Http(cfg), &dirs);
+
+    assert_eq!(source.fetch().unwrap(), settings("a-imds"), "user-data settings, envelope removed");
+    assert_eq!(source.public_key().as_deref(), Some("ssh-rsa AAAA test"));
+    let seen = server.seen();
+    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("PUT", "/latest/api/token"));
+    assert!(seen[0].header("X-aws-ec2-metadata-token-ttl-seconds").is_some());
+    for s in &seen[1..] {
+        assert_eq!(s.header("X-aws-ec2-metadata-token"), Some("tok-123"), "{s:?}");
+        assert_eq!(s.header("X-Custom"), Some("yes"));
+    }
+    assert_eq!(server.count("/latest/meta-data/instance-id"), 0, "settings in user data need no id");
+
+    // Without the token the service refuses (401), which is retried and then reported.
+    let plain = one(SourceConfig::Http(ec2(&server.url())), &dirs);
+    let err = plain.fetch().unwrap_err();
+    assert!(err.contains("HTTP 401") && err.contains("after 3 attempts"), "{err}");
+}
+
+#[test]
+fn http_source_follows_the_registry_with_the_instance_id() {
+    let server = MetaServer::start(MetaState::default());
+    let endpoint = format!("http://admin:s3cret@{}", server.addr);
+    let user_data = json!({"registry": {"endpoint": endpoint}, "dns": {"nameserver": ["10.0.0.2"]}});
+    // Base64 of the JSON, JSON-quoted: one of the encodings clouds hand back.
+    use base64::Engine as _;
+    let quoted = json!(base64::engine::general_purpose::STANDARD.encode(user_data.to_string()));
+    server.route("/latest/user-data", 200, &quoted.to_string());
+    server.route("/latest/meta-data/instance-id", 200, "i-0abc\n");
+    let reg = json!({"status": "ok", "settings": settings("a-reg").to_string()});
+    server.route("/instances/i-0abc/settings", 200, &reg.to_string());
+    let (_d, dirs) = scratch();
+    let source = one(SourceConfig::Http(ec2(&server.url())), &dirs);
+
+    assert_eq!(source.fetch().unwrap(), settings("a-reg"));
+    assert_eq!(source.public_key(), None, "404 on the key path: no key, still settings");
+    let reg_req = server.seen().into_iter().find(|s| s.path.starts_with("/instances/")).unwrap();
+    use base64::engine::general_purpose::STANDARD;
+    assert_eq!(
+        reg_req.header("Authorization"),
+        Some(format!("Basic {}", STANDARD.encode("admin:s3cret")).as_str())
+    );
+    assert_eq!(reg_req.header("Accept"), Some("application/json"));
+
+    // A registry without settings for us: the error names the source and the problem, and leaks no
+    // password.
+    server.route("/instances/i-0abc/settings", 404, "");
+    let err = source.fetch().unwrap_err();
+    assert!(err.contains("registry") && err.contains("HTTP 404") && !err.contains("s3cret"), "{err}");
+}
+
+#[test]
+fn user_data_without_settings_or_registry_is_a_permanent_error() {
+    let server = MetaServer::start(MetaState::default());
+    server.route("/latest/user-data", 200, r#"{"server":{"name":"vm-1"}}"#);
+    let (_d, dirs) = scratch();
+    let source = one(SourceConfig::Http(ec2(&server.url())), &dirs);
+    let err = source.fetch().unwrap_err();
+    assert!(err.contains("Metadata does not provide settings"), "{err}");
+    assert_eq!(server.count("/latest/user-data"), 1, "a permanent error is not retried");
+}
+
+#[test]
+fn a_transient_failure_is_retried() {
+    let server = MetaServer::start(MetaState::default());
+    server.route("/latest/user-data", 200, &settings("a-retry").to_string());
+    server.state.fail_next.store(2, Ordering::SeqCst);
+    let (_d, dirs) = scratch();
+    let source = one(SourceConfig::Http(ec2(&server.url())), &dirs);
+    assert_eq!(source.fetch().unwrap()["agent_id"], "a-retry");
+    assert_eq!(server.count("/latest/user-data"), 3);
+}
+
+#[test]
+fn instance_metadata_sends_the_required_header() {
+    let server = MetaServer::start(MetaState {
+        required: Some(("Metadata-Flavor".into(), "Google".into())),
+        ..Default::default()
+    });
+    server.route(
+        "/computeMetadata/v1/instance/attributes/bosh_settings",
+        200,
+        &settings("a-gce").to_string(),
+    );
+    let (_d, dirs) = scratch();
+    let cfg = |headers: Vec<(String, String)>| SourceConfig::InstanceMetadata {
+        uri: server.url(),
+        headers,
+        settings_path: "/computeMetadata/v1/instance/attributes/bosh_settings".into(),
+    };
+    let with = one(cfg(vec![("Metadata-Flavor".into(), "Google".into())]), &dirs);
+    assert_eq!(with.fetch().unwrap(), settings("a-gce"));
+    let without = one(cfg(vec![]), &dirs);
+    let err = without.fetch().unwrap_err();
+    assert!(err.contains("HTTP 403"), "{err}");
+    assert!(without.name().starts_with("InstanceMetadata("), "{}", without.name());
+}
+
+/// Writes an OpenStack config drive's files under `root`.
+fn write_config_drive(root: &Path, user_data: &Value) {
+    let latest = root.join("openstack/latest");
+    std::fs::create_dir_all(&latest).unwrap();
+    let meta = json!({"uuid": "u-42", "name": "vm-1", "public_keys": {"k": "ssh-ed25519 CCCC"}});
+    std::fs::write(latest.join("meta_data.json"), meta.to_string()).unwrap();
+    std::fs::write(latest.join("user_data"), user_data.to_string()).unwrap();
+}
+
+fn config_drive(paths: Vec<std::path::PathBuf>) -> SourceConfig {
+    SourceConfig::ConfigDrive {
+        disk_paths: paths,
+        meta_data_path: "openstack/latest/meta_data.json".into(),
+        user_data_path: "openstack/latest/user_data".into(),
+        settings_path: String::new(),
+    }
+}
+
+#[test]
+fn config_drive_from_a_directory_directly_and_through_the_registry() {
+    let (dir, dirs) = scratch();
+    let drive = dir.path().join("drive");
+    write_config_drive(&drive, &settings("a-cd"));
+    let missing = dir.path().join("no-such-disk");
+    let source = one(config_drive(vec![missing, drive.clone()]), &dirs);
+    assert_eq!(source.fetch().unwrap(), settings("a-cd"), "first path missing, second used");
+    assert_eq!(source.public_key().as_deref(), Some("ssh-ed25519 CCCC"));
+
+    let server = MetaServer::start(MetaState::default());
+    let reg = json!({"settings": settings("a-cd-reg").to_string()});
+    server.route("/instances/u-42/settings", 200, &reg.to_string());
+    write_config_drive(&drive, &json!({"registry": {"endpoint": server.url()}}));
+    assert_eq!(source.fetch().unwrap(), settings("a-cd-reg"), "registry keyed by the meta-data uuid");
+
+    // An image that is no filesystem: mount fails (whatever the kernel offers), the error says so,
+    // and the temporary mount point under <base>/bosh is gone again.
+    let junk = dir.path().join("junk.img");
+    std::fs::write(&junk, vec![0u8; 64 << 10]).unwrap();
+    let err = one(config_drive(vec![junk]), &dirs).fetch().unwrap_err();
+    assert!(err.contains("mount -o ro,loop") && err.contains("after 3 attempts"), "{err}");
+    assert_eq!(std::fs::read_dir(dirs.bosh()).unwrap().count(), 0, "mount point left behind");
+
+    let none = one(config_drive(vec![dir.path().join("nope")]), &dirs);
+    let err = none.fetch().unwrap_err();
+    assert!(err.contains("nope") && err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn cdrom_env_file_from_a_directory() {
+    let (dir, dirs) = scratch();
+    let disc = dir.path().join("disc");
+    std::fs::create_dir_all(&disc).unwrap();
+    std::fs::write(disc.join("env"), settings("a-vsphere").to_string()).unwrap();
+    let source = one(SourceConfig::Cdrom { file_name: "env".into(), device_path: disc.clone() }, &dirs);
+    assert_eq!(source.fetch().unwrap(), settings("a-vsphere"));
+    std::fs::write(disc.join("env"), "not json").unwrap();
+    assert!(source.fetch().unwrap_err().contains("env is not JSON"));
+}
+
+/// Whether this host can loop-mount a vfat image. When it cannot, says so loudly; under `CI=true`
+/// that is a failure, because CI runs as root on a kernel with vfat and must exercise the mount path.
+fn vfat_loop_mount_available(work: &Path) -> bool {
+    let why = (|| -> Result<(), String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root".into());
+        }
+        let img = work.join("probe.img");
+        make_vfat(&img)?;
+        let mnt = work.join("probe-mnt");
+        std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+        run("mount", &["-o", "ro,loop", p(&img), p(&mnt)])?;
+        run("umount", &[p(&mnt)])
+    })();
+    match why {
+        Ok(()) => true,
+        Err(e) => {
+            let msg = format!(
+                "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+                 !!! SKIPPED: loop-mounting a vfat image is impossible here: {e}\n\
+                 !!! (needs root, mkfs.vfat from dosfstools, and vfat in the kernel)\n\
+                 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+            );
+            eprintln!("{msg}");
+            println!("{msg}");
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true requires the mount test: {e}");
+            false
+        }
+    }
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 temp path")
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+fn make_vfat(img: &Path) -> Result<(), String> {
+    let f = std::fs::File::create(img).map_err(|e| e.to_string())?;
+    f.set_len(4 << 20).map_err(|e| e.to_string())?;
+    run("mkfs.vfat", &["-n", "CONFIG-2", p(img)])
+}
+
+/// Builds a vfat image holding what `fill` writes (populated through a read-write loop mount).
+fn vfat_image(work: &Path, name: &str, fill: impl FnOnce(&Path)) -> std::path::PathBuf {
+    let img = work.join(format!("{name}.img"));
+    make_vfat(&img).unwrap();
+    let mnt = work.join(format!("{name}-fill"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    run("mount", &["-o", "loop", p(&img), p(&mnt)]).unwrap();
+    fill(&mnt);
+    run("umount", &[p(&mnt)]).unwrap();
+    img
+}
+
+#[test]
+fn config_drive_and_cdrom_from_loop_mounted_vfat_images() {
+    let (dir, dirs) = scratch();
+    if !vfat_loop_mount_available(dir.path()) {
+        return;
+    }
+    // vfat stands in for iso9660, which the kernels of some CI sandboxes lack; the code path (mount
+    // -o ro,loop on a fresh directory, read, umount) is the same.
+    let drive = vfat_image(dir.path(), "config-2", |m| write_config_drive(m, &settings("a-vfat")));
+    let source = one(config_drive(vec![drive]), &dirs);
+    assert_eq!(source.fetch().unwrap(), settings("a-vfat"));
+    let disc = vfat_image(dir.path(), "cdrom", |m| {
+        std::fs::write(m.join("env"), settings("a-iso").to_string()).unwrap()
+    });
+    let cdrom = one(SourceConfig::Cdrom { file_name: "env".into(), device_path: disc }, &dirs);
+    assert_eq!(cdrom.fetch().unwrap(), settings("a-iso"));
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(p(&dirs.bosh())), "mount points left behind:\n{mounts}");
+    let leftovers: Vec<_> =
+        std::fs::read_dir(dirs.bosh()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(leftovers.is_empty(), "mount directories left behind: {leftovers:?}");
+}
+
+#[test]
+fn sources_are_tried_in_order_and_the_cache_is_the_last_resort() {
+    let (_d, dirs) = scratch();
+    let down = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(); // closed on drop
+    let server = MetaServer::start(MetaState::default());
+    server.route("/settings", 200, &settings("a-second").to_string());
+    let configs = [
+        SourceConfig::Http(ec2(&format!("http://{down}"))),
+        SourceConfig::InstanceMetadata {
+            uri: server.url(),
+            headers: vec![],
+            settings_path: "/settings".into(),
+        },
+    ];
+    let svc =
+        SettingsService::new(dirs.clone(), sources::build(&configs, &dirs, policy()), Overrides::default());
+    assert_eq!(svc.load().unwrap().settings.agent_id, "a-second", "first source down, second used");
+
+    server.route("/settings", 503, "");
+    let loaded = svc.load().unwrap();
+    assert_eq!(loaded.settings.agent_id, "a-second", "all down: cached settings.json used");
+    assert!(dirs.settings_json().is_file());
+
+    std::fs::remove_file(dirs.settings_json()).unwrap();
+    let err = svc.load().unwrap_err();
+    assert!(err.contains(&format!("HTTP(http://{down})")) && err.contains("InstanceMetadata("), "{err}");
+}
+
+#[test]
+fn retries_against_a_hanging_server_are_bounded() {
+    let server = MetaServer::start(MetaState { hang: true, ..Default::default() });
+    let (_d, dirs) = scratch();
+    let quick = RetryPolicy {
+        attempts: 3,
+        backoff: Duration::from_millis(50),
+        attempt_timeout: Duration::from_millis(300),
+        total: Duration::from_secs(30),
+    };
+    let source = sources::build(&[SourceConfig::Http(ec2(&server.url()))], &dirs, quick).remove(0);
+    let started = Instant::now();
+    let err = source.fetch().unwrap_err();
+    let took = started.elapsed();
+    // 3 x 300 ms + 50 + 100 ms of backoff, plus scheduling slack.
+    assert!(took < Duration::from_secs(3), "took {took:?}: {err}");
+    assert!(err.contains("after 3 attempts"), "{err}");
+    assert_eq!(server.count("/latest/user-data"), 3);
+
+    // The total deadline wins over the attempt count.
+    let capped = RetryPolicy { attempts: 100, total: Duration::from_millis(800), ..quick };
+    let source = sources::build(&[SourceConfig::Http(ec2(&server.url()))], &dirs, capped).remove(0);
+    let started = Instant::now();
+    let err = source.fetch().unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}: {err}", started.elapsed());
+    assert!(err.contains("deadline"), "{err}");
+
+    // The default policy bounds a hanging source too (attempts x timeout + backoff, within 60 s).
+    let d = RetryPolicy::default();
+    let worst = d.attempt_timeout * d.attempts + d.backoff * 3;
+    assert!(worst <= d.total && d.total <= Duration::from_secs(60), "{d:?}");
+}
+
+#[test]
+fn infrastructure_names_map_to_the_ruby_agents_sources() {
+    let (_d, dirs) = scratch();
+    let aws = sources::infrastructure_configs("aws", &dirs, None).unwrap();
+    let SourceConfig::Http(h) = &aws[0] else { panic!("{aws:?}") };
+    assert_eq!(h.uri, "http://169.254.169.254");
+    let os = sources::infrastructure_configs("openstack", &dirs, Some("http://127.0.0.1:9/")).unwrap();
+    assert!(matches!(&os[0], SourceConfig::ConfigDrive { disk_paths, .. }
+        if disk_paths[0] == Path::new("/dev/disk/by-label/config-2")));
+    assert!(matches!(&os[1], SourceConfig::Http(h) if h.uri == "http://127.0.0.1:9" && h.use_server_name));
+    let vs = sources::infrastructure_configs("vsphere", &dirs, None).unwrap();
+    assert_eq!(vs, vec![SourceConfig::Cdrom { file_name: "env".into(), device_path: "/dev/sr0".into() }]);
+    let dummy = sources::infrastructure_configs("dummy", &dirs, None).unwrap();
+    assert_eq!(dummy.last(), Some(&SourceConfig::File { settings_path: dirs.bosh().join("settings.json") }));
+    let err = sources::infrastructure_configs("warden", &dirs, None).unwrap_err();
+    assert!(err.contains("-C agent.json"), "{err}");
+
+    // -I aws against a served metadata service and registry, keyed by the instance id.
+    let server = MetaServer::start(MetaState::default());
+    server.route("/latest/user-data", 200, &json!({"registry": {"endpoint": server.url()}}).to_string());
+    server.route("/latest/meta-data/instance-id", 200, "i-aws");
+    server.route("/latest/meta-data/public-keys/0/openssh-key", 200, "ssh-rsa K");
+    let reg = json!({"settings": settings("a-aws").to_string()});
+    server.route("/instances/i-aws/settings", 200, &reg.to_string());
+    let srcs = sources::for_infrastructure("aws", &dirs, Some(&server.url())).unwrap();
+    assert_eq!(srcs[0].fetch().unwrap(), settings("a-aws"));
+    assert_eq!(srcs[0].public_key().as_deref(), Some("ssh-rsa K"));
+}
+
+#[test]
+fn agent_boots_from_the_http_metadata_source() {
+    let pki = TestPki::new();
+    let nats = NatsServer::start(&pki, NatsServerOptions::default());
+    let id = format!("http-{}", &bosh_agent::ids::uuid_v4()[..8]);
+    let doc = nats_settings(&pki, &id, &nats.url());
+    let server = MetaServer::start(MetaState { token: Some("boot-token".into()), ..Default::default() });
+    server.route("/latest/user-data", 200, &doc.to_string());
+    let agent_json = json!({"Infrastructure": {"Settings": {"Sources": [
+        {"Type": "HTTP", "URI": server.url(), "UserDataPath": "/latest/user-data",
+         "InstanceIDPath": "/latest/meta-data/instance-id", "TokenPath": "/latest/api/token"}
+    ]}}});
+    let agent = TestAgent::launch(&doc, Launch { agent_json: Some(agent_json), ..Launch::default() });
+    let mut director = Director::connect(&pki, &nats.url(), &id);
+    assert!(director.wait_ready(Duration::from_secs(15)), "agent never answered ping:\n{}", agent.log());
+    assert!(agent.log().contains("settings loaded from HTTP("), "{}", agent.log());
+    let state = director.send("get_state", json!([]));
+    assert_eq!(state["value"]["vm"]["name"], "vm-test");
+    assert_eq!(server.count("/latest/api/token"), 1);
+}
