@@ -16,11 +16,11 @@ USAGE:
   bosh-agent call [CALL OPTIONS] METHOD [JSON-ARGS]
 
 OPTIONS:
-  -P NAME     platform: ubuntu, linux or dummy (default: ubuntu with -C, dummy without)
+  -P NAME     platform: ubuntu, linux or dummy (default: ubuntu with -C or -I, dummy without)
   -C FILE     agent.json (Go agent format); without it the agent runs on an embedded default:
               HTTPS bus on https://bosh:bosh@127.0.0.1:6868, state in ./agent-data, self-signed cert
-  -M NAME     job supervisor: monit or dummy (default: monit with -C, dummy without)
-  -b DIR      base directory (default: /var/vcap with -C, ./agent-data without)
+  -M NAME     job supervisor: monit or dummy (default: monit with -C or -I, dummy without)
+  -b DIR      base directory (default: /var/vcap with -C or -I, ./agent-data without)
   -r DIR      root directory for system files (default: /)
   -c          configure the VM on start (bootstrap)
   -I NAME     infrastructure (Ruby agent style): aws, openstack, vsphere, warden, dummy, ...
@@ -143,7 +143,9 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
         return Ok(Command::Version);
     }
     let config: Option<PathBuf> = p.opt_value_from_str("-C").map_err(arg_err)?;
-    let embedded = config.is_none();
+    let infrastructure: Option<String> = p.opt_value_from_str("-I").map_err(arg_err)?;
+    // Without -C or -I there is nowhere to get settings from: run the embedded default.
+    let embedded = config.is_none() && infrastructure.is_none();
     let default = |with_config: &str, embedded_value: &str| {
         if embedded { embedded_value } else { with_config }.to_string()
     };
@@ -156,7 +158,6 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
     if !["monit", "dummy"].contains(&supervisor.as_str()) {
         return Err(format!("-M: unknown job supervisor '{supervisor}' (expected monit or dummy)"));
     }
-    let infrastructure: Option<String> = p.opt_value_from_str("-I").map_err(arg_err)?;
     if let Some(i) = &infrastructure {
         if !INFRASTRUCTURES.contains(&i.as_str()) {
             return Err(format!(
@@ -316,6 +317,13 @@ mod tests {
             (2826, LevelFilter::Debug, Duration::from_secs(5))
         );
         assert_eq!(o.root, PathBuf::from("/tmp/r"));
+    }
+
+    #[test]
+    fn an_infrastructure_is_not_the_embedded_default() {
+        let o = run(&["-I", "aws"]).unwrap();
+        assert_eq!((o.platform.as_str(), o.supervisor.as_str()), ("ubuntu", "monit"));
+        assert_eq!(o.base, PathBuf::from("/var/vcap"));
     }
 
     #[test]

@@ -480,6 +480,8 @@ fn bootstrap_certificate_is_replaced_before_nats_sync_revokes_it() {
     opts.mapped_users = Some(bosh_users(&id, false));
     nats.reload(&pki, &opts);
     assert!(wait_until(Duration::from_secs(5), || nats.log().contains("Reloaded")), "{}", nats.log());
+    // The reload may drop connections for a moment; the director's pings ride that out.
+    assert!(d.wait_ready(Duration::from_secs(20)), "agent unreachable after the reload:\n{}", agent.log());
     assert_eq!(d.send("get_task", json!([task])), json!({"value": "ok"}));
     assert_eq!(d.send("ping", json!([])), json!({"value": "pong"}));
     hm.drain();

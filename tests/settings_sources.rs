@@ -1,6 +1,6 @@
 //! Settings sources against real parts: an EC2-style metadata service and a BOSH registry served
 //! from a local HTTP server in this process, config drives and CD-ROMs as directories and as
-//! loop-mounted vfat images, the settings service's order and fallback, bounded retries against a
+//! loop-mounted disk images, the settings service's order and fallback, bounded retries against a
 //! server that never answers, and the agent binary booting from the HTTP source.
 //!
 //! Why a hand-written server over std::net: the metadata service at 169.254.169.254 cannot exist
@@ -365,16 +365,16 @@ fn cdrom_env_file_from_a_directory() {
     assert!(source.fetch().unwrap_err().contains("env is not JSON"));
 }
 
-/// Whether this host can loop-mount a vfat image. When it cannot, says so loudly; under `CI=true`
-/// that is a failure, because CI runs as root on a kernel with vfat and must exercise the mount path.
-fn vfat_loop_mount_available(work: &Path) -> bool {
+/// Whether this host can loop-mount a disk image. When it cannot, says so loudly; under `CI=true`
+/// that is a failure, because CI runs as root and must exercise the mount path.
+fn loop_mount_available(work: &Path) -> bool {
     let why = (|| -> Result<(), String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err("not running as root".into());
         }
         let img = work.join("probe.img");
-        make_vfat(&img)?;
+        make_image(&img)?;
         let mnt = work.join("probe-mnt");
         std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
         run("mount", &["-o", "ro,loop", p(&img), p(&mnt)])?;
@@ -385,8 +385,8 @@ fn vfat_loop_mount_available(work: &Path) -> bool {
         Err(e) => {
             let msg = format!(
                 "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-                 !!! SKIPPED: loop-mounting a vfat image is impossible here: {e}\n\
-                 !!! (needs root, mkfs.vfat from dosfstools, and vfat in the kernel)\n\
+                 !!! SKIPPED: loop-mounting a disk image is impossible here: {e}\n\
+                 !!! (needs root, mkfs.ext4 and loop devices)\n\
                  !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
             );
             eprintln!("{msg}");
@@ -410,16 +410,18 @@ fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn make_vfat(img: &Path) -> Result<(), String> {
+fn make_image(img: &Path) -> Result<(), String> {
     let f = std::fs::File::create(img).map_err(|e| e.to_string())?;
     f.set_len(4 << 20).map_err(|e| e.to_string())?;
-    run("mkfs.vfat", &["-n", "CONFIG-2", p(img)])
+    // ext4 stands in for the iso9660/vfat of real config drives and CD-ROMs: some CI kernels lack
+    // those, ext4 is everywhere, and the agent's path (a read-only loop mount) is the same.
+    run("mkfs.ext4", &["-q", "-F", "-L", "config-2", p(img)])
 }
 
-/// Builds a vfat image holding what `fill` writes (populated through a read-write loop mount).
-fn vfat_image(work: &Path, name: &str, fill: impl FnOnce(&Path)) -> std::path::PathBuf {
+/// Builds a disk image holding what `fill` writes (populated through a read-write loop mount).
+fn disk_image(work: &Path, name: &str, fill: impl FnOnce(&Path)) -> std::path::PathBuf {
     let img = work.join(format!("{name}.img"));
-    make_vfat(&img).unwrap();
+    make_image(&img).unwrap();
     let mnt = work.join(format!("{name}-fill"));
     std::fs::create_dir_all(&mnt).unwrap();
     run("mount", &["-o", "loop", p(&img), p(&mnt)]).unwrap();
@@ -429,17 +431,17 @@ fn vfat_image(work: &Path, name: &str, fill: impl FnOnce(&Path)) -> std::path::P
 }
 
 #[test]
-fn config_drive_and_cdrom_from_loop_mounted_vfat_images() {
+fn config_drive_and_cdrom_from_loop_mounted_images() {
     let (dir, dirs) = scratch();
-    if !vfat_loop_mount_available(dir.path()) {
+    if !loop_mount_available(dir.path()) {
         return;
     }
-    // vfat stands in for iso9660, which the kernels of some CI sandboxes lack; the code path (mount
+    // ext4 stands in for iso9660, which the kernels of some CI sandboxes lack; the code path (mount
     // -o ro,loop on a fresh directory, read, umount) is the same.
-    let drive = vfat_image(dir.path(), "config-2", |m| write_config_drive(m, &settings("a-vfat")));
+    let drive = disk_image(dir.path(), "config-2", |m| write_config_drive(m, &settings("a-vfat")));
     let source = one(config_drive(vec![drive]), &dirs);
     assert_eq!(source.fetch().unwrap(), settings("a-vfat"));
-    let disc = vfat_image(dir.path(), "cdrom", |m| {
+    let disc = disk_image(dir.path(), "cdrom", |m| {
         std::fs::write(m.join("env"), settings("a-iso").to_string()).unwrap()
     });
     let cdrom = one(SourceConfig::Cdrom { file_name: "env".into(), device_path: disc }, &dirs);
