@@ -53,6 +53,12 @@ impl LinuxDisks {
             return Ok(());
         }
         if device_at(&table, &store).is_some() {
+            if device_at(&table, &target).is_some() {
+                return Err(format!(
+                    "store and {} already hold other disks; unmount one before mounting disk {cid}",
+                    target.display()
+                ));
+            }
             log::info!("store is taken: mounting disk {cid} on {}", target.display());
             return mount::mount(source, &target, &opts.mount_options);
         }
