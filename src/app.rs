@@ -53,6 +53,8 @@ pub fn run(opts: Options) -> Result<(), String> {
     let bootstrap = crate::platform::bootstrap::Options { configure: opts.configure };
     crate::platform::bootstrap::run(&dirs, &effective, &opts.platform, &bootstrap)?;
     let platform: Arc<dyn platform::Platform> = platform::from_name(&opts.platform, &dirs)?.into();
+    // The persistent disk comes back before any job can look for it; a vanished disk is logged.
+    platform::disks::remount_last_disk(platform.as_ref(), &dirs, &effective);
     let supervisor: Arc<dyn JobSupervisor> = match opts.supervisor.as_str() {
         "dummy" => Arc::new(DummySupervisor::default()),
         _ => Arc::new(MonitSupervisor::new(monit_options(&config, &dirs))?),

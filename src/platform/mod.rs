@@ -2,12 +2,13 @@
 //! director conversation run on any machine (`-P dummy`).
 
 pub mod bootstrap;
+pub mod disks;
 pub mod network;
 pub mod users;
 
 use crate::dirs::Dirs;
 use crate::settings::Effective;
-use std::path::PathBuf;
+use disks::DiskManager as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,8 @@ pub trait Platform: Send + Sync {
     fn save_dns_records(&self, records: &[(String, String)], agent_id: &str) -> Result<(), String>;
     /// Forgets the neighbour (ARP) entries of these addresses; failures are only logged.
     fn delete_arp_entries(&self, ips: &[std::net::IpAddr]);
+    /// Persistent and dynamic disk operations: real devices on Linux, a JSON record on dummy.
+    fn disks(&self) -> &dyn disks::DiskManager;
 }
 
 /// The `/etc/hosts` text: the local names first, then one line per record.
@@ -47,8 +50,12 @@ pub fn hosts_file(records: &[(String, String)], agent_id: &str) -> String {
 /// Picks the platform for `-P`.
 pub fn from_name(name: &str, dirs: &Dirs) -> Result<Box<dyn Platform>, String> {
     match name {
-        "ubuntu" | "linux" => Ok(Box::new(Linux { name: name.to_string(), dirs: dirs.clone() })),
-        "dummy" => Ok(Box::new(Dummy { dirs: dirs.clone() })),
+        "ubuntu" | "linux" => Ok(Box::new(Linux {
+            name: name.to_string(),
+            dirs: dirs.clone(),
+            disks: disks::LinuxDisks::new(dirs.clone()),
+        })),
+        "dummy" => Ok(Box::new(Dummy { dirs: dirs.clone(), disks: disks::DummyDisks::new(dirs.clone()) })),
         other => Err(format!("unknown platform '{other}' (expected ubuntu, linux or dummy)")),
     }
 }
@@ -95,6 +102,7 @@ fn write_cert_files(dir: &std::path::Path, pem_bundle: &str) -> Result<usize, St
 pub struct Linux {
     name: String,
     dirs: Dirs,
+    disks: disks::LinuxDisks,
 }
 
 impl Platform for Linux {
@@ -137,17 +145,10 @@ impl Platform for Linux {
         Err(last)
     }
     fn mounted_persistent_disks(&self, settings: &Effective) -> Result<Vec<String>, String> {
-        let mounts =
-            std::fs::read_to_string("/proc/self/mounts").map_err(|e| format!("reading mounts: {e}"))?;
-        let store = self.dirs.store();
-        let store_mounted =
-            mounts.lines().any(|l| l.split_whitespace().nth(1).map(PathBuf::from) == Some(store.clone()));
-        // Until disk management lands, a mounted store counts for the one persistent disk recorded.
-        Ok(if store_mounted {
-            settings.settings.disks.persistent.keys().take(1).cloned().collect()
-        } else {
-            Vec::new()
-        })
+        Ok(self.disks.mounted(&disks::known_disks(&self.dirs, settings)))
+    }
+    fn disks(&self) -> &dyn disks::DiskManager {
+        &self.disks
     }
     fn vitals_require_mount_points(&self) -> bool {
         true
@@ -157,6 +158,7 @@ impl Platform for Linux {
 /// The dummy platform (`-P dummy`): records instead of touching the machine.
 pub struct Dummy {
     dirs: Dirs,
+    disks: disks::DummyDisks,
 }
 
 impl Platform for Dummy {
@@ -183,15 +185,10 @@ impl Platform for Dummy {
         write_cert_files(&self.dirs.bosh().join("trusted_certs"), pem_bundle).map(|_| ())
     }
     fn mounted_persistent_disks(&self, settings: &Effective) -> Result<Vec<String>, String> {
-        let mut cids: Vec<String> = settings.settings.disks.persistent.keys().cloned().collect();
-        if let Ok(Some(hints)) = crate::fsutil::read_json::<serde_json::Map<String, serde_json::Value>>(
-            &self.dirs.disk_hints_json(),
-        ) {
-            cids.extend(hints.keys().cloned());
-        }
-        cids.sort();
-        cids.dedup();
-        Ok(cids)
+        Ok(self.disks.mounted(&disks::known_disks(&self.dirs, settings)))
+    }
+    fn disks(&self) -> &dyn disks::DiskManager {
+        &self.disks
     }
     fn vitals_require_mount_points(&self) -> bool {
         false

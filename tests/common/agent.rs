@@ -49,8 +49,10 @@ impl TestAgent {
         Self::prepare(dir.path(), &base, settings, how.agent_json);
         let agent_id = settings["agent_id"].as_str().unwrap_or("").to_string();
         let supervisor = how.supervisor.unwrap_or("dummy");
-        let mut args: Vec<String> =
-            ["-P", "dummy", "-M", supervisor, "-l", "debug", "-h", "1"].map(String::from).to_vec();
+        // `-P dummy` unless the caller picks the platform (`extra: &["-P", "linux"]`).
+        let platform = if how.extra.contains(&"-P") { Vec::new() } else { vec!["-P", "dummy"] };
+        let mut args: Vec<String> = platform.into_iter().map(String::from).collect();
+        args.extend(["-M", supervisor, "-l", "debug", "-h", "1"].map(String::from));
         args.extend(["-C".into(), path(&dir.path().join("agent.json"))]);
         args.extend(["-b".into(), path(&base)]);
         args.extend(how.extra.iter().map(|s| s.to_string()));

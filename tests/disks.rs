@@ -1,0 +1,436 @@
+//! Persistent disks end to end, driven over NATS as the director drives them.
+//!
+//! The real-device tests use loop devices on sparse image files and the agent on `-P linux`: they
+//! need root. When root or loop devices are missing they print a loud message and return, except under
+//! `CI=true`, where they fail: CI runs as root and a silent skip there would hide a broken feature.
+//!
+//! Partition nodes: some container kernels neither rescan a loop device's table nor have udev make
+//! `/dev/loopNp1`; the fixture (like the agent) runs `partx -u` and mknods the node from sysfs, and
+//! removes the node it leaves behind when it detaches the device.
+
+mod common;
+
+use bosh_agent::dirs::Dirs;
+use bosh_agent::platform::disks::{self, mount, prepare};
+use common::agent::{nats_settings, Director, Launch, TestAgent};
+use common::certs::TestPki;
+use common::nats_server::{NatsServer, NatsServerOptions};
+use serde_json::{json, Value};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Loop devices are few and global: the real-device tests take turns.
+static DEVICES: Mutex<()> = Mutex::new(());
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether this machine can run the real-device tests; loud when not, fatal under CI.
+fn devices_available(test: &str) -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let loop_ok = Path::new("/dev/loop-control").exists()
+        && Command::new("losetup").arg("-f").output().is_ok_and(|o| o.status.success());
+    let tools = ["sfdisk", "mkfs.ext4", "blkid", "partx"].iter().all(|t| {
+        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
+    });
+    if root && loop_ok && tools {
+        return true;
+    }
+    let why = format!("root={root} loop devices={loop_ok} disk tools={tools}");
+    eprintln!("\n!!!!!!!! {test}: NOT RUN — needs root, loop devices and sfdisk/mkfs.ext4/blkid/partx ({why}) !!!!!!!!\n");
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} cannot run under CI: {why}");
+    false
+}
+
+/// A loop device on a sparse image; detached (and its mounts lazily unmounted) on drop.
+struct LoopDisk {
+    _dir: tempfile::TempDir,
+    dev: Option<PathBuf>,
+}
+
+impl LoopDisk {
+    fn new(mb: u64) -> LoopDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        std::fs::File::create(&img).unwrap().set_len(mb << 20).unwrap();
+        let dev = sh(Command::new("losetup").args(["-f", "--show", "-P"]).arg(&img));
+        LoopDisk { _dir: dir, dev: Some(PathBuf::from(dev.trim())) }
+    }
+
+    fn dev(&self) -> &Path {
+        self.dev.as_deref().expect("attached")
+    }
+
+    fn p1(&self) -> PathBuf {
+        prepare::partition_path(self.dev())
+    }
+
+    /// One partition with an ext4 filesystem holding `hello.txt`.
+    fn with_partitioned_data(self) -> LoopDisk {
+        sh(Command::new("sfdisk")
+            .arg("-q")
+            .arg(self.dev())
+            .stdin(std::fs::File::open(self.script()).unwrap()));
+        assert_eq!(prepare::sync_partitions(self.dev()).unwrap(), 1);
+        self.put_file(&self.p1());
+        self
+    }
+
+    fn script(&self) -> PathBuf {
+        let p = self._dir.path().join("table");
+        std::fs::write(&p, "label: gpt\n,,L\n").unwrap();
+        p
+    }
+
+    /// An ext4 filesystem on the whole device holding `hello.txt`.
+    fn with_whole_device_data(self) -> LoopDisk {
+        self.put_file(self.dev());
+        self
+    }
+
+    fn put_file(&self, target: &Path) {
+        sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(target));
+        let mnt = self._dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        sh(Command::new("mount").arg(target).arg(&mnt));
+        std::fs::write(mnt.join("hello.txt"), "precious").unwrap();
+        sh(Command::new("umount").arg(&mnt));
+    }
+
+    fn detach(&mut self) {
+        let Some(dev) = self.dev.take() else { return };
+        for node in [prepare::partition_path(&dev), dev.clone()] {
+            if let (Ok(n), Ok(table)) = (mount::device_number(&node), mount::mounts()) {
+                for p in mount::mount_points_of(&table, n).iter().rev() {
+                    let _ = Command::new("umount").arg("-l").arg(p).status();
+                }
+            }
+        }
+        let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+        let p1 = prepare::partition_path(&dev);
+        let name = p1.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if p1.exists() && !Path::new("/sys/class/block").join(name).exists() {
+            let _ = std::fs::remove_file(&p1);
+        }
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+struct Env {
+    _pki: TestPki,
+    _nats: NatsServer,
+    root: tempfile::TempDir,
+    agent: TestAgent,
+    d: Director,
+}
+
+fn start(tag: &str, platform: &str) -> Env {
+    let pki = TestPki::new();
+    let nats = NatsServer::start(&pki, NatsServerOptions::default());
+    let id = format!("{tag}-{}", &bosh_agent::ids::uuid_v4()[..8]);
+    let mut settings = nats_settings(&pki, &id, &nats.url());
+    if platform != "dummy" {
+        settings["disks"] = json!({"persistent": {}});
+    }
+    let root = tempfile::tempdir().unwrap();
+    let root_arg = root.path().to_str().unwrap().to_string();
+    let agent = TestAgent::launch(
+        &settings,
+        Launch { extra: &["-P", platform, "-r", &root_arg], ..Launch::default() },
+    );
+    let mut d = Director::connect(&pki, &nats.url(), &id);
+    assert!(d.wait_ready(Duration::from_secs(15)), "agent never answered:\n{}", agent.log());
+    Env { _pki: pki, _nats: nats, root, agent, d }
+}
+
+impl Env {
+    fn store(&self) -> PathBuf {
+        self.agent.base().join("store")
+    }
+    fn target(&self) -> PathBuf {
+        self.agent.base().join("store_migration_target")
+    }
+    fn task(&mut self, method: &str, args: Value) -> Value {
+        self.d.run_task(method, args)
+    }
+    fn ok(&mut self, method: &str, args: Value) -> Value {
+        let r = self.task(method, args);
+        assert!(r.get("exception").is_none(), "{method} failed: {r}\n{}", self.agent.log());
+        r["value"].clone()
+    }
+    fn list(&mut self) -> Value {
+        self.task("list_disk", json!([]))["value"].clone()
+    }
+    fn managed(&self) -> String {
+        std::fs::read_to_string(self.agent.base().join("bosh/managed_disk_settings.json")).unwrap_or_default()
+    }
+    fn dirs(&self) -> Dirs {
+        Dirs::new(self.agent.base(), self.root.path())
+    }
+}
+
+fn exception(reply: &Value) -> String {
+    reply["exception"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an exception, got {reply}"))
+        .to_string()
+}
+
+/// The device mounted at `dir` according to the kernel, as a node's numbers.
+fn mounted_at(dir: &Path) -> Option<(u64, u64)> {
+    mount::device_at(&mount::mounts().unwrap(), dir)
+}
+
+fn in_proc_mounts(dir: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    text.lines().any(|l| l.split_whitespace().nth(1) == dir.to_str())
+}
+
+#[test]
+fn blank_disk_is_partitioned_formatted_mounted_listed_and_unmounted() {
+    if !devices_available("blank_disk_is_partitioned_formatted_mounted_listed_and_unmounted") {
+        return;
+    }
+    let _turn = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    let mut disk = LoopDisk::new(128);
+    let mut env = start("disk-blank", "linux");
+    env.ok("add_persistent_disk", json!(["disk-a", {"path": disk.dev(), "volume_id": "3"}]));
+    let hints: Value = serde_json::from_slice(
+        &std::fs::read(env.agent.base().join("bosh/persistent_disk_hints.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(hints["disk-a"]["Path"], disk.dev().to_str().unwrap());
+    assert_eq!(env.list(), json!([]));
+
+    env.ok("mount_disk", json!(["disk-a"]));
+    assert!(in_proc_mounts(&env.store()), "store not in /proc/self/mounts");
+    assert_eq!(mounted_at(&env.store()), Some(mount::device_number(&disk.p1()).unwrap()));
+    let blkid = sh(Command::new("blkid").args(["-p", "-o", "export"]).arg(disk.p1()));
+    assert!(blkid.contains("TYPE=ext4"), "{blkid}");
+    assert_eq!(env.managed(), "disk-a");
+    assert_eq!(env.list(), json!(["disk-a"]));
+    // Mounting again is a no-op.
+    env.ok("mount_disk", json!(["disk-a"]));
+
+    // A process holding a file open: a clear error naming it, and the disk stays mounted.
+    std::fs::write(env.store().join("busy"), "x").unwrap();
+    let mut holder = Command::new("sleep")
+        .arg("120")
+        .stdin(std::fs::File::open(env.store().join("busy")).unwrap())
+        .spawn()
+        .unwrap();
+    let r = env.task("unmount_disk", json!(["disk-a"]));
+    let e = exception(&r);
+    assert!(e.contains("busy") && e.contains(&format!("pid {}", holder.id())), "{e}");
+    assert!(in_proc_mounts(&env.store()), "unmounted although busy");
+    let _ = holder.kill();
+    let _ = holder.wait();
+
+    let r = env.ok("unmount_disk", json!(["disk-a"]));
+    let dev = disk.dev().display();
+    assert_eq!(
+        r["message"],
+        format!(
+            "Unmounted partition of {{ID:disk-a DeviceID: VolumeID:3 Lun: HostDeviceID: Path:{dev} \
+             ISCSISettings:{{InitiatorName: Username: Target: Password:}} FileSystemType:ext4 MountOptions:[] \
+             Partitioner:}}"
+        )
+    );
+    assert!(!in_proc_mounts(&env.store()));
+    let r = env.ok("unmount_disk", json!(["disk-a"]));
+    assert!(r["message"].as_str().unwrap().starts_with("Partition of {ID:disk-a"), "{r}");
+    assert_eq!(env.list(), json!([]));
+    assert_eq!(env.managed(), "disk-a", "unmount_disk keeps the record, as in the Go agent");
+
+    // Boot step 21: the recorded disk comes back on store, unformatted.
+    std::fs::write(env.dirs().data().join("marker"), "").ok();
+    let platform = bosh_agent::platform::from_name("linux", &env.dirs()).unwrap();
+    let settings = bosh_agent::settings::Effective::default();
+    assert_eq!(
+        disks::remount_last_disk(platform.as_ref(), &env.dirs(), &settings).as_deref(),
+        Some("disk-a")
+    );
+    assert!(env.store().join("busy").exists(), "remount lost data");
+    sh(Command::new("umount").arg(env.store()));
+
+    // The disk vanishes (detached): the agent still boots, answers list_disk with [], and the boot
+    // remount logs and carries on.
+    disk.detach();
+    env.agent.restart();
+    assert!(env.d.wait_ready(Duration::from_secs(15)), "agent did not boot:\n{}", env.agent.log());
+    assert_eq!(env.list(), json!([]));
+    assert_eq!(disks::remount_last_disk(platform.as_ref(), &env.dirs(), &settings), None);
+    assert!(!in_proc_mounts(&env.store()));
+}
+
+#[test]
+fn disks_holding_data_are_never_reformatted() {
+    if !devices_available("disks_holding_data_are_never_reformatted") {
+        return;
+    }
+    let _turn = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    let mut env = start("disk-data", "linux");
+
+    // A filesystem on the whole device: mounted as it is.
+    let whole = LoopDisk::new(64).with_whole_device_data();
+    env.ok("add_persistent_disk", json!(["disk-whole", whole.dev()]));
+    env.ok("mount_disk", json!(["disk-whole"]));
+    assert_eq!(std::fs::read_to_string(env.store().join("hello.txt")).unwrap(), "precious");
+    assert_eq!(env.list(), json!(["disk-whole"]));
+    env.ok("unmount_disk", json!(["disk-whole"]));
+
+    // A partition table with a filesystem: partition 1 mounted as it is.
+    let parted = LoopDisk::new(64).with_partitioned_data();
+    env.ok("add_persistent_disk", json!(["disk-parted", parted.dev()]));
+    env.ok("mount_disk", json!(["disk-parted"]));
+    assert_eq!(std::fs::read_to_string(env.store().join("hello.txt")).unwrap(), "precious");
+    assert_eq!(mounted_at(&env.store()), Some(mount::device_number(&parted.p1()).unwrap()));
+    env.ok("unmount_disk", json!(["disk-parted"]));
+
+    // Unrecognised bytes: refused, untouched.
+    let junk = LoopDisk::new(64);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(junk.dev()).unwrap();
+        f.write_all_at(b"customer data without a signature", 4096).unwrap();
+        f.sync_all().unwrap();
+    }
+    env.ok("add_persistent_disk", json!(["disk-junk", junk.dev()]));
+    let e = exception(&env.task("mount_disk", json!(["disk-junk"])));
+    assert!(e.contains("refusing to format"), "{e}");
+    let mut buf = [0u8; 33];
+    use std::os::unix::fs::FileExt;
+    std::fs::File::open(junk.dev()).unwrap().read_exact_at(&mut buf, 4096).unwrap();
+    assert_eq!(&buf, b"customer data without a signature");
+    assert!(!in_proc_mounts(&env.store()));
+
+    let e = exception(&env.task("mount_disk", json!(["disk-unknown"])));
+    assert!(e.contains("Persistent disk with volume id 'disk-unknown' could not be found"), "{e}");
+}
+
+#[test]
+fn migrate_disk_moves_everything_to_the_new_disk() {
+    if !devices_available("migrate_disk_moves_everything_to_the_new_disk") {
+        return;
+    }
+    let _turn = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    let old = LoopDisk::new(256);
+    let new = LoopDisk::new(384);
+    let mut env = start("disk-migrate", "linux");
+    env.ok("add_persistent_disk", json!(["disk-old", old.dev()]));
+    env.ok("mount_disk", json!(["disk-old"]));
+
+    let s = env.store();
+    std::fs::create_dir_all(s.join("dir/sub")).unwrap();
+    std::fs::write(s.join("dir/sub/file.txt"), "data").unwrap();
+    std::fs::write(s.join(".hidden"), "dot").unwrap();
+    std::fs::set_permissions(s.join("dir/sub/file.txt"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(s.join("dir"), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::os::unix::fs::chown(s.join("dir/sub/file.txt"), Some(1234), Some(5678)).unwrap();
+    std::os::unix::fs::lchown(s.join("dir"), Some(42), Some(43)).unwrap();
+    std::os::unix::fs::symlink("sub/file.txt", s.join("dir/link")).unwrap();
+    std::fs::hard_link(s.join("dir/sub/file.txt"), s.join("hard")).unwrap();
+    let big = vec![7u8; 3 << 20];
+    std::fs::write(s.join("big.bin"), &big).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(s.join("sparse.img")).unwrap();
+        f.set_len(200 << 20).unwrap();
+        f.write_all_at(b"middle", 100 << 20).unwrap();
+    }
+
+    env.ok("add_persistent_disk", json!(["disk-new", new.dev()]));
+    env.ok("mount_disk", json!(["disk-new"]));
+    assert_eq!(mounted_at(&env.target()), Some(mount::device_number(&new.p1()).unwrap()));
+    assert_eq!(env.managed(), "disk-old", "the migration target is not the disk to remount at boot");
+
+    env.ok("migrate_disk", json!(["disk-old", "disk-new"]));
+    assert_eq!(mounted_at(&s), Some(mount::device_number(&new.p1()).unwrap()), "new disk not on store");
+    assert_eq!(mounted_at(&env.target()), None);
+    let table = mount::mounts().unwrap();
+    assert!(
+        mount::mount_points_of(&table, mount::device_number(&old.p1()).unwrap()).is_empty(),
+        "old still mounted"
+    );
+    assert_eq!(env.managed(), "disk-new");
+    assert_eq!(env.list(), json!(["disk-new"]));
+
+    assert_eq!(std::fs::read_to_string(s.join("dir/sub/file.txt")).unwrap(), "data");
+    assert_eq!(std::fs::read_to_string(s.join(".hidden")).unwrap(), "dot");
+    let m = std::fs::metadata(s.join("dir/sub/file.txt")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o640, 1234, 5678));
+    let m = std::fs::symlink_metadata(s.join("dir")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o711, 42, 43));
+    assert_eq!(std::fs::read_link(s.join("dir/link")).unwrap(), PathBuf::from("sub/file.txt"));
+    assert_eq!(
+        std::fs::metadata(s.join("hard")).unwrap().ino(),
+        std::fs::metadata(s.join("dir/sub/file.txt")).unwrap().ino()
+    );
+    assert_eq!(std::fs::read(s.join("big.bin")).unwrap(), big);
+    let m = std::fs::metadata(s.join("sparse.img")).unwrap();
+    assert_eq!(m.len(), 200 << 20);
+    assert!(m.blocks() * 512 < 1 << 20, "sparse file filled in: {} bytes allocated", m.blocks() * 512);
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 6];
+    std::fs::File::open(s.join("sparse.img")).unwrap().read_exact_at(&mut buf, 100 << 20).unwrap();
+    assert_eq!(&buf, b"middle");
+
+    let r = env.ok("unmount_disk", json!(["disk-old"]));
+    assert!(r["message"].as_str().unwrap().starts_with("Partition of {ID:disk-old"), "{r}");
+    env.ok("remove_persistent_disk", json!(["disk-old"]));
+    env.ok("unmount_disk", json!(["disk-new"]));
+}
+
+#[test]
+fn dummy_platform_records_the_disk_conversation() {
+    let mut env = start("disk-dummy", "dummy");
+    let base = env.agent.base();
+    // Settings name disk-1 (/dev/sdc, which need not exist): every known disk counts as mounted.
+    assert_eq!(env.list(), json!(["disk-1"]));
+    env.ok("mount_disk", json!(["disk-1"]));
+    env.ok("add_persistent_disk", json!(["disk-2", {"path": "/dev/sdd", "volume_id": "4"}]));
+    env.ok("mount_disk", json!(["disk-2"]));
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(base.join("bosh/dummy_mounts.json")).unwrap()).unwrap();
+    assert_eq!(state["mounts"][0]["DiskCid"], "disk-1");
+    assert_eq!(state["mounts"][1]["MountDir"], env.target().to_str().unwrap());
+    assert_eq!(env.list(), json!(["disk-1", "disk-2"]));
+    assert_eq!(env.managed(), "disk-1");
+
+    env.ok("migrate_disk", json!(["disk-1", "disk-2"]));
+    assert_eq!(env.managed(), "disk-2");
+    let r = env.ok("unmount_disk", json!(["disk-1"]));
+    assert!(r["message"].as_str().unwrap().starts_with("Partition of {ID:disk-1 "), "{r}");
+    let r = env.ok("unmount_disk", json!(["disk-2"]));
+    assert_eq!(
+        r["message"],
+        "Unmounted partition of {ID:disk-2 DeviceID: VolumeID:4 Lun: HostDeviceID: Path:/dev/sdd \
+         ISCSISettings:{InitiatorName: Username: Target: Password:} FileSystemType:ext4 MountOptions:[] Partitioner:}"
+    );
+    env.ok("remove_persistent_disk", json!(["disk-2"]));
+    assert_eq!(env.list(), json!(["disk-1"]));
+
+    env.ok("add_dynamic_disk", json!(["dyn-1", "/dev/sde"]));
+    let r = env.d.send("remove_dynamic_disk", json!(["dyn-1"]));
+    assert_eq!(r, json!({"value": {}}));
+    let e = exception(&env.task("add_persistent_disk", json!(["../evil", "/dev/sdf"])));
+    assert!(e.contains("invalid disk CID"), "{e}");
+
+    // A recorded disk that no longer exists anywhere: the agent still boots and answers.
+    std::fs::write(base.join("bosh/managed_disk_settings.json"), "disk-gone").unwrap();
+    env.agent.restart();
+    assert!(env.d.wait_ready(Duration::from_secs(15)), "agent did not boot:\n{}", env.agent.log());
+    assert_eq!(env.list(), json!(["disk-1"]));
+}
