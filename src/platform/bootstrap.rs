@@ -8,6 +8,7 @@
 //! run only when the root is `/` and the platform is not `dummy`. A failing step stops the bootstrap
 //! with an error that names it, because an agent on a half-configured VM would mislead the director.
 
+use super::disks::{self, ephemeral, mount, DiskSettings};
 use super::users;
 use crate::dirs::Dirs;
 use crate::settings::Effective;
@@ -51,7 +52,7 @@ pub fn run(dirs: &Dirs, settings: &Effective, platform_name: &str, options: &Opt
         return Ok(());
     }
     let live = dirs.root == Path::new("/") && platform_name != "dummy";
-    let b = Bootstrap { dirs, settings, live };
+    let b = Bootstrap { dirs, settings, live, devices: platform_name != "dummy" };
     step("authorized keys", || b.authorized_keys())?;
     step("passwords", || b.passwords())?;
     step("hostname", || b.hostname())?;
@@ -79,6 +80,8 @@ struct Bootstrap<'a> {
     dirs: &'a Dirs,
     settings: &'a Effective,
     live: bool,
+    /// Whether block devices may be touched: never on the dummy platform, where `-c` writes files only.
+    devices: bool,
 }
 
 /// Writes `data` unless the file already holds exactly that; returns whether it wrote.
@@ -208,6 +211,9 @@ impl Bootstrap<'_> {
         Ok(())
     }
 
+    /// Step 9: swap and `data` on the ephemeral disk (see `disks::ephemeral` for the layout and the
+    /// never-reformat rules), or a plain directory when there is no disk. Runs before the data
+    /// directories are made, so they land on the disk rather than under its mount point.
     fn ephemeral_disk(&self) -> Result<(), String> {
         let eph = &self.settings.settings.disks.ephemeral;
         let none = match eph {
@@ -216,10 +222,52 @@ impl Bootstrap<'_> {
             Value::Object(o) => o.is_empty(),
             _ => false,
         };
-        if !none {
-            log::warn!("bootstrap: ephemeral disk {eph} is not partitioned by this agent; data stays on the root disk");
+        let data = self.dirs.data();
+        if none {
+            return mkdir_mode(&data, 0o750);
         }
-        mkdir_mode(&self.dirs.data(), 0o750)
+        if !self.devices {
+            log::info!(
+                "bootstrap: ephemeral disk {eph} left alone on the dummy platform; data is a directory"
+            );
+            return mkdir_mode(&data, 0o750);
+        }
+        let disk = DiskSettings::from_hint("ephemeral", eph)?;
+        let dev = disks::resolve::resolve(&disk, self.dirs)?;
+        let swap_setting = self.settings.settings.env.bosh.extra.get("swap_size");
+        let swap_mib =
+            ephemeral::swap_size_mib(swap_setting, ephemeral::total_ram()?, disks::prepare::size_of(&dev)?)?;
+        let parts = ephemeral::prepare(&dev, swap_mib)?;
+        if let Some(swap) = &parts.swap {
+            if self.live {
+                ephemeral::swapon(swap)?;
+            } else {
+                log::info!(
+                    "bootstrap: swapon {} skipped (scratch root, not the live system)",
+                    swap.display()
+                );
+            }
+        }
+        let number = mount::device_number(&parts.data)?;
+        match mount::device_at(&mount::mounts()?, &data) {
+            Some(n) if n == number => {
+                log::info!("bootstrap: {} already mounted on {}", parts.data.display(), data.display())
+            }
+            Some(n) => {
+                return Err(format!(
+                    "{} already has another filesystem (device {}:{}) mounted; not mounting {} over it",
+                    data.display(),
+                    n.0,
+                    n.1,
+                    parts.data.display()
+                ))
+            }
+            None => {
+                mount::mount(&parts.data, &data, &[])?;
+                log::info!("bootstrap: mounted ephemeral {} on {}", parts.data.display(), data.display());
+            }
+        }
+        mkdir_mode(&data, 0o750)
     }
 
     fn ntp(&self) -> Result<(), String> {

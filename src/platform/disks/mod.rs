@@ -12,6 +12,7 @@
 //! `Platform` trait hands out.
 
 mod dummy;
+pub mod ephemeral;
 pub mod exec;
 mod linux;
 pub mod mount;
@@ -58,13 +59,13 @@ pub struct DiskSettings {
     /// The infrastructure's device id (the hint's `id`), looked up under `/dev/disk/by-id`.
     #[serde(rename = "DeviceID")]
     pub device_id: String,
-    /// The infrastructure's volume id (SCSI resolution; not supported here).
+    /// The infrastructure's volume id: the last (LUN) number of a SCSI address (see `resolve`).
     #[serde(rename = "VolumeID")]
     pub volume_id: String,
-    /// SCSI LUN (Azure; not supported here).
+    /// SCSI LUN (Azure), matched like the volume id.
     #[serde(rename = "Lun")]
     pub lun: String,
-    /// SCSI host device id (Azure; not supported here).
+    /// SCSI host device id (Azure): the controller the LUN must sit under.
     #[serde(rename = "HostDeviceID")]
     pub host_device_id: String,
     /// Device path, e.g. `/dev/sdc`.

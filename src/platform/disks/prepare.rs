@@ -29,11 +29,16 @@ const ZERO_CHECK: u64 = 1 << 20;
 
 /// The path of partition 1: `/dev/sdc1`, `/dev/loop0p1`, `/dev/nvme1n1p1`.
 pub fn partition_path(dev: &Path) -> PathBuf {
+    partition_path_n(dev, 1)
+}
+
+/// The path of partition `n`, named the way the kernel names it (a `p` after a trailing digit).
+pub fn partition_path_n(dev: &Path, n: usize) -> PathBuf {
     let s = dev.to_string_lossy();
     if s.ends_with(|c: char| c.is_ascii_digit()) {
-        PathBuf::from(format!("{s}p1"))
+        PathBuf::from(format!("{s}p{n}"))
     } else {
-        PathBuf::from(format!("{s}1"))
+        PathBuf::from(format!("{s}{n}"))
     }
 }
 
@@ -53,11 +58,20 @@ pub fn probe(dev: &Path) -> Result<Vec<(String, String)>, String> {
     }
 }
 
-fn value<'a>(found: &'a [(String, String)], key: &str) -> Option<&'a str> {
+/// Whether a [`probe`] answer shows any content signature. `DEVNAME` and `PART_ENTRY_*` keys describe
+/// the node and the partition table entry that holds a partition, not what is inside it, so a freshly
+/// made partition counts as blank.
+pub fn has_signature(found: &[(String, String)]) -> bool {
+    found.iter().any(|(k, _)| k != "DEVNAME" && !k.starts_with("PART_ENTRY_"))
+}
+
+/// The value of `key` in a [`probe`] answer.
+pub fn value<'a>(found: &'a [(String, String)], key: &str) -> Option<&'a str> {
     found.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-fn size_of(dev: &Path) -> Result<u64, String> {
+/// The size of a block device (or file) in bytes.
+pub fn size_of(dev: &Path) -> Result<u64, String> {
     let mut f = std::fs::File::open(dev).map_err(|e| format!("opening {}: {e}", dev.display()))?;
     f.seek(SeekFrom::End(0)).map_err(|e| format!("sizing {}: {e}", dev.display()))
 }
@@ -94,7 +108,8 @@ fn partitions_in_sysfs(dev: &Path) -> Vec<String> {
 }
 
 /// Makes the kernel and `/dev` agree with the partition table on `dev` (see the module doc), and
-/// returns the number of partitions.
+/// returns the number of partitions. Every partition the kernel knows gets a node next to `dev`, so
+/// a two-partition layout (the ephemeral disk's swap + data) is reachable as well as a single one.
 pub fn sync_partitions(dev: &Path) -> Result<usize, String> {
     let p1 = partition_path(dev);
     let p1_name = p1.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -109,8 +124,17 @@ pub fn sync_partitions(dev: &Path) -> Result<usize, String> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let count = partitions_in_sysfs(dev).len();
-    let Ok(numbers) = std::fs::read_to_string(&sys_dev) else { return Ok(count) };
+    let parts = partitions_in_sysfs(dev);
+    let parent = dev.parent().unwrap_or(Path::new("/dev"));
+    for name in &parts {
+        ensure_node(&parent.join(name), &PathBuf::from("/sys/class/block").join(name).join("dev"))?;
+    }
+    Ok(parts.len())
+}
+
+/// Makes `node` a block device node with the numbers in sysfs file `sys_dev`, unless it already is.
+fn ensure_node(node: &Path, sys_dev: &Path) -> Result<(), String> {
+    let Ok(numbers) = std::fs::read_to_string(sys_dev) else { return Ok(()) };
     let (maj, min) = numbers
         .trim()
         .split_once(':')
@@ -118,18 +142,17 @@ pub fn sync_partitions(dev: &Path) -> Result<usize, String> {
         .ok_or_else(|| format!("unreadable {}: {numbers:?}", sys_dev.display()))?;
     // udev may be slow to make the node; give it a moment before making it ourselves.
     let deadline = Instant::now() + Duration::from_millis(500);
-    while !p1.exists() && Instant::now() < deadline {
+    while !node.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    if let Ok(meta) = std::fs::symlink_metadata(&p1) {
+    if let Ok(meta) = std::fs::symlink_metadata(node) {
         if meta.file_type().is_block_device() && split_dev(meta.rdev()) == (maj, min) {
-            return Ok(count);
+            return Ok(());
         }
-        log::warn!("replacing stale device node {}", p1.display());
-        std::fs::remove_file(&p1).map_err(|e| format!("removing stale {}: {e}", p1.display()))?;
+        log::warn!("replacing stale device node {}", node.display());
+        std::fs::remove_file(node).map_err(|e| format!("removing stale {}: {e}", node.display()))?;
     }
-    make_block_node(&p1, maj, min)?;
-    Ok(count)
+    make_block_node(node, maj, min)
 }
 
 fn make_block_node(path: &Path, maj: u64, min: u64) -> Result<(), String> {
@@ -202,7 +225,7 @@ pub fn prepare(dev: &Path, fs_type: &str) -> Result<Prepared, String> {
             log::info!("{} already holds a {t} filesystem: mounting it without formatting", p1.display());
             return Ok(Prepared::Partition(p1));
         }
-        if !inner.is_empty() || !zero_edges(&p1)? {
+        if has_signature(&inner) || !zero_edges(&p1)? {
             return Err(format!(
                 "{} holds data blkid does not recognise as a filesystem; refusing to format it",
                 p1.display()
@@ -236,7 +259,8 @@ pub fn prepare(dev: &Path, fs_type: &str) -> Result<Prepared, String> {
     Ok(Prepared::Partition(p1))
 }
 
-fn format(part: &Path, fs_type: &str) -> Result<(), String> {
+/// Makes a `fs_type` (ext4 or xfs) filesystem on `part`; callers have checked it is blank.
+pub fn format(part: &Path, fs_type: &str) -> Result<(), String> {
     log::info!("formatting {} as {fs_type}", part.display());
     let mut cmd = match fs_type {
         "xfs" => {

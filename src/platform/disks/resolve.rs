@@ -1,7 +1,16 @@
-//! Finds the block device of a persistent disk from its settings. Only the two resolutions that work
-//! everywhere are implemented — the device path as given and `/dev/disk/by-id/*<id>` (virtio, udev) —
-//! and the others answer a clear "not supported" rather than guessing a device, because a wrong guess
-//! here means formatting somebody else's disk.
+//! Finds the block device of a persistent (or the ephemeral) disk from its settings: the device path
+//! as given, `/dev/disk/by-id/*<id>` (virtio, udev), or a SCSI address under `/sys/bus/scsi`
+//! (volume id or LUN). iSCSI answers a clear "not supported" rather than guessing a device, because
+//! a wrong guess here means formatting somebody else's disk — for the same reason a SCSI hint that
+//! matches more than one device is refused instead of picking one.
+//!
+//! SCSI rule (kept deliberately simple): the kernel names each SCSI device `H:C:T:L` in
+//! `/sys/bus/scsi/devices`. A `volume_id` or `lun` hint `N` selects the entries whose last number is
+//! `N`; a `host_device_id` additionally requires that id to be a component of the entry's real sysfs
+//! path (on Azure the VMBus id of the SCSI controller sits above `hostX/`), which tells the data-disk
+//! controller from the OS disk's. The entry's `block/<name>` gives `/dev/<name>`. Both directories are
+//! looked up under the root dir so tests can build a fake sysfs. No SCSI rescan is triggered: the
+//! director attaches the disk before it tells the agent, and the kernel announces hot-added disks.
 
 use super::DiskSettings;
 use crate::dirs::Dirs;
@@ -18,11 +27,12 @@ fn block_device(path: &Path, cid: &str) -> Result<PathBuf, String> {
     Ok(real)
 }
 
-/// The canonical device path of `disk` (symlinks followed). The by-id directory is looked up under
-/// the root dir so tests can stand in for udev.
+/// The canonical device path of `disk` (symlinks followed). The by-id directory and the SCSI sysfs
+/// tree are looked up under the root dir so tests can stand in for udev and the kernel.
 pub fn resolve(disk: &DiskSettings, dirs: &Dirs) -> Result<PathBuf, String> {
     let cid = &disk.id;
-    if !disk.path.is_empty() && (Path::new(&disk.path).exists() || disk.device_id.is_empty()) {
+    let scsi = !disk.lun.is_empty() || !disk.volume_id.is_empty();
+    if !disk.path.is_empty() && (Path::new(&disk.path).exists() || (disk.device_id.is_empty() && !scsi)) {
         return block_device(Path::new(&disk.path), cid);
     }
     if !disk.device_id.is_empty() {
@@ -39,16 +49,61 @@ pub fn resolve(disk: &DiskSettings, dirs: &Dirs) -> Result<PathBuf, String> {
         })?;
         return block_device(first, cid);
     }
-    let kind = if !disk.iscsi.target.is_empty() || !disk.iscsi.initiator_name.is_empty() {
-        "iSCSI"
-    } else if !disk.lun.is_empty() || !disk.host_device_id.is_empty() {
-        "SCSI LUN"
-    } else if !disk.volume_id.is_empty() {
-        "SCSI volume id"
-    } else {
-        return Err(format!("disk {cid} has neither a device path nor an id"));
-    };
-    Err(format!("resolving disk {cid}: {kind} device resolution is not supported (give a path or id hint)"))
+    if scsi {
+        let name = scsi_block_name(disk, dirs)?;
+        return block_device(&dirs.under_root(&format!("/dev/{name}")), cid);
+    }
+    if !disk.iscsi.target.is_empty() || !disk.iscsi.initiator_name.is_empty() {
+        return Err(format!(
+            "resolving disk {cid}: iSCSI device resolution is not supported (give a path or id hint)"
+        ));
+    }
+    if !disk.host_device_id.is_empty() {
+        return Err(format!("disk {cid} names SCSI host {} but no LUN", disk.host_device_id));
+    }
+    Err(format!("disk {cid} has neither a device path nor an id"))
+}
+
+/// The kernel's block device name (`sdc`) of the SCSI disk `disk` names; see the module doc.
+pub fn scsi_block_name(disk: &DiskSettings, dirs: &Dirs) -> Result<String, String> {
+    let cid = &disk.id;
+    let (unit, what) = if disk.lun.is_empty() { (&disk.volume_id, "volume id") } else { (&disk.lun, "LUN") };
+    if unit.is_empty() || !unit.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{what} '{unit}' of disk {cid} is not a SCSI unit number"));
+    }
+    let bus = dirs.under_root("/sys/bus/scsi/devices");
+    let host = disk.host_device_id.to_ascii_lowercase();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&bus).map_err(|e| format!("listing {}: {e}", bus.display()))?.flatten() {
+        let addr = entry.file_name().to_string_lossy().into_owned();
+        let parts: Vec<&str> = addr.split(':').collect();
+        let numeric =
+            parts.len() == 4 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if !numeric || parts[3].trim_start_matches('0') != unit.trim_start_matches('0') {
+            continue;
+        }
+        if !host.is_empty() {
+            let real = std::fs::canonicalize(entry.path()).unwrap_or_default();
+            if !real.iter().any(|c| c.to_string_lossy().to_ascii_lowercase() == host) {
+                continue;
+            }
+        }
+        if let Ok(blocks) = std::fs::read_dir(entry.path().join("block")) {
+            for b in blocks.flatten() {
+                found.push((addr.clone(), b.file_name().to_string_lossy().into_owned()));
+            }
+        }
+    }
+    found.sort();
+    let under = if host.is_empty() { String::new() } else { format!(" under host {}", disk.host_device_id) };
+    match found.as_slice() {
+        [(_, name)] => Ok(name.clone()),
+        [] => Err(format!("no SCSI disk with {what} {unit}{under} in {} (disk {cid})", bus.display())),
+        many => Err(format!(
+            "{what} {unit}{under} matches several SCSI disks ({}); refusing to guess for disk {cid}",
+            many.iter().map(|(a, n)| format!("{a}={n}")).collect::<Vec<_>>().join(", ")
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -70,9 +125,62 @@ mod tests {
         assert!(resolve(&d, &dirs).unwrap_err().contains("matches id 'zzz'"));
         let d = DiskSettings::from_hint("d", &json!("/dev/does-not-exist")).unwrap();
         assert!(resolve(&d, &dirs).unwrap_err().contains("is not there"));
-        let d = DiskSettings::from_hint("d", &json!({"lun": "0", "host_device_id": "x"})).unwrap();
-        assert!(resolve(&d, &dirs).unwrap_err().contains("SCSI LUN device resolution is not supported"));
-        let d = DiskSettings::from_hint("d", &json!({"volume_id": "3"})).unwrap();
-        assert!(resolve(&d, &dirs).unwrap_err().contains("not supported"));
+        let d = DiskSettings::from_hint("d", &json!({"id": "x", "iscsi_settings": {"target": "t"}})).unwrap();
+        assert!(resolve(&d, &dirs).unwrap_err().contains("matches id 'x'"));
+        let d = DiskSettings::from_hint("d", &json!({"iscsi_settings": {"target": "t"}})).unwrap();
+        assert!(resolve(&d, &dirs).unwrap_err().contains("iSCSI device resolution is not supported"));
+    }
+
+    /// A fake sysfs: `devices/<path>/<addr>/block/<name>` plus the bus link, as the kernel lays it out.
+    fn scsi_device(root: &Path, parent: &str, addr: &str, name: &str) {
+        let real = root.join("sys/devices").join(parent).join(addr);
+        std::fs::create_dir_all(real.join("block").join(name)).unwrap();
+        let bus = root.join("sys/bus/scsi/devices");
+        std::fs::create_dir_all(&bus).unwrap();
+        std::os::unix::fs::symlink(&real, bus.join(addr)).unwrap();
+    }
+
+    #[test]
+    fn resolves_scsi_volume_ids_and_luns_in_a_fake_sysfs() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(root.path().join("base"), root.path());
+        let hint = |v| DiskSettings::from_hint("d", &v).unwrap();
+        // No bus at all: a clear error, not a panic.
+        assert!(scsi_block_name(&hint(json!({"volume_id": "3"})), &dirs).unwrap_err().contains("listing"));
+        scsi_device(root.path(), "pci0/host0/target0:0:0", "0:0:0:0", "sda");
+        scsi_device(root.path(), "pci0/host2/target2:0:3", "2:0:3:0", "sdd");
+        scsi_device(root.path(), "pci0/host2/target2:0:0", "2:0:0:3", "sdc");
+        scsi_device(
+            root.path(),
+            "vmbus/F8B3781B-1E82-4818-A1C3-63D806EC15BB/host3/target3:0:0",
+            "3:0:0:1",
+            "sde",
+        );
+        scsi_device(
+            root.path(),
+            "vmbus/00000000-0000-8899-0000-000000000000/host5/target5:0:0",
+            "5:0:0:1",
+            "sdf",
+        );
+        std::fs::create_dir_all(root.path().join("sys/bus/scsi/devices/host2")).unwrap();
+        assert_eq!(scsi_block_name(&hint(json!({"volume_id": "3"})), &dirs).unwrap(), "sdc");
+        assert_eq!(scsi_block_name(&hint(json!({"volume_id": 3})), &dirs).unwrap(), "sdc");
+        let d = hint(json!({"lun": "1", "host_device_id": "f8b3781b-1e82-4818-a1c3-63d806ec15bb"}));
+        assert_eq!(scsi_block_name(&d, &dirs).unwrap(), "sde");
+        let e = scsi_block_name(&hint(json!({"lun": "1"})), &dirs).unwrap_err();
+        assert!(e.contains("several") && e.contains("3:0:0:1=sde") && e.contains("5:0:0:1=sdf"), "{e}");
+        let e = scsi_block_name(&hint(json!({"lun": "7", "host_device_id": "h"})), &dirs).unwrap_err();
+        assert!(e.contains("no SCSI disk with LUN 7 under host h"), "{e}");
+        assert!(scsi_block_name(&hint(json!({"lun": "*"})), &dirs).unwrap_err().contains("not a SCSI unit"));
+        // The name leads to /dev under the root; a non-device there is rejected for what it is.
+        std::fs::create_dir_all(root.path().join("dev")).unwrap();
+        std::fs::write(root.path().join("dev/sdc"), "").unwrap();
+        let e = resolve(&hint(json!({"path": "/dev/nonexistent-x", "volume_id": "3"})), &dirs).unwrap_err();
+        assert!(
+            e.contains(&format!("{}/dev/sdc", root.path().display())) && e.contains("not a block device"),
+            "{e}"
+        );
+        let e = resolve(&hint(json!({"host_device_id": "h"})), &dirs).unwrap_err();
+        assert!(e.contains("no LUN"), "{e}");
     }
 }
