@@ -5,8 +5,9 @@
 //! matches more than one device is refused instead of picking one.
 //!
 //! SCSI rule (kept deliberately simple): the kernel names each SCSI device `H:C:T:L` in
-//! `/sys/bus/scsi/devices`. A `volume_id` or `lun` hint `N` selects the entries whose last number is
-//! `N`; a `host_device_id` additionally requires that id to be a component of the entry's real sysfs
+//! `/sys/bus/scsi/devices`. A `volume_id` hint `N` (vSphere) selects `H:0:N:0`, the SCSI target, as
+//! the Ruby and Go agents look it up; a `lun` hint `N` (Azure) selects the entries whose last number
+//! is `N`, and a `host_device_id` additionally requires that id to be a component of the entry's real sysfs
 //! path (on Azure the VMBus id of the SCSI controller sits above `hostX/`), which tells the data-disk
 //! controller from the OS disk's. The entry's `block/<name>` gives `/dev/<name>`. Both directories are
 //! looked up under the root dir so tests can build a fake sysfs. No SCSI rescan is triggered: the
@@ -79,7 +80,17 @@ pub fn scsi_block_name(disk: &DiskSettings, dirs: &Dirs) -> Result<String, Strin
         let parts: Vec<&str> = addr.split(':').collect();
         let numeric =
             parts.len() == 4 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-        if !numeric || parts[3].trim_start_matches('0') != unit.trim_start_matches('0') {
+        // A vSphere volume id is the SCSI target (`H:0:<id>:0`, as the Ruby and Go agents look it
+        // up); an Azure LUN is the last number, under the controller named by the host device id.
+        let same = |a: &str, b: &str| a.trim_start_matches('0') == b.trim_start_matches('0');
+        let matches = if disk.lun.is_empty() {
+            same(parts.get(1).copied().unwrap_or(""), "0")
+                && same(parts.get(2).copied().unwrap_or(""), unit)
+                && same(parts.get(3).copied().unwrap_or(""), "0")
+        } else {
+            same(parts.get(3).copied().unwrap_or(""), unit)
+        };
+        if !numeric || !matches {
             continue;
         }
         if !host.is_empty() {
@@ -163,8 +174,9 @@ mod tests {
             "sdf",
         );
         std::fs::create_dir_all(root.path().join("sys/bus/scsi/devices/host2")).unwrap();
-        assert_eq!(scsi_block_name(&hint(json!({"volume_id": "3"})), &dirs).unwrap(), "sdc");
-        assert_eq!(scsi_block_name(&hint(json!({"volume_id": 3})), &dirs).unwrap(), "sdc");
+        // vSphere: the volume id is the target number (2:0:3:0), not the LUN (2:0:0:3).
+        assert_eq!(scsi_block_name(&hint(json!({"volume_id": "3"})), &dirs).unwrap(), "sdd");
+        assert_eq!(scsi_block_name(&hint(json!({"volume_id": 3})), &dirs).unwrap(), "sdd");
         let d = hint(json!({"lun": "1", "host_device_id": "f8b3781b-1e82-4818-a1c3-63d806ec15bb"}));
         assert_eq!(scsi_block_name(&d, &dirs).unwrap(), "sde");
         let e = scsi_block_name(&hint(json!({"lun": "1"})), &dirs).unwrap_err();
@@ -174,10 +186,10 @@ mod tests {
         assert!(scsi_block_name(&hint(json!({"lun": "*"})), &dirs).unwrap_err().contains("not a SCSI unit"));
         // The name leads to /dev under the root; a non-device there is rejected for what it is.
         std::fs::create_dir_all(root.path().join("dev")).unwrap();
-        std::fs::write(root.path().join("dev/sdc"), "").unwrap();
+        std::fs::write(root.path().join("dev/sdd"), "").unwrap();
         let e = resolve(&hint(json!({"path": "/dev/nonexistent-x", "volume_id": "3"})), &dirs).unwrap_err();
         assert!(
-            e.contains(&format!("{}/dev/sdc", root.path().display())) && e.contains("not a block device"),
+            e.contains(&format!("{}/dev/sdd", root.path().display())) && e.contains("not a block device"),
             "{e}"
         );
         let e = resolve(&hint(json!({"host_device_id": "h"})), &dirs).unwrap_err();
