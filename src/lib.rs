@@ -5,6 +5,10 @@
 //! integration tests, benchmarks and the thin `main.rs` all reach the same modules; ARCHITECTURE.md has
 //! the bird's-eye view and the invariants.
 
+// Nothing outside tests may unwrap: input from the network, disks or the director must never panic
+// the agent. The lint makes that mechanical; tests keep their unwraps.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod actions;
 pub mod alerts;
 pub mod app;
@@ -28,5 +32,6 @@ pub mod memory;
 pub mod platform;
 pub mod settings;
 pub mod syslog_alerts;
+pub mod tcp_service;
 pub mod tls;
 pub mod vitals;

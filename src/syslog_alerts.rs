@@ -10,13 +10,12 @@
 
 use crate::alerts::Alert;
 use crate::mbus::{HmTopic, Notifier};
-use std::collections::HashMap;
+use crate::tcp_service::TcpService;
 use std::io::{self, ErrorKind, Read};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The port the stemcell's rsyslog configuration forwards to.
 pub const DEFAULT_PORT: u16 = 33331;
@@ -32,40 +31,19 @@ pub type Sink = dyn Fn(Alert) + Send + Sync;
 
 struct Shared {
     sink: Box<Sink>,
-    stopping: AtomicBool,
-    next_id: AtomicU64,
-    conns: Mutex<HashMap<u64, TcpStream>>,
-}
-
-impl Shared {
-    fn conns(&self) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// A running syslog listener; stops on [`shutdown`](Self::shutdown) or drop.
 pub struct SyslogServer {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    acceptor: Mutex<Option<JoinHandle<()>>>,
+    service: TcpService,
 }
 
 /// Listens on `listen` (`127.0.0.1:33331` in production, port 0 in tests) and passes each SSH
 /// login/logout alert to `sink`, on the connection's thread.
 pub fn start(listen: &str, sink: Box<Sink>) -> io::Result<SyslogServer> {
-    let listener = TcpListener::bind(listen)?;
-    let addr = listener.local_addr()?;
-    let shared = Arc::new(Shared {
-        sink,
-        stopping: AtomicBool::new(false),
-        next_id: AtomicU64::new(0),
-        conns: Mutex::new(HashMap::new()),
-    });
-    let for_thread = Arc::clone(&shared);
-    let acceptor = std::thread::Builder::new()
-        .name("syslog-accept".into())
-        .spawn(move || accept_loop(listener, for_thread))?;
-    Ok(SyslogServer { addr, shared, acceptor: Mutex::new(Some(acceptor)) })
+    let shared = Arc::new(Shared { sink });
+    let handler = Box::new(move |stream: TcpStream, stopping: &AtomicBool| serve(stream, &shared, stopping));
+    Ok(SyslogServer { service: TcpService::start("syslog", listen, MAX_CONNECTIONS, b"", handler)? })
 }
 
 /// A sink that publishes each alert once on `hm.agent.alert.<agent_id>`; failures are logged, since
@@ -84,69 +62,16 @@ pub fn publishing_sink(notifier: Arc<dyn Notifier>) -> Box<Sink> {
 impl SyslogServer {
     /// The bound address (the port chosen when asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.service.local_addr()
     }
 
     /// Stops accepting, closes open connections and waits (at most 2 s) for them to end. Idempotent.
     pub fn shutdown(&self) {
-        if self.shared.stopping.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(h) = self.acceptor.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = h.join();
-        }
-        for conn in self.shared.conns().values() {
-            let _ = conn.shutdown(Shutdown::Both);
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !self.shared.conns().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.service.shutdown();
     }
 }
 
-impl Drop for SyslogServer {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    for stream in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!("syslog: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let registered = stream.try_clone().ok().and_then(|clone| {
-            let mut conns = shared.conns();
-            (conns.len() < MAX_CONNECTIONS).then(|| conns.insert(id, clone)).map(|_| ())
-        });
-        if registered.is_none() {
-            log::warn!("syslog: too many connections, refusing one");
-            let _ = stream.shutdown(Shutdown::Both);
-            continue;
-        }
-        let for_conn = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new().name("syslog-conn".into()).spawn(move || {
-            serve(stream, &for_conn);
-            for_conn.conns().remove(&id);
-        });
-        if spawned.is_err() {
-            shared.conns().remove(&id);
-        }
-    }
-}
-
-fn serve(mut stream: TcpStream, shared: &Shared) {
+fn serve(mut stream: TcpStream, shared: &Shared, stopping: &AtomicBool) {
     if stream.set_read_timeout(Some(POLL)).is_err() {
         return;
     }
@@ -154,7 +79,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     let mut skipping = false;
     let mut chunk = [0u8; 4096];
     loop {
-        if shared.stopping.load(Ordering::SeqCst) {
+        if stopping.load(Ordering::SeqCst) {
             return;
         }
         let n = match stream.read(&mut chunk) {

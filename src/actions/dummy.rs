@@ -33,6 +33,7 @@ impl Action for Panic {
     fn bind(args: &[Value]) -> Result<Self, String> {
         bind::<()>(args).map(|_| Panic)
     }
+    #[allow(clippy::panic)] // ok: the whole point of this dummy-only test aid
     fn run(self, _: &Call) -> Result<Value, String> {
         panic!("dummy_panic was asked to panic")
     }

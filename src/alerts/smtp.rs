@@ -6,14 +6,13 @@
 //! a bounded number of threads. Nothing a client sends can panic the server: bad input gets a `500`
 //! (or the connection closed), never a crash.
 
+use crate::tcp_service::TcpService;
 use base64::Engine as _;
-use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Name in the greeting and EHLO answer, as the health monitor's operators know it.
@@ -42,26 +41,15 @@ pub struct SmtpOptions {
 
 type Sink = dyn Fn(String) + Send + Sync;
 
+/// What every session needs: whom to accept and where accepted mail goes.
 struct Shared {
     opts: SmtpOptions,
     sink: Box<Sink>,
-    stopping: AtomicBool,
-    next_id: AtomicU64,
-    /// Open sessions, so `shutdown` can close them.
-    conns: Mutex<HashMap<u64, TcpStream>>,
-}
-
-impl Shared {
-    fn conns(&self) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// A running SMTP server; stops on [`shutdown`](Self::shutdown) or drop.
 pub struct SmtpServer {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    acceptor: Mutex<Option<JoinHandle<()>>>,
+    service: TcpService,
 }
 
 impl SmtpServer {
@@ -69,89 +57,25 @@ impl SmtpServer {
     /// accepted message (lines joined with `\n`, dot-unstuffed) is passed to `sink`, which parses and
     /// publishes it. `sink` runs on the session's thread after monit has been told `250`.
     pub fn start(opts: SmtpOptions, sink: Box<dyn Fn(String) + Send + Sync>) -> io::Result<SmtpServer> {
-        let listener = TcpListener::bind(&opts.listen)?;
-        let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            opts,
-            sink,
-            stopping: AtomicBool::new(false),
-            next_id: AtomicU64::new(0),
-            conns: Mutex::new(HashMap::new()),
+        let listen = opts.listen.clone();
+        let shared = Arc::new(Shared { opts, sink });
+        let handler = Box::new(move |stream: TcpStream, _: &AtomicBool| match serve(&stream, &shared) {
+            Ok(()) => linger_close(&stream),
+            Err(e) => log::debug!("smtp: session ended: {e}"),
         });
-        let for_thread = Arc::clone(&shared);
-        let acceptor = std::thread::Builder::new()
-            .name("smtp-accept".into())
-            .spawn(move || accept_loop(listener, for_thread))?;
-        Ok(SmtpServer { addr, shared, acceptor: Mutex::new(Some(acceptor)) })
+        let service =
+            TcpService::start("smtp", &listen, MAX_CONNECTIONS, b"421 Too many connections\r\n", handler)?;
+        Ok(SmtpServer { service })
     }
 
     /// The bound address (the port chosen when asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.service.local_addr()
     }
 
     /// Stops accepting, closes open sessions and waits (at most 2 s) for them to end. Idempotent.
     pub fn shutdown(&self) {
-        if self.shared.stopping.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        // Wake the blocking accept; it sees `stopping` and returns.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        let handle = self.acceptor.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
-        for conn in self.shared.conns().values() {
-            let _ = conn.shutdown(Shutdown::Both);
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !self.shared.conns().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    for stream in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        let mut stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of descriptors and the like: back off instead of spinning.
-                log::warn!("smtp: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let registered = stream.try_clone().ok().and_then(|clone| {
-            let mut conns = shared.conns();
-            (conns.len() < MAX_CONNECTIONS).then(|| conns.insert(id, clone)).map(|_| ())
-        });
-        if registered.is_none() {
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = stream.write_all(b"421 Too many connections\r\n");
-            continue;
-        }
-        let for_session = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new().name("smtp-session".into()).spawn(move || {
-            match serve(&stream, &for_session) {
-                Ok(()) => linger_close(&stream),
-                Err(e) => log::debug!("smtp: session {id} ended: {e}"),
-            }
-            for_session.conns().remove(&id);
-        });
-        if spawned.is_err() {
-            shared.conns().remove(&id);
-        }
+        self.service.shutdown();
     }
 }
 
