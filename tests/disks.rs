@@ -14,40 +14,16 @@ use bosh_agent::dirs::Dirs;
 use bosh_agent::platform::disks::{self, mount, prepare};
 use common::agent::{nats_settings, Director, Launch, TestAgent};
 use common::certs::TestPki;
+use common::loopdev::{devices_available, sh, DEVICES};
 use common::nats_server::{NatsServer, NatsServerOptions};
 use serde_json::{json, Value};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
-/// Loop devices are few and global: the real-device tests take turns.
-static DEVICES: Mutex<()> = Mutex::new(());
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Whether this machine can run the real-device tests; loud when not, fatal under CI.
-fn devices_available(test: &str) -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let loop_ok = Path::new("/dev/loop-control").exists()
-        && Command::new("losetup").arg("-f").output().is_ok_and(|o| o.status.success());
-    let tools = ["sfdisk", "mkfs.ext4", "blkid", "partx"].iter().all(|t| {
-        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
-    });
-    if root && loop_ok && tools {
-        return true;
-    }
-    let why = format!("root={root} loop devices={loop_ok} disk tools={tools}");
-    eprintln!("\n!!!!!!!! {test}: NOT RUN — needs root, loop devices and sfdisk/mkfs.ext4/blkid/partx ({why}) !!!!!!!!\n");
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} cannot run under CI: {why}");
-    false
-}
+/// The tools these tests drive.
+const TOOLS: &[&str] = &["sfdisk", "mkfs.ext4", "blkid", "partx"];
 
 /// A loop device on a sparse image; detached (and its mounts lazily unmounted) on drop.
 struct LoopDisk {
@@ -200,7 +176,7 @@ fn in_proc_mounts(dir: &Path) -> bool {
 
 #[test]
 fn blank_disk_is_partitioned_formatted_mounted_listed_and_unmounted() {
-    if !devices_available("blank_disk_is_partitioned_formatted_mounted_listed_and_unmounted") {
+    if !devices_available("blank_disk_is_partitioned_formatted_mounted_listed_and_unmounted", TOOLS) {
         return;
     }
     let _turn = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
@@ -277,7 +253,7 @@ fn blank_disk_is_partitioned_formatted_mounted_listed_and_unmounted() {
 
 #[test]
 fn disks_holding_data_are_never_reformatted() {
-    if !devices_available("disks_holding_data_are_never_reformatted") {
+    if !devices_available("disks_holding_data_are_never_reformatted", TOOLS) {
         return;
     }
     let _turn = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
@@ -322,7 +298,7 @@ fn disks_holding_data_are_never_reformatted() {
 
 #[test]
 fn migrate_disk_moves_everything_to_the_new_disk() {
-    if !devices_available("migrate_disk_moves_everything_to_the_new_disk") {
+    if !devices_available("migrate_disk_moves_everything_to_the_new_disk", TOOLS) {
         return;
     }
     let _turn = DEVICES.lock().unwrap_or_else(|p| p.into_inner());

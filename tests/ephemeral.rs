@@ -7,42 +7,20 @@
 //! The bootstrap runs against a scratch root (`-r`), so it skips `swapon` (the host's swap is not
 //! the test's to change) but does everything else to the device.
 
+mod common;
+
 use bosh_agent::dirs::Dirs;
 use bosh_agent::platform::bootstrap::{self, Options};
 use bosh_agent::platform::disks::{mount, prepare};
 use bosh_agent::settings::{Effective, Settings};
+use common::loopdev::{devices_available, sh, DEVICES};
 use serde_json::{json, Value};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
-/// Loop devices are few and global: these tests take turns.
-static DEVICES: Mutex<()> = Mutex::new(());
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Whether this machine can run these tests; loud when not, fatal under CI.
-fn devices_available(test: &str) -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let loop_ok = Path::new("/dev/loop-control").exists()
-        && Command::new("losetup").arg("-f").output().is_ok_and(|o| o.status.success());
-    let tools = ["sfdisk", "mkfs.ext4", "mkswap", "blkid", "partx"].iter().all(|t| {
-        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
-    });
-    if root && loop_ok && tools {
-        return true;
-    }
-    let why = format!("root={root} loop devices={loop_ok} disk tools={tools}");
-    eprintln!("\n!!!!!!!! {test}: NOT RUN — needs root, loop devices and sfdisk/mkfs.ext4/mkswap/blkid/partx ({why}) !!!!!!!!\n");
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} cannot run under CI: {why}");
-    false
-}
+/// The tools these tests drive.
+const TOOLS: &[&str] = &["sfdisk", "mkfs.ext4", "mkswap", "blkid", "partx"];
 
 /// A scratch root with a base dir and a loop device on a sparse image. On drop: unmounts whatever
 /// is mounted from the device (lazily), detaches it and removes partition nodes the kernel no longer
@@ -134,7 +112,7 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn blank_disk_gets_swap_and_data_and_a_second_boot_keeps_them() {
     let _g = lock();
-    if !devices_available("blank_disk_gets_swap_and_data_and_a_second_boot_keeps_them") {
+    if !devices_available("blank_disk_gets_swap_and_data_and_a_second_boot_keeps_them", TOOLS) {
         return;
     }
     let f = Fixture::new(96);
@@ -173,7 +151,7 @@ fn blank_disk_gets_swap_and_data_and_a_second_boot_keeps_them() {
 #[test]
 fn swap_size_zero_gives_one_data_partition() {
     let _g = lock();
-    if !devices_available("swap_size_zero_gives_one_data_partition") {
+    if !devices_available("swap_size_zero_gives_one_data_partition", TOOLS) {
         return;
     }
     let f = Fixture::new(64);
@@ -187,7 +165,7 @@ fn swap_size_zero_gives_one_data_partition() {
 #[test]
 fn explicit_swap_size_is_honoured_and_too_big_a_swap_is_refused() {
     let _g = lock();
-    if !devices_available("explicit_swap_size_is_honoured_and_too_big_a_swap_is_refused") {
+    if !devices_available("explicit_swap_size_is_honoured_and_too_big_a_swap_is_refused", TOOLS) {
         return;
     }
     let f = Fixture::new(64);
@@ -201,7 +179,7 @@ fn explicit_swap_size_is_honoured_and_too_big_a_swap_is_refused() {
 #[test]
 fn a_disk_with_foreign_data_is_refused_and_untouched() {
     let _g = lock();
-    if !devices_available("a_disk_with_foreign_data_is_refused_and_untouched") {
+    if !devices_available("a_disk_with_foreign_data_is_refused_and_untouched", TOOLS) {
         return;
     }
     // A filesystem on the whole device.
