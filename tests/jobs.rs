@@ -3,23 +3,32 @@
 
 mod common;
 
-use common::agent::{nats_settings, Director, HealthMonitor, TestAgent};
+use common::agent::{AgentEnv, HealthMonitor};
 use common::blob_server::{dav_path, BlobServer, BlobServerOptions};
-use common::certs::TestPki;
-use common::nats_server::{NatsServer, NatsServerOptions};
+
+use common::nats_server::NatsServerOptions;
 use common::tarball::{digests, escaping_symlink, file, script, tgz};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The shared agent fixture plus a directory where test scripts record what they saw.
 struct Env {
-    pki: TestPki,
-    nats: NatsServer,
-    agent: TestAgent,
-    blobs: tempfile::TempDir,
-    /// Where test scripts record what they saw.
+    inner: AgentEnv,
     scratch: tempfile::TempDir,
-    d: Director,
+}
+
+impl std::ops::Deref for Env {
+    type Target = AgentEnv;
+    fn deref(&self) -> &AgentEnv {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut AgentEnv {
+        &mut self.inner
+    }
 }
 
 fn start(tag: &str) -> Env {
@@ -28,17 +37,8 @@ fn start(tag: &str) -> Env {
 
 /// Starts an agent whose blobstore is `blobstore`, or a local directory when `None`.
 fn start_with(tag: &str, blobstore: Option<Value>) -> Env {
-    let pki = TestPki::new();
-    let nats = NatsServer::start(&pki, NatsServerOptions::default());
-    let id = format!("{tag}-{}", &bosh_agent::ids::uuid_v4()[..8]);
-    let blobs = tempfile::tempdir().unwrap();
-    let mut settings = nats_settings(&pki, &id, &nats.url());
-    settings["blobstore"] = blobstore
-        .unwrap_or_else(|| json!({"provider": "local", "options": {"blobstore_path": blobs.path()}}));
-    let agent = TestAgent::start(&settings, &[]);
-    let mut d = Director::connect(&pki, &nats.url(), &id);
-    assert!(d.wait_ready(Duration::from_secs(15)), "agent never answered:\n{}", agent.log());
-    Env { pki, nats, agent, blobs, scratch: tempfile::tempdir().unwrap(), d }
+    let inner = AgentEnv::start(tag, NatsServerOptions::default(), blobstore);
+    Env { inner, scratch: tempfile::tempdir().unwrap() }
 }
 
 /// A drain script recording its arguments and env in `@DIR@`; when `@DIR@/drain.dynamic` holds N it
