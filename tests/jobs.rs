@@ -8,6 +8,7 @@ use common::blob_server::{dav_path, BlobServer, BlobServerOptions};
 
 use common::nats_server::NatsServerOptions;
 use common::tarball::{digests, escaping_symlink, file, script, tgz};
+use common::wait_until;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -238,14 +239,17 @@ fn scripts_drain_and_errands_follow_the_protocols() {
 #[test]
 fn errands_and_drains_can_be_cancelled_and_still_report() {
     let mut env = start("cancel");
-    let errand =
-        "#!/bin/sh\necho started\ntrap 'echo got-term; exit 143' TERM\nwhile true; do sleep 0.1; done\n";
-    let archive = env.templates(errand);
+    let started = env.scratch.path().join("errand.started");
+    let errand = format!(
+        "#!/bin/sh\ntrap 'echo got-term; exit 143' TERM\necho started\ntouch {}\nwhile true; do sleep 0.1; done\n",
+        started.display()
+    );
+    let archive = env.templates(&errand);
     let spec = env.spec(&[], archive, "h1");
     assert_eq!(env.d.run_task("apply", json!([spec])), json!({"value": "applied"}));
     let first = env.d.send("run_errand", json!(["web"]));
     let id = first["value"]["agent_task_id"].as_str().unwrap().to_string();
-    std::thread::sleep(Duration::from_millis(300)); // let the errand print "started"
+    assert!(wait_until(Duration::from_secs(10), || started.exists()), "errand never started");
     assert_eq!(env.d.send("cancel_task", json!([id])), json!({"value": "canceled"}));
     let r = env.d.wait_task(&id, Duration::from_secs(15));
     assert_eq!(r["value"]["exit_code"], 143, "{r}");
