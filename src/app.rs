@@ -92,6 +92,9 @@ pub fn run(opts: Options) -> Result<(), String> {
     } else {
         None
     };
+    if opts.supervisor == "monit" && opts.platform != "dummy" && ctx.dirs.root == std::path::Path::new("/") {
+        start_monit(&config);
+    }
     // SSH login alerts come from the stemcell's rsyslog; a taken port costs the alerts, never the agent.
     let _syslog = if opts.platform != "dummy" && !opts.no_alerts && _https.is_none() {
         let listen = format!("127.0.0.1:{}", crate::syslog_alerts::DEFAULT_PORT);
@@ -123,6 +126,30 @@ fn monit_options(config: &AgentConfig, dirs: &Dirs) -> MonitOptions {
                 "monit".into()
             }
         }),
+    }
+}
+
+/// Starts monit through the stemcell's service manager, once `monit.user` and `alerts.monitrc` exist,
+/// as the Go agent's `StartMonit` does: the stemcell's monitrc refers to both, so monit must not start
+/// before the agent. A monit already running (the agent restarted) is reloaded instead, so it mails
+/// with this boot's SMTP password. A failure is logged, not fatal: get_state then says `unknown`, which
+/// tells the operator more than an agent that never answers.
+fn start_monit(config: &AgentConfig) {
+    let systemd = crate::config::get_ci(&config.linux_options, "ServiceManager")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|m| m.eq_ignore_ascii_case("systemd"));
+    let mut cmd = if systemd {
+        let mut c = std::process::Command::new("systemctl");
+        c.args(["reload-or-restart", "monit"]);
+        c
+    } else {
+        let mut c = std::process::Command::new("sv");
+        c.args(["start", "monit"]);
+        c
+    };
+    match crate::platform::run_bounded(&mut cmd, Duration::from_secs(30)) {
+        Ok(_) => log::info!("monit started ({})", if systemd { "systemd" } else { "runit" }),
+        Err(e) => log::warn!("starting monit: {e}"),
     }
 }
 

@@ -127,8 +127,16 @@ impl Platform for Linux {
     fn is_dummy(&self) -> bool {
         false
     }
+    /// `shutdown -P 0` as the Go agent runs it; on a systemd without D-Bus and logind (a minimal
+    /// stemcell), where that fails for want of a bus, `poweroff` asks systemd directly.
     fn shutdown(&self) -> Result<(), String> {
-        run_bounded(Command::new("shutdown").args(["-P", "0"]), Duration::from_secs(30)).map(|_| ())
+        let limit = Duration::from_secs(30);
+        run_bounded(Command::new("shutdown").args(["-P", "0"]), limit)
+            .or_else(|e| {
+                log::info!("shutdown -P 0: {e}; trying poweroff");
+                run_bounded(&mut Command::new("poweroff"), limit)
+            })
+            .map(|_| ())
     }
     fn update_trusted_certs(&self, pem_bundle: &str) -> Result<(), String> {
         write_cert_files(&self.dirs.under_root("/usr/local/share/ca-certificates"), pem_bundle)?;

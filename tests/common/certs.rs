@@ -17,6 +17,9 @@ use tempfile::TempDir;
 
 /// The CommonName BOSH gives its NATS server certificate.
 pub const SERVER_CN: &str = "default.nats.bosh-internal";
+/// The address a VM under test reaches the host's servers at (qemu's user network forwards it to
+/// 127.0.0.1), so server certificates name it too.
+pub const GUEST_FORWARD_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 
 /// A CA with a server certificate, both as PEM strings and as files for nats-server.
 pub struct TestPki {
@@ -26,7 +29,7 @@ pub struct TestPki {
     pub ca_pem: String,
     /// The CA certificate on disk (nats-server `ca_file`, verifies client certificates).
     pub ca_file: PathBuf,
-    /// The server certificate on disk (`cert_file`), CN [`SERVER_CN`], SANs 127.0.0.1 and localhost.
+    /// The server certificate on disk (`cert_file`), CN [`SERVER_CN`], SANs 127.0.0.1, [`GUEST_FORWARD_IP`] and localhost.
     pub server_cert_file: PathBuf,
     /// The server key on disk (`key_file`).
     pub server_key_file: PathBuf,
@@ -66,7 +69,7 @@ impl TestPki {
         self.dir.path()
     }
 
-    /// Writes a server certificate with CommonName `cn` (SANs 127.0.0.1 and localhost, so host name
+    /// Writes a server certificate with CommonName `cn` (SANs 127.0.0.1, [`GUEST_FORWARD_IP`] and localhost, so host name
     /// checks pass and only the CN rule can fail) as `<stem>.crt`/`<stem>.key`; returns their paths.
     pub fn server_files(&self, cn: &str, stem: &str) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().expect("generating server key");
@@ -74,6 +77,7 @@ impl TestPki {
         params.distinguished_name = dn(cn);
         params.subject_alt_names = vec![
             SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            SanType::IpAddress(IpAddr::V4(GUEST_FORWARD_IP)),
             SanType::DnsName("localhost".try_into().expect("DNS SAN")),
         ];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -1,0 +1,355 @@
+//! The stemcell end to end: boot the image `stemcell/build` made in qemu, with its settings on a
+//! config-drive ISO and NATS (mutual TLS) and a dav blobstore on this host, and drive the agent inside
+//! as the director does: first heartbeat, ping, get_state, apply a tiny release, start, running in a
+//! heartbeat, drain, stop, shutdown. Every step's time is printed.
+//!
+//! It needs the built stemcell (`STEMCELL=<tarball>`), qemu and genisoimage, so it is ignored in a
+//! plain `cargo test`; `scripts/stemcell-test` builds the stemcell and runs it. Run without the
+//! stemcell, it fails rather than passing silently.
+//!
+//! The VM's network is qemu's user network with `restrict=on`: the guest reaches nothing but the
+//! host's NATS and blob servers, forwarded from 10.0.2.100 by `guestfwd` (one `nc` per connection).
+//! KVM is used when `/dev/kvm` runs this kernel; where it does not (a nested hypervisor whose KVM
+//! cannot run stock kernels), the boot falls back to software emulation and says so.
+
+mod common;
+
+use common::agent::{Director, HealthMonitor};
+use common::blob_server::{dav_path, BlobServer, BlobServerOptions};
+use common::certs::{TestPki, GUEST_FORWARD_IP};
+use common::nats_server::{NatsServer, NatsServerOptions};
+use common::tarball::{digests, file, script, tgz};
+use common::wait_until;
+use serde_json::{json, Value};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Guest-side ports of the forwarded host servers.
+const NATS_GUEST_PORT: u16 = 4222;
+const BLOBS_GUEST_PORT: u16 = 25250;
+/// The VM's NIC, also named in the settings' network so the agent configures it.
+const MAC: &str = "52:54:00:12:34:56";
+/// How long a KVM boot may take to print the kernel banner before KVM is judged unusable here.
+const KVM_PROBE: Duration = Duration::from_secs(25);
+
+/// One timed step of the run, printed at the end (and on failure, as far as it got).
+struct Steps {
+    start: Instant,
+    rows: Vec<(String, Duration)>,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        Steps { start: Instant::now(), rows: Vec::new() }
+    }
+
+    fn time<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        self.rows.push((name.to_string(), t.elapsed()));
+        println!("step {name}: {:.2} s", t.elapsed().as_secs_f64());
+        out
+    }
+
+    fn print(&self) {
+        println!("\n{:<44} {:>9}", "step", "seconds");
+        for (name, d) in &self.rows {
+            println!("{name:<44} {:>9.2}", d.as_secs_f64());
+        }
+        println!("{:<44} {:>9.2}", "total", self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// The qemu process; killed on drop.
+struct Vm {
+    child: Child,
+    console: PathBuf,
+    accel: &'static str,
+}
+
+impl Vm {
+    /// Boots `disk` with `config_drive`, on KVM when it works here, else under software emulation.
+    fn boot(dir: &Path, disk: &Path, config_drive: &Path, forwards: &[(u16, u16)]) -> Vm {
+        if Path::new("/sys/module/kvm_pvm").exists() {
+            println!(
+                "KVM: this host's /dev/kvm is kvm_pvm (a nested hypervisor that runs only kernels built \
+                 for it), not hardware KVM: software emulation"
+            );
+        } else if kvm_openable() {
+            let mut vm = Vm::spawn(dir, disk, config_drive, forwards, "kvm");
+            if wait_until(KVM_PROBE, || vm.console().contains("Linux version")) {
+                return vm;
+            }
+            println!(
+                "KVM: /dev/kvm is there but the kernel printed nothing in {} s (a nested KVM such as \
+                 kvm_pvm runs only kernels built for it): booting again under software emulation",
+                KVM_PROBE.as_secs()
+            );
+            vm.kill();
+            // The aborted boot wrote nothing the second one depends on; the overlay is recreated.
+            overlay(disk);
+        } else {
+            println!("KVM: /dev/kvm is missing or not usable: software emulation");
+        }
+        Vm::spawn(dir, disk, config_drive, forwards, "tcg")
+    }
+
+    fn spawn(dir: &Path, disk: &Path, config_drive: &Path, forwards: &[(u16, u16)], accel: &'static str) -> Vm {
+        let console = dir.join(format!("console-{accel}.log"));
+        let mut netdev = "user,id=n0,restrict=on".to_string();
+        for (guest, host) in forwards {
+            netdev.push_str(&format!(",guestfwd=tcp:{GUEST_FORWARD_IP}:{guest}-cmd:nc 127.0.0.1 {host}"));
+        }
+        let qemu_log = fs::File::create(dir.join(format!("qemu-{accel}.log"))).expect("qemu log");
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-accel", accel, "-m", "1024", "-smp", "2", "-nodefaults", "-display", "none"])
+            .args(["-no-reboot", "-serial", &format!("file:{}", console.display())])
+            .args(["-drive", &format!("file={},if=virtio,format=qcow2", disk.display())])
+            .args(["-drive", &format!("file={},if=virtio,format=raw,readonly=on", config_drive.display())])
+            .args(["-netdev", &netdev, "-device", &format!("virtio-net-pci,netdev=n0,mac={MAC},romfile=")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(qemu_log.try_clone().expect("qemu log handle")))
+            .stderr(Stdio::from(qemu_log))
+            .spawn()
+            .expect("starting qemu-system-x86_64 (scripts/prerequisites installs it)");
+        println!("qemu: started with -accel {accel}");
+        Vm { child, console, accel }
+    }
+
+    /// The serial console so far.
+    fn console(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+
+    /// The last lines of the console, for failure messages.
+    fn console_tail(&self) -> String {
+        let text = self.console();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn kvm_openable() -> bool {
+    fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+/// Replaces `disk` (a qcow2 overlay) with a fresh one over the pristine `root.img` beside it.
+fn overlay(disk: &Path) {
+    let base = disk.with_file_name("root.img");
+    let _ = fs::remove_file(disk);
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&base)
+        .arg(disk));
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Unpacks the stemcell as a CPI does (checking the manifest's sha1 of the image) and returns the
+/// directory holding `root.img` and the manifest text.
+fn unpack_stemcell(tarball: &Path, dir: &Path) -> String {
+    run(Command::new("tar").arg("-xzf").arg(tarball).arg("-C").arg(dir));
+    let manifest = fs::read_to_string(dir.join("stemcell.MF")).expect("stemcell.MF in the tarball");
+    let sha1 = run(Command::new("sha1sum").arg(dir.join("image")));
+    let sha1 = sha1.split_whitespace().next().unwrap_or("");
+    assert!(manifest.contains(&format!("sha1: {sha1}")), "stemcell.MF does not carry the image's sha1 {sha1}");
+    assert!(fs::metadata(dir.join("packages.txt")).is_ok_and(|m| m.len() > 0), "packages.txt missing");
+    run(Command::new("tar").arg("-xzf").arg(dir.join("image")).arg("-C").arg(dir));
+    manifest
+}
+
+/// The config drive OpenStack would attach: user data = the settings, meta-data with the uuid.
+fn config_drive(dir: &Path, settings: &Value) -> PathBuf {
+    let tree = dir.join("config-drive");
+    let latest = tree.join("openstack/latest");
+    fs::create_dir_all(&latest).expect("config drive tree");
+    let meta = json!({"uuid": "vm-stemcell-test", "name": "vm-stemcell-test", "public_keys": {}});
+    fs::write(latest.join("meta_data.json"), meta.to_string()).expect("meta_data.json");
+    fs::write(latest.join("user_data"), settings.to_string()).expect("user_data");
+    let iso = dir.join("config-2.iso");
+    run(Command::new("genisoimage").args(["-quiet", "-V", "config-2", "-r", "-J", "-o"]).arg(&iso).arg(&tree));
+    iso
+}
+
+/// A release with one package and two jobs: `tiny`, which monit keeps running (a shell loop from
+/// the package), and the errand `probe`, which reports the agent's memory from inside the VM.
+fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
+    let pkg = work.join("tinypkg.tgz");
+    tgz(&pkg, &[script("bin/tiny-server", "#!/bin/sh\nwhile true; do date; sleep 5; done\n")]);
+    let monit = "check process tiny\n  with pidfile /var/vcap/sys/run/tiny/tiny.pid\n\
+                 \x20 start program \"/var/vcap/jobs/tiny/bin/ctl start\"\n\
+                 \x20 stop program \"/var/vcap/jobs/tiny/bin/ctl stop\"\n  group vcap\n";
+    let ctl = "#!/bin/bash\nrun=/var/vcap/sys/run/tiny log=/var/vcap/sys/log/tiny\n\
+               case $1 in\n\
+               start) mkdir -p $run $log\n  /var/vcap/packages/tinypkg/bin/tiny-server >>$log/tiny.log 2>&1 &\n  echo $! >$run/tiny.pid ;;\n\
+               stop) kill $(cat $run/tiny.pid); rm -f $run/tiny.pid ;;\n\
+               esac\n";
+    let probe = "#!/bin/sh\npid=$(pidof bosh-agent)\ngrep -E '^(VmRSS|VmHWM)' /proc/$pid/status\n";
+    let rendered = work.join("rendered.tgz");
+    tgz(
+        &rendered,
+        &[
+            file("tiny/monit", monit.as_bytes()),
+            script("tiny/bin/ctl", ctl),
+            script("tiny/bin/drain", "#!/bin/sh\necho 0\n"),
+            script("probe/bin/run", probe),
+        ],
+    );
+    let put = |p: &Path| {
+        let id = bosh_agent::ids::uuid_v4();
+        blobs.put_blob(&dav_path(&id), &fs::read(p).expect("release blob"));
+        (id, digests(p))
+    };
+    let (rid, (rsha1, _)) = put(&rendered);
+    let (pid, (_, psha256)) = put(&pkg);
+    json!({
+        "deployment": "tiny-dep", "name": "tiny", "index": 0, "id": "tiny-0", "az": "z1",
+        "job": {"name": "tiny", "templates": [{"name": "tiny", "version": "1"}, {"name": "probe", "version": "1"}]},
+        "packages": {"tinypkg": {"name": "tinypkg", "version": "1", "sha1": psha256, "blobstore_id": pid}},
+        "configuration_hash": "tiny-1", "persistent_disk": 0,
+        "rendered_templates_archive": {"blobstore_id": rid, "sha1": rsha1},
+        "networks": {"default": {"ip": "10.0.2.15"}}
+    })
+}
+
+fn stemcell_tarball() -> PathBuf {
+    let path = std::env::var_os("STEMCELL").map(PathBuf::from).unwrap_or_else(|| {
+        panic!("STEMCELL is not set: build the stemcell and run this test with scripts/stemcell-test")
+    });
+    assert!(path.is_file(), "STEMCELL={} is not a file", path.display());
+    path
+}
+
+fn heartbeat(hm: &HealthMonitor, id: &str, timeout: Duration) -> Option<Value> {
+    hm.next(&format!("hm.agent.heartbeat.{id}"), timeout)
+}
+
+#[test]
+#[ignore = "needs a built stemcell, qemu and genisoimage: run scripts/stemcell-test"]
+fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
+    let tarball = stemcell_tarball();
+    let mut steps = Steps::new();
+    let work = tempfile::tempdir().expect("work dir");
+    let manifest = steps.time("unpack the stemcell (tar, sha1)", || unpack_stemcell(&tarball, work.path()));
+    assert!(manifest.contains("api_version: 3") && manifest.contains("openstack-qcow2"), "{manifest}");
+
+    let pki = TestPki::new();
+    let nats = NatsServer::start(&pki, NatsServerOptions::default());
+    let blobs = BlobServer::start(BlobServerOptions::default());
+    let blob_port: u16 = blobs.url().rsplit(':').next().and_then(|p| p.parse().ok()).expect("blob port");
+    let id = format!("stemcell-{}", &bosh_agent::ids::uuid_v4()[..8]);
+    let (cert, key) = pki.client(&format!("{id}.bootstrap.agent.bosh-internal"));
+    let settings = json!({
+        "agent_id": id,
+        "mbus": format!("nats://{GUEST_FORWARD_IP}:{NATS_GUEST_PORT}"),
+        "env": {"bosh": {"mbus": {"cert": {"ca": pki.ca_pem, "certificate": cert, "private_key": key}}}},
+        "blobstore": {"provider": "dav", "options": {"endpoint": format!("http://{GUEST_FORWARD_IP}:{BLOBS_GUEST_PORT}")}},
+        "networks": {"default": {"type": "dynamic", "mac": MAC, "default": ["dns", "gateway"]}},
+        "vm": {"name": "vm-stemcell-test"},
+        "disks": {"system": "/dev/vda", "persistent": {}},
+        "ntp": []
+    });
+    let iso = config_drive(work.path(), &settings);
+    let disk = work.path().join("vm.qcow2");
+    overlay(&disk);
+    let hm = HealthMonitor::connect(&pki, &nats.url(), &id);
+    let forwards = [(NATS_GUEST_PORT, nats.port()), (BLOBS_GUEST_PORT, blob_port)];
+
+    let boot = Instant::now();
+    let mut vm = Vm::boot(work.path(), &disk, &iso, &forwards);
+    let accel = vm.accel;
+    let vm_start = Instant::now();
+    let first = steps.time(&format!("boot to first heartbeat ({accel})"), || {
+        heartbeat(&hm, &id, Duration::from_secs(240))
+    });
+    let boot_to_heartbeat = vm_start.elapsed();
+    assert!(first.is_some(), "no heartbeat from the VM in 240 s; console:\n{}", vm.console_tail());
+    println!(
+        "boot to first heartbeat: {:.1} s under {accel} ({:.1} s including any KVM probe)",
+        boot_to_heartbeat.as_secs_f64(),
+        boot.elapsed().as_secs_f64()
+    );
+
+    let mut d = Director::connect(&pki, &nats.url(), &id);
+    let pong = steps.time("ping", || d.send("ping", json!([])));
+    assert_eq!(pong, json!({"value": "pong"}));
+    let state = steps.time("get_state", || d.send("get_state", json!([])));
+    assert_eq!(state["value"]["agent_id"], id.as_str(), "{state}");
+    // The agent starts monit once it is connected; until monit answers, the state is "unknown".
+    let mut state = Value::Null;
+    let monit_up = steps.time("monit answering (job_state running)", || {
+        wait_until(Duration::from_secs(60), || {
+            state = d.send("get_state", json!([]));
+            state["value"]["job_state"] == "running"
+        })
+    });
+    assert!(monit_up, "a VM with nothing applied should be running once monit is up: {state}");
+
+    let spec = tiny_release(&blobs, work.path());
+    let applied = steps.time("apply (download, unpack, install)", || d.run_task("apply", json!([spec])));
+    assert_eq!(applied, json!({"value": "applied"}), "console:\n{}", vm.console_tail());
+    let started = steps.time("start", || d.send("start", json!([])));
+    assert_eq!(started, json!({"value": "started"}));
+    let mut running = Value::Null;
+    let seen = steps.time("job running in a heartbeat", || {
+        wait_until(Duration::from_secs(90), || {
+            running = heartbeat(&hm, &id, Duration::from_secs(40)).unwrap_or(Value::Null);
+            running["job_state"] == "running" && running["number_of_processes"] == 1
+        })
+    });
+    assert!(seen, "no heartbeat with tiny running; last: {running}");
+    assert_eq!(running["job"], "tiny");
+
+    let probe = steps.time("run_errand probe (agent memory)", || d.run_task("run_errand", json!(["probe"])));
+    let out = probe["value"]["stdout"].as_str().unwrap_or("").to_string();
+    assert_eq!(probe["value"]["exit_code"], 0, "{probe}");
+    let rss_kb = kb_of(&out, "VmRSS").expect("VmRSS in the probe's output");
+    let hwm_kb = kb_of(&out, "VmHWM").expect("VmHWM in the probe's output");
+    println!("agent memory in the VM with the job running: VmRSS {rss_kb} kB now, VmHWM {hwm_kb} kB at most");
+    assert!(hwm_kb < 20_000, "the agent's high-water mark in the VM is {hwm_kb} kB");
+
+    let drained = steps.time("drain shutdown", || d.run_task("drain", json!(["shutdown", {}])));
+    assert_eq!(drained, json!({"value": 0}));
+    let stopped = steps.time("stop", || d.run_task("stop", json!([])));
+    assert_eq!(stopped, json!({"value": "stopped"}));
+    let gone = steps.time("shutdown (until qemu exits)", || {
+        // The reply races the VM powering off: an answer must be the right one, silence is fine.
+        if let Ok(reply) = d.request("shutdown", json!([])) {
+            assert_eq!(reply, json!({"value": ""}));
+        }
+        wait_until(Duration::from_secs(120), || vm.exited())
+    });
+    assert!(gone, "the VM did not power off; console:\n{}", vm.console_tail());
+    steps.print();
+    println!(
+        "accelerator: {accel}; boot to first heartbeat {:.1} s; agent VmRSS {rss_kb} kB, VmHWM {hwm_kb} kB",
+        boot_to_heartbeat.as_secs_f64()
+    );
+}
+
+/// The number of kB on the `/proc/<pid>/status` line named `key`.
+fn kb_of(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
