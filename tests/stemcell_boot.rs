@@ -96,7 +96,13 @@ impl Vm {
         Vm::spawn(dir, disk, config_drive, forwards, "tcg")
     }
 
-    fn spawn(dir: &Path, disk: &Path, config_drive: &Path, forwards: &[(u16, u16)], accel: &'static str) -> Vm {
+    fn spawn(
+        dir: &Path,
+        disk: &Path,
+        config_drive: &Path,
+        forwards: &[(u16, u16)],
+        accel: &'static str,
+    ) -> Vm {
         let console = dir.join(format!("console-{accel}.log"));
         let mut netdev = "user,id=n0,restrict=on".to_string();
         for (guest, host) in forwards {
@@ -118,9 +124,24 @@ impl Vm {
         Vm { child, console, accel }
     }
 
-    /// The serial console so far.
+    /// The serial console so far, without the colour escapes systemd puts inside its status lines.
     fn console(&self) -> String {
-        String::from_utf8_lossy(&fs::read(&self.console).unwrap_or_default()).into_owned()
+        let text = String::from_utf8_lossy(&fs::read(&self.console).unwrap_or_default()).into_owned();
+        let mut plain = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters, ended by a letter.
+                for e in chars.by_ref() {
+                    if e.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
     }
 
     /// The last lines of the console, for failure messages.
@@ -173,7 +194,10 @@ fn unpack_stemcell(tarball: &Path, dir: &Path) -> String {
     let manifest = fs::read_to_string(dir.join("stemcell.MF")).expect("stemcell.MF in the tarball");
     let sha1 = run(Command::new("sha1sum").arg(dir.join("image")));
     let sha1 = sha1.split_whitespace().next().unwrap_or("");
-    assert!(manifest.contains(&format!("sha1: {sha1}")), "stemcell.MF does not carry the image's sha1 {sha1}");
+    assert!(
+        manifest.contains(&format!("sha1: {sha1}")),
+        "stemcell.MF does not carry the image's sha1 {sha1}"
+    );
     assert!(fs::metadata(dir.join("packages.txt")).is_ok_and(|m| m.len() > 0), "packages.txt missing");
     run(Command::new("tar").arg("-xzf").arg(dir.join("image")).arg("-C").arg(dir));
     manifest
@@ -188,7 +212,10 @@ fn config_drive(dir: &Path, settings: &Value) -> PathBuf {
     fs::write(latest.join("meta_data.json"), meta.to_string()).expect("meta_data.json");
     fs::write(latest.join("user_data"), settings.to_string()).expect("user_data");
     let iso = dir.join("config-2.iso");
-    run(Command::new("genisoimage").args(["-quiet", "-V", "config-2", "-r", "-J", "-o"]).arg(&iso).arg(&tree));
+    run(Command::new("genisoimage")
+        .args(["-quiet", "-V", "config-2", "-r", "-J", "-o"])
+        .arg(&iso)
+        .arg(&tree));
     iso
 }
 
@@ -280,9 +307,16 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
     let mut vm = Vm::boot(work.path(), &disk, &iso, &forwards);
     let accel = vm.accel;
     let vm_start = Instant::now();
+    let mut phases = Phases::default();
     let first = steps.time(&format!("boot to first heartbeat ({accel})"), || {
-        heartbeat(&hm, &id, Duration::from_secs(240))
+        phases.watch(
+            &vm,
+            vm_start,
+            || heartbeat(&hm, &id, Duration::from_millis(200)),
+            Duration::from_secs(240),
+        )
     });
+    phases.print();
     let boot_to_heartbeat = vm_start.elapsed();
     assert!(first.is_some(), "no heartbeat from the VM in 240 s; console:\n{}", vm.console_tail());
     println!(
@@ -346,6 +380,53 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
         "accelerator: {accel}; boot to first heartbeat {:.1} s; agent VmRSS {rss_kb} kB, VmHWM {hwm_kb} kB",
         boot_to_heartbeat.as_secs_f64()
     );
+}
+
+/// When the boot's milestones appeared on the serial console, seen from the host: where the time to
+/// the first heartbeat goes (firmware and GRUB, kernel and initrd, systemd, the agent itself).
+#[derive(Default)]
+struct Phases {
+    seen: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    const MILESTONES: [(&'static str, &'static str); 4] = [
+        ("Linux version", "kernel running (after BIOS, GRUB)"),
+        ("Run /init", "initrd running"),
+        ("Reached target local-fs", "root filesystem mounted"),
+        ("Started bosh-agent.service", "systemd started the agent"),
+    ];
+
+    /// Polls `done` (which waits briefly itself) until it yields or `timeout` passes, noting each
+    /// milestone's first appearance on the console in between.
+    fn watch<T>(
+        &mut self,
+        vm: &Vm,
+        start: Instant,
+        mut done: impl FnMut() -> Option<T>,
+        timeout: Duration,
+    ) -> Option<T> {
+        let deadline = start + timeout;
+        while Instant::now() < deadline {
+            let console = vm.console();
+            for (marker, name) in Phases::MILESTONES {
+                if !self.seen.iter().any(|(n, _)| *n == name) && console.contains(marker) {
+                    self.seen.push((name, start.elapsed()));
+                }
+            }
+            if let Some(v) = done() {
+                self.seen.push(("first heartbeat received", start.elapsed()));
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn print(&self) {
+        for (name, at) in &self.seen {
+            println!("  boot: {name:<28} at {:>6.2} s", at.as_secs_f64());
+        }
+    }
 }
 
 /// The number of kB on the `/proc/<pid>/status` line named `key`.
