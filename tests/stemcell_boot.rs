@@ -70,15 +70,15 @@ struct Vm {
 }
 
 impl Vm {
-    /// Boots `disk` with `config_drive`, on KVM when it works here, else under software emulation.
-    fn boot(dir: &Path, disk: &Path, config_drive: &Path, forwards: &[(u16, u16)]) -> Vm {
+    /// Boots from `disks`, on KVM when it works here, else under software emulation.
+    fn boot(dir: &Path, disks: &Disks, forwards: &[(u16, u16)]) -> Vm {
         if Path::new("/sys/module/kvm_pvm").exists() {
             println!(
                 "KVM: this host's /dev/kvm is kvm_pvm (a nested hypervisor that runs only kernels built \
                  for it), not hardware KVM: software emulation"
             );
         } else if kvm_openable() {
-            let mut vm = Vm::spawn(dir, disk, config_drive, forwards, "kvm");
+            let mut vm = Vm::spawn(dir, disks, forwards, "kvm");
             if wait_until(KVM_PROBE, || vm.console().contains("Linux version")) {
                 return vm;
             }
@@ -88,21 +88,15 @@ impl Vm {
                 KVM_PROBE.as_secs()
             );
             vm.kill();
-            // The aborted boot wrote nothing the second one depends on; the overlay is recreated.
-            overlay(disk);
+            // The second boot starts from the same blank disks as the first.
+            disks.fresh();
         } else {
             println!("KVM: /dev/kvm is missing or not usable: software emulation");
         }
-        Vm::spawn(dir, disk, config_drive, forwards, "tcg")
+        Vm::spawn(dir, disks, forwards, "tcg")
     }
 
-    fn spawn(
-        dir: &Path,
-        disk: &Path,
-        config_drive: &Path,
-        forwards: &[(u16, u16)],
-        accel: &'static str,
-    ) -> Vm {
+    fn spawn(dir: &Path, disks: &Disks, forwards: &[(u16, u16)], accel: &'static str) -> Vm {
         let console = dir.join(format!("console-{accel}.log"));
         let mut netdev = "user,id=n0,restrict=on".to_string();
         for (guest, host) in forwards {
@@ -112,8 +106,12 @@ impl Vm {
         let child = Command::new("qemu-system-x86_64")
             .args(["-accel", accel, "-m", "1024", "-smp", "2", "-nodefaults", "-display", "none"])
             .args(["-no-reboot", "-serial", &format!("file:{}", console.display())])
-            .args(["-drive", &format!("file={},if=virtio,format=qcow2", disk.display())])
-            .args(["-drive", &format!("file={},if=virtio,format=raw,readonly=on", config_drive.display())])
+            .args(["-drive", &format!("file={},if=virtio,format=qcow2", disks.root.display())])
+            .args(["-drive", &format!("file={},if=virtio,format=qcow2", disks.ephemeral.display())])
+            .args([
+                "-drive",
+                &format!("file={},if=virtio,format=raw,readonly=on", disks.config_drive.display()),
+            ])
             .args(["-netdev", &netdev, "-device", &format!("virtio-net-pci,netdev=n0,mac={MAC},romfile=")])
             .stdin(Stdio::null())
             .stdout(Stdio::from(qemu_log.try_clone().expect("qemu log handle")))
@@ -171,14 +169,35 @@ fn kvm_openable() -> bool {
     fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
 }
 
-/// Replaces `disk` (a qcow2 overlay) with a fresh one over the pristine `root.img` beside it.
-fn overlay(disk: &Path) {
-    let base = disk.with_file_name("root.img");
-    let _ = fs::remove_file(disk);
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(&base)
-        .arg(disk));
+/// The VM's disks in the order OpenStack attaches them: root (`vda`), ephemeral (`vdb`, which the
+/// CPI calls `/dev/sdb`), config drive (`vdc`).
+struct Disks {
+    /// A qcow2 overlay over the stemcell's `root.img`, so the image itself stays pristine.
+    root: PathBuf,
+    /// A blank 2 GiB disk: the agent makes swap and `/var/vcap/data` on it.
+    ephemeral: PathBuf,
+    config_drive: PathBuf,
+}
+
+impl Disks {
+    fn new(dir: &Path, config_drive: PathBuf) -> Disks {
+        let disks =
+            Disks { root: dir.join("vm.qcow2"), ephemeral: dir.join("ephemeral.qcow2"), config_drive };
+        disks.fresh();
+        disks
+    }
+
+    /// (Re)creates the root overlay and a blank ephemeral disk.
+    fn fresh(&self) {
+        let base = self.root.with_file_name("root.img");
+        let _ = fs::remove_file(&self.root);
+        let _ = fs::remove_file(&self.ephemeral);
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&base)
+            .arg(&self.root));
+        run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&self.ephemeral).arg("2G"));
+    }
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -220,7 +239,8 @@ fn config_drive(dir: &Path, settings: &Value) -> PathBuf {
 }
 
 /// A release with one package and two jobs: `tiny`, which monit keeps running (a shell loop from
-/// the package), and the errand `probe`, which reports the agent's memory from inside the VM.
+/// the package), and the errand `probe`, which reports from inside the VM the agent's memory, the
+/// swap and the mount of `/var/vcap/data`.
 fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
     let pkg = work.join("tinypkg.tgz");
     tgz(&pkg, &[script("bin/tiny-server", "#!/bin/sh\nwhile true; do date; sleep 5; done\n")]);
@@ -232,7 +252,8 @@ fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
                start) mkdir -p $run $log\n  /var/vcap/packages/tinypkg/bin/tiny-server >>$log/tiny.log 2>&1 &\n  echo $! >$run/tiny.pid ;;\n\
                stop) kill $(cat $run/tiny.pid); rm -f $run/tiny.pid ;;\n\
                esac\n";
-    let probe = "#!/bin/sh\npid=$(pidof bosh-agent)\ngrep -E '^(VmRSS|VmHWM)' /proc/$pid/status\n";
+    let probe = "#!/bin/sh\npid=$(pidof bosh-agent)\ngrep -E '^(VmRSS|VmHWM)' /proc/$pid/status\n\
+                 grep '^/dev/' /proc/swaps\ngrep ' /var/vcap/data ' /proc/mounts\n";
     let rendered = work.join("rendered.tgz");
     tgz(
         &rendered,
@@ -294,17 +315,15 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
         "blobstore": {"provider": "dav", "options": {"endpoint": format!("http://{GUEST_FORWARD_IP}:{BLOBS_GUEST_PORT}")}},
         "networks": {"default": {"type": "dynamic", "mac": MAC, "default": ["dns", "gateway"]}},
         "vm": {"name": "vm-stemcell-test"},
-        "disks": {"system": "/dev/vda", "persistent": {}},
+        "disks": {"system": "/dev/vda", "ephemeral": "/dev/sdb", "persistent": {}},
         "ntp": []
     });
-    let iso = config_drive(work.path(), &settings);
-    let disk = work.path().join("vm.qcow2");
-    overlay(&disk);
+    let disks = Disks::new(work.path(), config_drive(work.path(), &settings));
     let hm = HealthMonitor::connect(&pki, &nats.url(), &id);
     let forwards = [(NATS_GUEST_PORT, nats.port()), (BLOBS_GUEST_PORT, blob_port)];
 
     let boot = Instant::now();
-    let mut vm = Vm::boot(work.path(), &disk, &iso, &forwards);
+    let mut vm = Vm::boot(work.path(), &disks, &forwards);
     let accel = vm.accel;
     let vm_start = Instant::now();
     let mut phases = Phases::default();
@@ -330,6 +349,10 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
     assert_eq!(pong, json!({"value": "pong"}));
     let state = steps.time("get_state", || d.send("get_state", json!([])));
     assert_eq!(state["value"]["agent_id"], id.as_str(), "{state}");
+    // The ephemeral disk became swap and /var/vcap/data during bootstrap.
+    let full = d.send("get_state", json!(["full"]));
+    let vitals = &full["value"]["vitals"];
+    assert!(vitals["disk"]["ephemeral"]["percent"].is_string(), "no ephemeral disk in the vitals: {vitals}");
     // The agent starts monit once it is connected; until monit answers, the state is "unknown".
     let mut state = Value::Null;
     let monit_up = steps.time("monit answering (job_state running)", || {
@@ -360,6 +383,8 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
     assert_eq!(probe["value"]["exit_code"], 0, "{probe}");
     let rss_kb = kb_of(&out, "VmRSS").expect("VmRSS in the probe's output");
     let hwm_kb = kb_of(&out, "VmHWM").expect("VmHWM in the probe's output");
+    assert!(out.contains("/dev/vdb1 "), "swap is not on the ephemeral disk's first partition:\n{out}");
+    assert!(out.contains("/dev/vdb2 /var/vcap/data ext4"), "data is not on the ephemeral disk:\n{out}");
     println!("agent memory in the VM with the job running: VmRSS {rss_kb} kB now, VmHWM {hwm_kb} kB at most");
     assert!(hwm_kb < 20_000, "the agent's high-water mark in the VM is {hwm_kb} kB");
 

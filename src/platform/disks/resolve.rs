@@ -34,7 +34,12 @@ pub fn resolve(disk: &DiskSettings, dirs: &Dirs) -> Result<PathBuf, String> {
     let cid = &disk.id;
     let scsi = !disk.lun.is_empty() || !disk.volume_id.is_empty();
     if !disk.path.is_empty() && (Path::new(&disk.path).exists() || (disk.device_id.is_empty() && !scsi)) {
-        return block_device(Path::new(&disk.path), cid);
+        let path = Path::new(&disk.path);
+        if let Some(renamed) = renamed_device(path, |p| p.exists()) {
+            log::info!("disk {cid}: {} is not there; using {}", path.display(), renamed.display());
+            return block_device(&renamed, cid);
+        }
+        return block_device(path, cid);
     }
     if !disk.device_id.is_empty() {
         let by_id = dirs.under_root("/dev/disk/by-id");
@@ -63,6 +68,27 @@ pub fn resolve(disk: &DiskSettings, dirs: &Dirs) -> Result<PathBuf, String> {
         return Err(format!("disk {cid} names SCSI host {} but no LUN", disk.host_device_id));
     }
     Err(format!("disk {cid} has neither a device path nor an id"))
+}
+
+/// The same disk under the name another disk driver gives it, when `path` itself is missing: CPIs
+/// name disks `/dev/sdX` while a KVM guest calls them `/dev/vdX` and a Xen guest `/dev/xvdX` (the Go
+/// agent's virtio resolver maps them alike). Only a name that exists is returned; letters and
+/// partition digits are kept.
+fn renamed_device(path: &Path, exists: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+    if exists(path) {
+        return None;
+    }
+    let name = path.strip_prefix("/dev").ok()?.to_str()?;
+    let rest = ["xvd", "sd", "vd"].iter().find_map(|p| name.strip_prefix(p))?;
+    let shape = rest.starts_with(|c: char| c.is_ascii_lowercase())
+        && rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !shape {
+        return None;
+    }
+    ["vd", "xvd", "sd"]
+        .iter()
+        .map(|p| PathBuf::from(format!("/dev/{p}{rest}")))
+        .find(|p| p != path && exists(p))
 }
 
 /// The kernel's block device name (`sdc`) of the SCSI disk `disk` names; see the module doc.
@@ -140,6 +166,21 @@ mod tests {
         assert!(resolve(&d, &dirs).unwrap_err().contains("matches id 'x'"));
         let d = DiskSettings::from_hint("d", &json!({"iscsi_settings": {"target": "t"}})).unwrap();
         assert!(resolve(&d, &dirs).unwrap_err().contains("iSCSI device resolution is not supported"));
+    }
+
+    #[test]
+    fn maps_cpi_disk_names_to_the_guest_driver_names_that_exist() {
+        let present = ["/dev/vdb", "/dev/vdb1", "/dev/xvdc"];
+        let exists = |p: &Path| present.iter().any(|q| Path::new(q) == p);
+        let renamed = |p: &str| renamed_device(Path::new(p), exists);
+        assert_eq!(renamed("/dev/sdb"), Some(PathBuf::from("/dev/vdb")));
+        assert_eq!(renamed("/dev/sdb1"), Some(PathBuf::from("/dev/vdb1")));
+        assert_eq!(renamed("/dev/sdc"), Some(PathBuf::from("/dev/xvdc")));
+        assert_eq!(renamed("/dev/vdb"), None, "an existing path is used as is");
+        assert_eq!(renamed("/dev/sdd"), None, "no such disk under any name");
+        assert_eq!(renamed("/dev/sd"), None);
+        assert_eq!(renamed("/dev/sdb/../vdb"), None);
+        assert_eq!(renamed("/dev/nvme0n1"), None);
     }
 
     /// A fake sysfs: `devices/<path>/<addr>/block/<name>` plus the bus link, as the kernel lays it out.
