@@ -238,9 +238,9 @@ fn config_drive(dir: &Path, settings: &Value) -> PathBuf {
     iso
 }
 
-/// A release with one package and two jobs: `tiny`, which monit keeps running (a shell loop from
-/// the package), and the errand `probe`, which reports from inside the VM the agent's memory, the
-/// swap and the mount of `/var/vcap/data`.
+/// A release with one package and three jobs: `tiny`, which monit keeps running (a shell loop from
+/// the package); the errand `probe`, which reports from inside the VM the agent's pid and memory, the
+/// swap and the mount of `/var/vcap/data`; and the errand `killer`, which SIGKILLs the agent.
 fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
     let pkg = work.join("tinypkg.tgz");
     tgz(&pkg, &[script("bin/tiny-server", "#!/bin/sh\nwhile true; do date; sleep 5; done\n")]);
@@ -252,8 +252,12 @@ fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
                start) mkdir -p $run $log\n  /var/vcap/packages/tinypkg/bin/tiny-server >>$log/tiny.log 2>&1 &\n  echo $! >$run/tiny.pid ;;\n\
                stop) kill $(cat $run/tiny.pid); rm -f $run/tiny.pid ;;\n\
                esac\n";
-    let probe = "#!/bin/sh\npid=$(pidof bosh-agent)\ngrep -E '^(VmRSS|VmHWM)' /proc/$pid/status\n\
+    let probe =
+        "#!/bin/sh\npid=$(pidof bosh-agent)\necho pid=$pid\ngrep -E '^(VmRSS|VmHWM)' /proc/$pid/status\n\
                  grep '^/dev/' /proc/swaps\ngrep ' /var/vcap/data ' /proc/mounts\n";
+    // Kills the agent a second after the errand has reported, from outside its process group.
+    let killer =
+        "#!/bin/sh\nsetsid sh -c 'sleep 1; kill -9 $(pidof bosh-agent)' </dev/null >/dev/null 2>&1 &\n";
     let rendered = work.join("rendered.tgz");
     tgz(
         &rendered,
@@ -262,6 +266,7 @@ fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
             script("tiny/bin/ctl", ctl),
             script("tiny/bin/drain", "#!/bin/sh\necho 0\n"),
             script("probe/bin/run", probe),
+            script("killer/bin/run", killer),
         ],
     );
     let put = |p: &Path| {
@@ -273,7 +278,9 @@ fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
     let (pid, (_, psha256)) = put(&pkg);
     json!({
         "deployment": "tiny-dep", "name": "tiny", "index": 0, "id": "tiny-0", "az": "z1",
-        "job": {"name": "tiny", "templates": [{"name": "tiny", "version": "1"}, {"name": "probe", "version": "1"}]},
+        "job": {"name": "tiny", "templates": [
+            {"name": "tiny", "version": "1"}, {"name": "probe", "version": "1"}, {"name": "killer", "version": "1"}
+        ]},
         "packages": {"tinypkg": {"name": "tinypkg", "version": "1", "sha1": psha256, "blobstore_id": pid}},
         "configuration_hash": "tiny-1", "persistent_disk": 0,
         "rendered_templates_archive": {"blobstore_id": rid, "sha1": rsha1},
@@ -388,6 +395,25 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
     println!("agent memory in the VM with the job running: VmRSS {rss_kb} kB now, VmHWM {hwm_kb} kB at most");
     assert!(hwm_kb < 20_000, "the agent's high-water mark in the VM is {hwm_kb} kB");
 
+    // The agent dies: systemd starts it again, and it comes back with its state and monit's jobs.
+    let pid = probe_field(&out, "pid=").expect("the agent's pid");
+    assert_eq!(d.run_task("run_errand", json!(["killer"]))["value"]["exit_code"], 0);
+    let pong = |d: &mut Director| d.request_within("ping", json!([]), Duration::from_secs(1)).is_ok();
+    let died = wait_until(Duration::from_secs(20), || !pong(&mut d));
+    assert!(died, "the agent kept answering after the killer errand");
+    let back = steps.time("agent SIGKILLed until answering again", || {
+        wait_until(Duration::from_secs(120), || pong(&mut d))
+    });
+    assert!(back, "the agent did not come back; console:\n{}", vm.console_tail());
+    let again = d.run_task("run_errand", json!(["probe"]));
+    let new_pid = probe_field(again["value"]["stdout"].as_str().unwrap_or(""), "pid=").unwrap_or_default();
+    assert!(!new_pid.is_empty() && new_pid != pid, "pid {pid} then {new_pid}: {again}");
+    let state = d.send("get_state", json!([]));
+    assert_eq!(
+        (&state["value"]["deployment"], &state["value"]["job_state"]),
+        (&json!("tiny-dep"), &json!("running"))
+    );
+
     let drained = steps.time("drain shutdown", || d.run_task("drain", json!(["shutdown", {}])));
     assert_eq!(drained, json!({"value": 0}));
     let stopped = steps.time("stop", || d.run_task("stop", json!([])));
@@ -452,6 +478,11 @@ impl Phases {
             println!("  boot: {name:<28} at {:>6.2} s", at.as_secs_f64());
         }
     }
+}
+
+/// The rest of the probe's output line that starts with `prefix`.
+fn probe_field(out: &str, prefix: &str) -> Option<String> {
+    out.lines().find_map(|l| l.strip_prefix(prefix)).map(|v| v.trim().to_string())
 }
 
 /// The number of kB on the `/proc/<pid>/status` line named `key`.

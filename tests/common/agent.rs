@@ -176,8 +176,13 @@ impl Director {
 
     /// One request; the reply envelope.
     pub fn request(&mut self, method: &str, args: Value) -> Result<Value, String> {
+        self.request_within(method, args, Duration::from_secs(10))
+    }
+
+    /// One request answered within `timeout`, for probing an agent that may be down.
+    pub fn request_within(&mut self, method: &str, args: Value, timeout: Duration) -> Result<Value, String> {
         let args = args.as_array().cloned().unwrap_or_default();
-        self.nats.request(method, &args, Instant::now() + Duration::from_secs(10))
+        self.nats.request(method, &args, Instant::now() + timeout)
     }
 
     /// One request that must be answered.
