@@ -254,7 +254,8 @@ fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
                esac\n";
     let probe =
         "#!/bin/sh\npid=$(pidof bosh-agent)\necho pid=$pid\ngrep -E '^(VmRSS|VmHWM)' /proc/$pid/status\n\
-                 grep '^/dev/' /proc/swaps\ngrep ' /var/vcap/data ' /proc/mounts\n";
+                 grep '^/dev/' /proc/swaps\ngrep ' /var/vcap/data ' /proc/mounts\n\
+                 echo errors=$(grep -c '\\[ERROR\\]' /var/vcap/bosh/log/current)\n";
     // Kills the agent a second after the errand has reported, from outside its process group.
     let killer =
         "#!/bin/sh\nsetsid sh -c 'sleep 1; kill -9 $(pidof bosh-agent)' </dev/null >/dev/null 2>&1 &\n";
@@ -390,6 +391,8 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
     assert_eq!(probe["value"]["exit_code"], 0, "{probe}");
     let rss_kb = kb_of(&out, "VmRSS").expect("VmRSS in the probe's output");
     let hwm_kb = kb_of(&out, "VmHWM").expect("VmHWM in the probe's output");
+    // The agent came up on its first start: an error in the boot would have made systemd restart it.
+    assert_eq!(probe_field(&out, "errors=").as_deref(), Some("0"), "the agent logged errors:\n{out}");
     assert!(out.contains("/dev/vdb1 "), "swap is not on the ephemeral disk's first partition:\n{out}");
     assert!(out.contains("/dev/vdb2 /var/vcap/data ext4"), "data is not on the ephemeral disk:\n{out}");
     println!("agent memory in the VM with the job running: VmRSS {rss_kb} kB now, VmHWM {hwm_kb} kB at most");

@@ -198,17 +198,27 @@ impl Bootstrap<'_> {
             write_if_changed(&self.dirs.under_root("/etc/resolv.conf"), text.as_bytes(), 0o644)?;
         }
         if changed && self.live {
-            let script = self.dirs.bosh().join("bin/restart_networking");
-            let mut cmd = if script.is_file() {
-                Command::new(script)
-            } else {
-                let mut c = Command::new("networkctl");
-                c.arg("reload");
-                c
-            };
-            super::run_bounded(&mut cmd, Duration::from_secs(60))?;
+            self.apply_network_files()?;
         }
         Ok(())
+    }
+
+    /// Makes systemd-networkd act on the files just written: the stemcell's `restart_networking` if it
+    /// has one, else `networkctl reload`, which needs D-Bus; a minimal image has none, so then a restart
+    /// of systemd-networkd (through systemd's own socket) does it. Before the bus connects, a restart
+    /// costs nothing.
+    fn apply_network_files(&self) -> Result<(), String> {
+        let limit = Duration::from_secs(60);
+        let script = self.dirs.bosh().join("bin/restart_networking");
+        if script.is_file() {
+            return super::run_bounded(&mut Command::new(script), limit).map(|_| ());
+        }
+        super::run_bounded(Command::new("networkctl").arg("reload"), limit)
+            .or_else(|e| {
+                log::info!("bootstrap: networkctl reload: {e}; restarting systemd-networkd instead");
+                super::run_bounded(Command::new("systemctl").args(["restart", "systemd-networkd"]), limit)
+            })
+            .map(|_| ())
     }
 
     /// Step 9: swap and `data` on the ephemeral disk (see `disks::ephemeral` for the layout and the
