@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::agent::{nats_settings, Director, HealthMonitor, TestAgent};
+use common::agent::{exception, nats_settings, value, Director, HealthMonitor, TestAgent};
 use common::certs::TestPki;
 use common::nats_server::{free_port, MappedUser, NatsServer, NatsServerOptions};
 use common::wait_until;
@@ -28,17 +28,6 @@ fn start(tag: &str) -> (Env, Director) {
     let mut director = Director::connect(&pki, &nats.url(), &id);
     assert!(director.wait_ready(Duration::from_secs(15)), "agent never answered ping:\n{}", agent.log());
     (Env { pki, nats, agent }, director)
-}
-
-fn value(reply: &Value) -> &Value {
-    reply.get("value").unwrap_or_else(|| panic!("expected a value, got {reply}"))
-}
-
-fn exception(reply: &Value) -> String {
-    reply["exception"]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("expected an exception, got {reply}"))
-        .to_string()
 }
 
 #[test]

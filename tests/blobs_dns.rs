@@ -4,7 +4,7 @@
 mod common;
 
 use base64::Engine;
-use common::agent::AgentEnv;
+use common::agent::{exception, AgentEnv};
 use common::blob_server::{BlobServer, BlobServerOptions};
 use common::nats_server::NatsServerOptions;
 use common::tarball::{digests, file, tgz};
@@ -15,13 +15,6 @@ type Env = AgentEnv;
 fn start(tag: &str) -> Env {
     // The bosh nats job lets operators raise max_payload for NATS-delivered templates.
     AgentEnv::start(tag, NatsServerOptions { max_payload: Some(16 << 20), ..Default::default() }, None)
-}
-
-fn exception(reply: &Value) -> String {
-    reply["exception"]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("expected an exception, got {reply}"))
-        .to_string()
 }
 
 /// Base64 wrapped at 60 columns, as the director's Ruby `Base64.encode64` writes it.

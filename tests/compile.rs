@@ -7,7 +7,7 @@ mod common;
 
 use bosh_agent::client::{call_with, Https};
 use bosh_agent::mbus::url::MbusUrl;
-use common::agent::{AgentEnv, TestAgent};
+use common::agent::{exception, AgentEnv, TestAgent};
 use common::blob_server::{BlobServer, BlobServerOptions};
 use common::nats_server::{free_port, NatsServerOptions};
 use common::tarball::{file, script, tgz, Entry};
@@ -114,13 +114,6 @@ fn untar(data: &[u8]) -> tempfile::TempDir {
 
 fn read(dir: &Path, rel: &str) -> String {
     std::fs::read_to_string(dir.join("x").join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
-fn exception(reply: &Value) -> String {
-    reply["exception"]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("expected an exception, got {reply}"))
-        .to_string()
 }
 
 /// Nothing the compile created is left: compile dirs, temp files, the install target, the links.

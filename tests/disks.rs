@@ -12,7 +12,7 @@ mod common;
 
 use bosh_agent::dirs::Dirs;
 use bosh_agent::platform::disks::{self, mount, prepare};
-use common::agent::{nats_settings, Director, Launch, TestAgent};
+use common::agent::{exception, nats_settings, Director, Launch, TestAgent};
 use common::certs::TestPki;
 use common::loopdev::{devices_available, sh, DEVICES};
 use common::nats_server::{NatsServer, NatsServerOptions};
@@ -155,13 +155,6 @@ impl Env {
     fn dirs(&self) -> Dirs {
         Dirs::new(self.agent.base(), self.root.path())
     }
-}
-
-fn exception(reply: &Value) -> String {
-    reply["exception"]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("expected an exception, got {reply}"))
-        .to_string()
 }
 
 /// The device mounted at `dir` according to the kernel, as a node's numbers.

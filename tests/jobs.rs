@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::agent::{AgentEnv, HealthMonitor};
+use common::agent::{exception, value, AgentEnv, HealthMonitor};
 use common::blob_server::{dav_path, BlobServer, BlobServerOptions};
 
 use common::nats_server::NatsServerOptions;
@@ -104,17 +104,6 @@ impl Env {
             "networks": {"default": {"ip": "10.0.0.5"}}
         })
     }
-}
-
-fn value(reply: &Value) -> &Value {
-    reply.get("value").unwrap_or_else(|| panic!("expected a value, got {reply}"))
-}
-
-fn exception(reply: &Value) -> String {
-    reply["exception"]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("expected an exception, got {reply}"))
-        .to_string()
 }
 
 #[test]

@@ -157,6 +157,17 @@ fn reload_without_monit_fails_within_its_bounds() {
 }
 
 /// `job_state` and `processes` with monit unreachable: `unknown` and nothing, within 2 s each.
+/// A supervisor for whatever listens (or not) at `address`, with its files under `dir`.
+fn supervisor_at(address: String, dir: &std::path::Path) -> MonitSupervisor {
+    MonitSupervisor::new(MonitOptions {
+        address,
+        monit_dir: dir.join("monit"),
+        control_file: dir.join("monitrc"),
+        monit_binary: "monit".into(),
+    })
+    .expect("supervisor")
+}
+
 fn assert_unknown_quickly(sup: &MonitSupervisor) {
     let t = Instant::now();
     assert_eq!(sup.job_state(), "unknown");
@@ -189,13 +200,7 @@ fn hanging_monit_is_unknown_within_two_seconds() {
         }
     });
     let dir = tempfile::tempdir().expect("temp dir");
-    let sup = MonitSupervisor::new(MonitOptions {
-        address,
-        monit_dir: dir.path().join("monit"),
-        control_file: dir.path().join("monitrc"),
-        monit_binary: "monit".into(),
-    })
-    .expect("supervisor");
+    let sup = supervisor_at(address, dir.path());
     assert_unknown_quickly(&sup);
 }
 
@@ -203,13 +208,7 @@ fn hanging_monit_is_unknown_within_two_seconds() {
 fn closed_port_is_unknown_within_two_seconds() {
     let address = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").to_string();
     let dir = tempfile::tempdir().expect("temp dir");
-    let sup = MonitSupervisor::new(MonitOptions {
-        address,
-        monit_dir: dir.path().join("monit"),
-        control_file: dir.path().join("monitrc"),
-        monit_binary: "monit".into(),
-    })
-    .expect("supervisor");
+    let sup = supervisor_at(address, dir.path());
     assert_unknown_quickly(&sup);
     assert!(dir.path().join("monit/monit.user").exists(), "credentials created");
 }

@@ -15,13 +15,14 @@ use bosh_agent::settings::service::{Overrides, SettingsService};
 use bosh_agent::settings::sources::{self, RetryPolicy, SettingsSource};
 use common::agent::{nats_settings, Director, Launch, TestAgent};
 use common::certs::TestPki;
+use common::http_listener::HttpListener;
 use common::nats_server::{NatsServer, NatsServerOptions};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,39 +52,26 @@ struct MetaState {
     held: Mutex<Vec<TcpStream>>,
     seen: Mutex<Vec<Seen>>,
     fail_next: AtomicUsize,
-    stop: AtomicBool,
 }
 
 /// A metadata service and registry on `127.0.0.1:<free port>`.
 struct MetaServer {
-    addr: SocketAddr,
+    listener: HttpListener,
     state: Arc<MetaState>,
 }
 
 impl MetaServer {
     fn start(state: MetaState) -> MetaServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind metadata server");
-        let addr = listener.local_addr().expect("metadata server address");
         let state = Arc::new(state);
         let st = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(conn) = conn {
-                    let st = st.clone();
-                    std::thread::spawn(move || {
-                        let _ = serve(&st, conn);
-                    });
-                }
-            }
+        let listener = HttpListener::start(move |conn| {
+            let _ = serve(&st, conn);
         });
-        MetaServer { addr, state }
+        MetaServer { listener, state }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.listener.addr())
     }
 
     fn route(&self, path: &str, status: u16, body: &str) {
@@ -96,13 +84,6 @@ impl MetaServer {
 
     fn count(&self, path: &str) -> usize {
         self.seen().iter().filter(|s| s.path == path).count()
-    }
-}
-
-impl Drop for MetaServer {
-    fn drop(&mut self) {
-        self.state.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
     }
 }
 
@@ -230,7 +211,7 @@ fn http_source_uses_the_imdsv2_token_custom_headers_and_reads_the_key() {
 #[test]
 fn http_source_follows_the_registry_with_the_instance_id() {
     let server = MetaServer::start(MetaState::default());
-    let endpoint = format!("http://admin:s3cret@{}", server.addr);
+    let endpoint = format!("http://admin:s3cret@{}", server.listener.addr());
     let user_data = json!({"registry": {"endpoint": endpoint}, "dns": {"nameserver": ["10.0.0.2"]}});
     // Base64 of the JSON, JSON-quoted: one of the encodings clouds hand back.
     use base64::Engine as _;

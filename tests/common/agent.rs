@@ -161,6 +161,19 @@ fn path(p: &Path) -> String {
     p.to_str().expect("UTF-8 temp path").to_string()
 }
 
+/// The `value` of a reply envelope; anything else fails the test, showing the reply.
+pub fn value(reply: &Value) -> &Value {
+    reply.get("value").unwrap_or_else(|| panic!("expected a value, got {reply}"))
+}
+
+/// The exception message of a reply envelope; anything else fails the test, showing the reply.
+pub fn exception(reply: &Value) -> String {
+    reply["exception"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an exception, got {reply}"))
+        .to_string()
+}
+
 /// The director's side: protocol 3 requests with `director.<uuid>.<agent_id>.<uuid>` reply subjects.
 pub struct Director {
     nats: Nats,

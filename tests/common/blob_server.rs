@@ -8,10 +8,11 @@
 //! query string is ignored for storage, as with signed URLs). Tests can require Basic auth or a header,
 //! inspect every request, and make the next N requests fail with 500.
 
+use super::http_listener::HttpListener;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -51,12 +52,11 @@ struct State {
     options: BlobServerOptions,
     requests: Mutex<Vec<RecordedRequest>>,
     fail_next: AtomicUsize,
-    stop: AtomicBool,
 }
 
 /// The running server; stops accepting when dropped.
 pub struct BlobServer {
-    addr: SocketAddr,
+    listener: HttpListener,
     state: Arc<State>,
     _dir: TempDir,
 }
@@ -65,35 +65,22 @@ impl BlobServer {
     /// Starts a server on `127.0.0.1:<free port>`.
     pub fn start(options: BlobServerOptions) -> BlobServer {
         let dir = tempfile::tempdir().expect("blob server temp dir");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind blob server");
-        let addr = listener.local_addr().expect("blob server address");
         let state = Arc::new(State {
             dir: dir.path().to_path_buf(),
             options,
             requests: Mutex::new(Vec::new()),
             fail_next: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
         });
         let st = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(conn) = conn {
-                    let st = st.clone();
-                    std::thread::spawn(move || {
-                        let _ = handle(&st, conn);
-                    });
-                }
-            }
+        let listener = HttpListener::start(move |conn| {
+            let _ = handle(&st, conn);
         });
-        BlobServer { addr, state, _dir: dir }
+        BlobServer { listener, state, _dir: dir }
     }
 
     /// `http://127.0.0.1:<port>`, without a trailing slash.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.listener.addr())
     }
 
     /// Every request received so far.
@@ -114,13 +101,6 @@ impl BlobServer {
     /// The blob stored at `path`, if any.
     pub fn blob(&self, path: &str) -> Option<Vec<u8>> {
         std::fs::read(file_for(&self.state, path)).ok()
-    }
-}
-
-impl Drop for BlobServer {
-    fn drop(&mut self) {
-        self.state.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr); // wake the accept loop
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod blob_server;
 pub mod certs;
+pub mod http_listener;
 pub mod loopdev;
 pub mod monit_daemon;
 pub mod nats_server;
