@@ -23,6 +23,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use support::{
     agent_binary, agent_settings, director, interleave, wait_ready, AgentProcess, NatsServer, Pki, Report,
+    REQUEST_TIMEOUT,
 };
 
 /// Interleaved ping pairs in the idle phase: enough that p99 rests on ~30 samples.
@@ -37,8 +38,6 @@ const BUSY_TASKS: usize = 8;
 const BUSY_PINGS: usize = 2000;
 /// Requests of the memory soak (ping, get_state, get_task, list_disk in turn).
 const SOAK: usize = 10_000;
-/// Deadline of one request: a reply slower than this is a failure, not a sample.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Targets (from the agent's design card).
 const TARGET_PING_RATIO: f64 = 1.3;

@@ -36,7 +36,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::{
     agent_binary, agent_settings, director, interleave, wait_ready, AgentProcess, NatsServer, Pki, Report,
-    Samples, XorShift,
+    Samples, XorShift, TARGET_HWM_BYTES,
 };
 
 /// Packages in the spec: a mid-sized release's worth.
@@ -51,11 +51,8 @@ const TEXT_BYTES: usize = 250_000;
 const PARALLEL: usize = 5;
 /// Interleaved rounds of (tar x5, agent x5, tar x1, agent x1); the table shows medians.
 const ROUNDS: usize = 3;
-/// How often the director polls a running task; bounds the timing error per apply.
-const POLL: Duration = Duration::from_millis(20);
 /// An apply slower than this is a failure, not a sample.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(120);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The digest file: the size of the whole release, hashed in one stream.
 const DIGEST_BYTES: usize = 300_000_000;
 /// Interleaved verifier / coreutils pairs per algorithm.
@@ -64,7 +61,6 @@ const DIGEST_RUNS: usize = 3;
 /// Targets (from the issue): agent no slower than 1.2x tar, peak RSS under 20 MB (decimal) while
 /// installing 300 MB, and the verifier at least 0.9x as fast as sha256sum.
 const TARGET_APPLY_RATIO: f64 = 1.2;
-const TARGET_HWM_BYTES: u64 = 20_000_000;
 const TARGET_DIGEST_RATIO: f64 = 0.9;
 
 fn main() {
@@ -268,8 +264,7 @@ fn agent_apply(ctx: &Ctx, parallel: Option<usize>) -> AgentRun {
 /// `apply [spec]`, then `get_task` every `POLL` until it is no longer running; timed from the request
 /// to the reply that says it is done, as the director would see it.
 fn run_apply(t: &mut Nats, spec: &Value, agent: &AgentProcess) -> Duration {
-    let (took, reply) =
-        support::run_task(t, "apply", std::slice::from_ref(spec), POLL, REQUEST_TIMEOUT, APPLY_TIMEOUT);
+    let (took, reply) = support::run_task(t, "apply", std::slice::from_ref(spec), APPLY_TIMEOUT);
     assert_eq!(reply, json!({"value": "applied"}), "apply failed\n--- agent log ---\n{}", agent.log());
     took
 }

@@ -1,4 +1,4 @@
-//! Fixtures shared by the end-to-end benchmarks (`benches/agent.rs`, `benches/apply.rs`): a
+//! Fixtures shared by the end-to-end benchmarks (`benches/*.rs`): a
 //! throw-away PKI, a mutual-TLS nats-server, the release agent as a child process with its memory
 //! read from `/proc`, director connections, interleaved sampling and the report table.
 //!
@@ -28,6 +28,12 @@ use std::time::{Duration, Instant};
 /// The agents' heartbeat interval: short enough that the memory figures can also be read once the
 /// agent has settled after a burst (it trims heap and code pages between heartbeats).
 pub const HEARTBEAT_SECS: u64 = 5;
+/// How often the benches' director polls a running task: bounds the timing error of each task.
+pub const POLL: Duration = Duration::from_millis(20);
+/// How long the benches' director waits for any one reply.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The data-path benches' target for the agent's peak resident memory (20 MB, decimal).
+pub const TARGET_HWM_BYTES: u64 = 20_000_000;
 use tempfile::TempDir;
 
 /// `target/release/bosh-agent`, or `BOSH_AGENT_BIN`; a missing binary is an error, not a skip,
@@ -602,25 +608,18 @@ impl XorShift {
     }
 }
 
-/// Sends an async request, then `get_task` every `poll` until it is no longer running, timed from
+/// Sends an async request, then `get_task` every [`POLL`] until it is no longer running, timed from
 /// the request to the reply that says it is done, as the director sees it; returns that reply.
-pub fn run_task(
-    t: &mut Nats,
-    method: &str,
-    args: &[Value],
-    poll: Duration,
-    request_timeout: Duration,
-    task_timeout: Duration,
-) -> (Duration, Value) {
+pub fn run_task(t: &mut Nats, method: &str, args: &[Value], task_timeout: Duration) -> (Duration, Value) {
     let start = Instant::now();
-    let first = t.request(method, args, start + request_timeout).expect(method);
+    let first = t.request(method, args, start + REQUEST_TIMEOUT).expect(method);
     let id = first["value"]["agent_task_id"]
         .as_str()
         .unwrap_or_else(|| panic!("{method} gave no task: {first}"))
         .to_string();
     loop {
-        std::thread::sleep(poll);
-        let reply = t.request("get_task", &[json!(id)], Instant::now() + request_timeout).expect("get_task");
+        std::thread::sleep(POLL);
+        let reply = t.request("get_task", &[json!(id)], Instant::now() + REQUEST_TIMEOUT).expect("get_task");
         if reply["value"]["state"] == "running" && reply["value"]["agent_task_id"] == id {
             assert!(start.elapsed() < task_timeout, "{method} still running after {task_timeout:?}");
             continue;
