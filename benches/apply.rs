@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::{
-    agent_binary, agent_settings, director, interleave, wait_ready, AgentProcess, NatsServer, Pki, Report,
+    agent_settings, director, interleave, mb, sync, wait_ready, AgentProcess, DataBench, Pki, Report,
     Samples, XorShift, TARGET_HWM_BYTES,
 };
 
@@ -65,11 +65,7 @@ const TARGET_DIGEST_RATIO: f64 = 0.9;
 
 fn main() {
     let started = Instant::now();
-    let agent_bin = agent_binary();
-    let pki = Pki::new();
-    let nats = NatsServer::start(&pki);
-    let blobstore = tempfile::tempdir().expect("blobstore directory");
-    let scratch = tempfile::tempdir().expect("scratch directory");
+    let DataBench { agent_bin, pki, nats, blobstore, scratch } = DataBench::start();
     let mut report = Report::new("baseline");
 
     // 1: the release.
@@ -307,12 +303,6 @@ fn tar_all(packages: &[Package], blobstore: &Path, scratch: &Path, parallel: usi
     took
 }
 
-/// Flushes dirty pages, so writeback of one phase's 300 MB does not land in the next phase's time.
-fn sync() {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-}
-
 /// Every package directory under `root` has all its files, and some of them (the script, the
 /// largest binary, one text file, in the first, a middle and the last package) match byte for byte.
 fn verify_installed(root: &Path) {
@@ -372,10 +362,6 @@ fn verify_with_tool(tool: &str, path: &Path, expected: &str) -> Duration {
 
 fn rate(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
-}
-
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 /// One generated package in the blobstore.

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{
-    agent_binary, agent_settings, director, seconds, wait_ready, AgentProcess, NatsServer, Pki, Report,
-    Samples, XorShift, POLL, TARGET_HWM_BYTES,
+    agent_settings, director, mb, seconds, sync, wait_ready, AgentProcess, DataBench, Pki, Report, Samples,
+    XorShift, POLL, TARGET_HWM_BYTES,
 };
 
 /// Incompressible files (sizes in bytes): 60 MB of "binaries" and tarballs vendored in the source.
@@ -45,11 +45,7 @@ const TARGET_OVERHEAD: Duration = Duration::from_millis(1500);
 
 fn main() {
     let started = Instant::now();
-    let agent_bin = agent_binary();
-    let pki = Pki::new();
-    let nats = NatsServer::start(&pki);
-    let blobstore = tempfile::tempdir().expect("blobstore directory");
-    let scratch = tempfile::tempdir().expect("scratch directory");
+    let DataBench { agent_bin, pki, nats, blobstore, scratch } = DataBench::start();
     let mut report = Report::new("tools");
 
     let times_file = scratch.path().join("packaging-times");
@@ -239,15 +235,6 @@ fn tools_baseline(source: &Path, scratch: &Path) -> Duration {
     fs::remove_dir_all(&dir).expect("removing tools dir");
     fs::remove_file(&out).expect("removing tools tgz");
     took
-}
-
-fn sync() {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-}
-
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 /// One source file; contents are a function of its seed, so checks can regenerate them.

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{
-    agent_binary, agent_settings, director, wait_ready, AgentProcess, NatsServer, Pki, Report, Samples,
+    agent_settings, director, mb, sync, wait_ready, AgentProcess, DataBench, Report, Samples,
     TARGET_HWM_BYTES,
 };
 
@@ -47,11 +47,7 @@ const TARGET_RATIO: f64 = 1.1;
 
 fn main() {
     let started = Instant::now();
-    let agent_bin = agent_binary();
-    let pki = Pki::new();
-    let nats = NatsServer::start(&pki);
-    let blobstore = tempfile::tempdir().expect("blobstore directory");
-    let scratch = tempfile::tempdir().expect("scratch directory");
+    let DataBench { agent_bin, pki, nats, blobstore, scratch } = DataBench::start();
     let mut report = Report::new("tar czf");
 
     let id = format!("logs-{}", &bosh_agent::ids::uuid_v4()[..8]);
@@ -229,15 +225,6 @@ fn check_tarball(blob: &Path, files: usize, bytes: u64) {
         listing.lines().filter_map(|l| l.split_whitespace().nth(2).and_then(|s| s.parse().ok())).collect();
     assert_eq!(sizes.len(), files, "entries in the uploaded tarball");
     assert_eq!(sizes.iter().sum::<u64>(), bytes, "bytes in the uploaded tarball");
-}
-
-fn sync() {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-}
-
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 /// Writes the log files; returns (files, bytes). Sizes vary from a quarter to twice the mean, so

@@ -307,6 +307,39 @@ pub fn seconds(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
+/// Bytes as decimal megabytes, as the issues' targets are written.
+pub fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// Flushes dirty pages, so writeback of one phase's files does not land in the next phase's time.
+pub fn sync() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
+/// What the data-path benches (apply, compile, logs) start from: the release agent binary, a PKI
+/// and a mutual-TLS nats-server, a local blobstore directory and a scratch directory.
+pub struct DataBench {
+    pub agent_bin: PathBuf,
+    pub pki: Pki,
+    pub nats: NatsServer,
+    pub blobstore: TempDir,
+    pub scratch: TempDir,
+}
+
+impl DataBench {
+    /// Finds the agent and starts the server; panics (failing the bench) when either is missing.
+    pub fn start() -> DataBench {
+        let agent_bin = agent_binary();
+        let pki = Pki::new();
+        let nats = NatsServer::start(&pki);
+        let blobstore = tempfile::tempdir().expect("blobstore directory");
+        let scratch = tempfile::tempdir().expect("scratch directory");
+        DataBench { agent_bin, pki, nats, blobstore, scratch }
+    }
+}
+
 /// A throw-away CA, a server certificate shaped like BOSH's NATS certificate, and client
 /// certificates on demand. Generated per run so no key material lives in the repository.
 pub struct Pki {
