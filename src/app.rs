@@ -2,8 +2,9 @@
 //! tasks → worker pool → heartbeat → wait for a signal. Each step fails with a message naming what was
 //! wrong; nothing here runs per request.
 
-use crate::actions::{BusControl, Context};
+use crate::actions::Context;
 use crate::alerts::{self, SmtpOptions, SmtpServer};
+use crate::bus::{BusControl, HmTopic, Notifier, Silent};
 use crate::cli::Options;
 use crate::config::AgentConfig;
 use crate::dirs::Dirs;
@@ -11,7 +12,7 @@ use crate::dispatch::{pool, Dispatcher, Incoming};
 use crate::heartbeat::Heartbeat;
 use crate::jobs::monit::{MonitOptions, MonitSupervisor};
 use crate::jobs::{DummySupervisor, JobSupervisor};
-use crate::mbus::{agent_https, agent_nats::NatsBus, Notifier, Silent};
+use crate::mbus::{agent_https, agent_nats::NatsBus};
 use crate::settings::service::{Overrides, SettingsService};
 use crate::settings::sources::{self, EmbeddedSource, SettingsSource};
 use crate::{dispatch::tasks::TaskTable, platform, vitals::CpuSampler};
@@ -168,7 +169,7 @@ fn start_alerts(ctx: &Arc<Context>, notifier: Arc<dyn Notifier>, port: u16) -> R
         if let Some(alert) = alerts::from_mail(&mail, &ips, now) {
             match serde_json::to_value(&alert) {
                 Ok(v) => {
-                    if let Err(e) = notifier.notify(crate::mbus::HmTopic::Alert, &v) {
+                    if let Err(e) = notifier.notify(HmTopic::Alert, &v) {
                         log::warn!("publishing alert: {e}");
                     }
                 }

@@ -4,8 +4,8 @@
 //! and disk, vitals from /proc, job state from a supervisor that answers within a bound.
 
 use crate::actions::Context;
+use crate::bus::{HmTopic, Notifier};
 use crate::jobs::spec;
-use crate::mbus::{HmTopic, Notifier};
 use serde_json::{json, Value};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;

@@ -14,6 +14,7 @@ pub mod alerts;
 pub mod app;
 pub mod archive;
 pub mod blobstore;
+pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -9,7 +9,7 @@
 //! line that is not an SSH event is simply ignored.
 
 use crate::alerts::Alert;
-use crate::mbus::{HmTopic, Notifier};
+use crate::bus::{HmTopic, Notifier};
 use crate::tcp_service::TcpService;
 use std::io::{self, ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};

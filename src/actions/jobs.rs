@@ -4,10 +4,10 @@
 
 use super::{bind, Action, Call, Context};
 use crate::blobstore::Blobs;
+use crate::bus::HmTopic;
 use crate::jobs::applier::{Installer, Layout, DEFAULT_PARALLEL};
 use crate::jobs::scripts::{self, ERRAND_OUTPUT_CAP, KILL_GRACE};
 use crate::jobs::spec::{self, ApplySpec};
-use crate::mbus::HmTopic;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;

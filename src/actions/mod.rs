@@ -21,22 +21,15 @@ mod tasks;
 
 pub use args::{bind, FromArgs};
 
+use crate::bus::{BusControl, Notifier};
 use crate::dirs::Dirs;
 use crate::dispatch::tasks::{CancelToken, TaskTable};
 use crate::jobs::JobSupervisor;
-use crate::mbus::Notifier;
 use crate::platform::Platform;
 use crate::settings::service::SettingsService;
-use crate::settings::Effective;
 use crate::vitals::CpuSampler;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
-
-/// What the bus must do when `update_settings` changed the bus settings (new certificate or URLs).
-pub trait BusControl: Send + Sync {
-    /// Reconnects with the new settings if they differ from the ones in use.
-    fn settings_changed(&self, settings: &Effective);
-}
 
 /// Shared handles every action may use. Cheap to share: everything is behind `Arc`s.
 pub struct Context {

@@ -3,7 +3,7 @@
 
 use super::https::{AgentEndpoint, HttpsOptions, HttpsServer};
 use super::url::MbusUrl;
-use crate::actions::BusControl;
+use crate::bus::BusControl;
 use crate::dirs::Dirs;
 use crate::dispatch::{Incoming, ReplySink};
 use crate::mbus::Response;

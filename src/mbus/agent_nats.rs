@@ -3,8 +3,7 @@
 //! client underneath knows nothing about BOSH.
 
 use super::nats::{Message, NatsConnection, NatsOptions};
-use super::{HmTopic, Notifier};
-use crate::actions::BusControl;
+use crate::bus::{BusControl, HmTopic, Notifier};
 use crate::dispatch::{Incoming, ReplySink};
 use crate::settings::Effective;
 use serde_json::Value;
@@ -84,7 +83,9 @@ impl NatsBus {
 impl Notifier for NatsBus {
     fn notify(&self, topic: HmTopic, payload: &Value) -> Result<(), String> {
         let body = payload.to_string();
-        self.conn.publish(&topic.subject(&self.agent_id), body.as_bytes()).map_err(|e| format!("{e:?}"))
+        self.conn
+            .publish(&super::hm_subject(topic, &self.agent_id), body.as_bytes())
+            .map_err(|e| format!("{e:?}"))
     }
 }
 

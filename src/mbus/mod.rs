@@ -14,43 +14,14 @@ pub use envelope::{Request, Response};
 pub mod agent_https;
 pub mod agent_nats;
 
-use serde_json::Value;
+use crate::bus::HmTopic;
 
-/// The health monitor's topics; the only subjects the agent publishes on besides replies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HmTopic {
-    /// `hm.agent.heartbeat.<agent_id>`.
-    Heartbeat,
-    /// `hm.agent.alert.<agent_id>`.
-    Alert,
-    /// `hm.agent.shutdown.<agent_id>`.
-    Shutdown,
-}
-
-impl HmTopic {
-    /// The NATS subject for this topic and agent.
-    pub fn subject(self, agent_id: &str) -> String {
-        let kind = match self {
-            HmTopic::Heartbeat => "heartbeat",
-            HmTopic::Alert => "alert",
-            HmTopic::Shutdown => "shutdown",
-        };
-        format!("hm.agent.{kind}.{agent_id}")
-    }
-}
-
-/// Sends events to the health monitor. The HTTPS bus has no health monitor, so its notifier is
-/// [`Silent`].
-pub trait Notifier: Send + Sync {
-    /// Publishes one event.
-    fn notify(&self, topic: HmTopic, payload: &Value) -> Result<(), String>;
-}
-
-/// A notifier that drops everything (create-env VMs have no health monitor).
-pub struct Silent;
-
-impl Notifier for Silent {
-    fn notify(&self, _: HmTopic, _: &Value) -> Result<(), String> {
-        Ok(())
-    }
+/// The NATS subject of a health-monitor topic for this agent: `hm.agent.<topic>.<agent_id>`.
+pub fn hm_subject(topic: HmTopic, agent_id: &str) -> String {
+    let kind = match topic {
+        HmTopic::Heartbeat => "heartbeat",
+        HmTopic::Alert => "alert",
+        HmTopic::Shutdown => "shutdown",
+    };
+    format!("hm.agent.{kind}.{agent_id}")
 }
