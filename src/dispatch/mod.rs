@@ -6,12 +6,13 @@
 //! queued behind another task), so a long task never occupies a worker and `ping`, `get_state` and `get_task` are answered at once however
 //! many tasks run.
 
+mod envelope;
 pub mod pool;
 pub mod tasks;
 
 use crate::actions::{lookup, ActionSpec, Bound, Call, Context};
-use crate::mbus::{Request, Response};
 use base64::Engine;
+pub use envelope::{EnvelopeError, Request, Response};
 use serde_json::json;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;

@@ -1,16 +1,15 @@
 //! Message buses: NATS for the director and health monitor, HTTPS for bosh-cli.
 //!
-//! Architecture invariant: this module is the only one that knows the wire envelope, NATS subjects and
-//! HTTP routes. Both listeners turn bytes into a [`Request`] and hand it to the dispatcher; actions
-//! never see the bus.
+//! Architecture invariant: this module is the only one that knows the transports: NATS subjects,
+//! TLS identities and HTTP routes. Both listeners hand request bodies to the dispatcher, which owns the
+//! JSON envelope ([`crate::dispatch::Request`]); actions reach the bus only through the seam in
+//! [`crate::bus`].
 
-pub mod envelope;
 pub mod http;
 pub mod https;
 pub mod nats;
 pub mod url;
 
-pub use envelope::{Request, Response};
 pub mod agent_https;
 pub mod agent_nats;
 
