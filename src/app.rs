@@ -15,7 +15,8 @@ use crate::jobs::{DummySupervisor, JobSupervisor};
 use crate::mbus::{agent_https, agent_nats::NatsBus};
 use crate::settings::service::{Overrides, SettingsService};
 use crate::settings::sources::{self, EmbeddedSource, SettingsSource};
-use crate::{dispatch::tasks::TaskTable, platform, vitals::CpuSampler};
+use crate::tasks::TaskTable;
+use crate::{platform, vitals::CpuSampler};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 

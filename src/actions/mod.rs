@@ -22,11 +22,12 @@ mod tasks;
 pub use args::{bind, FromArgs};
 
 use crate::bus::{BusControl, Notifier};
+use crate::cancel::CancelToken;
 use crate::dirs::Dirs;
-use crate::dispatch::tasks::{CancelToken, TaskTable};
 use crate::jobs::JobSupervisor;
 use crate::platform::Platform;
 use crate::settings::service::SettingsService;
+use crate::tasks::TaskTable;
 use crate::vitals::CpuSampler;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};

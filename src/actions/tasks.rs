@@ -1,7 +1,7 @@
 //! `get_task` and `cancel_task`: answered straight from the task table, never queued behind tasks.
 
 use super::{bind, Action, Call};
-use crate::dispatch::tasks::{CancelOutcome, TaskState};
+use crate::tasks::{CancelOutcome, TaskState};
 use serde_json::{json, Value};
 
 /// `get_task [id]`: the running handle, the raw result, or the failure.

@@ -8,16 +8,16 @@
 
 mod envelope;
 pub mod pool;
-pub mod tasks;
 
 use crate::actions::{lookup, ActionSpec, Bound, Call, Context};
+use crate::cancel::CancelToken;
+use crate::tasks::PersistedTask;
 use base64::Engine;
 pub use envelope::{EnvelopeError, Request, Response};
 use serde_json::json;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
-use tasks::{CancelToken, PersistedTask};
 
 /// Where a reply goes: a NATS publish to `reply_to`, or the waiting HTTPS connection.
 pub trait ReplySink: Send {

@@ -2,7 +2,7 @@
 //! `post-stop`), drain scripts with their integer protocol, and errands. Every script runs in its own
 //! process group so a cancel (SIGTERM, then SIGKILL after a grace period) reaches everything it started.
 
-use crate::dispatch::tasks::CancelToken;
+use crate::cancel::CancelToken;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;

@@ -1,56 +1,26 @@
-//! The task table behind `get_task` and `cancel_task`: one mutex around a map, held only for map
-//! operations (never while an action runs), so status polls are answered at once however many tasks
-//! run. Finished results are kept for a bounded time and count; tasks of persistent actions are also
-//! recorded in `tasks.json` (the Go agent's format) so they can be resumed after a restart.
+//! The task table behind `get_task` and `cancel_task`: one mutex around a map, never held while an
+//! action runs, so status polls are answered at once however many tasks run. Finished results are
+//! kept for a bounded time and count. Tasks of persistent actions are also recorded in `tasks.json`
+//! (the Go agent's format) so they can be resumed after a restart; that file is written and fsynced
+//! under the mutex, so it always matches the table, at the cost of a poll waiting out one write
+//! when a persistent task (only `update_settings`) starts or ends.
+//!
+//! A leaf: the dispatcher starts and finishes tasks, actions read and cancel them.
 
+use crate::cancel::CancelToken;
 use crate::fsutil;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long a finished task's result stays answerable.
 pub const RESULT_TTL: Duration = Duration::from_secs(3600);
 /// How many finished results are kept at most.
 pub const RESULT_CAP: usize = 256;
-
-/// Cooperative cancellation for a running action: it checks or waits on the token, so a cancelled task
-/// still finishes with a normal result (the director collects an errand's output after cancelling).
-#[derive(Clone, Default)]
-pub struct CancelToken(Arc<(Mutex<bool>, Condvar)>);
-
-impl CancelToken {
-    /// Asks the action to stop.
-    pub fn cancel(&self) {
-        let (flag, cv) = &*self.0;
-        *lock(flag) = true;
-        cv.notify_all();
-    }
-    /// Whether cancellation was requested.
-    pub fn is_cancelled(&self) -> bool {
-        *lock(&self.0 .0)
-    }
-    /// Sleeps up to `d`, waking early on cancellation; returns whether the task was cancelled.
-    pub fn wait(&self, d: Duration) -> bool {
-        let (flag, cv) = &*self.0;
-        let deadline = Instant::now() + d;
-        let mut g = lock(flag);
-        while !*g {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            g = match cv.wait_timeout(g, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
-        *g
-    }
-}
 
 /// A task's state as `get_task` reports it.
 #[derive(Clone, Debug, PartialEq)]
