@@ -63,7 +63,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     let (tx, rx) = mpsc::channel::<Incoming>();
     let first_url = effective.mbus_urls().into_iter().next().unwrap_or_default();
-    let log_url = crate::mbus::url::redact(&first_url);
+    let log_url = crate::url::redact(&first_url);
     let (bus, notifier, _https): (Arc<dyn BusControl>, Arc<dyn Notifier>, _) =
         if first_url.starts_with("https://") {
             let server = agent_https::start(&effective, &dirs, tx)?;

@@ -162,7 +162,7 @@ impl Nats {
         // arrive before the server knows where to deliver it.
         if !(conn.wait_connected(left()) && conn.flush(left())) {
             conn.shutdown();
-            return Err(format!("could not connect to {}", crate::mbus::url::redact(url)));
+            return Err(format!("could not connect to {}", crate::url::redact(url)));
         }
         Ok(Nats { conn, replies, agent_id: agent_id.to_string(), inbox })
     }

@@ -37,4 +37,5 @@ pub mod syslog_alerts;
 pub mod tasks;
 pub mod tcp_service;
 pub mod tls;
+pub mod url;
 pub mod vitals;

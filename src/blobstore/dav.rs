@@ -66,7 +66,7 @@ impl Dav {
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             return Err(format!(
                 "dav blobstore: endpoint must start with http:// or https://, got '{}'",
-                super::signed::redact_url(endpoint)
+                crate::url::redact_url(endpoint)
             ));
         }
         let auth = opt_str(options, "user").filter(|u| !u.is_empty()).map(|user| {

@@ -344,7 +344,7 @@ impl Blobs {
         digest: &MultiDigest,
         tmp_dir: &Path,
     ) -> Result<FetchedBlob, String> {
-        let shown = signed::redact_url(url);
+        let shown = crate::url::redact_url(url);
         self.with_retries(&format!("Getting signed URL {shown}"), || {
             stream_verified(tmp_dir, digest, &shown, |w| signed::get(&self.http, url, headers, w))
         })

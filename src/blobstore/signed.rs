@@ -6,6 +6,7 @@
 //! own error texts.
 
 use super::{copy_stream, ProviderError};
+use crate::url::{redact_url, scrub};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
@@ -50,32 +51,6 @@ fn configured(tls: ureq::tls::TlsConfig) -> ureq::Agent {
         .timeout_per_write(Some(IO_TIMEOUT))
         .build()
         .new_agent()
-}
-
-/// `url` without user info, query string or fragment: safe to log and to put in errors.
-pub fn redact_url(url: &str) -> String {
-    let cut = url.find(['?', '#']).map_or(url, |i| &url[..i]);
-    match cut.split_once("://") {
-        Some((scheme, rest)) => {
-            let (host, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
-            let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-            let marker = if cut.len() < url.len() { "?<redacted>" } else { "" };
-            format!("{scheme}://{host}{path}{marker}")
-        }
-        None => "<unparsable URL>".to_string(),
-    }
-}
-
-/// Removes any trace of `url`'s secret parts from `text` (an error message from the HTTP stack).
-pub fn scrub(text: &str, url: &str) -> String {
-    let mut out = text.replace(url, &redact_url(url));
-    if let Some(i) = url.find('?') {
-        let query = &url[i + 1..];
-        if !query.is_empty() {
-            out = out.replace(query, "<redacted>");
-        }
-    }
-    out
 }
 
 /// Whether an HTTP status may change on a retry (server trouble, throttling, timeouts).
@@ -146,19 +121,6 @@ pub fn put(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_query_and_userinfo() {
-        assert_eq!(
-            redact_url("https://u:p@s3.example.com/bucket/obj?X-Amz-Signature=abc#f"),
-            "https://s3.example.com/bucket/obj?<redacted>"
-        );
-        assert_eq!(redact_url("http://h:1/a/b"), "http://h:1/a/b");
-        assert_eq!(redact_url("nonsense?secret"), "<unparsable URL>");
-        let url = "http://h/o?sig=SECRET";
-        let s = scrub(&format!("error for {url} and sig=SECRET"), url);
-        assert!(!s.contains("SECRET"), "{s}");
-    }
 
     #[test]
     fn custom_ca_must_hold_a_certificate() {

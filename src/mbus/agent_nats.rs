@@ -27,7 +27,7 @@ pub fn options(settings: &Effective) -> Result<NatsOptions, String> {
     if urls.is_empty() || urls.iter().any(|u| !(u.starts_with("nats://") || u.starts_with("tls://"))) {
         return Err(format!(
             "NATS bus needs nats:// URLs, got {}",
-            urls.iter().map(|u| super::url::redact(u)).collect::<Vec<_>>().join(", ")
+            urls.iter().map(|u| crate::url::redact(u)).collect::<Vec<_>>().join(", ")
         ));
     }
     let cert = settings.mbus_cert();

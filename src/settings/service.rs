@@ -156,17 +156,15 @@ pub fn blobstore_from_uri(uri: &str) -> Result<Blobstore, String> {
     } else if uri.starts_with('/') {
         options.insert("blobstore_path".into(), json!(uri));
         "local"
-    } else if let Some((scheme, rest)) = uri.split_once("://").filter(|(s, _)| *s == "http" || *s == "https")
+    } else if let Some((endpoint, credentials)) = uri
+        .split_once("://")
+        .filter(|(s, _)| *s == "http" || *s == "https")
+        .and_then(|_| crate::url::take_credentials(uri))
     {
-        let (auth, host) = match rest.split_once('@') {
-            Some((a, h)) => (Some(a), h),
-            None => (None, rest),
-        };
-        options.insert("endpoint".into(), json!(format!("{scheme}://{host}")));
-        if let Some(auth) = auth {
-            let (u, p) = auth.split_once(':').unwrap_or((auth, ""));
-            options.insert("user".into(), Value::String(crate::mbus::url::percent_decode(u)));
-            options.insert("password".into(), Value::String(crate::mbus::url::percent_decode(p)));
+        options.insert("endpoint".into(), json!(endpoint));
+        if let Some((user, password)) = credentials {
+            options.insert("user".into(), Value::String(user));
+            options.insert("password".into(), Value::String(password));
         }
         "dav"
     } else {

@@ -42,7 +42,7 @@ impl Http {
     }
 
     fn call(&self, method: &str, url: &str, headers: &[(String, String)]) -> Result<Vec<u8>, Failure> {
-        let shown = crate::blobstore::signed::redact_url(url);
+        let shown = crate::url::redact_url(url);
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Failure::Transient(format!("{method} {shown}: out of time")));
@@ -60,7 +60,7 @@ impl Http {
             }
             req.config().timeout_global(Some(left)).build().call()
         };
-        let scrub = |e: ureq::Error| crate::blobstore::signed::scrub(&e.to_string(), url);
+        let scrub = |e: ureq::Error| crate::url::scrub(&e.to_string(), url);
         let mut resp = result.map_err(|e| Failure::Transient(format!("{method} {shown}: {}", scrub(e))))?;
         let status = resp.status().as_u16();
         let body =

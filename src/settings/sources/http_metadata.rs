@@ -78,7 +78,7 @@ impl HttpMetadataSource {
 
 impl Attempt for HttpMetadataSource {
     fn name(&self) -> String {
-        format!("HTTP({})", crate::blobstore::signed::redact_url(&self.config.uri))
+        format!("HTTP({})", crate::url::redact_url(&self.config.uri))
     }
 
     fn attempt(&self, deadline: Instant) -> Result<Fetched, Failure> {

@@ -20,7 +20,7 @@ pub struct InstanceMetadataSource {
 
 impl Attempt for InstanceMetadataSource {
     fn name(&self) -> String {
-        format!("InstanceMetadata({})", crate::blobstore::signed::redact_url(&self.uri))
+        format!("InstanceMetadata({})", crate::url::redact_url(&self.uri))
     }
 
     fn attempt(&self, deadline: Instant) -> Result<Fetched, Failure> {

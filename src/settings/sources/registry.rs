@@ -18,7 +18,7 @@ pub(crate) fn fetch(http: &Http, endpoint: &str, id: &str) -> Result<Value, Fail
     let mut headers = vec![("Accept".to_string(), "application/json".to_string())];
     headers.extend(auth.map(|a| ("Authorization".to_string(), a)));
     let body = http.get(&url, &headers).map_err(|f| f.map(|m| format!("registry: {m}")))?;
-    let shown = crate::blobstore::signed::redact_url(&url);
+    let shown = crate::url::redact_url(&url);
     let doc: Value = serde_json::from_slice(&body)
         .map_err(|e| Failure::Permanent(format!("registry {shown}: answer is not JSON: {e}")))?;
     let settings = match doc.get("settings") {
@@ -36,19 +36,12 @@ pub(crate) fn fetch(http: &Http, endpoint: &str, id: &str) -> Result<Value, Fail
 
 /// The endpoint without user info, and the Basic `Authorization` value made from it.
 fn split_credentials(endpoint: &str) -> Option<(String, Option<String>)> {
-    let (scheme, rest) = endpoint.split_once("://").filter(|(s, _)| *s == "http" || *s == "https")?;
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(host_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-            let (user, password) =
-                (crate::mbus::url::percent_decode(user), crate::mbus::url::percent_decode(password));
-            let creds = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-            Some((format!("{scheme}://{host}{path}"), Some(format!("Basic {creds}"))))
-        }
-        None => Some((endpoint.to_string(), None)),
-    }
+    endpoint.split_once("://").filter(|(s, _)| *s == "http" || *s == "https")?;
+    let (url, credentials) = crate::url::take_credentials(endpoint)?;
+    let auth = credentials.map(|(user, password)| {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+    });
+    Some((url, auth))
 }
 
 /// Percent-encodes everything outside RFC 3986's unreserved set, so an id stays one path segment.
