@@ -14,7 +14,7 @@ use crate::jobs::monit::{MonitOptions, MonitSupervisor};
 use crate::jobs::{DummySupervisor, JobSupervisor};
 use crate::mbus::{agent_https, agent_nats::NatsBus};
 use crate::settings::service::{Overrides, SettingsService};
-use crate::settings::sources::{self, EmbeddedSource, SettingsSource};
+use crate::settings::sources;
 use crate::tasks::TaskTable;
 use crate::{platform, vitals::CpuSampler};
 use std::sync::{mpsc, Arc};
@@ -34,17 +34,8 @@ pub fn run(opts: Options) -> Result<(), String> {
         Some(path) => AgentConfig::load(path)?,
         None => AgentConfig::default(),
     };
-    let srcs: Vec<Box<dyn SettingsSource>> = match (&opts.config, &opts.infrastructure) {
-        (Some(_), _) => sources::from_config(&config.sources, &dirs),
-        (None, Some(infrastructure)) => {
-            let metadata_url = std::env::var(sources::METADATA_URL_ENV).ok();
-            sources::for_infrastructure(infrastructure, &dirs, metadata_url.as_deref())?
-        }
-        (None, None) => {
-            log::info!("no -C given: running on the embedded default (HTTPS bus, dummy platform)");
-            vec![Box::new(EmbeddedSource { bosh_dir: dirs.bosh() })]
-        }
-    };
+    let configured = opts.config.as_ref().map(|_| config.sources.as_slice());
+    let srcs = sources::select(configured, opts.infrastructure.as_deref(), &dirs)?;
     let overrides = Overrides {
         agent_id: opts.agent_id.clone(),
         mbus: opts.mbus.clone(),

@@ -2,6 +2,7 @@
 //! the original Ruby agent's flags, and the `call` client. Parsing only; no behaviour lives here.
 //! Unknown flags and bad values are a one-line error (exit code 2, see `main.rs`).
 
+use crate::settings::sources::EMBEDDED_MBUS;
 use log::LevelFilter;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -109,9 +110,6 @@ pub struct CallOptions {
     /// The arguments array.
     pub arguments: Vec<serde_json::Value>,
 }
-
-/// The embedded default bus URL, shared by the agent and `call`.
-pub const EMBEDDED_MBUS: &str = "https://bosh:bosh@127.0.0.1:6868";
 
 const INFRASTRUCTURES: &[&str] = &[
     "aws",

@@ -1,0 +1,140 @@
+//! Which sources to read: the ones `agent.json` names (`-C`), the ones the Ruby agent's `-I
+//! <infrastructure>` implied, or the embedded default when neither is given.
+
+use super::embedded::EmbeddedSource;
+use super::retry::{RetryPolicy, Retrying, Round};
+use super::{config_drive, Attempt, FileSource, SettingsSource};
+use super::{CdromSource, ConfigDriveSource, HttpMetadataSource, InstanceMetadataSource};
+use crate::config::{HttpSourceConfig, SourceConfig};
+use crate::dirs::Dirs;
+
+/// The sources for this start: those of `agent.json` when it was given, else those `-I
+/// <infrastructure>` implies, else the embedded default (an HTTPS bus on loopback).
+pub fn select(
+    configured: Option<&[SourceConfig]>,
+    infrastructure: Option<&str>,
+    dirs: &Dirs,
+) -> Result<Vec<Box<dyn SettingsSource>>, String> {
+    match (configured, infrastructure) {
+        (Some(configs), _) => Ok(from_config(configs, dirs)),
+        (None, Some(infrastructure)) => {
+            let metadata_url = std::env::var(METADATA_URL_ENV).ok();
+            for_infrastructure(infrastructure, dirs, metadata_url.as_deref())
+        }
+        (None, None) => {
+            log::info!("no -C given: running on the embedded default (HTTPS bus, dummy platform)");
+            Ok(vec![Box::new(EmbeddedSource { bosh_dir: dirs.bosh() })])
+        }
+    }
+}
+
+/// Builds the sources named in `agent.json` with the default [`RetryPolicy`]; `<base>/bosh` holds
+/// temporary mount points.
+pub fn from_config(configs: &[SourceConfig], dirs: &Dirs) -> Vec<Box<dyn SettingsSource>> {
+    build(configs, dirs, RetryPolicy::default())
+}
+
+/// Builds the sources with `policy`, skipping (with a warning) the types this release does not
+/// implement yet so a stemcell listing several still boots from the ones it has. Local files are
+/// read once: retrying them cannot help.
+pub fn build(configs: &[SourceConfig], dirs: &Dirs, policy: RetryPolicy) -> Vec<Box<dyn SettingsSource>> {
+    let round = Round::new(policy);
+    let mut leads = true;
+    let mut retrying = |inner: Box<dyn Attempt>| -> Box<dyn SettingsSource> {
+        let source = Retrying::in_round(inner, policy, round.clone(), leads);
+        leads = false;
+        Box::new(source)
+    };
+    let scratch = dirs.bosh();
+    let mut out: Vec<Box<dyn SettingsSource>> = Vec::new();
+    for c in configs {
+        match c {
+            SourceConfig::File { settings_path } => {
+                out.push(Box::new(FileSource { path: settings_path.clone() }))
+            }
+            SourceConfig::Http(h) => out.push(retrying(Box::new(HttpMetadataSource::new(h.clone())))),
+            SourceConfig::InstanceMetadata { uri, headers, settings_path } => {
+                out.push(retrying(Box::new(InstanceMetadataSource {
+                    uri: uri.clone(),
+                    headers: headers.clone(),
+                    settings_path: settings_path.clone(),
+                })))
+            }
+            SourceConfig::ConfigDrive { disk_paths, meta_data_path, user_data_path, settings_path } => out
+                .push(retrying(Box::new(ConfigDriveSource {
+                    disk_paths: disk_paths.clone(),
+                    meta_data_path: meta_data_path.clone(),
+                    user_data_path: user_data_path.clone(),
+                    settings_path: settings_path.clone(),
+                    scratch: scratch.clone(),
+                }))),
+            SourceConfig::Cdrom { file_name, device_path } => out.push(retrying(Box::new(CdromSource {
+                file_name: file_name.clone(),
+                device_path: device_path.clone(),
+                scratch: scratch.clone(),
+            }))),
+            SourceConfig::Unsupported { kind } => {
+                log::warn!("settings source type '{kind}' is not supported by this agent yet; skipped")
+            }
+        }
+    }
+    out
+}
+
+/// The environment variable that replaces `http://169.254.169.254` for `-I aws` and `-I openstack`.
+/// For tests only: on a real VM the metadata service is always at the link-local address.
+pub const METADATA_URL_ENV: &str = "BOSH_AGENT_TEST_METADATA_URL";
+/// EC2's (and OpenStack's) metadata service.
+pub const EC2_METADATA_URL: &str = "http://169.254.169.254";
+
+/// The sources the Ruby agent's `-I <infrastructure>` implied (seed-ruby-agent.md §2.3), for a
+/// stemcell started without `-C`. `metadata_url` replaces the link-local metadata address (tests).
+pub fn infrastructure_configs(
+    name: &str,
+    dirs: &Dirs,
+    metadata_url: Option<&str>,
+) -> Result<Vec<SourceConfig>, String> {
+    let ec2 = |use_server_name: bool| {
+        SourceConfig::Http(HttpSourceConfig {
+            uri: metadata_url.unwrap_or(EC2_METADATA_URL).trim_end_matches('/').to_string(),
+            headers: Vec::new(),
+            user_data_path: "/latest/user-data".into(),
+            instance_id_path: "/latest/meta-data/instance-id".into(),
+            ssh_keys_path: "/latest/meta-data/public-keys/0/openssh-key".into(),
+            token_path: String::new(),
+            use_server_name,
+        })
+    };
+    match name {
+        "aws" => Ok(vec![ec2(false)]),
+        "openstack" => Ok(vec![
+            SourceConfig::ConfigDrive {
+                disk_paths: vec!["/dev/disk/by-label/config-2".into(), "/dev/disk/by-label/CONFIG-2".into()],
+                meta_data_path: config_drive::DEFAULT_META_DATA_PATH.into(),
+                user_data_path: config_drive::DEFAULT_USER_DATA_PATH.into(),
+                settings_path: String::new(),
+            },
+            ec2(true),
+        ]),
+        "vsphere" | "vcloud" => {
+            Ok(vec![SourceConfig::Cdrom { file_name: "env".into(), device_path: "/dev/sr0".into() }])
+        }
+        "dummy" => Ok(vec![
+            // The Ruby dummy infrastructure's file first, then the agent's own settings file.
+            SourceConfig::File { settings_path: dirs.bosh().join("dummy-cpi-agent-env.json") },
+            SourceConfig::File { settings_path: dirs.bosh().join("settings.json") },
+        ]),
+        other => Err(format!(
+            "-I {other}: this agent has no built-in settings sources for it; give -C agent.json instead"
+        )),
+    }
+}
+
+/// [`infrastructure_configs`] built with the default [`RetryPolicy`].
+pub fn for_infrastructure(
+    name: &str,
+    dirs: &Dirs,
+    metadata_url: Option<&str>,
+) -> Result<Vec<Box<dyn SettingsSource>>, String> {
+    Ok(from_config(&infrastructure_configs(name, dirs, metadata_url)?, dirs))
+}
