@@ -33,6 +33,7 @@ pub mod mbus;
 pub mod memory;
 pub mod platform;
 pub mod settings;
+pub mod supervisor;
 pub mod syslog_alerts;
 pub mod tasks;
 pub mod tcp_service;

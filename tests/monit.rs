@@ -3,8 +3,8 @@
 
 mod common;
 
-use bosh_agent::jobs::monit::{MonitOptions, MonitSupervisor, MonitTimings};
-use bosh_agent::jobs::JobSupervisor;
+use bosh_agent::supervisor::monit::{MonitOptions, MonitSupervisor, MonitTimings};
+use bosh_agent::supervisor::JobSupervisor;
 use common::monit_daemon::{alive, MonitDaemon};
 use common::wait_until;
 use std::net::TcpListener;

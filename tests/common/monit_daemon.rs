@@ -10,7 +10,7 @@
 //! test that dies halfway leaves nothing running for long.
 
 use super::wait_until;
-use bosh_agent::jobs::monit::MonitOptions;
+use bosh_agent::supervisor::monit::MonitOptions;
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,51 @@
+//! The supervisor of `-M dummy`: nothing to supervise, so the agent stands alone (the embedded
+//! default, tests and benchmarks).
+
+use super::{JobSupervisor, Process};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// A supervisor with nothing to supervise (`-M dummy`): `running` until stopped, no processes.
+#[derive(Default)]
+pub struct DummySupervisor {
+    stopped: Mutex<bool>,
+}
+
+impl DummySupervisor {
+    fn set_stopped(&self, v: bool) {
+        match self.stopped.lock() {
+            Ok(mut g) => *g = v,
+            Err(p) => *p.into_inner() = v,
+        }
+    }
+}
+
+impl JobSupervisor for DummySupervisor {
+    fn job_state(&self) -> String {
+        let stopped = self.stopped.lock().map(|g| *g).unwrap_or(false);
+        if stopped { "stopped" } else { "running" }.into()
+    }
+    fn processes(&self) -> Vec<Process> {
+        Vec::new()
+    }
+    fn start(&self) -> Result<(), String> {
+        self.set_stopped(false);
+        Ok(())
+    }
+    fn stop(&self, _wait: bool) -> Result<(), String> {
+        self.set_stopped(true);
+        Ok(())
+    }
+    fn unmonitor(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn reload(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn add_job(&self, _: &str, _: usize, _: &Path) -> Result<(), String> {
+        Ok(())
+    }
+    fn remove_all_jobs(&self) -> Result<(), String> {
+        Ok(())
+    }
+}

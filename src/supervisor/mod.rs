@@ -1,0 +1,48 @@
+//! Job supervision: the seam between the agent and whatever keeps job processes running (monit on a
+//! stemcell, `-M monit`), plus the `dummy` supervisor (`-M dummy`) that lets the agent stand alone.
+
+mod dummy;
+pub mod monit;
+
+pub use dummy::DummySupervisor;
+
+use serde::Serialize;
+use std::path::Path;
+
+/// One supervised process, as `get_state` reports it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Process {
+    /// Service name.
+    pub name: String,
+    /// `running`, `failing`, `starting`, ...
+    pub state: String,
+    /// Uptime, `{"secs":n}`.
+    pub uptime: serde_json::Value,
+    /// Memory, `{"kb":n,"percent":f}`.
+    pub mem: serde_json::Value,
+    /// CPU, `{"total":f}`.
+    pub cpu: serde_json::Value,
+}
+
+/// What the agent needs from a job supervisor. `job_state` and `processes` must answer within a
+/// bounded time (about 2 s at most), because `get_state` and heartbeats call them and a director marks
+/// a VM "unresponsive agent" when `get_state` times out.
+pub trait JobSupervisor: Send + Sync {
+    /// `running`, `failing`, `starting`, `stopped` or `unknown`.
+    fn job_state(&self) -> String;
+    /// The supervised processes.
+    fn processes(&self) -> Vec<Process>;
+    /// Starts every job service and clears the stopped marker.
+    fn start(&self) -> Result<(), String>;
+    /// Stops every job service and sets the stopped marker; with `wait` (protocol 3 and later) returns
+    /// only once they are stopped.
+    fn stop(&self, wait: bool) -> Result<(), String>;
+    /// Stops monitoring every job service (before drain scripts run).
+    fn unmonitor(&self) -> Result<(), String>;
+    /// Makes the supervisor re-read its job configuration.
+    fn reload(&self) -> Result<(), String>;
+    /// Installs a job's supervisor configuration file under a name ordered by `index`.
+    fn add_job(&self, name: &str, index: usize, config: &Path) -> Result<(), String>;
+    /// Removes every installed job configuration.
+    fn remove_all_jobs(&self) -> Result<(), String>;
+}
