@@ -3,8 +3,8 @@
 //! wrong; nothing here runs per request.
 
 use crate::actions::Context;
-use crate::alerts::{self, SmtpOptions, SmtpServer};
-use crate::bus::{BusControl, HmTopic, Notifier, Silent};
+use crate::alerts;
+use crate::bus::{BusControl, Notifier, Silent};
 use crate::cli::Options;
 use crate::config::AgentConfig;
 use crate::dirs::Dirs;
@@ -81,19 +81,16 @@ pub fn run(opts: Options) -> Result<(), String> {
     dispatcher.resume_persisted();
     pool::start(WORKERS, rx, dispatcher).map_err(|e| format!("starting workers: {e}"))?;
     let _alerts = if opts.supervisor == "monit" && !opts.no_alerts && _https.is_none() {
-        Some(start_alerts(&ctx, notifier.clone(), opts.smtp_port)?)
+        Some(alerts::start_monit_alerts(ctx.settings.clone(), &ctx.dirs, notifier.clone(), opts.smtp_port)?)
     } else {
         None
     };
     if opts.supervisor == "monit" && opts.platform != "dummy" && ctx.dirs.root == std::path::Path::new("/") {
         start_monit(&config);
     }
-    // SSH login alerts come from the stemcell's rsyslog; a taken port costs the alerts, never the agent.
+    // SSH login alerts come from the stemcell's rsyslog.
     let _syslog = if opts.platform != "dummy" && !opts.no_alerts && _https.is_none() {
-        let listen = format!("127.0.0.1:{}", crate::syslog_alerts::DEFAULT_PORT);
-        crate::syslog_alerts::start(&listen, crate::syslog_alerts::publishing_sink(notifier.clone()))
-            .inspect_err(|e| log::warn!("SSH login alerts disabled: listening on {listen}: {e}"))
-            .ok()
+        alerts::start_login_alerts(notifier.clone())
     } else {
         None
     };
@@ -144,47 +141,6 @@ fn start_monit(config: &AgentConfig) {
         Ok(_) => log::info!("monit started ({})", if systemd { "systemd" } else { "runit" }),
         Err(e) => log::warn!("starting monit: {e}"),
     }
-}
-
-/// Starts the SMTP listener monit mails alerts to, and writes the `alerts.monitrc` that points monit at
-/// it with this boot's credentials. Each alert is published once on `hm.agent.alert.<id>`.
-fn start_alerts(ctx: &Arc<Context>, notifier: Arc<dyn Notifier>, port: u16) -> Result<SmtpServer, String> {
-    let password = crate::ids::uuid_v4().replace('-', "");
-    let opts =
-        SmtpOptions { listen: format!("127.0.0.1:{port}"), user: "vcap".into(), password: password.clone() };
-    let settings = ctx.settings.clone();
-    let sink = Box::new(move |mail: String| {
-        let ips = network_ips(&settings.get());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        if let Some(alert) = alerts::from_mail(&mail, &ips, now) {
-            match serde_json::to_value(&alert) {
-                Ok(v) => {
-                    if let Err(e) = notifier.notify(HmTopic::Alert, &v) {
-                        log::warn!("publishing alert: {e}");
-                    }
-                }
-                Err(e) => log::warn!("encoding alert: {e}"),
-            }
-        }
-    });
-    let server = SmtpServer::start(opts, sink)
-        .map_err(|e| format!("starting the alert listener on port {port}: {e}"))?;
-    let monit_dir = ctx.dirs.base.join("monit");
-    let rc = alerts::monitrc(server.local_addr().port(), "vcap", &password, &monit_dir.join("events"));
-    crate::fsutil::write_atomic(&monit_dir.join("alerts.monitrc"), rc.as_bytes(), 0o600)
-        .map_err(|e| format!("writing alerts.monitrc: {e}"))?;
-    Ok(server)
-}
-
-fn network_ips(settings: &crate::settings::Effective) -> Vec<String> {
-    settings
-        .settings
-        .networks
-        .values()
-        .filter_map(|n| n.get("ip").and_then(|i| i.as_str()).map(String::from))
-        .collect()
 }
 
 /// Signals are blocked in every thread and taken synchronously by the main thread, so no handler runs

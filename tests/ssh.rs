@@ -267,7 +267,7 @@ fn syslog_lines_become_ssh_alerts_and_garbage_is_ignored() {
     use std::io::Write;
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = Mutex::new(tx);
-    let server = bosh_agent::syslog_alerts::start(
+    let server = bosh_agent::alerts::syslog::start(
         "127.0.0.1:0",
         Box::new(move |a| {
             let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(a);
@@ -275,7 +275,7 @@ fn syslog_lines_become_ssh_alerts_and_garbage_is_ignored() {
     )
     .expect("listener");
     let mut c = std::net::TcpStream::connect(server.local_addr()).expect("connect");
-    let long = "x".repeat(bosh_agent::syslog_alerts::MAX_LINE + 100);
+    let long = "x".repeat(bosh_agent::alerts::syslog::MAX_LINE + 100);
     let lines = [
         "<38>Jan  5 10:00:00 vm-1 sshd[22636]: Accepted publickey for bosh_8ckfjuxt7 from 10.10.0.7 port 40312 ssh2",
         "\u{0}\u{1}garbage <999> ::::",

@@ -6,7 +6,7 @@
 //! a bounded number of threads. Nothing a client sends can panic the server: bad input gets a `500`
 //! (or the connection closed), never a crash.
 
-use crate::tcp_service::TcpService;
+use super::tcp_service::TcpService;
 use base64::Engine as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

@@ -1,16 +1,24 @@
-//! Monit alerts: monit mails every event to the agent's own SMTP server ([`SmtpServer`]), the agent
-//! turns each mail into an [`Alert`] and publishes it to the health monitor (`hm.agent.alert.<id>`).
+//! Alerts for the health monitor (`hm.agent.alert.<id>`), from the two local listeners that feed
+//! them: monit mails every event to the agent's own SMTP server ([`SmtpServer`]), which this module
+//! turns into an [`Alert`]; the stemcell's rsyslog forwards sshd's lines to [`syslog`], which makes
+//! SSH login and logout alerts. Both listeners share the shape of [`tcp_service`].
 //!
 //! Mail is the only channel monit offers for events, hence an SMTP server inside the agent. Mail
 //! content is outside input: parsing never fails, it only yields less (`None` when nothing usable or
 //! the event is one the health monitor must not see).
 
 mod smtp;
+pub mod syslog;
+mod tcp_service;
 
 pub use smtp::{SmtpOptions, SmtpServer};
 
+use crate::bus::{HmTopic, Notifier};
+use crate::dirs::Dirs;
+use crate::settings::service::SettingsService;
 use serde::Serialize;
 use std::path::Path;
+use std::sync::Arc;
 
 /// One alert as the health monitor validates it: `{"id","severity","title","summary","created_at"}`
 /// in that order and without `source`, which the director fills in for alerts that lack it.
@@ -278,6 +286,67 @@ pub fn monitrc(port: u16, user: &str, password: &str, events_dir: &Path) -> Stri
 ",
         events = events_dir.display()
     )
+}
+
+/// Starts the SMTP listener monit mails alerts to on `127.0.0.1:<port>`, and writes the
+/// `alerts.monitrc` that points monit at it with this boot's credentials. Each alert is published once
+/// on `hm.agent.alert.<id>`, titled with the VM's current IPs.
+pub fn start_monit_alerts(
+    settings: SettingsService,
+    dirs: &Dirs,
+    notifier: Arc<dyn Notifier>,
+    port: u16,
+) -> Result<SmtpServer, String> {
+    let password = crate::ids::uuid_v4().replace('-', "");
+    let opts =
+        SmtpOptions { listen: format!("127.0.0.1:{port}"), user: "vcap".into(), password: password.clone() };
+    let sink = Box::new(move |mail: String| {
+        let ips = network_ips(&settings.get());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if let Some(alert) = from_mail(&mail, &ips, now) {
+            publish(notifier.as_ref(), &alert, "alert");
+        }
+    });
+    let server = SmtpServer::start(opts, sink)
+        .map_err(|e| format!("starting the alert listener on port {port}: {e}"))?;
+    let monit_dir = dirs.base.join("monit");
+    let rc = monitrc(server.local_addr().port(), "vcap", &password, &monit_dir.join("events"));
+    crate::fsutil::write_atomic(&monit_dir.join("alerts.monitrc"), rc.as_bytes(), 0o600)
+        .map_err(|e| format!("writing alerts.monitrc: {e}"))?;
+    Ok(server)
+}
+
+/// Starts the listener for SSH login alerts on the port the stemcell's rsyslog forwards to. A taken
+/// port costs the alerts, never the agent: it is logged and `None` returned.
+pub fn start_login_alerts(notifier: Arc<dyn Notifier>) -> Option<syslog::SyslogServer> {
+    let listen = format!("127.0.0.1:{}", syslog::DEFAULT_PORT);
+    let sink = Box::new(move |alert: Alert| publish(notifier.as_ref(), &alert, "SSH alert"));
+    syslog::start(&listen, sink)
+        .inspect_err(|e| log::warn!("SSH login alerts disabled: listening on {listen}: {e}"))
+        .ok()
+}
+
+/// Publishes one alert; failures are logged, since a lost alert must not stop a listener.
+fn publish(notifier: &dyn Notifier, alert: &Alert, what: &str) {
+    match serde_json::to_value(alert) {
+        Ok(v) => {
+            if let Err(e) = notifier.notify(HmTopic::Alert, &v) {
+                log::warn!("publishing {what}: {e}");
+            }
+        }
+        Err(e) => log::warn!("encoding {what}: {e}"),
+    }
+}
+
+fn network_ips(settings: &crate::settings::Effective) -> Vec<String> {
+    settings
+        .settings
+        .networks
+        .values()
+        .filter_map(|n| n.get("ip").and_then(|i| i.as_str()).map(String::from))
+        .collect()
 }
 
 #[cfg(test)]

@@ -8,9 +8,8 @@
 //! line is skipped up to its newline. Everything received is outside input: parsing never fails, a
 //! line that is not an SSH event is simply ignored.
 
-use crate::alerts::Alert;
-use crate::bus::{HmTopic, Notifier};
-use crate::tcp_service::TcpService;
+use super::tcp_service::TcpService;
+use super::Alert;
 use std::io::{self, ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,19 +43,6 @@ pub fn start(listen: &str, sink: Box<Sink>) -> io::Result<SyslogServer> {
     let shared = Arc::new(Shared { sink });
     let handler = Box::new(move |stream: TcpStream, stopping: &AtomicBool| serve(stream, &shared, stopping));
     Ok(SyslogServer { service: TcpService::start("syslog", listen, MAX_CONNECTIONS, b"", handler)? })
-}
-
-/// A sink that publishes each alert once on `hm.agent.alert.<agent_id>`; failures are logged, since
-/// a lost login alert must not stop the listener.
-pub fn publishing_sink(notifier: Arc<dyn Notifier>) -> Box<Sink> {
-    Box::new(move |alert: Alert| match serde_json::to_value(&alert) {
-        Ok(v) => {
-            if let Err(e) = notifier.notify(HmTopic::Alert, &v) {
-                log::warn!("publishing SSH alert: {e}");
-            }
-        }
-        Err(e) => log::warn!("encoding SSH alert: {e}"),
-    })
 }
 
 impl SyslogServer {
