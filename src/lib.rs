@@ -22,7 +22,6 @@ pub mod config;
 pub mod dirs;
 pub mod dispatch;
 pub mod fsutil;
-pub mod glob;
 pub mod gzip;
 pub mod heartbeat;
 pub mod ids;

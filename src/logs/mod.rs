@@ -5,7 +5,7 @@
 //! - **Selection walks, never globs the file system.** Each log directory is resolved once (on a
 //!   stemcell `/var/vcap/sys` is itself a symlink into the data disk) and then walked without
 //!   following any symlink; each regular file's path relative to the directory is matched against
-//!   the filters ([`crate::glob`]). A job that drops a symlink to `/etc/shadow` into its log
+//!   the filters ([`glob`]). A job that drops a symlink to `/etc/shadow` into its log
 //!   directory, or a filter like `../../etc/*`, therefore cannot get anything outside the directory
 //!   into a bundle. Sockets, FIFOs and devices are skipped too (reading a FIFO would hang).
 //! - **Streaming with bounded memory.** Files are read with fixed buffers into a tar stream, the tar
@@ -25,9 +25,11 @@
 
 pub use crate::gzip::{ParallelGz, CHUNK_BYTES};
 
+mod glob;
+
 use crate::dirs::Dirs;
-use crate::glob::Glob;
 use flate2::Compression;
+use glob::Glob;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
