@@ -3,8 +3,8 @@
 //! log lines and error messages.
 //!
 //! Hand-written because the agent needs only these few shapes and no URL dependency. A leaf: it knows
-//! nothing of NATS, HTTP or settings; [`crate::mbus::url::MbusUrl`] and the NATS client's `NatsUrl`
-//! are built on [`parts`], with their own defaults and words.
+//! nothing of NATS, HTTP or settings; the bus's `MbusUrl` and the NATS client's `NatsUrl` are built on
+//! [`parts`], with their own defaults and words.
 
 /// The pieces of `[scheme://][user[:password]@]host[:port][/path...]`, still percent-encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! Installing and running jobs: the apply spec ([`spec`]), the bundles it names under
 //! `data/{packages,jobs}` ([`applier`]), package compilation ([`compiler`]) and the jobs' own scripts
-//! ([`scripts`]). Keeping the processes running is the supervisor's ([`crate::supervisor`]).
+//! ([`scripts`]). Keeping the processes running is the supervisor's
+//! (`supervisor`), which the actions drive.
 
 pub mod applier;
 pub mod compiler;
