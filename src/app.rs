@@ -13,7 +13,7 @@ use crate::heartbeat::Heartbeat;
 use crate::mbus::{agent_https, agent_nats::NatsBus};
 use crate::settings::service::{Overrides, SettingsService};
 use crate::settings::sources;
-use crate::supervisor::monit::{MonitOptions, MonitSupervisor};
+use crate::supervisor::monit::{MonitOptions, MonitSupervisor, MonitTimings};
 use crate::supervisor::{DummySupervisor, JobSupervisor};
 use crate::tasks::TaskTable;
 use crate::{platform, vitals::CpuSampler};
@@ -50,7 +50,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     platform::disks::remount_last_disk(platform.as_ref(), &dirs, &effective);
     let supervisor: Arc<dyn JobSupervisor> = match opts.supervisor.as_str() {
         "dummy" => Arc::new(DummySupervisor::default()),
-        _ => Arc::new(MonitSupervisor::new(monit_options(&config, &dirs))?),
+        _ => Arc::new(MonitSupervisor::new(monit_options(&config, &dirs), MonitTimings::default())?),
     };
     let (tx, rx) = mpsc::channel::<Incoming>();
     let first_url = effective.mbus_urls().into_iter().next().unwrap_or_default();

@@ -26,8 +26,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use flate2::bufread::MultiGzDecoder;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use tar::{EntryType, Header};
 
 /// Size of the one read/copy buffer; large enough that syscalls are not the bottleneck.
@@ -75,24 +73,15 @@ pub fn unpack(archive: &Path, dest: &Path, opts: &Unpack) -> Result<(), String> 
     staging.commit(dest).map_err(fail)
 }
 
-/// Writes `dir`'s contents (relative paths "./...", modes kept, symlinks as links) as .tgz to `out`.
+/// Writes `dir`'s contents (relative paths "./...", modes kept, symlinks as links) as a tar stream to
+/// `out`, for the caller to compress.
 ///
-/// This is the compiled-package format (go-agent.md §3.5): `tar czf - -C dir .` in effect (the
-/// compiler compresses the same [`pack_tar`] stream itself, on several cores). Entries
-/// are written depth-first in sorted name order and with zero uid/gid and a zero gzip timestamp, so
-/// the same tree always gives the same bytes (and the same digest). `dir` itself may be a symlink (the
-/// install target `packages/<name>` is one); links below it are stored, never followed. Hard links
-/// are stored as separate files, and sockets, devices and FIFOs are an error since a package cannot
-/// ship them.
-pub fn pack(dir: &Path, out: &mut dyn Write) -> Result<(), String> {
-    let mut gz = GzEncoder::new(out, Compression::default());
-    pack_tar(dir, &mut gz)?;
-    let out = gz.finish().map_err(|e| format!("packing {}: {e}", dir.display()))?;
-    out.flush().map_err(|e| format!("packing {}: {e}", dir.display()))
-}
-
-/// [`pack`] without the gzip layer: the same deterministic tar stream, for callers that compress it
-/// their own way (the compiler compresses large packages on several cores).
+/// This is the compiled-package format (go-agent.md §3.5): `tar cf - -C dir .` in effect (the
+/// compiler gzips it on several cores). Entries are written depth-first in sorted name order and with
+/// zero uid/gid, so the same tree always gives the same bytes (and the same digest). `dir` itself may
+/// be a symlink (the install target `packages/<name>` is one); links below it are stored, never
+/// followed. Hard links are stored as separate files, and sockets, devices and FIFOs are an error
+/// since a package cannot ship them.
 pub fn pack_tar(dir: &Path, out: &mut dyn Write) -> Result<(), String> {
     let fail = |e: String| format!("packing {}: {e}", dir.display());
     let meta = fs::metadata(dir).map_err(|e| fail(e.to_string()))?;

@@ -36,9 +36,9 @@ pub fn payload(ctx: &Context) -> Value {
     })
 }
 
-/// Stops the heartbeat thread when dropped or told to.
+/// The heartbeat thread's handle: dropping it stops the thread after its current beat.
 pub struct Heartbeat {
-    stop: Sender<()>,
+    _stop: Sender<()>,
 }
 
 impl Heartbeat {
@@ -63,11 +63,6 @@ impl Heartbeat {
                 _ => break,
             }
         })?;
-        Ok(Heartbeat { stop })
-    }
-
-    /// Stops the thread after its current beat.
-    pub fn stop(&self) {
-        let _ = self.stop.send(());
+        Ok(Heartbeat { _stop: stop })
     }
 }

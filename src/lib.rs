@@ -9,31 +9,28 @@
 // the agent. The lint makes that mechanical; tests keep their unwraps.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod actions;
-pub mod alerts;
+// The public surface is what the binary needs: the command line, the agent, the `call` client, and
+// process-wide logging and memory set-up.
 pub mod app;
-pub mod archive;
-pub mod blobstore;
-pub mod bus;
-pub mod cancel;
 pub mod cli;
 pub mod client;
-pub mod config;
-pub mod dirs;
-pub mod dispatch;
-pub mod fsutil;
-pub mod gzip;
-pub mod heartbeat;
-pub mod ids;
-pub mod jobs;
 pub mod logging;
-pub mod logs;
-pub mod mbus;
 pub mod memory;
-pub mod platform;
-pub mod settings;
-pub mod supervisor;
-pub mod tasks;
-pub mod tls;
-pub mod url;
-pub mod vitals;
+
+/// Declares modules that are internal to the agent: crate-visible in the agent itself, so the
+/// compiler reports whatever nothing uses, and public under the `internals` feature, which only the
+/// crate's own dev-dependency on itself turns on, so its integration tests and benchmarks can reach
+/// the parts they exercise.
+macro_rules! internal_modules {
+    ($($name:ident)*) => {$(
+        #[cfg(feature = "internals")]
+        pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        pub(crate) mod $name;
+    )*};
+}
+
+internal_modules! {
+    actions alerts archive blobstore bus cancel config dirs dispatch fsutil gzip heartbeat ids jobs
+    logs mbus platform settings supervisor tasks tls url vitals
+}

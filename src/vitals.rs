@@ -106,11 +106,11 @@ type CpuTimes = [u64; 8];
 
 /// Background CPU sampler. CPU use is only meaningful as a difference between two /proc/stat readings, and a
 /// heartbeat must not sleep to get one, so a named thread samples every window and keeps the latest result.
-/// Clones are cheap; the thread exits on [`CpuSampler::stop`] or once every clone is dropped.
+/// Clones are cheap; the thread exits once every clone is dropped.
 #[derive(Clone)]
 pub struct CpuSampler {
     latest: Arc<Mutex<Option<CpuPercent>>>,
-    stop: Sender<()>,
+    _stop: Sender<()>,
 }
 
 impl CpuSampler {
@@ -126,17 +126,12 @@ impl CpuSampler {
         if let Err(e) = spawned {
             log::warn!("vitals: cannot start cpu sampler thread: {e}");
         }
-        CpuSampler { latest, stop }
+        CpuSampler { latest, _stop: stop }
     }
 
     /// The percentages of the most recent window, or `None` before the first one completes.
     pub fn latest(&self) -> Option<CpuPercent> {
         *self.latest.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Stops the thread for every clone (it wakes at once); an orderly agent shutdown calls this.
-    pub fn stop(&self) {
-        let _ = self.stop.send(());
     }
 }
 
@@ -399,7 +394,7 @@ mod tests {
         std::fs::create_dir(&paths.ephemeral).expect("mkdir data");
         let linux = collect(&sampler, &paths, true);
         let dummy = collect(&sampler, &paths, false);
-        sampler.stop();
+        drop(sampler);
         assert!(linux.disk.system.is_some() && linux.disk.ephemeral.is_none());
         assert!(dummy.disk.ephemeral.is_some() && dummy.disk.persistent.is_none());
         let json = serde_json::to_value(&dummy).expect("serialise");

@@ -24,7 +24,7 @@ fn fast() -> MonitTimings {
 }
 
 fn supervisor(daemon: &MonitDaemon) -> MonitSupervisor {
-    MonitSupervisor::new(daemon.options()).expect("supervisor").with_timings(fast())
+    MonitSupervisor::new(daemon.options(), fast()).expect("supervisor")
 }
 
 /// Waits (bounded) for `job_state` to become `want`, with monit's log in the failure message.
@@ -144,11 +144,8 @@ fn add_job_and_reload_pick_up_a_new_job() {
 #[test]
 fn reload_without_monit_fails_within_its_bounds() {
     let mut daemon = MonitDaemon::start(&[]);
-    let sup = MonitSupervisor::new(daemon.options()).expect("supervisor").with_timings(MonitTimings {
-        attempts: 2,
-        retry_delay: Duration::from_millis(100),
-        ..fast()
-    });
+    let timings = MonitTimings { attempts: 2, retry_delay: Duration::from_millis(100), ..fast() };
+    let sup = MonitSupervisor::new(daemon.options(), timings).expect("supervisor");
     daemon.kill_monit();
     let t = Instant::now();
     assert!(sup.reload().is_err());
@@ -159,12 +156,15 @@ fn reload_without_monit_fails_within_its_bounds() {
 /// `job_state` and `processes` with monit unreachable: `unknown` and nothing, within 2 s each.
 /// A supervisor for whatever listens (or not) at `address`, with its files under `dir`.
 fn supervisor_at(address: String, dir: &std::path::Path) -> MonitSupervisor {
-    MonitSupervisor::new(MonitOptions {
-        address,
-        monit_dir: dir.join("monit"),
-        control_file: dir.join("monitrc"),
-        monit_binary: "monit".into(),
-    })
+    MonitSupervisor::new(
+        MonitOptions {
+            address,
+            monit_dir: dir.join("monit"),
+            control_file: dir.join("monitrc"),
+            monit_binary: "monit".into(),
+        },
+        MonitTimings::default(),
+    )
     .expect("supervisor")
 }
 
@@ -228,9 +228,9 @@ fn stop_and_wait_gives_up_naming_the_slow_service() {
     await_state(&sup, &daemon, "running", Duration::from_secs(15));
     assert!(daemon.live_pid("slow").is_some());
 
-    let impatient = MonitSupervisor::new(daemon.options())
-        .expect("supervisor")
-        .with_timings(MonitTimings { stop_wait: Duration::from_secs(1), ..fast() });
+    let impatient =
+        MonitSupervisor::new(daemon.options(), MonitTimings { stop_wait: Duration::from_secs(1), ..fast() })
+            .expect("supervisor");
     let t = Instant::now();
     let err = impatient.stop(true).expect_err("stop must time out");
     // Monit carries out actions one at a time, so `web` may still be queued behind `slow`.

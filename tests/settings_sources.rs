@@ -12,7 +12,9 @@ mod common;
 use bosh_agent::config::{HttpSourceConfig, SourceConfig};
 use bosh_agent::dirs::Dirs;
 use bosh_agent::settings::service::{Overrides, SettingsService};
-use bosh_agent::settings::sources::{self, RetryPolicy, SettingsSource};
+use bosh_agent::settings::sources::retry::RetryPolicy;
+use bosh_agent::settings::sources::select::{build, for_infrastructure, infrastructure_configs};
+use bosh_agent::settings::sources::SettingsSource;
 use common::agent::{nats_settings, Director, Launch, TestAgent};
 use common::certs::TestPki;
 use common::http_listener::HttpListener;
@@ -164,7 +166,7 @@ fn ec2(url: &str) -> HttpSourceConfig {
 }
 
 fn one(config: SourceConfig, dirs: &Dirs) -> Box<dyn SettingsSource> {
-    sources::build(&[config], dirs, policy()).into_iter().next().expect("one source")
+    build(&[config], dirs, policy()).into_iter().next().expect("one source")
 }
 
 fn scratch() -> (tempfile::TempDir, Dirs) {
@@ -448,8 +450,7 @@ fn sources_are_tried_in_order_and_the_cache_is_the_last_resort() {
             settings_path: "/settings".into(),
         },
     ];
-    let svc =
-        SettingsService::new(dirs.clone(), sources::build(&configs, &dirs, policy()), Overrides::default());
+    let svc = SettingsService::new(dirs.clone(), build(&configs, &dirs, policy()), Overrides::default());
     assert_eq!(svc.load().unwrap().settings.agent_id, "a-second", "first source down, second used");
 
     server.route("/settings", 503, "");
@@ -472,7 +473,7 @@ fn retries_against_a_hanging_server_are_bounded() {
         attempt_timeout: Duration::from_millis(300),
         total: Duration::from_secs(30),
     };
-    let source = sources::build(&[SourceConfig::Http(ec2(&server.url()))], &dirs, quick).remove(0);
+    let source = build(&[SourceConfig::Http(ec2(&server.url()))], &dirs, quick).remove(0);
     let started = Instant::now();
     let err = source.fetch().unwrap_err();
     let took = started.elapsed();
@@ -483,7 +484,7 @@ fn retries_against_a_hanging_server_are_bounded() {
 
     // The total deadline wins over the attempt count.
     let capped = RetryPolicy { attempts: 100, total: Duration::from_millis(800), ..quick };
-    let source = sources::build(&[SourceConfig::Http(ec2(&server.url()))], &dirs, capped).remove(0);
+    let source = build(&[SourceConfig::Http(ec2(&server.url()))], &dirs, capped).remove(0);
     let started = Instant::now();
     let err = source.fetch().unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}: {err}", started.elapsed());
@@ -498,18 +499,18 @@ fn retries_against_a_hanging_server_are_bounded() {
 #[test]
 fn infrastructure_names_map_to_the_ruby_agents_sources() {
     let (_d, dirs) = scratch();
-    let aws = sources::infrastructure_configs("aws", &dirs, None).unwrap();
+    let aws = infrastructure_configs("aws", &dirs, None).unwrap();
     let SourceConfig::Http(h) = &aws[0] else { panic!("{aws:?}") };
     assert_eq!(h.uri, "http://169.254.169.254");
-    let os = sources::infrastructure_configs("openstack", &dirs, Some("http://127.0.0.1:9/")).unwrap();
+    let os = infrastructure_configs("openstack", &dirs, Some("http://127.0.0.1:9/")).unwrap();
     assert!(matches!(&os[0], SourceConfig::ConfigDrive { disk_paths, .. }
         if disk_paths[0] == Path::new("/dev/disk/by-label/config-2")));
     assert!(matches!(&os[1], SourceConfig::Http(h) if h.uri == "http://127.0.0.1:9" && h.use_server_name));
-    let vs = sources::infrastructure_configs("vsphere", &dirs, None).unwrap();
+    let vs = infrastructure_configs("vsphere", &dirs, None).unwrap();
     assert_eq!(vs, vec![SourceConfig::Cdrom { file_name: "env".into(), device_path: "/dev/sr0".into() }]);
-    let dummy = sources::infrastructure_configs("dummy", &dirs, None).unwrap();
+    let dummy = infrastructure_configs("dummy", &dirs, None).unwrap();
     assert_eq!(dummy.last(), Some(&SourceConfig::File { settings_path: dirs.bosh().join("settings.json") }));
-    let err = sources::infrastructure_configs("warden", &dirs, None).unwrap_err();
+    let err = infrastructure_configs("warden", &dirs, None).unwrap_err();
     assert!(err.contains("-C agent.json"), "{err}");
 
     // -I aws against a served metadata service and registry, keyed by the instance id.
@@ -519,7 +520,7 @@ fn infrastructure_names_map_to_the_ruby_agents_sources() {
     server.route("/latest/meta-data/public-keys/0/openssh-key", 200, "ssh-rsa K");
     let reg = json!({"settings": settings("a-aws").to_string()});
     server.route("/instances/i-aws/settings", 200, &reg.to_string());
-    let srcs = sources::for_infrastructure("aws", &dirs, Some(&server.url())).unwrap();
+    let srcs = for_infrastructure("aws", &dirs, Some(&server.url())).unwrap();
     assert_eq!(srcs[0].fetch().unwrap(), settings("a-aws"));
     assert_eq!(srcs[0].public_key().as_deref(), Some("ssh-rsa K"));
 }

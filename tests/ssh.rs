@@ -298,5 +298,5 @@ fn syslog_lines_become_ssh_alerts_and_garbage_is_ignored() {
         "sshd[22636]: Accepted publickey for bosh_8ckfjuxt7 from 10.10.0.7 port 40312 ssh2"
     );
     assert!(v["created_at"].as_i64().is_some_and(|t| t > 1_600_000_000) && v["id"].as_str().is_some());
-    server.shutdown();
+    drop(server);
 }

@@ -20,8 +20,8 @@ mod ssh;
 mod system;
 mod tasks;
 
-pub use args::{bind, FromArgs};
-pub use registry::{lookup, ActionSpec, Bound, Mode, REGISTRY};
+pub use args::bind;
+pub use registry::{lookup, ActionSpec, Bound};
 
 use crate::bus::{BusControl, Notifier};
 use crate::cancel::CancelToken;

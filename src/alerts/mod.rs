@@ -323,9 +323,16 @@ pub fn start_monit_alerts(
 pub fn start_login_alerts(notifier: Arc<dyn Notifier>) -> Option<syslog::SyslogServer> {
     let listen = format!("127.0.0.1:{}", syslog::DEFAULT_PORT);
     let sink = Box::new(move |alert: Alert| publish(notifier.as_ref(), &alert, "SSH alert"));
-    syslog::start(&listen, sink)
-        .inspect_err(|e| log::warn!("SSH login alerts disabled: listening on {listen}: {e}"))
-        .ok()
+    match syslog::start(&listen, sink) {
+        Ok(server) => {
+            log::info!("SSH login alerts: listening on {}", server.local_addr());
+            Some(server)
+        }
+        Err(e) => {
+            log::warn!("SSH login alerts disabled: listening on {listen}: {e}");
+            None
+        }
+    }
 }
 
 /// Publishes one alert; failures are logged, since a lost alert must not stop a listener.

@@ -47,7 +47,8 @@ struct Shared {
     sink: Box<Sink>,
 }
 
-/// A running SMTP server; stops on [`shutdown`](Self::shutdown) or drop.
+/// A running SMTP server; dropping it stops accepting, closes open sessions and waits (at most 2 s)
+/// for them to end.
 pub struct SmtpServer {
     service: TcpService,
 }
@@ -71,11 +72,6 @@ impl SmtpServer {
     /// The bound address (the port chosen when asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.service.local_addr()
-    }
-
-    /// Stops accepting, closes open sessions and waits (at most 2 s) for them to end. Idempotent.
-    pub fn shutdown(&self) {
-        self.service.shutdown();
     }
 }
 

@@ -32,7 +32,8 @@ struct Shared {
     sink: Box<Sink>,
 }
 
-/// A running syslog listener; stops on [`shutdown`](Self::shutdown) or drop.
+/// A running syslog listener; dropping it stops accepting, closes open connections and waits (at
+/// most 2 s) for them to end.
 pub struct SyslogServer {
     service: TcpService,
 }
@@ -49,11 +50,6 @@ impl SyslogServer {
     /// The bound address (the port chosen when asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.service.local_addr()
-    }
-
-    /// Stops accepting, closes open connections and waits (at most 2 s) for them to end. Idempotent.
-    pub fn shutdown(&self) {
-        self.service.shutdown();
     }
 }
 

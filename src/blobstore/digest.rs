@@ -133,13 +133,9 @@ impl MultiDigest {
     }
 
     /// A multi-digest holding only `hex` as sha1 (what `upload` reports and `upload_blob` sends).
+    #[cfg(feature = "internals")]
     pub fn sha1(hex: &str) -> MultiDigest {
         MultiDigest { digests: vec![Digest { algorithm: Algorithm::Sha1, hex: hex.to_string() }] }
-    }
-
-    /// The digests in the order they were given.
-    pub fn digests(&self) -> &[Digest] {
-        &self.digests
     }
 
     /// The digest verification uses: sha512 over sha256 over sha1; `None` when only unknown
@@ -324,11 +320,11 @@ mod tests {
     #[test]
     fn parses_and_prints() {
         let d = MultiDigest::parse(ABC_SHA1).unwrap();
-        assert_eq!(d.digests()[0].algorithm, Algorithm::Sha1);
+        assert_eq!(d.digests[0].algorithm, Algorithm::Sha1);
         assert_eq!(d.to_string(), ABC_SHA1);
         let s = format!("sha1:{ABC_SHA1};sha256:{ABC_SHA256};;sha512:{ABC_SHA512};");
         let d: MultiDigest = s.parse().unwrap();
-        assert_eq!(d.digests().len(), 3);
+        assert_eq!(d.digests.len(), 3);
         assert_eq!(d.to_string(), format!("{ABC_SHA1};sha256:{ABC_SHA256};sha512:{ABC_SHA512}"));
         assert_eq!(d.strongest().unwrap().algorithm, Algorithm::Sha512);
     }

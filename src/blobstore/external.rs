@@ -52,16 +52,6 @@ impl External {
         Ok(External { exe, config })
     }
 
-    /// The CLI being run.
-    pub fn executable(&self) -> &Path {
-        &self.exe
-    }
-
-    /// The options file passed with `-c`.
-    pub fn config_path(&self) -> &Path {
-        &self.config
-    }
-
     /// Runs `<exe> -c <config> <args...>`; a non-zero exit becomes an error quoting the end of its
     /// output (the CLIs print their failure there).
     fn run(&self, what: &str, args: &[&OsStr]) -> Result<(), ProviderError> {

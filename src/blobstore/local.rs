@@ -34,11 +34,6 @@ impl Local {
             if path.trim_end_matches('/') == MICRO_BOSH_CACHE { dirs.blobs() } else { PathBuf::from(path) };
         Ok(Local { dir })
     }
-
-    /// The directory blobs are read from and written to.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 impl Provider for Local {

@@ -135,7 +135,7 @@ pub fn copy_stream(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<u64> {
     }
 }
 
-/// A verified blob in a temp file; the file is removed on drop unless `keep()`/`persist()` is called,
+/// A verified blob in a temp file; the file is removed on drop (unless a test calls `keep()`),
 /// so an error path anywhere in a caller cannot leak blobs on the data disk.
 #[derive(Debug)]
 pub struct FetchedBlob {
@@ -157,23 +157,8 @@ impl FetchedBlob {
         &self.path
     }
 
-    /// Moves the blob to `to` (rename, or copy when `to` is on another file system); the temp file
-    /// is gone afterwards either way.
-    pub fn persist(mut self, to: &Path) -> io::Result<()> {
-        match fs::rename(&self.path, to) {
-            Ok(()) => {
-                self.armed = false;
-                Ok(())
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                fs::copy(&self.path, to)?;
-                Ok(()) // drop removes the temp file
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     /// Keeps the temp file and hands its path to the caller, who now owns its removal.
+    #[cfg(feature = "internals")]
     pub fn keep(mut self) -> PathBuf {
         self.armed = false;
         std::mem::take(&mut self.path)
@@ -289,14 +274,10 @@ impl Blobs {
     }
 
     /// Changes the pause between retries (tests use a few milliseconds).
+    #[cfg(feature = "internals")]
     pub fn with_retry_delay(mut self, delay: Duration) -> Blobs {
         self.retry_delay = delay;
         self
-    }
-
-    /// The configured provider's name, for messages.
-    pub fn provider_name(&self) -> &str {
-        &self.provider_name
     }
 
     /// Fetches and verifies `id` into a temp file under `tmp_dir` (streaming, bounded memory).
@@ -473,10 +454,5 @@ mod tests {
         let (b, _) = FetchedBlob::create(dir.path()).unwrap();
         let kept = b.keep();
         assert!(kept.exists());
-        let (b, _) = FetchedBlob::create(dir.path()).unwrap();
-        let to = dir.path().join("final");
-        let from = b.path().to_path_buf();
-        b.persist(&to).unwrap();
-        assert!(to.exists() && !from.exists());
     }
 }

@@ -13,7 +13,7 @@ use crate::actions::{lookup, ActionSpec, Bound, Call, Context};
 use crate::cancel::CancelToken;
 use crate::tasks::PersistedTask;
 use base64::Engine;
-pub use envelope::{EnvelopeError, Request, Response};
+pub use envelope::{Request, Response};
 use serde_json::json;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;

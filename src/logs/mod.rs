@@ -23,7 +23,7 @@
 //! - **A missing log directory contributes nothing** (an agent that logs to stderr has no
 //!   `bosh/log`), so `job,agent` still returns the job logs; a bundle may therefore be empty.
 
-pub use crate::gzip::{ParallelGz, CHUNK_BYTES};
+pub use crate::gzip::ParallelGz;
 
 mod glob;
 
@@ -119,11 +119,6 @@ impl Request {
         let given = if given.is_empty() { vec![DEFAULT_FILTER] } else { given };
         let filters = given.into_iter().map(Glob::new).collect::<Result<Vec<_>, _>>()?;
         Ok(Request { types, filters })
-    }
-
-    /// The log types, in request order.
-    pub fn types(&self) -> &[LogType] {
-        &self.types
     }
 }
 
@@ -425,7 +420,7 @@ mod tests {
     #[test]
     fn parses_types_and_filters() {
         let r = Request::parse("job, agent,job", None).unwrap();
-        assert_eq!(r.types(), &[LogType::Job, LogType::Agent]);
+        assert_eq!(r.types, [LogType::Job, LogType::Agent]);
         assert!(Request::parse("job", Some(&[])).is_ok());
         let e = Request::parse("job,nope", None).unwrap_err();
         assert!(e.starts_with("Invalid log type 'nope'"), "{e}");

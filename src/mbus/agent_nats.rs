@@ -74,10 +74,6 @@ impl NatsBus {
         })
     }
 
-    /// The underlying connection (for tests and the call client).
-    pub fn connection(&self) -> &NatsConnection {
-        &self.conn
-    }
 }
 
 impl Notifier for NatsBus {

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 /// Platform operations the actions need.
 pub trait Platform: Send + Sync {
-    /// `ubuntu`, `linux` or `dummy`.
-    fn name(&self) -> &str;
     /// Whether this is the dummy platform (enables test-only actions).
     fn is_dummy(&self) -> bool;
     /// Powers the VM off.
@@ -51,7 +49,6 @@ pub fn hosts_file(records: &[(String, String)], agent_id: &str) -> String {
 pub fn from_name(name: &str, dirs: &Dirs) -> Result<Box<dyn Platform>, String> {
     match name {
         "ubuntu" | "linux" => Ok(Box::new(Linux {
-            name: name.to_string(),
             dirs: dirs.clone(),
             disks: disks::LinuxDisks::new(dirs.clone()),
         })),
@@ -100,7 +97,6 @@ fn write_cert_files(dir: &std::path::Path, pem_bundle: &str) -> Result<usize, St
 
 /// A real Linux VM (`-P ubuntu` or `-P linux`).
 pub struct Linux {
-    name: String,
     dirs: Dirs,
     disks: disks::LinuxDisks,
 }
@@ -120,9 +116,6 @@ impl Platform for Linux {
                 log::info!("flushing the neighbour entry of {ip}: {e}");
             }
         }
-    }
-    fn name(&self) -> &str {
-        &self.name
     }
     fn is_dummy(&self) -> bool {
         false
@@ -178,9 +171,6 @@ impl Platform for Dummy {
     }
     fn delete_arp_entries(&self, ips: &[std::net::IpAddr]) {
         log::info!("dummy platform: would flush {} neighbour entries", ips.len());
-    }
-    fn name(&self) -> &str {
-        "dummy"
     }
     fn is_dummy(&self) -> bool {
         true

@@ -1,4 +1,4 @@
-//! TLS client configurations (NATS mutual TLS with the bosh-internal name rule; HTTPS for `call`).
+//! The NATS client TLS configuration: mutual TLS with the bosh-internal name rule.
 //!
 //! The director hands the agent a CA, a client certificate and a key (`env.bosh.mbus.cert`); the agent
 //! must prove its identity with that certificate and must only talk to a NATS server whose certificate
@@ -56,29 +56,6 @@ pub fn nats_client_config(
     Ok(Arc::new(config))
 }
 
-/// Builds the client configuration for our CLI client talking to an agent's HTTPS endpoint.
-///
-/// With a CA the server is verified normally. Without one any server certificate is accepted: an
-/// agent's HTTPS endpoint usually runs with a self-signed certificate nobody distributed, and bosh-cli
-/// behaves the same way when no CA is configured (authentication there rests on the basic-auth
-/// password, not on the server certificate). Handshake signatures are still checked so the peer must
-/// at least own the key of the certificate it shows.
-pub fn https_client_config(ca_pem: Option<&str>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS protocol versions: {e}"))?;
-    let config = match ca_pem {
-        Some(ca) => builder
-            .with_root_certificates(root_store(ca).map_err(|e| format!("HTTPS CA: {e}"))?)
-            .with_no_client_auth(),
-        None => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert { provider: provider() }))
-            .with_no_client_auth(),
-    };
-    Ok(Arc::new(config))
-}
-
 /// WebPKI verification plus the `*.nats.bosh-internal` CommonName rule (see [`nats_client_config`]).
 #[derive(Debug)]
 struct BoshNatsVerifier {
@@ -122,57 +99,6 @@ impl ServerCertVerifier for BoshNatsVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
-    }
-}
-
-/// Accepts any server certificate but still checks handshake signatures (see [`https_client_config`]).
-#[derive(Debug)]
-struct AcceptAnyServerCert {
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for AcceptAnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -371,11 +297,5 @@ mod tests {
         assert!(err.contains("private key"), "{err}");
         assert!(nats_client_config(&ca, &cert.pem(), &key.serialize_pem()).is_ok());
         assert!(nats_client_config("", &cert.pem(), &key.serialize_pem()).is_ok());
-    }
-
-    #[test]
-    fn https_configs_build() {
-        assert!(https_client_config(None).is_ok());
-        assert!(https_client_config(Some("not pem")).is_err());
     }
 }

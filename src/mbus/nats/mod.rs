@@ -176,6 +176,7 @@ impl NatsConnection {
     /// Like [`NatsConnection::publish`] but sets the NATS reply subject, for peers that use NATS
     /// request/reply (the director does not: it puts `reply_to` in the body). Also what tests use to
     /// check reply-subject handling end to end.
+    #[cfg(feature = "internals")]
     pub fn publish_with_reply(&self, subject: &str, reply: &str, payload: &[u8]) -> Result<(), PublishError> {
         protocol::validate_subject(reply).map_err(PublishError::InvalidSubject)?;
         self.publish_inner(subject, Some(reply), payload)

@@ -57,11 +57,6 @@ pub struct Retrying<A: Attempt> {
 }
 
 impl<A: Attempt> Retrying<A> {
-    /// A lone retrying source with its own deadline.
-    pub fn new(inner: A, policy: RetryPolicy) -> Retrying<A> {
-        Retrying::in_round(inner, policy, Round::new(policy), true)
-    }
-
     /// A source of a list sharing `round`'s deadline; the first of the list `leads` (restarts it).
     pub(super) fn in_round(inner: A, policy: RetryPolicy, round: Arc<Round>, leads: bool) -> Retrying<A> {
         Retrying { inner, policy, round, leads, key: Mutex::new(None) }

@@ -3,8 +3,11 @@
 
 use super::embedded::EmbeddedSource;
 use super::retry::{RetryPolicy, Retrying, Round};
-use super::{config_drive, Attempt, FileSource, SettingsSource};
-use super::{CdromSource, ConfigDriveSource, HttpMetadataSource, InstanceMetadataSource};
+use super::cdrom::CdromSource;
+use super::config_drive::{self, ConfigDriveSource};
+use super::http_metadata::HttpMetadataSource;
+use super::instance_metadata::InstanceMetadataSource;
+use super::{Attempt, FileSource, SettingsSource};
 use crate::config::{HttpSourceConfig, SourceConfig};
 use crate::dirs::Dirs;
 

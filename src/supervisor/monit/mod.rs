@@ -79,27 +79,17 @@ pub struct MonitSupervisor {
     opts: MonitOptions,
     timings: MonitTimings,
     client: Client,
-    user: String,
-    password: String,
 }
 
 impl MonitSupervisor {
-    /// Reads (or creates as `vcap:<random hex>`) `<monit_dir>/monit.user`, the credentials monit's
-    /// `allow cleartext` line points at.
-    pub fn new(opts: MonitOptions) -> Result<MonitSupervisor, String> {
+    /// A supervisor waiting within `timings` (the defaults in production; tests wait seconds, not
+    /// minutes). Reads (or creates as `vcap:<random hex>`) `<monit_dir>/monit.user`, the credentials
+    /// monit's `allow cleartext` line points at.
+    pub fn new(opts: MonitOptions, timings: MonitTimings) -> Result<MonitSupervisor, String> {
         let (user, password) = client::credentials(&opts.monit_dir)?;
-        Ok(MonitSupervisor::build(opts, MonitTimings::default(), user, password))
-    }
-
-    /// The same supervisor with other bounds (tests wait seconds, not minutes).
-    pub fn with_timings(self, timings: MonitTimings) -> MonitSupervisor {
-        MonitSupervisor::build(self.opts, timings, self.user, self.password)
-    }
-
-    fn build(opts: MonitOptions, timings: MonitTimings, user: String, password: String) -> MonitSupervisor {
         let client =
             Client::new(&opts.address, &user, &password, timings.status_timeout, timings.action_timeout);
-        MonitSupervisor { opts, timings, client, user, password }
+        Ok(MonitSupervisor { opts, timings, client })
     }
 
     /// Monit's current incarnation (its start or last reload time), retried like any lifecycle call.
@@ -441,7 +431,7 @@ mod tests {
             monit_dir: dir.join("monit"),
             control_file: dir.join("monitrc"),
             monit_binary: "monit".into(),
-        })
+        }, MonitTimings::default())
         .unwrap()
     }
 
