@@ -2,7 +2,8 @@
 //! cancelled task still finishes with a normal result (the director collects an errand's output after
 //! cancelling it). A leaf: the task table hands tokens out, actions and job scripts honour them.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use crate::sync::{lock, wait_timeout};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Cooperative cancellation for a running action: it checks or waits on the token, so a cancelled task
@@ -31,18 +32,8 @@ impl CancelToken {
             if now >= deadline {
                 break;
             }
-            g = match cv.wait_timeout(g, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+            g = wait_timeout(cv, g, deadline - now).0;
         }
         *g
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }

@@ -15,6 +15,7 @@
 //! cost is that back-references cannot cross a chunk boundary, which with 256 KiB chunks loses well
 //! under 1% of compression.
 
+use crate::sync::lock;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -200,10 +201,7 @@ fn worker(level: Compression, jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>) 
     let mut store = Compress::new(Compression::none(), false);
     loop {
         let job = {
-            let rx = match jobs.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
+            let rx = lock(jobs);
             match rx.recv() {
                 Ok(job) => job,
                 Err(_) => return,

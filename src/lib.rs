@@ -32,5 +32,5 @@ macro_rules! internal_modules {
 
 internal_modules! {
     actions alerts archive blobstore bus cancel config dirs dispatch fsutil gzip heartbeat ids jobs
-    logs mbus platform settings supervisor tasks tls url vitals
+    logs mbus platform settings supervisor sync tasks tls url vitals
 }

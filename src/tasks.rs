@@ -7,6 +7,7 @@
 //!
 //! A leaf: the dispatcher starts and finishes tasks, actions read and cancel them.
 
+use crate::sync::lock;
 use crate::cancel::CancelToken;
 use crate::fsutil;
 use base64::Engine;
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a finished task's result stays answerable.
@@ -94,13 +95,6 @@ struct Inner {
 pub struct TaskTable {
     inner: Arc<Mutex<Inner>>,
     path: Option<PathBuf>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl TaskTable {

@@ -5,6 +5,7 @@
 //! stack buffers, so a collection is cheap; CPU needs two readings apart in time, hence [`CpuSampler`].
 //! Nothing read from the system may crash the agent: a missing source drops its field and logs a line.
 
+use crate::sync::lock;
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::io::Read;
@@ -12,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The vitals object exactly as the Go agent serialises it; optional parts are omitted when unknown,
@@ -131,7 +132,7 @@ impl CpuSampler {
 
     /// The percentages of the most recent window, or `None` before the first one completes.
     pub fn latest(&self) -> Option<CpuPercent> {
-        *self.latest.lock().unwrap_or_else(PoisonError::into_inner)
+        *lock(&self.latest)
     }
 }
 
@@ -148,7 +149,7 @@ fn sample_loop(latest: &Mutex<Option<CpuPercent>>, stopped: &Receiver<()>, windo
             log::warn!("vitals: cannot read cpu times from /proc/stat; cpu left out");
         }
         let pct = prev.zip(now).and_then(|(a, b)| cpu_percent(&a, &b));
-        *latest.lock().unwrap_or_else(PoisonError::into_inner) = pct;
+        *lock(latest) = pct;
         prev = now;
     }
 }

@@ -6,6 +6,7 @@
 //! A compile changes `packages/<name>` links, so it holds the jobs lock: an `apply` on the same VM
 //! never interleaves with it.
 
+use crate::sync::lock;
 use super::{bind, Action, Call};
 use crate::blobstore::{Blobs, MultiDigest};
 use crate::jobs::compiler::{Compiler, Destination, Request, Source};
@@ -42,10 +43,7 @@ fn deps_list(deps: BTreeMap<String, PackageSpec>) -> Result<Vec<PackageSpec>, St
 
 fn run(call: &Call, req: &Request) -> Result<Value, String> {
     let ctx = call.ctx;
-    let _guard = match ctx.jobs_lock.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
+    let _guard = lock(&ctx.jobs_lock);
     let blobs = Blobs::from_settings(ctx.settings.get().blobstore(), &ctx.dirs)?;
     let compiler = Compiler { dirs: &ctx.dirs, blobs: &blobs, cancel: call.cancel };
     compiler.compile(req).map(|c| c.to_value())

@@ -2,6 +2,7 @@
 //! A VM that was never applied answers all of them as no-ops, because the director sends pre-stop,
 //! drain and stop before the first apply (clients.md §6.2).
 
+use crate::sync::lock;
 use super::{bind, Action, Call, Context};
 use crate::blobstore::Blobs;
 use crate::bus::HmTopic;
@@ -48,13 +49,6 @@ fn current_spec(ctx: &Context) -> Result<ApplySpec, String> {
     ApplySpec::from_value(&spec::load(&ctx.dirs)?)
 }
 
-fn lock(ctx: &Context) -> std::sync::MutexGuard<'_, ()> {
-    match ctx.jobs_lock.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
 /// `prepare [spec]`: downloads and unpacks packages and jobs ahead of `apply`, switching nothing.
 pub struct Prepare {
     spec: ApplySpec,
@@ -66,7 +60,7 @@ impl Action for Prepare {
     }
     fn run(self, call: &Call) -> Result<Value, String> {
         let ctx = call.ctx;
-        let _guard = lock(ctx);
+        let _guard = lock(&ctx.jobs_lock);
         if let Some(blobs) = installer_blobs(ctx, &self.spec)? {
             Installer { dirs: &ctx.dirs, blobs: &blobs, parallel: parallelism(ctx) }
                 .install_all(&self.spec)?;
@@ -89,7 +83,7 @@ impl Action for Apply {
     }
     fn run(self, call: &Call) -> Result<Value, String> {
         let ctx = call.ctx;
-        let _guard = lock(ctx);
+        let _guard = lock(&ctx.jobs_lock);
         if self.spec.configures() {
             let blobs = installer_blobs(ctx, &self.spec)?;
             if let Some(blobs) = &blobs {
@@ -132,7 +126,7 @@ impl Action for Start {
     }
     fn run(self, call: &Call) -> Result<Value, String> {
         let ctx = call.ctx;
-        let _guard = lock(ctx);
+        let _guard = lock(&ctx.jobs_lock);
         let jobs = current_spec(ctx)?.jobs();
         ctx.supervisor.remove_all_jobs()?;
         for (i, job) in jobs.iter().rev().enumerate() {

@@ -3,6 +3,7 @@
 //! bounded number of threads, and a shutdown that closes open connections. This module is that shape
 //! once; each listener brings only its connection handler.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -27,7 +28,7 @@ struct Core {
 
 impl Core {
     fn conns(&self) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.conns)
     }
 }
 
@@ -78,7 +79,7 @@ impl TcpService {
         }
         // Wake the blocking accept; it sees `stopping` and returns.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        let handle = self.acceptor.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = lock(&self.acceptor).take();
         if let Some(h) = handle {
             let _ = h.join();
         }

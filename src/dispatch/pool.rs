@@ -2,6 +2,7 @@
 //! (std's mpsc has a single consumer); each request is handled under `catch_unwind` so a bug costs one
 //! reply, not a worker.
 
+use crate::sync::{lock, wait_timeout};
 use super::{Dispatcher, Incoming};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::Receiver;
@@ -20,10 +21,7 @@ pub fn start(
             let rx = rx.clone();
             let dispatcher = dispatcher.clone();
             std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || loop {
-                let next = match rx.lock() {
-                    Ok(guard) => guard.recv(),
-                    Err(poisoned) => poisoned.into_inner().recv(),
-                };
+                let next = lock(&rx).recv();
                 let Ok(incoming) = next else { break };
                 if catch_unwind(AssertUnwindSafe(|| dispatcher.handle(incoming))).is_err() {
                     log::error!("worker {i}: request handling panicked; continuing");
@@ -91,23 +89,13 @@ impl TaskRunner {
                 return;
             }
             s.idle += 1;
-            let (guard, timeout) = match cv.wait_timeout(s, IDLE_LINGER) {
-                Ok(r) => r,
-                Err(p) => p.into_inner(),
-            };
+            let (guard, timed_out) = wait_timeout(cv, s, IDLE_LINGER);
             s = guard;
             s.idle -= 1;
-            if timeout.timed_out() && s.queue.is_empty() && s.idle >= 1 {
+            if timed_out && s.queue.is_empty() && s.idle >= 1 {
                 return; // one idle thread always stays for the next task
             }
         }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

@@ -5,6 +5,7 @@
 //! the spec no longer names, and records the spec. A bundle that is already installed is skipped, so
 //! applying the same spec twice is cheap.
 
+use crate::sync::lock;
 use super::spec::{ApplySpec, PackageSpec, TemplateSpec};
 use crate::archive::{self, Unpack};
 use crate::blobstore::{Blobs, MultiDigest};
@@ -14,7 +15,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 /// How many packages are downloaded and unpacked at once when the spec does not say
 /// (`env.bosh.parallel`).
@@ -89,20 +90,15 @@ impl Installer<'_> {
         std::thread::scope(|s| {
             for _ in 0..self.parallel.clamp(1, 16) {
                 s.spawn(|| loop {
-                    let next = match work.lock() {
-                        Ok(mut it) => it.next(),
-                        Err(p) => p.into_inner().next(),
-                    };
+                    let next = lock(&work).next();
                     let Some(p) = next else { break };
                     if let Err(e) = self.install_package(p) {
-                        if let Ok(mut errs) = errors.lock() {
-                            errs.push(e);
-                        }
+                        lock(&errors).push(e);
                     }
                 });
             }
         });
-        let errors = errors.into_inner().unwrap_or_default();
+        let errors = errors.into_inner().unwrap_or_else(PoisonError::into_inner);
         if !errors.is_empty() {
             return Err(errors.join("; "));
         }

@@ -2,6 +2,7 @@
 //! `post-stop`), drain scripts with their integer protocol, and errands. Every script runs in its own
 //! process group so a cancel (SIGTERM, then SIGKILL after a grace period) reaches everything it started.
 
+use crate::sync::lock;
 use crate::cancel::CancelToken;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -139,13 +140,12 @@ fn tail_reader(
             if n == 0 {
                 break;
             }
-            if let Ok(mut g) = t.lock() {
-                g.0.extend_from_slice(&buf[..n]);
-                if g.0.len() > cap * 2 {
-                    let cut = g.0.len() - cap;
-                    g.0.drain(..cut);
-                    g.1 = true;
-                }
+            let mut g = lock(&t);
+            g.0.extend_from_slice(&buf[..n]);
+            if g.0.len() > cap * 2 {
+                let cut = g.0.len() - cap;
+                g.0.drain(..cut);
+                g.1 = true;
             }
         }
     });
@@ -155,7 +155,7 @@ fn tail_reader(
 fn collect(reader: Option<(std::thread::JoinHandle<()>, Tail)>, cap: usize) -> String {
     let Some((handle, tail)) = reader else { return String::new() };
     let _ = handle.join();
-    let Ok(g) = tail.lock() else { return String::new() };
+    let g = lock(&tail);
     let (bytes, mut truncated) = (&g.0, g.1);
     let cap_bytes = &bytes[bytes.len().saturating_sub(cap.max(1))..];
     truncated |= cap_bytes.len() < bytes.len();

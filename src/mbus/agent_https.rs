@@ -1,6 +1,7 @@
 //! The agent's side of the HTTPS bus: `POST /agent` bodies go onto the same request channel as NATS
 //! messages, and the connection thread waits for the worker's reply.
 
+use crate::sync::lock;
 use super::https::{AgentEndpoint, HttpsOptions, HttpsServer};
 use super::url::MbusUrl;
 use crate::bus::BusControl;
@@ -21,10 +22,7 @@ struct Endpoint {
 impl AgentEndpoint for Endpoint {
     fn handle(&self, body: Vec<u8>) -> Vec<u8> {
         let (tx, rx) = mpsc::channel();
-        let sender = match self.requests.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let sender = lock(&self.requests).clone();
         if sender.send(Incoming { body, reply: Box::new(HttpReply(tx)) }).is_err() {
             return Response::exception("agent is shutting down").encode(None);
         }

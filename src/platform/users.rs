@@ -13,6 +13,7 @@
 //! Names come from outside (the director, bosh-cli), so they are validated before any command sees
 //! them: `bosh_` followed by `[a-z0-9_-]`, at most 32 bytes (the `useradd` limit).
 
+use crate::sync::lock;
 use super::run_bounded;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -180,7 +181,7 @@ pub fn setup_ssh_user(
     public_key: &str,
 ) -> Result<(), String> {
     validate_ssh_user(user)?;
-    let _db = USER_DB.lock().unwrap_or_else(|e| e.into_inner());
+    let _db = lock(&USER_DB);
     std::fs::create_dir_all(ssh_base).map_err(|e| format!("creating {}: {e}", ssh_base.display()))?;
     let home = ssh_base.join(user);
     let existing = read_passwd(Path::new(SYSTEM_PASSWD))?.into_iter().find(|e| e.name == user);
@@ -244,7 +245,7 @@ pub fn write_authorized_keys(home: &Path, keys: &str, owner: Option<(u32, u32)>)
 /// Removes (`userdel -rf`, home included) every user whose name starts with `bosh_` and matches
 /// `regex`. Tries them all; the error lists the ones that failed. Returns the removed names.
 pub fn cleanup_ssh_users(regex: &UserRegex) -> Result<Vec<String>, String> {
-    let _db = USER_DB.lock().unwrap_or_else(|e| e.into_inner());
+    let _db = lock(&USER_DB);
     let mut removed = Vec::new();
     let mut failures = Vec::new();
     for entry in read_passwd(Path::new(SYSTEM_PASSWD))? {
@@ -275,7 +276,7 @@ fn user_exists(name: &str) -> bool {
 /// Sets `user`'s crypted password with `usermod -p` (`*` locks password login). The hash is never
 /// logged.
 pub fn set_password(user: &str, crypted: &str) -> Result<(), String> {
-    let _db = USER_DB.lock().unwrap_or_else(|e| e.into_inner());
+    let _db = lock(&USER_DB);
     run(Command::new("usermod").args(["-p", crypted, user]))
         .map(|_| ())
         .map_err(|e| format!("setting the password of {user}: {}", e.replace(crypted, "<hash>")))

@@ -1,6 +1,7 @@
 //! Loading, caching and updating settings. Sources are tried in order; the first good answer is cached
 //! in `settings.json`, and when every source fails the cached copy keeps the agent bootable.
 
+use crate::sync::{read, write};
 use super::sources::SettingsSource;
 use super::{Blobstore, Effective, Settings, UpdateSettings};
 use crate::dirs::Dirs;
@@ -56,16 +57,13 @@ impl SettingsService {
             .map_err(|e| format!("reading update settings: {e}"))?
             .unwrap_or_default();
         let effective = Effective { settings, update };
-        *self.write() = effective.clone();
+        *write(&self.current) = effective.clone();
         Ok(effective)
     }
 
     /// The settings as last loaded or updated.
     pub fn get(&self) -> Effective {
-        match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        read(&self.current).clone()
     }
 
     /// Merges what `update_settings` sent (the Go agent's rules: certs and disk associations always
@@ -85,15 +83,8 @@ impl SettingsService {
         fsutil::write_json_atomic(&self.dirs.update_settings_json(), &merged, 0o600)
             .map_err(|e| format!("writing update settings: {e}"))?;
         current.update = merged;
-        *self.write() = current.clone();
+        *write(&self.current) = current.clone();
         Ok(current)
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Effective> {
-        match self.current.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
     }
 
     fn fetch_or_cached(&self) -> Result<Settings, String> {

@@ -2,6 +2,7 @@
 //! default, tests and benchmarks).
 
 use super::{JobSupervisor, Process};
+use crate::sync::lock;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -13,16 +14,13 @@ pub struct DummySupervisor {
 
 impl DummySupervisor {
     fn set_stopped(&self, v: bool) {
-        match self.stopped.lock() {
-            Ok(mut g) => *g = v,
-            Err(p) => *p.into_inner() = v,
-        }
+        *lock(&self.stopped) = v;
     }
 }
 
 impl JobSupervisor for DummySupervisor {
     fn job_state(&self) -> String {
-        let stopped = self.stopped.lock().map(|g| *g).unwrap_or(false);
+        let stopped = *lock(&self.stopped);
         if stopped { "stopped" } else { "running" }.into()
     }
     fn processes(&self) -> Vec<Process> {

@@ -13,6 +13,7 @@
 
 mod blobs;
 
+use crate::sync::lock;
 use super::http::{self, Body, BodyReader, Framing, Head};
 use base64::Engine;
 use blobs::{BlobStore, PutError};
@@ -136,10 +137,7 @@ impl HttpsServer {
     /// interval; a request in progress is finished first. Safe to call more than once.
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        let handle = match self.accept.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
+        let handle = lock(&self.accept).take();
         let Some(handle) = handle else { return };
         // The accept loop is blocked in accept(); a connection of our own wakes it to see `stop`.
         match TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(2)) {

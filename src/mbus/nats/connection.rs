@@ -7,7 +7,8 @@
 
 use super::protocol::{self, ConnectInfo, Parser, ServerInfo, ServerOp};
 use super::url::NatsUrl;
-use super::wire::{self, lock, Reader, Wire};
+use super::wire::{self, Reader, Wire};
+use crate::sync::{lock, wait_timeout};
 use super::{Message, NatsOptions, PENDING_MAX_BYTES, PENDING_MAX_MESSAGES};
 use std::collections::VecDeque;
 use std::io;
@@ -183,10 +184,7 @@ fn wait_for_change(shared: &Shared, generation: u64, timeout: Option<Duration>) 
                 d - now
             }
         };
-        state = match shared.changed.wait_timeout(state, wait) {
-            Ok((guard, _)) => guard,
-            Err(poisoned) => poisoned.into_inner().0,
-        };
+        state = wait_timeout(&shared.changed, state, wait).0;
     }
 }
 

@@ -29,7 +29,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use wire::lock;
+use crate::sync::{lock, wait_timeout};
 
 /// nats-server's default `max_payload` (and BOSH's `nats.max_payload_mb` default): the limit we
 /// assume until the server's INFO tells us otherwise.
@@ -237,10 +237,7 @@ impl NatsConnection {
             if now >= deadline {
                 return false;
             }
-            state = match self.shared.changed.wait_timeout(state, deadline - now) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
+            state = wait_timeout(&self.shared.changed, state, deadline - now).0;
         }
     }
 
@@ -267,10 +264,7 @@ impl NatsConnection {
             if state.shutdown || now >= deadline {
                 return false;
             }
-            state = match self.shared.changed.wait_timeout(state, deadline - now) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
+            state = wait_timeout(&self.shared.changed, state, deadline - now).0;
         }
     }
 

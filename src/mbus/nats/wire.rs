@@ -13,14 +13,8 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::{Arc, Mutex, MutexGuard};
-
-/// Locks a mutex even when another thread panicked while holding it: the data behind our locks
-/// (a socket, TLS state) stays usable or fails cleanly on the next I/O, which is better than
-/// propagating a panic through the agent.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use crate::sync::lock;
+use std::sync::{Arc, Mutex};
 
 /// The sending half, shared by the connection thread (PONG, PING, SUB) and every publisher.
 pub(crate) struct Wire {

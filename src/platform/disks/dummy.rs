@@ -2,6 +2,7 @@
 //! `bosh/dummy_mounts.json` instead of touching a device, so the director's disk conversation
 //! (add, mount, list, migrate, unmount, remove) runs on a laptop and tests can read what happened.
 
+use crate::sync::lock;
 use super::{migration_target, record_mounted_cid, DiskManager, DiskOptions, DiskSettings};
 use crate::dirs::Dirs;
 use serde::{Deserialize, Serialize};
@@ -56,7 +57,7 @@ impl DummyDisks {
     }
 
     fn update<T>(&self, f: impl FnOnce(&mut DummyState) -> Result<T, String>) -> Result<T, String> {
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = lock(&self.lock);
         let path = Self::state_path(&self.dirs);
         let mut state = crate::fsutil::read_json::<DummyState>(&path)
             .map_err(|e| format!("reading {}: {e}", path.display()))?

@@ -1,6 +1,7 @@
 //! Disks on a real Linux VM: resolve, prepare (see `prepare`), mount, unmount and migrate, all behind
 //! one lock so a `migrate_disk` can never interleave with a `mount_disk`.
 
+use crate::sync::lock;
 use super::mount::{self, device_at, device_number, mount_points_of};
 use super::prepare::{self, partition_path, Prepared};
 use super::resolve::resolve;
@@ -27,7 +28,7 @@ impl LinuxDisks {
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.lock)
     }
 
     /// The node that is (or would be) mounted for `dev`: partition 1 when it exists, else the device.

@@ -22,13 +22,14 @@ pub mod resolve;
 pub use dummy::DummyDisks;
 pub use linux::LinuxDisks;
 
+use crate::sync::lock;
 use crate::dirs::Dirs;
 use crate::settings::Effective;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 /// The iSCSI part of a disk hint, kept so the hints file round-trips with the Go agent's.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -226,10 +227,6 @@ pub fn record_mounted_cid(dirs: &Dirs, cid: &str) -> Result<(), String> {
 
 /// Serialises read-modify-write of the hints file between concurrent `add/remove_persistent_disk`.
 static HINTS_LOCK: Mutex<()> = Mutex::new(());
-
-fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn read_hints(dirs: &Dirs) -> Result<BTreeMap<String, DiskSettings>, String> {
     let path = dirs.disk_hints_json();

@@ -3,6 +3,7 @@
 //! quickly, so every source gets a few attempts with a short backoff, every request and mount a
 //! timeout ([`RetryPolicy`]), and all sources of one load together a deadline.
 
+use crate::sync::lock;
 use super::{Attempt, Failure, Fetched, SettingsSource};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -63,7 +64,7 @@ impl<A: Attempt> Retrying<A> {
     }
 
     fn deadline(&self) -> Instant {
-        let mut d = self.round.deadline.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = lock(&self.round.deadline);
         if self.leads {
             *d = Instant::now() + self.policy.total;
         }
@@ -90,7 +91,7 @@ impl<A: Attempt> SettingsSource for Retrying<A> {
             }
             match self.inner.attempt(deadline.min(now + self.policy.attempt_timeout)) {
                 Ok(fetched) => {
-                    *self.key.lock().unwrap_or_else(|e| e.into_inner()) = fetched.public_key;
+                    *lock(&self.key) = fetched.public_key;
                     return Ok(fetched.settings);
                 }
                 Err(Failure::Permanent(m)) => return Err(m),
@@ -114,7 +115,7 @@ impl<A: Attempt> SettingsSource for Retrying<A> {
     }
 
     fn public_key(&self) -> Option<String> {
-        self.key.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.key).clone()
     }
 }
 
