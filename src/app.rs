@@ -9,6 +9,7 @@ use crate::cli::Options;
 use crate::config::AgentConfig;
 use crate::dirs::Dirs;
 use crate::dispatch::{pool, Dispatcher, Incoming};
+use crate::error::Context as _;
 use crate::heartbeat::Heartbeat;
 use crate::mbus::{agent_https, agent_nats::NatsBus};
 use crate::settings::service::{Overrides, SettingsService};
@@ -29,7 +30,7 @@ pub const CPU_WINDOW: Duration = Duration::from_secs(10);
 pub fn run(opts: Options) -> Result<(), String> {
     let signals = signals::block()?;
     let dirs = Dirs::new(&opts.base, &opts.root);
-    std::fs::create_dir_all(dirs.bosh()).map_err(|e| format!("creating {}: {e}", dirs.bosh().display()))?;
+    std::fs::create_dir_all(dirs.bosh()).with_context(|| format!("creating {}", dirs.bosh().display()))?;
     let config = match &opts.config {
         Some(path) => AgentConfig::load(path)?,
         None => AgentConfig::default(),
@@ -42,7 +43,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         blobstore: opts.blobstore.clone(),
     };
     let settings = SettingsService::new(dirs.clone(), srcs, overrides);
-    let effective = settings.load().map_err(|e| format!("loading settings: {e}"))?;
+    let effective = settings.load().context("loading settings")?;
     let bootstrap = crate::platform::bootstrap::Options { configure: opts.configure };
     crate::platform::bootstrap::run(&dirs, &effective, &opts.platform, &bootstrap)?;
     let platform: Arc<dyn platform::Platform> = platform::from_name(&opts.platform, &dirs)?.into();
@@ -79,7 +80,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     });
     let dispatcher = Arc::new(Dispatcher::new(ctx.clone()));
     dispatcher.resume_persisted();
-    pool::start(WORKERS, rx, dispatcher).map_err(|e| format!("starting workers: {e}"))?;
+    pool::start(WORKERS, rx, dispatcher).context("starting workers")?;
     let _alerts = if opts.supervisor == "monit" && !opts.no_alerts && _https.is_none() {
         Some(alerts::start_monit_alerts(ctx.settings.clone(), &ctx.dirs, notifier.clone(), opts.smtp_port)?)
     } else {
@@ -94,8 +95,8 @@ pub fn run(opts: Options) -> Result<(), String> {
     } else {
         None
     };
-    let _heartbeat = Heartbeat::start(ctx, notifier, opts.heartbeat_interval)
-        .map_err(|e| format!("starting heartbeat: {e}"))?;
+    let _heartbeat =
+        Heartbeat::start(ctx, notifier, opts.heartbeat_interval).context("starting heartbeat")?;
     crate::memory::trim_code_pages();
     log::info!("agent {} ready", effective.settings.agent_id);
     let signal = signals::wait(&signals);

@@ -17,6 +17,7 @@
 //! creating children would otherwise change them) and with GNU/PAX long names, which the tar crate
 //! reads whole.
 
+use crate::error::Context as _;
 use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, File, Metadata, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -115,13 +116,13 @@ impl Staging {
         DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .map_err(|e| format!("creating staging directory {}: {e}", path.display()))?;
+            .with_context(|| format!("creating staging directory {}", path.display()))?;
         Ok(Staging { path, committed: false })
     }
 
     /// Renames the finished tree onto `dest`, refusing to replace anything that appeared meanwhile.
     fn commit(mut self, dest: &Path) -> Result<(), String> {
-        rename_noreplace(&self.path, dest).map_err(|e| format!("renaming into place: {e}"))?;
+        rename_noreplace(&self.path, dest).context("renaming into place")?;
         self.committed = true;
         Ok(())
     }
@@ -201,9 +202,9 @@ fn rename_checked(from: &Path, to: &Path) -> io::Result<()> {
 /// Opens the archive and, if it starts with the gzip magic bytes, decompresses it (multi-member
 /// gzip included, as `gzip -d` does).
 fn open_decompressed(archive: &Path) -> Result<Box<dyn Read>, String> {
-    let file = File::open(archive).map_err(|e| format!("opening archive: {e}"))?;
+    let file = File::open(archive).context("opening archive")?;
     let mut reader = BufReader::with_capacity(BUF_SIZE, file);
-    let head = reader.fill_buf().map_err(|e| format!("reading archive: {e}"))?;
+    let head = reader.fill_buf().context("reading archive")?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(MultiGzDecoder::new(reader)))
     } else {
@@ -304,16 +305,16 @@ impl<'a> Extractor<'a> {
     fn run(&mut self, reader: Box<dyn Read>) -> Result<(), String> {
         let mut archive = tar::Archive::new(reader);
         let mut last = String::from("(none)");
-        let entries = archive.entries().map_err(|e| format!("reading archive: {e}"))?;
+        let entries = archive.entries().context("reading archive")?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| format!("reading archive after entry '{last}': {e}"))?;
+            let mut entry = entry.with_context(|| format!("reading archive after entry '{last}'"))?;
             last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            self.entry(&mut entry).map_err(|e| format!("entry '{last}': {e}"))?;
+            self.entry(&mut entry).with_context(|| format!("entry '{last}'"))?;
         }
         // Read to the end so that a truncated or corrupt gzip trailer (CRC, length) is noticed even
         // though the tar end marker came first.
         io::copy(&mut archive.into_inner(), &mut io::sink())
-            .map_err(|e| format!("reading archive after its last entry: {e}"))?;
+            .context("reading archive after its last entry")?;
         if self.selected == 0 {
             return Err(match self.subdir {
                 Some(subdir) => format!("no entries under '{subdir}'"),
@@ -336,7 +337,7 @@ impl<'a> Extractor<'a> {
                 }
             }
             fs::set_permissions(&dir.path, fs::Permissions::from_mode(dir.mode))
-                .map_err(|e| format!("setting mode of {}: {e}", dir.path.display()))?;
+                .with_context(|| format!("setting mode of {}", dir.path.display()))?;
         }
         Ok(())
     }
@@ -356,7 +357,7 @@ impl<'a> Extractor<'a> {
             parts.remove(0);
         }
         self.selected += 1;
-        let mode = entry.header().mode().map_err(|e| format!("bad mode: {e}"))? & MODE_MASK;
+        let mode = entry.header().mode().context("bad mode")? & MODE_MASK;
         let mtime = entry.header().mtime().ok();
         match kind {
             EntryType::Directory => self.directory(&parts, mode, mtime),
@@ -409,14 +410,14 @@ impl<'a> Extractor<'a> {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|e| format!("creating {}: {e}", path.display()))?;
+            .with_context(|| format!("creating {}", path.display()))?;
         let expected = (entry.header().entry_type() != EntryType::GNUSparse).then(|| entry.size());
         let written = copy(entry, &mut file, &mut self.buf)?;
         if expected.is_some_and(|size| written != size) {
             return Err(format!("archive truncated: {written} of {} bytes", entry.size()));
         }
         file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("setting mode of {}: {e}", path.display()))?;
+            .with_context(|| format!("setting mode of {}", path.display()))?;
         if let Some(mtime) = mtime {
             set_mtime(&file, mtime);
         }
@@ -429,14 +430,14 @@ impl<'a> Extractor<'a> {
         check_symlink_target(&target, parts.len() - 1)?;
         let path = self.leaf(parts)?;
         std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
-            .map_err(|e| format!("creating symlink {}: {e}", path.display()))
+            .with_context(|| format!("creating symlink {}", path.display()))
     }
 
     /// Creates a hard link to a regular file this archive already extracted. Links to symlinks are
     /// refused: the copy would be resolved from a different directory, where its target may escape.
     fn hard_link<R: Read>(&mut self, entry: &tar::Entry<R>, parts: &[&[u8]]) -> Result<(), String> {
         let raw = entry.link_name_bytes().ok_or("hard link without a target")?.into_owned();
-        let mut target = components(&raw).map_err(|e| format!("hard link target: {e}"))?;
+        let mut target = components(&raw).context("hard link target")?;
         if let Some(subdir) = self.subdir {
             if target.first() != Some(&subdir.as_bytes()) {
                 return Err("hard link to outside the selected directory refused".into());
@@ -448,7 +449,7 @@ impl<'a> Extractor<'a> {
         }
         let source = self.existing_file(&target)?;
         let path = self.leaf(parts)?;
-        fs::hard_link(&source, &path).map_err(|e| format!("creating hard link {}: {e}", path.display()))
+        fs::hard_link(&source, &path).with_context(|| format!("creating hard link {}", path.display()))
     }
 
     /// Resolves a hard link target without following symlinks; it must be a regular file.
@@ -516,7 +517,7 @@ impl<'a> Extractor<'a> {
             Err(e) => Err(format!("checking {}: {e}", path.display())),
             Ok(m) if m.is_dir() => Err("a directory already exists at this path".into()),
             Ok(_) => {
-                fs::remove_file(&path).map_err(|e| format!("replacing {}: {e}", path.display()))?;
+                fs::remove_file(&path).with_context(|| format!("replacing {}", path.display()))?;
                 Ok(path)
             }
         }
@@ -525,7 +526,7 @@ impl<'a> Extractor<'a> {
 
 /// Creates one directory; its final mode is set later if the archive lists it.
 fn create_dir(path: &Path) -> Result<(), String> {
-    DirBuilder::new().mode(0o755).create(path).map_err(|e| format!("creating {}: {e}", path.display()))
+    DirBuilder::new().mode(0o755).create(path).with_context(|| format!("creating {}", path.display()))
 }
 
 /// Copies an entry's data through the shared buffer; returns the byte count.
@@ -538,7 +539,7 @@ fn copy(src: &mut dyn Read, dst: &mut File, buf: &mut [u8]) -> Result<u64, Strin
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(format!("reading archive: {e}")),
         };
-        dst.write_all(&buf[..n]).map_err(|e| format!("writing: {e}"))?;
+        dst.write_all(&buf[..n]).context("writing")?;
         total += n as u64;
     }
 }
@@ -577,13 +578,13 @@ impl Packer<'_> {
     fn walk(&mut self, dir: &Path, prefix: Vec<u8>) -> Result<(), String> {
         let mut names = fs::read_dir(dir)
             .and_then(|entries| entries.map(|e| e.map(|e| e.file_name())).collect::<io::Result<Vec<_>>>())
-            .map_err(|e| format!("listing {}: {e}", dir.display()))?;
+            .with_context(|| format!("listing {}", dir.display()))?;
         names.sort();
         for name in names {
             let path = dir.join(&name);
             let mut arc_name = prefix.clone();
             arc_name.extend_from_slice(name.as_bytes());
-            self.path(&path, arc_name).map_err(|e| format!("{}: {e}", path.display()))?;
+            self.path(&path, arc_name).with_context(|| path.display())?;
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! the original Ruby agent's flags, and the `call` client. Parsing only; no behaviour lives here.
 //! Unknown flags and bad values are a one-line error (exit code 2, see `main.rs`).
 
+use crate::error::Context as _;
 use crate::settings::sources::EMBEDDED_MBUS;
 use log::LevelFilter;
 use std::ffi::OsString;
@@ -211,9 +212,7 @@ fn parse_call(args: Vec<OsString>) -> Result<CallOptions, String> {
     let method = rest.next().ok_or("call: METHOD is required")?;
     let arguments = match rest.next() {
         None => Vec::new(),
-        Some(json) => match serde_json::from_str(&json)
-            .map_err(|e| format!("call: JSON-ARGS is not valid JSON: {e}"))?
-        {
+        Some(json) => match serde_json::from_str(&json).context("call: JSON-ARGS is not valid JSON")? {
             serde_json::Value::Array(a) => a,
             other => vec![other],
         },

@@ -3,6 +3,7 @@
 //! final reply envelope. Used by operators, tests and the benchmark.
 
 use crate::cli::CallOptions;
+use crate::error::Context as _;
 use crate::mbus::nats::{Message, NatsConnection, NatsOptions};
 use crate::mbus::url::MbusUrl;
 use base64::Engine;
@@ -55,7 +56,7 @@ pub fn connect(opts: &CallOptions, deadline: Instant) -> Result<Box<dyn Transpor
     let url = MbusUrl::parse(&opts.mbus)?;
     let read = |p: &Option<std::path::PathBuf>| -> Result<Option<String>, String> {
         p.as_ref()
-            .map(|p| std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display())))
+            .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
             .transpose()
     };
     let ca = read(&opts.ca)?;
@@ -122,13 +123,13 @@ impl Transport for Https {
             .header("Authorization", &self.auth)
             .header("Content-Type", "application/json")
             .send(body.as_bytes())
-            .map_err(|e| format!("POST {}: {e}", self.endpoint))?;
+            .with_context(|| format!("POST {}", self.endpoint))?;
         let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().map_err(|e| format!("reading reply: {e}"))?;
+        let text = resp.body_mut().read_to_string().context("reading reply")?;
         if status != 200 {
             return Err(format!("Agent responded with non-successful status code: {status}"));
         }
-        serde_json::from_str(&text).map_err(|e| format!("reply is not JSON: {e}"))
+        serde_json::from_str(&text).context("reply is not JSON")
     }
 }
 
@@ -186,7 +187,7 @@ impl Transport for Nats {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.replies.recv_timeout(left) {
                 Ok(m) if m.subject == reply_to => {
-                    return serde_json::from_slice(&m.payload).map_err(|e| format!("reply is not JSON: {e}"))
+                    return serde_json::from_slice(&m.payload).context("reply is not JSON")
                 }
                 Ok(_) => continue, // a late reply to an earlier request
                 Err(_) => return Err(format!("timed out waiting for the reply to {method}")),

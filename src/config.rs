@@ -1,6 +1,7 @@
 //! `agent.json`, in the Go agent's format, so today's stemcells can swap agents without touching their
 //! configuration. Keys are Go field names matched case-insensitively, as encoding/json does.
 
+use crate::error::Context as _;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -102,10 +103,10 @@ pub fn get_ci<'a>(obj: &'a Value, key: &str) -> Option<&'a Value> {
 impl AgentConfig {
     /// Reads and parses `agent.json`; errors name the file and the problem.
     pub fn load(path: &Path) -> Result<AgentConfig, String> {
-        let data = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let value: Value =
-            serde_json::from_slice(&data).map_err(|e| format!("parsing {}: {e}", path.display()))?;
-        AgentConfig::from_value(&value).map_err(|e| format!("{}: {e}", path.display()))
+            serde_json::from_slice(&data).with_context(|| format!("parsing {}", path.display()))?;
+        AgentConfig::from_value(&value).with_context(|| path.display())
     }
 
     /// Interprets an already-parsed `agent.json`.

@@ -7,6 +7,7 @@
 //!
 //! A leaf: the dispatcher starts and finishes tasks, actions read and cancel them.
 
+use crate::error::Context as _;
 use crate::sync::lock;
 use crate::cancel::CancelToken;
 use crate::fsutil;
@@ -64,7 +65,7 @@ impl PersistedTask {
     pub fn request_body(&self) -> Result<Vec<u8>, String> {
         base64::engine::general_purpose::STANDARD
             .decode(self.payload.as_bytes())
-            .map_err(|e| format!("task {} payload is not base64: {e}", self.task_id))
+            .with_context(|| format!("task {} payload is not base64", self.task_id))
     }
 }
 
@@ -190,7 +191,7 @@ impl TaskTable {
     fn save(&self, inner: &Inner) -> Result<(), String> {
         match &self.path {
             Some(p) => fsutil::write_json_atomic(p, &inner.persisted, 0o600)
-                .map_err(|e| format!("writing {}: {e}", p.display())),
+                .with_context(|| format!("writing {}", p.display())),
             None => Ok(()),
         }
     }

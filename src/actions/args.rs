@@ -1,6 +1,7 @@
 //! Positional argument binding with the Go agent's rules: extra arguments are ignored, missing ones are
 //! an error unless the parameter is optional, and a type mismatch names the argument and the problem.
 
+use crate::error::Context as _;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -12,12 +13,12 @@ pub trait FromArgs: Sized {
 
 /// Decodes `arguments` into a tuple of typed values.
 pub fn bind<T: FromArgs>(args: &[Value]) -> Result<T, String> {
-    T::from_args(args).map_err(|e| format!("Extracting method arguments from payload: {e}"))
+    T::from_args(args).context("Extracting method arguments from payload")
 }
 
 fn one<T: DeserializeOwned>(args: &[Value], i: usize, expected: usize) -> Result<T, String> {
     match args.get(i) {
-        Some(v) => T::deserialize(v).map_err(|e| format!("argument {}: {e}", i + 1)),
+        Some(v) => T::deserialize(v).with_context(|| format!("argument {}", i + 1)),
         // An absent trailing argument is acceptable only where `null` is (an `Option`).
         None => T::deserialize(&Value::Null)
             .map_err(|_| format!("Not enough arguments, expected {expected}, got {}", args.len())),

@@ -2,6 +2,7 @@
 //! credentials-bearing configuration, so the action is registered not loggable and nothing here logs
 //! the payload or its size-revealing contents.
 
+use crate::error::Context as _;
 use super::{bind, Action, Call};
 use crate::blobstore::{check_id, sensitive_blobs_dir, MultiDigest};
 use base64::Engine;
@@ -28,9 +29,9 @@ impl Action for UploadBlob {
     fn bind(args: &[Value]) -> Result<Self, String> {
         let (u,): (Upload,) = bind(args)?;
         check_id(&u.blob_id)
-            .map_err(|e| format!("Extracting method arguments from payload: blob_id: {e}"))?;
+            .context("Extracting method arguments from payload: blob_id")?;
         let checksum = MultiDigest::parse(&u.checksum)
-            .map_err(|e| format!("Extracting method arguments from payload: checksum: {e}"))?;
+            .context("Extracting method arguments from payload: checksum")?;
         Ok(UploadBlob { id: u.blob_id, checksum, payload: u.payload })
     }
 
@@ -39,13 +40,13 @@ impl Action for UploadBlob {
         let compact: Vec<u8> = self.payload.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
         let data = base64::engine::general_purpose::STANDARD
             .decode(&compact)
-            .map_err(|e| format!("Decoding payload: {e}"))?;
+            .context("Decoding payload")?;
         self.checksum.verify_bytes(&data).map_err(|e| {
             format!("Payload corrupted. Checksum mismatch. Expected '{}': {e}", self.checksum)
         })?;
         let path = sensitive_blobs_dir(&call.ctx.dirs).join(&self.id);
         crate::fsutil::write_atomic(&path, &data, 0o600)
-            .map_err(|e| format!("Storing blob {}: {e}", self.id))?;
+            .with_context(|| format!("Storing blob {}", self.id))?;
         Ok(json!(self.id))
     }
 }

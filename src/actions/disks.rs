@@ -3,6 +3,7 @@
 //! (`list_disk`, which must match the director's own record or it raises `AgentDiskOutOfSync`). The
 //! work happens in `platform::disks`; these types only bind arguments and pick the disk.
 
+use crate::error::Context as _;
 use super::{bind, Action, Call, Context};
 use crate::platform::disks::{self, DiskOptions, DiskSettings};
 use crate::settings::Effective;
@@ -45,7 +46,7 @@ impl Action for MountDisk {
             .platform
             .disks()
             .mount(&disk, &opts)
-            .map_err(|e| format!("Mounting persistent disk: {e}"))?;
+            .context("Mounting persistent disk")?;
         Ok(json!({}))
     }
 }
@@ -67,7 +68,7 @@ impl Action for UnmountDisk {
             .platform
             .disks()
             .unmount(&disk)
-            .map_err(|e| format!("Unmounting persistent disk: {e}"))?;
+            .context("Unmounting persistent disk")?;
         let message = if was_mounted {
             format!("Unmounted partition of {}", disk.go_format())
         } else {
@@ -87,7 +88,7 @@ impl Action for MigrateDisk {
     fn run(self, call: &Call) -> Result<Value, String> {
         let settings = reloaded(call.ctx);
         let known = disks::known_disks(&call.ctx.dirs, &settings);
-        call.ctx.platform.disks().migrate(&known).map_err(|e| format!("Migrating persistent disk: {e}"))?;
+        call.ctx.platform.disks().migrate(&known).context("Migrating persistent disk")?;
         Ok(json!({}))
     }
 }

@@ -2,6 +2,7 @@
 //! every agent and gives the whole broadcast 10 s, so they are synchronous and quick, and an older
 //! records version than the one on disk is answered at once without a download.
 
+use crate::error::Context as _;
 use super::{bind, Action, Call, Context};
 use crate::blobstore::{Blobs, MultiDigest};
 use crate::config::get_ci;
@@ -28,7 +29,7 @@ impl Action for SyncDns {
     fn bind(args: &[Value]) -> Result<Self, String> {
         let (id, digest, version): (String, String, u64) = bind_three(args)?;
         let digest = MultiDigest::parse(&digest)
-            .map_err(|e| format!("Extracting method arguments from payload: {e}"))?;
+            .context("Extracting method arguments from payload")?;
         Ok(SyncDns(Sync { source: Source::Blob(id), digest, version }))
     }
     fn run(self, call: &Call) -> Result<Value, String> {
@@ -51,7 +52,7 @@ impl Action for SyncDnsWithSignedUrl {
     fn bind(args: &[Value]) -> Result<Self, String> {
         let (a,): (SignedArgs,) = bind(args)?;
         let digest = MultiDigest::parse(&a.multi_digest)
-            .map_err(|e| format!("Extracting method arguments from payload: {e}"))?;
+            .context("Extracting method arguments from payload")?;
         let source = Source::Signed { url: a.signed_url, headers: a.blobstore_headers.unwrap_or_default() };
         Ok(SyncDnsWithSignedUrl(Sync { source, digest, version: a.version }))
     }
@@ -92,14 +93,14 @@ fn sync(ctx: &Context, s: Sync) -> Result<Value, String> {
     }
     let blobs = Blobs::from_settings(ctx.settings.get().blobstore(), &ctx.dirs)?;
     let tmp = ctx.dirs.data().join("tmp");
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let blob = match &s.source {
         Source::Blob(id) => blobs.fetch(id, &s.digest, &tmp),
         Source::Signed { url, headers } => blobs.fetch_signed(url, headers, &s.digest, &tmp),
     }
-    .map_err(|e| format!("Fetching DNS records: {e}"))?;
-    let data = std::fs::read(blob.path()).map_err(|e| format!("reading DNS records: {e}"))?;
-    let doc: Value = serde_json::from_slice(&data).map_err(|e| format!("Unmarshalling DNS records: {e}"))?;
+    .context("Fetching DNS records")?;
+    let data = std::fs::read(blob.path()).context("reading DNS records")?;
+    let doc: Value = serde_json::from_slice(&data).context("Unmarshalling DNS records")?;
     if get_ci(&doc, "version").and_then(Value::as_u64) != Some(s.version) {
         return Err("version from unpacked dns blob does not match version supplied by director".into());
     }
@@ -107,7 +108,7 @@ fn sync(ctx: &Context, s: Sync) -> Result<Value, String> {
     let agent_id = ctx.settings.get().settings.agent_id;
     ctx.platform.save_dns_records(&records, &agent_id)?;
     crate::fsutil::write_atomic(&records_path(ctx), &data, 0o640)
-        .map_err(|e| format!("writing records.json: {e}"))?;
+        .context("writing records.json")?;
     Ok(json!("synced"))
 }
 

@@ -2,6 +2,7 @@
 //! A VM that was never applied answers all of them as no-ops, because the director sends pre-stop,
 //! drain and stop before the first apply (clients.md §6.2).
 
+use crate::error::Context as _;
 use crate::sync::lock;
 use super::{bind, Action, Call, Context};
 use crate::blobstore::Blobs;
@@ -22,7 +23,7 @@ fn spec_arg(v: Value) -> Result<(Value, ApplySpec), String> {
         );
     }
     let typed =
-        ApplySpec::from_value(&v).map_err(|e| format!("Extracting method arguments from payload: {e}"))?;
+        ApplySpec::from_value(&v).context("Extracting method arguments from payload")?;
     Ok((v, typed))
 }
 
@@ -103,7 +104,7 @@ impl Action for Apply {
 }
 
 fn write_instance_files(dir: &Path, spec: &ApplySpec) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let fields = [
         ("id", spec.id.clone()),
         ("az", spec.az.clone()),
@@ -112,7 +113,7 @@ fn write_instance_files(dir: &Path, spec: &ApplySpec) -> Result<(), String> {
     ];
     for (file, value) in fields {
         crate::fsutil::write_atomic(&dir.join(file), value.unwrap_or_default().as_bytes(), 0o644)
-            .map_err(|e| format!("writing instance/{file}: {e}"))?;
+            .with_context(|| format!("writing instance/{file}"))?;
     }
     Ok(())
 }
@@ -149,8 +150,8 @@ impl Action for Start {
                 ctx.supervisor.add_job(&format!("{}_{label}", job.name), i, &path)?;
             }
         }
-        ctx.supervisor.reload().map_err(|e| format!("Starting Monitored Services: {e}"))?;
-        ctx.supervisor.start().map_err(|e| format!("Starting Monitored Services: {e}"))?;
+        ctx.supervisor.reload().context("Starting Monitored Services")?;
+        ctx.supervisor.start().context("Starting Monitored Services")?;
         Ok(json!("started"))
     }
 }
@@ -307,7 +308,7 @@ impl Action for RunScript {
         let env = match options.as_ref().and_then(|o| o.get("env")) {
             None | Some(Value::Null) => BTreeMap::new(),
             Some(e) => serde_json::from_value(e.clone())
-                .map_err(|e| format!("Extracting method arguments from payload: argument 2: env: {e}"))?,
+                .context("Extracting method arguments from payload: argument 2: env")?,
         };
         Ok(RunScript { name, env })
     }

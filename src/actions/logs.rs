@@ -7,6 +7,7 @@
 //! which it copies over SSH and removes with `remove_file`. All three select and stream files the same
 //! way ([`crate::logs`]); temp tarballs are removed on every path once uploaded.
 
+use crate::error::Context as _;
 use super::{bind, Action, Call, Context};
 use crate::blobstore::digest::UploadDigests;
 use crate::blobstore::Blobs;
@@ -20,7 +21,7 @@ fn blobs(ctx: &Context) -> Result<Blobs, String> {
 }
 
 fn request(log_type: &str, filters: Option<&[String]>) -> Result<Request, String> {
-    Request::parse(log_type, filters).map_err(|e| format!("Extracting method arguments from payload: {e}"))
+    Request::parse(log_type, filters).context("Extracting method arguments from payload")
 }
 
 /// `fetch_logs [log_type, filters]`: bundles the logs and uploads them to the configured blobstore.
@@ -35,7 +36,7 @@ impl Action for FetchLogs {
     fn run(self, call: &Call) -> Result<Value, String> {
         let blobs = blobs(call.ctx)?;
         let bundle = logs::bundle(&call.ctx.dirs, &self.request, None)?;
-        let (id, sha1) = blobs.upload(bundle.path()).map_err(|e| format!("Uploading logs: {e}"))?;
+        let (id, sha1) = blobs.upload(bundle.path()).context("Uploading logs")?;
         Ok(json!({"blobstore_id": id, "sha1": sha1}))
     }
 }
@@ -75,7 +76,7 @@ impl Action for FetchLogsWithSignedUrl {
         let bundle = logs::bundle(&call.ctx.dirs, &self.request, None)?;
         let multi = blobs
             .upload_signed(&self.url, &self.headers, bundle.path())
-            .map_err(|e| format!("Uploading logs: {e}"))?;
+            .context("Uploading logs")?;
         Ok(json!({"sha1": multi}))
     }
 }
@@ -109,7 +110,7 @@ impl Action for BundleLogs {
         let owner = self.owner.as_deref().map(logs::lookup_user).transpose()?;
         let bundle = logs::bundle(&call.ctx.dirs, &self.request, owner)?;
         let digests = UploadDigests::of_file(bundle.path())
-            .map_err(|e| format!("Hashing {}: {e}", bundle.path().display()))?;
+            .with_context(|| format!("Hashing {}", bundle.path().display()))?;
         let path = bundle.keep();
         Ok(json!({"logs_tar_path": path.to_string_lossy(), "sha512": format!("sha512:{}", digests.sha512)}))
     }

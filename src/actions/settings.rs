@@ -3,6 +3,7 @@
 //! Unlike the Go agent, which exits and lets the supervisor restart it, the new bus certificate is
 //! hot-swapped: the bus reconnects with it and the task stays answerable over the new connection.
 
+use crate::error::Context as _;
 use super::{bind, Action, Call};
 use crate::settings::UpdateSettings;
 use serde_json::{json, Value};
@@ -24,7 +25,7 @@ impl Action for UpdateSettingsAction {
         }
         ctx.platform
             .update_trusted_certs(&self.update.trusted_certs)
-            .map_err(|e| format!("Updating trusted certificates: {e}"))?;
+            .context("Updating trusted certificates")?;
         let effective = ctx.settings.apply_update(self.update)?;
         ctx.bus.settings_changed(&effective);
         Ok(json!("ok"))
@@ -42,8 +43,8 @@ fn check_cert(cert: &crate::settings::Cert) -> Result<(), String> {
     if cert.ca.is_empty() {
         return Ok(()); // ignored by the precedence rules: nothing to switch to
     }
-    crate::tls::parse_certs(&cert.ca).map_err(|e| format!("mbus.cert.ca: {e}"))?;
-    crate::tls::parse_certs(&cert.certificate).map_err(|e| format!("mbus.cert.certificate: {e}"))?;
-    crate::tls::parse_key(&cert.private_key).map_err(|e| format!("mbus.cert.private_key: {e}"))?;
+    crate::tls::parse_certs(&cert.ca).context("mbus.cert.ca")?;
+    crate::tls::parse_certs(&cert.certificate).context("mbus.cert.certificate")?;
+    crate::tls::parse_key(&cert.private_key).context("mbus.cert.private_key")?;
     Ok(())
 }

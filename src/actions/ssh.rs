@@ -6,6 +6,7 @@
 //! answer does not keep a half-made user around. On the dummy platform nothing is created: the
 //! request is recorded in `<base>/bosh/dummy_ssh_users.json` and the host key is `dummy-public-key`.
 
+use crate::error::Context as _;
 use super::{bind, Action, Call};
 use crate::dirs::Dirs;
 use crate::platform::users::{self, UserRegex};
@@ -157,11 +158,11 @@ pub fn host_public_key(dirs: &Dirs) -> Result<String, String> {
 fn record_dummy(dirs: &Dirs, change: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<(), String> {
     let path = dirs.bosh().join("dummy_ssh_users.json");
     let mut users: BTreeMap<String, String> = crate::fsutil::read_json(&path)
-        .map_err(|e| format!("reading {}: {e}", path.display()))?
+        .with_context(|| format!("reading {}", path.display()))?
         .unwrap_or_default();
     change(&mut users);
     crate::fsutil::write_json_atomic(&path, &users, 0o600)
-        .map_err(|e| format!("writing {}: {e}", path.display()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod tcp_service;
 
 pub use smtp::{SmtpOptions, SmtpServer};
 
+use crate::error::Context as _;
 use crate::bus::{HmTopic, Notifier};
 use crate::dirs::Dirs;
 use crate::settings::service::SettingsService;
@@ -310,11 +311,11 @@ pub fn start_monit_alerts(
         }
     });
     let server = SmtpServer::start(opts, sink)
-        .map_err(|e| format!("starting the alert listener on port {port}: {e}"))?;
+        .with_context(|| format!("starting the alert listener on port {port}"))?;
     let monit_dir = dirs.base.join("monit");
     let rc = monitrc(server.local_addr().port(), "vcap", &password, &monit_dir.join("events"));
     crate::fsutil::write_atomic(&monit_dir.join("alerts.monitrc"), rc.as_bytes(), 0o600)
-        .map_err(|e| format!("writing alerts.monitrc: {e}"))?;
+        .context("writing alerts.monitrc")?;
     Ok(server)
 }
 

@@ -7,6 +7,7 @@
 //! fixed memory footprint however large the blob. Parsing rules, printing and error texts follow the
 //! Go agent (bosh-utils `crypto`), because the director and operators match on those strings.
 
+use crate::error::Context as _;
 use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY, SHA256, SHA512};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -165,7 +166,7 @@ impl MultiDigest {
     /// Verifies everything `reader` yields (for payloads and files that are already local).
     pub fn verify_reader(&self, reader: &mut dyn Read) -> Result<(), String> {
         let mut w = self.verifier(io::sink())?;
-        super::copy_stream(reader, &mut w).map_err(|e| format!("Reading stream to verify: {e}"))?;
+        super::copy_stream(reader, &mut w).context("Reading stream to verify")?;
         w.finish().map(|_| ())
     }
 
@@ -236,7 +237,7 @@ impl<W: Write> VerifyingWriter<W> {
     /// Flushes and checks the digest; returns the inner writer on a match, otherwise the Go agent's
     /// `Expected stream to have digest '<d>' but was '<computed>'`.
     pub fn finish(mut self) -> Result<W, String> {
-        self.inner.flush().map_err(|e| format!("Flushing verified stream: {e}"))?;
+        self.inner.flush().context("Flushing verified stream")?;
         let actual =
             Digest { algorithm: self.expected.algorithm.clone(), hex: hex(self.ctx.finish().as_ref()) };
         if actual.hex.eq_ignore_ascii_case(&self.expected.hex) {

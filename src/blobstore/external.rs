@@ -7,6 +7,7 @@
 //! missing executable fails construction (`executable bosh-blobstore-<p> not found in PATH`) so a
 //! misconfigured VM is obvious at startup rather than at the first deploy.
 
+use crate::error::Context as _;
 use super::{copy_stream, Provider, ProviderError};
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -48,7 +49,7 @@ impl External {
             .ok_or_else(|| format!("executable {name} not found in PATH"))?;
         let config = dirs.bosh().join("etc").join(format!("blobstore-{provider}.json"));
         crate::fsutil::write_json_atomic(&config, options, 0o600)
-            .map_err(|e| format!("writing blobstore config {}: {e}", config.display()))?;
+            .with_context(|| format!("writing blobstore config {}", config.display()))?;
         Ok(External { exe, config })
     }
 

@@ -28,6 +28,7 @@ pub mod signed;
 
 pub use digest::MultiDigest;
 
+use crate::error::Context as _;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fmt;
@@ -314,7 +315,7 @@ impl Blobs {
         self.with_retries(&format!("Getting blob {id}"), || {
             stream_verified(tmp_dir, digest, id, |w| self.provider.get(id, w, tmp_dir))
         })
-        .map_err(|e| format!("Getting blob from inner blobstore: {e}"))
+        .context("Getting blob from inner blobstore")
     }
 
     /// GETs a signed URL with the director's extra headers, verified like `fetch`.
@@ -334,7 +335,7 @@ impl Blobs {
     /// Uploads a file under a new UUID; returns (blob id, sha1 hex).
     pub fn upload(&self, src: &Path) -> Result<(String, String), String> {
         let digests = digest::UploadDigests::of_file(src)
-            .map_err(|e| format!("Hashing {} for upload: {e}", src.display()))?;
+            .with_context(|| format!("Hashing {} for upload", src.display()))?;
         self.upload_hashed(src, &digests.sha1)
     }
 
@@ -346,7 +347,7 @@ impl Blobs {
         self.with_retries(&format!("Putting blob {id}"), || {
             self.provider.put(src, &id).map_err(Attempt::Source)
         })
-        .map_err(|e| format!("Creating blob in inner blobstore: {e}"))?;
+        .context("Creating blob in inner blobstore")?;
         log::info!("Uploaded blob {id} ({sha1}) to the {} blobstore", self.provider_name);
         Ok((id, sha1))
     }
@@ -359,7 +360,7 @@ impl Blobs {
         src: &Path,
     ) -> Result<String, String> {
         let digests = digest::UploadDigests::of_file(src)
-            .map_err(|e| format!("Hashing {} for upload: {e}", src.display()))?;
+            .with_context(|| format!("Hashing {} for upload", src.display()))?;
         self.upload_signed_hashed(url, headers, src, &digests)
     }
 

@@ -5,6 +5,7 @@
 //! string *is* the credential, so it is cut from every message this module produces, including ureq's
 //! own error texts.
 
+use crate::error::Context as _;
 use super::{copy_stream, ProviderError};
 use crate::url::{redact_url, scrub};
 use std::collections::BTreeMap;
@@ -25,7 +26,7 @@ pub fn http_agent(ca_pem: Option<&str>) -> Result<ureq::Agent, String> {
     let mut tls = ureq::tls::TlsConfig::builder();
     if let Some(pem) = ca_pem {
         let certs = crate::tls::parse_certs(pem)
-            .map_err(|e| format!("blobstore option tls.cert.ca: {e}"))?
+            .context("blobstore option tls.cert.ca")?
             .into_iter()
             .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
             .collect::<Vec<_>>();

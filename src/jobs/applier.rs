@@ -5,6 +5,7 @@
 //! the spec no longer names, and records the spec. A bundle that is already installed is skipped, so
 //! applying the same spec twice is cheap.
 
+use crate::error::Context as _;
 use crate::sync::lock;
 use super::spec::{ApplySpec, PackageSpec, TemplateSpec};
 use crate::archive::{self, Unpack};
@@ -115,7 +116,7 @@ impl Installer<'_> {
             .as_deref()
             .filter(|d| !d.is_empty())
             .ok_or_else(|| format!("package {} has no sha1", p.name))?;
-        let digest = MultiDigest::parse(digest_text).map_err(|e| format!("package {}: {e}", p.name))?;
+        let digest = MultiDigest::parse(digest_text).with_context(|| format!("package {}", p.name))?;
         let tmp = self.tmp_dir()?;
         let blob = match (p.signed_url.as_deref().filter(|u| !u.is_empty()), p.blobstore_id.as_deref()) {
             (Some(url), _) => {
@@ -125,10 +126,10 @@ impl Installer<'_> {
             (None, Some(id)) if !id.is_empty() => self.blobs.fetch(id, &digest, &tmp),
             _ => Err("neither blobstore_id nor signed_url given".into()),
         }
-        .map_err(|e| format!("Fetching package {}: {e}", p.name))?;
+        .with_context(|| format!("Fetching package {}", p.name))?;
         make_parent(&bundle.dir)?;
         archive::unpack(blob.path(), &bundle.dir, &Unpack { subdir: None })
-            .map_err(|e| format!("Installing package {}: {e}", p.name))?;
+            .with_context(|| format!("Installing package {}", p.name))?;
         set_mode(&bundle.dir, 0o755)
     }
 
@@ -141,17 +142,17 @@ impl Installer<'_> {
             return Ok(());
         }
         let digest =
-            MultiDigest::parse(&archive_ref.sha1).map_err(|e| format!("rendered templates archive: {e}"))?;
+            MultiDigest::parse(&archive_ref.sha1).context("rendered templates archive")?;
         let tmp = self.tmp_dir()?;
         let blob = self
             .blobs
             .fetch(&archive_ref.blobstore_id, &digest, &tmp)
-            .map_err(|e| format!("Fetching rendered templates archive: {e}"))?;
+            .context("Fetching rendered templates archive")?;
         for job in pending {
             let bundle = self.layout().job_bundle(job, &archive_ref.sha1);
             make_parent(&bundle.dir)?;
             archive::unpack(blob.path(), &bundle.dir, &Unpack { subdir: Some(&job.name) })
-                .map_err(|e| format!("Installing job {}: {e}", job.name))?;
+                .with_context(|| format!("Installing job {}", job.name))?;
             fix_job_permissions(&bundle.dir)?;
         }
         Ok(())
@@ -159,7 +160,7 @@ impl Installer<'_> {
 
     fn tmp_dir(&self) -> Result<PathBuf, String> {
         let tmp = self.dirs.data().join("tmp");
-        fs::create_dir_all(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+        fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         Ok(tmp)
     }
 }
@@ -207,14 +208,14 @@ impl Layout<'_> {
 
 fn make_parent(dir: &Path) -> Result<(), String> {
     match dir.parent() {
-        Some(parent) => fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display())),
+        Some(parent) => fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display())),
         None => Ok(()),
     }
 }
 
 fn create_dir_mode(dir: &Path, mode: u32) -> Result<(), String> {
     if !dir.is_dir() {
-        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         set_mode(dir, mode)?;
     }
     Ok(())
@@ -222,7 +223,7 @@ fn create_dir_mode(dir: &Path, mode: u32) -> Result<(), String> {
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("chmod {}: {e}", path.display()))
+        .with_context(|| format!("chmod {}", path.display()))
 }
 
 /// Jobs' scripts must be executable whatever the archive said; everything else stays as unpacked.
@@ -250,7 +251,7 @@ pub fn switch_link(link: &Path, target: &Path) -> Result<(), String> {
         link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         crate::ids::uuid_v4()
     ));
-    symlink(target, &tmp).map_err(|e| format!("linking {}: {e}", link.display()))?;
+    symlink(target, &tmp).with_context(|| format!("linking {}", link.display()))?;
     fs::rename(&tmp, link).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         format!("switching {}: {e}", link.display())
@@ -278,7 +279,7 @@ fn keep_only(data_root: &Path, link_root: &Path, keep: &BTreeSet<PathBuf>) -> Re
             if keep.contains(&v.path()) {
                 left += 1;
             } else {
-                fs::remove_dir_all(v.path()).map_err(|e| format!("removing {}: {e}", v.path().display()))?;
+                fs::remove_dir_all(v.path()).with_context(|| format!("removing {}", v.path().display()))?;
             }
         }
         if left == 0 {

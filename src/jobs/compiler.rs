@@ -51,6 +51,7 @@
 //!
 //! Both the `HOME` and `TMPDIR` directories are removed after the compile.
 
+use crate::error::Context as _;
 use super::applier::{switch_link, Installer, Layout, DEFAULT_PARALLEL};
 use super::scripts::{self, SCRIPT_PATH};
 use super::spec::{ApplySpec, PackageSpec};
@@ -163,7 +164,7 @@ pub struct Compiler<'a> {
 impl Compiler<'_> {
     /// Compiles one package; errors start with `Compiling package <name>: `.
     pub fn compile(&self, req: &Request) -> Result<Compiled, String> {
-        self.run(req).map_err(|e| format!("Compiling package {}: {e}", req.name))
+        self.run(req).with_context(|| format!("Compiling package {}", req.name))
     }
 
     fn run(&self, req: &Request) -> Result<Compiled, String> {
@@ -198,7 +199,7 @@ impl Compiler<'_> {
         remove_leftover(&compile_dir)?;
         undo.push(Step::RemoveTree(compile_dir.clone()));
         archive::unpack(source.path(), &compile_dir, &Unpack { subdir: None })
-            .map_err(|e| format!("Unpacking source package: {e}"))?;
+            .context("Unpacking source package")?;
         drop(source);
         phases.mark("unpack");
 
@@ -215,7 +216,7 @@ impl Compiler<'_> {
         undo.push(Step::RemoveTree(install_dir.clone()));
         create_dir(&install_dir)?;
         fs::set_permissions(&install_dir, fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("chmod {}: {e}", install_dir.display()))?;
+            .with_context(|| format!("chmod {}", install_dir.display()))?;
         let install_link = self.dirs.base.join("packages").join(&req.name);
         undo.link(&install_link, &install_dir)?;
 
@@ -239,14 +240,14 @@ impl Compiler<'_> {
                 let (blobstore_id, sha1) = self
                     .blobs
                     .upload_hashed(&tgz, &digests.sha1)
-                    .map_err(|e| format!("Uploading compiled package: {e}"))?;
+                    .context("Uploading compiled package")?;
                 Compiled::Blob { blobstore_id, sha1 }
             }
             Destination::Signed { url, headers } => {
                 let digests = self
                     .blobs
                     .upload_signed_hashed(url, headers, &tgz, &digests)
-                    .map_err(|e| format!("Uploading compiled package: {e}"))?;
+                    .context("Uploading compiled package")?;
                 Compiled::Signed { digests }
             }
         };
@@ -259,11 +260,11 @@ impl Compiler<'_> {
     fn fetch_source(&self, req: &Request, tmp: &Path) -> Result<FetchedBlob, String> {
         let fetched = match &req.source {
             Source::Blobstore(id) => {
-                self.blobs.fetch(id, &req.digest, tmp).map_err(|e| format!("Fetching package blob {id}: {e}"))
+                self.blobs.fetch(id, &req.digest, tmp).with_context(|| format!("Fetching package blob {id}"))
             }
             Source::Signed { url, headers } => self.blobs.fetch_signed(url, headers, &req.digest, tmp),
         };
-        fetched.map_err(|e| format!("Fetching package {}: {e}", req.name))
+        fetched.with_context(|| format!("Fetching package {}", req.name))
     }
 
     /// Installs the dependencies not yet installed (in parallel, as apply does) and links them all,
@@ -286,7 +287,7 @@ impl Compiler<'_> {
         }
         Installer { dirs: self.dirs, blobs: self.blobs, parallel: DEFAULT_PARALLEL }
             .install_all(&spec)
-            .map_err(|e| format!("Installing dependencies: {e}"))?;
+            .context("Installing dependencies")?;
         for d in deps {
             let bundle = layout.package_bundle(d);
             undo.link(&bundle.link, &bundle.dir)?;
@@ -305,7 +306,7 @@ impl Compiler<'_> {
         for d in [&home, &tmpdir] {
             create_dir(d)?;
             fs::set_permissions(d, fs::Permissions::from_mode(0o700))
-                .map_err(|e| format!("chmod {}: {e}", d.display()))?;
+                .with_context(|| format!("chmod {}", d.display()))?;
         }
         let logs = log_dir(self.dirs);
         let (out_log, err_log) = log_files(self.dirs, &req.name);
@@ -327,7 +328,7 @@ impl Compiler<'_> {
             .process_group(0);
         log::info!("Running packaging of {} {} (logs in {})", req.name, req.version, logs.display());
         let code = scripts::run_logged(cmd, &out_log, &err_log, self.cancel)
-            .map_err(|e| format!("Running packaging script: {e}"))?;
+            .context("Running packaging script")?;
         if code == 0 {
             return Ok(());
         }
@@ -462,17 +463,17 @@ pub fn tail(path: &Path, cap: usize) -> String {
 /// written, on the writer thread while the workers compress, so the upload need not read the file
 /// again; sha512 is skipped when nobody needs it.
 fn pack_to(dir: &Path, out: &Path, with_sha512: bool) -> Result<UploadDigests, String> {
-    let file = File::create(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut w = Hashing {
         inner: BufWriter::with_capacity(256 * 1024, file),
         sha1: ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY),
         sha512: with_sha512.then(|| ring::digest::Context::new(&ring::digest::SHA512)),
     };
     let mut gz = ParallelGz::new(&mut w, flate2::Compression::fast(), crate::gzip::threads())
-        .map_err(|e| format!("Packing compiled package: {e}"))?;
-    archive::pack_tar(dir, &mut gz).map_err(|e| format!("Packing compiled package: {e}"))?;
-    gz.finish().map_err(|e| format!("Packing compiled package: {e}"))?;
-    w.inner.flush().map_err(|e| format!("writing {}: {e}", out.display()))?;
+        .context("Packing compiled package")?;
+    archive::pack_tar(dir, &mut gz).context("Packing compiled package")?;
+    gz.finish().context("Packing compiled package")?;
+    w.inner.flush().with_context(|| format!("writing {}", out.display()))?;
     Ok(UploadDigests {
         sha1: hex(w.sha1.finish().as_ref()),
         sha512: w.sha512.map(|c| hex(c.finish().as_ref())).unwrap_or_default(),
@@ -501,7 +502,7 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 fn create_dir(dir: &Path) -> Result<(), String> {
-    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
 /// Removes what an interrupted earlier compile left at a path only compiles create.
@@ -512,7 +513,7 @@ fn remove_leftover(path: &Path) -> Result<(), String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => Err(e),
     }
-    .map_err(|e| format!("removing leftover {}: {e}", path.display()))
+    .with_context(|| format!("removing leftover {}", path.display()))
 }
 
 /// One thing to put back after a compile.
@@ -551,7 +552,7 @@ impl Undo {
     fn link(&mut self, link: &Path, target: &Path) -> Result<(), String> {
         let previous = match fs::symlink_metadata(link) {
             Ok(m) if m.file_type().is_symlink() => {
-                Some(fs::read_link(link).map_err(|e| format!("reading link {}: {e}", link.display()))?)
+                Some(fs::read_link(link).with_context(|| format!("reading link {}", link.display()))?)
             }
             Ok(_) => return Err(format!("{} exists and is not a link", link.display())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,

@@ -2,6 +2,7 @@
 //! `post-stop`), drain scripts with their integer protocol, and errands. Every script runs in its own
 //! process group so a cancel (SIGTERM, then SIGKILL after a grace period) reaches everything it started.
 
+use crate::error::Context as _;
 use crate::sync::lock;
 use crate::cancel::CancelToken;
 use std::collections::BTreeMap;
@@ -55,10 +56,10 @@ pub fn run_captured(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("starting {desc}: {e}"))?;
+        .with_context(|| format!("starting {desc}"))?;
     let out = tail_reader(child.stdout.take(), cap);
     let err = tail_reader(child.stderr.take(), cap);
-    let status = wait(&mut child, cancel, grace).map_err(|e| format!("waiting for {desc}: {e}"))?;
+    let status = wait(&mut child, cancel, grace).with_context(|| format!("waiting for {desc}"))?;
     Ok(Outcome { exit_code: exit_code(status), stdout: collect(out, cap), stderr: collect(err, cap) })
 }
 
@@ -71,7 +72,7 @@ pub fn run_logged(
 ) -> Result<i32, String> {
     let open = |p: &Path| -> Result<File, String> {
         if let Some(dir) = p.parent() {
-            fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o750));
         }
         OpenOptions::new()
@@ -79,15 +80,15 @@ pub fn run_logged(
             .append(true)
             .mode(0o640)
             .open(p)
-            .map_err(|e| format!("opening {}: {e}", p.display()))
+            .with_context(|| format!("opening {}", p.display()))
     };
     let desc = format!("{:?}", cmd.get_program());
     let mut child = cmd
         .stdout(open(stdout_log)?)
         .stderr(open(stderr_log)?)
         .spawn()
-        .map_err(|e| format!("starting {desc}: {e}"))?;
-    let status = wait(&mut child, cancel, KILL_GRACE).map_err(|e| format!("waiting for {desc}: {e}"))?;
+        .with_context(|| format!("starting {desc}"))?;
+    let status = wait(&mut child, cancel, KILL_GRACE).with_context(|| format!("waiting for {desc}"))?;
     Ok(exit_code(status))
 }
 

@@ -1,6 +1,7 @@
 //! The apply spec (go-agent.md §6.1): what the director wants installed. It is persisted verbatim in
 //! `spec.json` (so `get_state` echoes what the director sent) and read through typed views here.
 
+use crate::error::Context as _;
 use crate::dirs::Dirs;
 use crate::fsutil;
 use crate::vitals::DiskPaths;
@@ -20,7 +21,7 @@ pub fn load(dirs: &Dirs) -> Result<Value, String> {
 
 /// Persists a spec atomically.
 pub fn save(dirs: &Dirs, spec: &Value) -> Result<(), String> {
-    fsutil::write_json_atomic(&dirs.spec_json(), spec, 0o644).map_err(|e| format!("writing spec.json: {e}"))
+    fsutil::write_json_atomic(&dirs.spec_json(), spec, 0o644).context("writing spec.json")
 }
 
 /// Where the system, ephemeral and persistent disks are mounted, for vitals.
@@ -120,7 +121,7 @@ pub struct ArchiveRef {
 impl ApplySpec {
     /// Reads the typed view of a spec value.
     pub fn from_value(v: &Value) -> Result<ApplySpec, String> {
-        ApplySpec::deserialize(v).map_err(|e| format!("invalid apply spec: {e}"))
+        ApplySpec::deserialize(v).context("invalid apply spec")
     }
 
     /// The jobs of this spec, in the director's order.

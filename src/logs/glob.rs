@@ -16,6 +16,7 @@
 //! A pattern with an unclosed `[` or a trailing `\` is refused when it is compiled, so a typo in a
 //! filter is a clear error rather than a silently empty tarball.
 
+use crate::error::Context as _;
 use std::fmt;
 
 /// One element of a compiled path segment.
@@ -77,7 +78,7 @@ impl Glob {
                 }
             } else {
                 segments.push(Segment::Tokens(
-                    tokens(piece).map_err(|e| format!("Invalid filter '{pattern}': {e}"))?,
+                    tokens(piece).with_context(|| format!("Invalid filter '{pattern}'"))?,
                 ));
             }
         }

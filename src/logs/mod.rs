@@ -27,6 +27,7 @@ pub use crate::gzip::ParallelGz;
 
 mod glob;
 
+use crate::error::Context as _;
 use crate::dirs::Dirs;
 use flate2::Compression;
 use glob::Glob;
@@ -244,7 +245,7 @@ pub fn tmp_dir(dirs: &Dirs) -> PathBuf {
 pub fn bundle(dirs: &Dirs, request: &Request, owner: Option<(u32, u32)>) -> Result<Bundle, String> {
     let files = select(dirs, request)?;
     let dir = tmp_dir(dirs);
-    fs::create_dir_all(&dir).map_err(|e| format!("Creating {}: {e}", dir.display()))?;
+    fs::create_dir_all(&dir).with_context(|| format!("Creating {}", dir.display()))?;
     let path = dir.join(format!("logs-{}.tgz", crate::ids::uuid_v4()));
     let file = OpenOptions::new()
         .write(true)
@@ -252,14 +253,14 @@ pub fn bundle(dirs: &Dirs, request: &Request, owner: Option<(u32, u32)>) -> Resu
         .mode(BUNDLE_MODE)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
-        .map_err(|e| format!("Creating {}: {e}", path.display()))?;
+        .with_context(|| format!("Creating {}", path.display()))?;
     let mut bundle = Bundle { path, armed: true, files: 0, bytes: 0, compressed: 0 };
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-            .map_err(|e| format!("Changing owner of {}: {e}", bundle.path.display()))?;
+            .with_context(|| format!("Changing owner of {}", bundle.path.display()))?;
     }
     let (count, bytes, compressed) = write_tgz(&files, file, Compression::new(LEVEL), crate::gzip::threads())
-        .map_err(|e| format!("Creating log bundle {}: {e}", bundle.path.display()))?;
+        .with_context(|| format!("Creating log bundle {}", bundle.path.display()))?;
     bundle.files = count;
     bundle.bytes = bytes;
     bundle.compressed = compressed;
@@ -278,7 +279,7 @@ pub fn write_tgz(
     level: Compression,
     threads: usize,
 ) -> Result<(usize, u64, u64), String> {
-    let gz = ParallelGz::new(out, level, threads).map_err(|e| format!("starting gzip: {e}"))?;
+    let gz = ParallelGz::new(out, level, threads).context("starting gzip")?;
     let mut builder = tar::Builder::new(gz);
     let (mut count, mut bytes) = (0usize, 0u64);
     for f in files {
@@ -291,9 +292,9 @@ pub fn write_tgz(
             Err(e) => return Err(format!("{}: {e}", f.path.display())),
         }
     }
-    let gz = builder.into_inner().map_err(|e| format!("finishing tar: {e}"))?;
+    let gz = builder.into_inner().context("finishing tar")?;
     // No fsync: the bundle is read back at once (upload, digest) and is worthless after a crash.
-    let (_file, compressed) = gz.finish().map_err(|e| format!("finishing gzip: {e}"))?;
+    let (_file, compressed) = gz.finish().context("finishing gzip")?;
     Ok((count, bytes, compressed))
 }
 

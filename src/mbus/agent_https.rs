@@ -1,6 +1,7 @@
 //! The agent's side of the HTTPS bus: `POST /agent` bodies go onto the same request channel as NATS
 //! messages, and the connection thread waits for the worker's reply.
 
+use crate::error::Context as _;
 use crate::sync::lock;
 use super::https::{AgentEndpoint, HttpsOptions, HttpsServer};
 use super::url::MbusUrl;
@@ -61,7 +62,7 @@ pub fn start(settings: &Effective, dirs: &Dirs, requests: Sender<Incoming>) -> R
         max_connections: MAX_CONNECTIONS,
     };
     let endpoint = std::sync::Arc::new(Endpoint { requests: Mutex::new(requests) });
-    HttpsServer::start(opts, endpoint).map_err(|e| format!("listening on {listen}: {e}"))
+    HttpsServer::start(opts, endpoint).with_context(|| format!("listening on {listen}"))
 }
 
 /// The HTTPS bus cannot swap its identity while bosh-cli talks to it; new settings apply at restart.

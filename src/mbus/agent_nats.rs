@@ -2,6 +2,7 @@
 //! channel, publish replies to the request's `reply_to`, and publish health-monitor events. The NATS
 //! client underneath knows nothing about BOSH.
 
+use crate::error::Context as _;
 use super::nats::{Message, NatsConnection, NatsOptions};
 use crate::bus::{BusControl, HmTopic, Notifier};
 use crate::dispatch::{Incoming, ReplySink};
@@ -66,7 +67,7 @@ impl NatsBus {
                     }
                 }
             })
-            .map_err(|e| format!("starting NATS listener thread: {e}"))?;
+            .context("starting NATS listener thread")?;
         Ok(NatsBus {
             conn,
             agent_id: settings.settings.agent_id.clone(),

@@ -8,6 +8,7 @@
 //! run only when the root is `/` and the platform is not `dummy`. A failing step stops the bootstrap
 //! with an error that names it, because an agent on a half-configured VM would mislead the director.
 
+use crate::error::Context as _;
 use super::disks::{self, ephemeral, mount, DiskSettings};
 use super::users;
 use crate::dirs::Dirs;
@@ -73,7 +74,7 @@ pub fn run(dirs: &Dirs, settings: &Effective, platform_name: &str, options: &Opt
 
 fn step(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
     log::debug!("bootstrap: {name}");
-    f().map_err(|e| format!("bootstrap step '{name}': {e}"))
+    f().with_context(|| format!("bootstrap step '{name}'"))
 }
 
 struct Bootstrap<'a> {
@@ -89,7 +90,7 @@ fn write_if_changed(path: &Path, data: &[u8], mode: u32) -> Result<bool, String>
     if std::fs::read(path).is_ok_and(|old| old == data) {
         return Ok(false);
     }
-    crate::fsutil::write_atomic(path, data, mode).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    crate::fsutil::write_atomic(path, data, mode).with_context(|| format!("writing {}", path.display()))?;
     Ok(true)
 }
 
@@ -184,7 +185,7 @@ impl Bootstrap<'_> {
                     std::fs::read_to_string(e.path()).is_ok_and(|t| t.starts_with(super::network::GENERATED));
                 if ours && name.ends_with(".network") && !files.iter().any(|(n, _)| *n == name) {
                     std::fs::remove_file(e.path())
-                        .map_err(|err| format!("removing {}: {err}", e.path().display()))?;
+                        .with_context(|| format!("removing {}", e.path().display()))?;
                     changed = true;
                 }
             }
@@ -307,7 +308,7 @@ impl Bootstrap<'_> {
             mkdir_mode(&path, mode)?;
             if let (true, Some(gid)) = (vcap_group, chown) {
                 std::os::unix::fs::chown(&path, Some(0), Some(gid))
-                    .map_err(|e| format!("chown root:vcap {}: {e}", path.display()))?;
+                    .with_context(|| format!("chown root:vcap {}", path.display()))?;
             }
         }
         let link = self.dirs.base.join("sys");
@@ -317,21 +318,21 @@ impl Bootstrap<'_> {
                 if std::fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
                     return Ok(());
                 }
-                std::fs::remove_file(&link).map_err(|e| format!("removing {}: {e}", link.display()))?;
+                std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
             }
             Ok(_) => return Err(format!("{} exists and is not a symlink", link.display())),
             Err(_) => {}
         }
         std::os::unix::fs::symlink(&target, &link)
-            .map_err(|e| format!("linking {} to {}: {e}", link.display(), target.display()))
+            .with_context(|| format!("linking {} to {}", link.display(), target.display()))
     }
 }
 
 /// Creates `path` (and parents) and sets its mode, which `mkdir` alone would leave to the umask.
 fn mkdir_mode(path: &Path, mode: u32) -> Result<(), String> {
-    std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("chmod {mode:o} {}: {e}", path.display()))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod disks;
 pub mod network;
 pub mod users;
 
+use crate::error::Context as _;
 use crate::dirs::Dirs;
 use crate::settings::Effective;
 use disks::DiskManager as _;
@@ -79,8 +80,8 @@ pub fn pem_blocks(bundle: &str) -> Vec<String> {
 
 /// Writes `bosh-trusted-cert-<n>.crt` files into `dir`, removing the ones from a previous update.
 fn write_cert_files(dir: &std::path::Path, pem_bundle: &str) -> Result<usize, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with("bosh-trusted-cert-") {
             let _ = std::fs::remove_file(entry.path());
@@ -90,7 +91,7 @@ fn write_cert_files(dir: &std::path::Path, pem_bundle: &str) -> Result<usize, St
     for (i, block) in blocks.iter().enumerate() {
         let path = dir.join(format!("bosh-trusted-cert-{}.crt", i + 1));
         crate::fsutil::write_atomic(&path, block.as_bytes(), 0o644)
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(blocks.len())
 }
@@ -105,7 +106,7 @@ impl Platform for Linux {
     fn save_dns_records(&self, records: &[(String, String)], agent_id: &str) -> Result<(), String> {
         let path = self.dirs.under_root("/etc/hosts");
         crate::fsutil::write_atomic(&path, hosts_file(records, agent_id).as_bytes(), 0o644)
-            .map_err(|e| format!("writing {}: {e}", path.display()))
+            .with_context(|| format!("writing {}", path.display()))
     }
     fn delete_arp_entries(&self, ips: &[std::net::IpAddr]) {
         for ip in ips {
@@ -167,7 +168,7 @@ impl Platform for Dummy {
         let text: String = records.iter().map(|(ip, name)| format!("{ip} {name}\n")).collect();
         let path = self.dirs.bosh().join("etc_hosts");
         crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644)
-            .map_err(|e| format!("writing {}: {e}", path.display()))
+            .with_context(|| format!("writing {}", path.display()))
     }
     fn delete_arp_entries(&self, ips: &[std::net::IpAddr]) {
         log::info!("dummy platform: would flush {} neighbour entries", ips.len());
@@ -201,7 +202,7 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<String, String>
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running {desc}: {e}"))?;
+        .with_context(|| format!("running {desc}"))?;
     let deadline = Instant::now() + limit;
     loop {
         match child.try_wait() {
@@ -215,7 +216,7 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<String, String>
             Err(e) => return Err(format!("waiting for {desc}: {e}")),
         }
     }
-    let out = child.wait_with_output().map_err(|e| format!("collecting {desc}: {e}"))?;
+    let out = child.wait_with_output().with_context(|| format!("collecting {desc}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

@@ -13,6 +13,7 @@
 //! Names come from outside (the director, bosh-cli), so they are validated before any command sees
 //! them: `bosh_` followed by `[a-z0-9_-]`, at most 32 bytes (the `useradd` limit).
 
+use crate::error::Context as _;
 use crate::sync::lock;
 use super::run_bounded;
 use std::os::unix::fs::PermissionsExt;
@@ -182,7 +183,7 @@ pub fn setup_ssh_user(
 ) -> Result<(), String> {
     validate_ssh_user(user)?;
     let _db = lock(&USER_DB);
-    std::fs::create_dir_all(ssh_base).map_err(|e| format!("creating {}: {e}", ssh_base.display()))?;
+    std::fs::create_dir_all(ssh_base).with_context(|| format!("creating {}", ssh_base.display()))?;
     let home = ssh_base.join(user);
     let existing = read_passwd(Path::new(SYSTEM_PASSWD))?.into_iter().find(|e| e.name == user);
     match existing {
@@ -196,17 +197,17 @@ pub fn setup_ssh_user(
             if let Some(p) = password.filter(|p| !p.is_empty()) {
                 cmd.args(["-p", p]);
             }
-            run(cmd.arg(user)).map_err(|e| format!("creating user {user}: {e}"))?;
+            run(cmd.arg(user)).with_context(|| format!("creating user {user}"))?;
         }
     }
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("chmod 0700 {}: {e}", home.display()))?;
+        .with_context(|| format!("chmod 0700 {}", home.display()))?;
     ensure_groups()?;
     let groups: Vec<&str> =
         SSH_GROUPS.into_iter().filter(|g| group_gid(Path::new(SYSTEM_GROUP), g).is_some()).collect();
     if !groups.is_empty() {
         run(Command::new("usermod").args(["-G", &groups.join(","), user]))
-            .map_err(|e| format!("adding {user} to groups {}: {e}", groups.join(",")))?;
+            .with_context(|| format!("adding {user} to groups {}", groups.join(",")))?;
     }
     let entry = read_passwd(Path::new(SYSTEM_PASSWD))?
         .into_iter()
@@ -222,21 +223,21 @@ pub fn write_authorized_keys(home: &Path, keys: &str, owner: Option<(u32, u32)>)
     match std::fs::symlink_metadata(&dir) {
         Ok(m) if !m.is_dir() => return Err(format!("{} exists and is not a directory", dir.display())),
         Ok(_) => {}
-        Err(_) => std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?,
+        Err(_) => std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?,
     }
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("chmod 0700 {}: {e}", dir.display()))?;
+        .with_context(|| format!("chmod 0700 {}", dir.display()))?;
     let file = dir.join("authorized_keys");
     let mut text = keys.to_string();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
     crate::fsutil::write_atomic(&file, text.as_bytes(), 0o600)
-        .map_err(|e| format!("writing {}: {e}", file.display()))?;
+        .with_context(|| format!("writing {}", file.display()))?;
     if let Some((uid, gid)) = owner {
         for p in [&dir, &file] {
             std::os::unix::fs::lchown(p, Some(uid), Some(gid))
-                .map_err(|e| format!("chown {uid}:{gid} {}: {e}", p.display()))?;
+                .with_context(|| format!("chown {uid}:{gid} {}", p.display()))?;
         }
     }
     Ok(())

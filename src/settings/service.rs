@@ -1,6 +1,7 @@
 //! Loading, caching and updating settings. Sources are tried in order; the first good answer is cached
 //! in `settings.json`, and when every source fails the cached copy keeps the agent bootable.
 
+use crate::error::Context as _;
 use crate::sync::{read, write};
 use super::sources::SettingsSource;
 use super::{Blobstore, Effective, Settings, UpdateSettings};
@@ -54,7 +55,7 @@ impl SettingsService {
             log::warn!("caching settings in {}: {e}", self.dirs.settings_json().display());
         }
         let update = fsutil::read_json::<UpdateSettings>(&self.dirs.update_settings_json())
-            .map_err(|e| format!("reading update settings: {e}"))?
+            .context("reading update settings")?
             .unwrap_or_default();
         let effective = Effective { settings, update };
         *write(&self.current) = effective.clone();
@@ -81,7 +82,7 @@ impl SettingsService {
             merged.blobstores = new.blobstores;
         }
         fsutil::write_json_atomic(&self.dirs.update_settings_json(), &merged, 0o600)
-            .map_err(|e| format!("writing update settings: {e}"))?;
+            .context("writing update settings")?;
         current.update = merged;
         *write(&self.current) = current.clone();
         Ok(current)
@@ -91,7 +92,7 @@ impl SettingsService {
         let mut errors = Vec::new();
         for source in self.sources.iter() {
             match source.fetch().and_then(|v| {
-                serde_json::from_value::<Settings>(v).map_err(|e| format!("invalid settings: {e}"))
+                serde_json::from_value::<Settings>(v).context("invalid settings")
             }) {
                 Ok(s) => {
                     log::info!("settings loaded from {}", source.name());

@@ -6,6 +6,7 @@
 //! rule today's Go agent enforces, so a certificate for some other service signed by the same CA cannot
 //! impersonate the director's NATS server.
 
+use crate::error::Context as _;
 use super::{parse_certs, parse_key, provider, root_store};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -35,24 +36,24 @@ pub fn nats_client_config(
     if key_pem.trim().is_empty() {
         return Err("NATS client private key is missing (mbus.cert.private_key is empty)".into());
     }
-    let certs = parse_certs(cert_pem).map_err(|e| format!("NATS client certificate: {e}"))?;
-    let key = parse_key(key_pem).map_err(|e| format!("NATS client private key: {e}"))?;
+    let certs = parse_certs(cert_pem).context("NATS client certificate")?;
+    let key = parse_key(key_pem).context("NATS client private key")?;
     let roots = if ca_pem.trim().is_empty() {
         rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }
     } else {
-        root_store(ca_pem).map_err(|e| format!("NATS CA: {e}"))?
+        root_store(ca_pem).context("NATS CA")?
     };
     let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
-        .map_err(|e| format!("building NATS server verifier: {e}"))?;
+        .context("building NATS server verifier")?;
     let verifier = Arc::new(BoshNatsVerifier { inner });
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS protocol versions: {e}"))?
+        .context("TLS protocol versions")?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(certs, key)
-        .map_err(|e| format!("NATS client certificate and key do not form a usable pair: {e}"))?;
+        .context("NATS client certificate and key do not form a usable pair")?;
     Ok(Arc::new(config))
 }
 

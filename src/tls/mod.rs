@@ -6,6 +6,7 @@
 pub mod client;
 pub mod server;
 
+use crate::error::Context as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// for certificates always needs at least one.
 pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
-    let certs = certs.map_err(|e| format!("parsing PEM certificates: {e}"))?;
+    let certs = certs.context("parsing PEM certificates")?;
     if certs.is_empty() {
         return Err("no PEM certificate found".into());
     }
@@ -30,14 +31,14 @@ pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 /// Parses a private key in PKCS#1 (`RSA PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`) or PKCS#8 form, which
 /// covers what the director (Ruby OpenSSL emits PKCS#1) and operators hand us.
 pub fn parse_key(pem: &str) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| format!("parsing PEM private key: {e}"))
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).context("parsing PEM private key")
 }
 
 /// Builds a root store from a PEM bundle of CA certificates.
 pub fn root_store(ca_pem: &str) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in parse_certs(ca_pem)? {
-        roots.add(cert).map_err(|e| format!("adding CA certificate: {e}"))?;
+        roots.add(cert).context("adding CA certificate")?;
     }
     Ok(roots)
 }

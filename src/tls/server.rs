@@ -5,6 +5,7 @@
 //! the TLS channel. The self-signed path exists because the agent's embedded default mode must come up
 //! with nothing configured; bosh-cli without `cert.ca` skips verification anyway.
 
+use crate::error::Context as _;
 use super::{parse_certs, parse_key, provider};
 use std::sync::Arc;
 
@@ -13,14 +14,14 @@ use std::sync::Arc;
 /// The certificate PEM may hold a chain (leaf first). Errors say which half was wrong so an operator can
 /// tell a broken certificate from a broken key or a mismatched pair.
 pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, String> {
-    let certs = parse_certs(cert_pem).map_err(|e| format!("HTTPS server certificate: {e}"))?;
-    let key = parse_key(key_pem).map_err(|e| format!("HTTPS server private key: {e}"))?;
+    let certs = parse_certs(cert_pem).context("HTTPS server certificate")?;
+    let key = parse_key(key_pem).context("HTTPS server private key")?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("HTTPS server TLS versions: {e}"))?
+        .context("HTTPS server TLS versions")?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("HTTPS server certificate and private key are unusable together: {e}"))?;
+        .context("HTTPS server certificate and private key are unusable together")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -32,7 +33,7 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::Server
 pub fn self_signed(names: &[String]) -> Result<(String, String), String> {
     let names = if names.is_empty() { vec!["localhost".to_string()] } else { names.to_vec() };
     let certified = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| format!("generating self-signed certificate: {e}"))?;
+        .context("generating self-signed certificate")?;
     Ok((certified.cert.pem(), certified.signing_key.serialize_pem()))
 }
 

@@ -5,6 +5,7 @@
 //! only place that owns that policy. State shared with publishers lives in [`State`] behind one
 //! mutex, with a condvar to wake waiters on connect, reconfigure and shutdown.
 
+use crate::error::Context as _;
 use super::protocol::{self, ConnectInfo, Parser, ServerInfo, ServerOp};
 use super::url::NatsUrl;
 use super::wire::{self, Reader, Wire};
@@ -201,16 +202,16 @@ fn establish(
         if state.shutdown || state.generation != generation {
             return Err("aborted: options changed".into());
         }
-        state.socket = Some(tcp.try_clone().map_err(|e| format!("cloning socket: {e}"))?);
+        state.socket = Some(tcp.try_clone().context("cloning socket")?);
     }
     let _ = tcp.set_nodelay(true);
     tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .and_then(|()| tcp.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
-        .map_err(|e| format!("setting socket timeouts: {e}"))?;
+        .context("setting socket timeouts")?;
 
     // INFO arrives in clear text even when TLS follows.
     let mut parser = Parser::new();
-    let mut plain = Reader::plain(tcp.try_clone().map_err(|e| format!("cloning socket: {e}"))?);
+    let mut plain = Reader::plain(tcp.try_clone().context("cloning socket")?);
     let info = loop {
         match parser.next_op().map_err(|e| e.to_string())? {
             Some(ServerOp::Info(info)) => break info,
@@ -233,7 +234,7 @@ fn establish(
                 return Err("server requires TLS but no TLS configuration was given".into());
             }
             drop(plain);
-            wire::plain_pair(tcp).map_err(|e| format!("cloning socket: {e}"))?
+            wire::plain_pair(tcp).context("cloning socket")?
         }
     };
     let wire = Arc::new(wire);
@@ -279,7 +280,7 @@ fn establish(
     if let Some(s) = socket {
         s.set_read_timeout(Some(PING_INTERVAL))
             .and_then(|()| s.set_write_timeout(Some(WRITE_TIMEOUT)))
-            .map_err(|e| format!("setting socket timeouts: {e}"))?;
+            .context("setting socket timeouts")?;
     }
     Ok(Established { wire, reader, parser, info, sids: sid })
 }
@@ -288,7 +289,7 @@ fn establish(
 fn tcp_connect(url: &NatsUrl) -> Result<TcpStream, String> {
     let addrs: Vec<_> = (url.host.as_str(), url.port)
         .to_socket_addrs()
-        .map_err(|e| format!("resolving {}: {e}", url.host))?
+        .with_context(|| format!("resolving {}", url.host))?
         .collect();
     let mut last = format!("{} resolved to no address", url.host);
     for addr in addrs {

@@ -8,6 +8,7 @@
 //! two halves cannot deadlock, and no lock is held while a publisher waits on a full socket buffer
 //! except the send lock itself.
 
+use crate::error::Context as _;
 use super::protocol::Parser;
 use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
@@ -168,24 +169,24 @@ pub(crate) fn tls_pair(
     let name = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
         Err(_) => {
-            ServerName::try_from(host.to_string()).map_err(|e| format!("invalid TLS server name: {e}"))?
+            ServerName::try_from(host.to_string()).context("invalid TLS server name")?
         }
     };
-    let mut conn = ClientConnection::new(config, name).map_err(|e| format!("starting TLS: {e}"))?;
+    let mut conn = ClientConnection::new(config, name).context("starting TLS")?;
     // Large publishes are encrypted in one go; the socket, not rustls, provides back-pressure.
     conn.set_buffer_limit(None);
     while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).map_err(|e| format!("TLS handshake: {e}"))?;
+        conn.complete_io(&mut tcp).context("TLS handshake")?;
     }
     // Push out anything still queued (e.g. the client Finished) before splitting.
     while conn.wants_write() {
-        conn.write_tls(&mut tcp).map_err(|e| format!("TLS handshake: {e}"))?;
+        conn.write_tls(&mut tcp).context("TLS handshake")?;
     }
     let tls = Arc::new(Mutex::new(conn));
     let wire = Wire {
-        write: Mutex::new(tcp.try_clone().map_err(|e| format!("cloning socket: {e}"))?),
+        write: Mutex::new(tcp.try_clone().context("cloning socket")?),
         tls: Some(tls.clone()),
-        ctl: tcp.try_clone().map_err(|e| format!("cloning socket: {e}"))?,
+        ctl: tcp.try_clone().context("cloning socket")?,
     };
     let mut reader = Reader::plain(tcp);
     reader.tls = Some(tls);

@@ -2,6 +2,7 @@
 //! `bosh/dummy_mounts.json` instead of touching a device, so the director's disk conversation
 //! (add, mount, list, migrate, unmount, remove) runs on a laptop and tests can read what happened.
 
+use crate::error::Context as _;
 use crate::sync::lock;
 use super::{migration_target, record_mounted_cid, DiskManager, DiskOptions, DiskSettings};
 use crate::dirs::Dirs;
@@ -60,13 +61,13 @@ impl DummyDisks {
         let _g = lock(&self.lock);
         let path = Self::state_path(&self.dirs);
         let mut state = crate::fsutil::read_json::<DummyState>(&path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?
+            .with_context(|| format!("reading {}", path.display()))?
             .unwrap_or_default();
         let before = state.clone();
         let out = f(&mut state)?;
         if state != before {
             crate::fsutil::write_json_atomic(&path, &state, 0o644)
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(out)
     }

@@ -21,6 +21,7 @@
 //! data, so an existing layout is kept even when `swap_size` changed since it was made (a warning
 //! says so) — repartitioning would throw that data away.
 
+use crate::error::Context as _;
 use super::exec;
 use super::prepare::{self, has_signature, partition_path_n, probe, value, zero_edges};
 use serde_json::Value;
@@ -47,7 +48,7 @@ pub struct Ephemeral {
 
 /// Total RAM in bytes from `/proc/meminfo`; the default swap size depends on it.
 pub fn total_ram() -> Result<u64, String> {
-    let text = std::fs::read_to_string("/proc/meminfo").map_err(|e| format!("reading /proc/meminfo: {e}"))?;
+    let text = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
     text.lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())

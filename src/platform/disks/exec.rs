@@ -3,6 +3,7 @@
 //! (`blkid` exits 2 for "nothing found", which is an answer, not an error). Output is drained on
 //! threads so a chatty tool can never fill a pipe and hang past its deadline.
 
+use crate::error::Context as _;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -42,7 +43,7 @@ pub fn exec(cmd: &mut Command, input: Option<&[u8]>, limit: Duration) -> Result<
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running {desc}: {e}"))?;
+        .with_context(|| format!("running {desc}"))?;
     let writer = match (input, child.stdin.take()) {
         (Some(data), Some(mut pipe)) => {
             let data = data.to_vec();

@@ -1,6 +1,7 @@
 //! Disks on a real Linux VM: resolve, prepare (see `prepare`), mount, unmount and migrate, all behind
 //! one lock so a `migrate_disk` can never interleave with a `mount_disk`.
 
+use crate::error::Context as _;
 use crate::sync::lock;
 use super::mount::{self, device_at, device_number, mount_points_of};
 use super::prepare::{self, partition_path, Prepared};
@@ -91,7 +92,7 @@ fn used_bytes(dir: &Path) -> u64 {
 /// one is let go of.
 fn sync_fs(dir: &Path) -> Result<(), String> {
     use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(dir).map_err(|e| format!("opening {}: {e}", dir.display()))?;
+    let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
     // SAFETY: syncfs(2) on a descriptor we own for the duration of the call.
     if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
         return Err(format!("syncing {}: {}", dir.display(), std::io::Error::last_os_error()));
@@ -198,10 +199,10 @@ impl DiskManager for LinuxDisks {
             .recursive(true)
             .mode(0o750)
             .create(&dir)
-            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            .with_context(|| format!("creating {}", dir.display()))?;
         let link = dir.join(&disk.id);
         let tmp = dir.join(format!(".{}.tmp-{}", disk.id, crate::ids::uuid_v4()));
-        std::os::unix::fs::symlink(&dev, &tmp).map_err(|e| format!("linking {}: {e}", tmp.display()))?;
+        std::os::unix::fs::symlink(&dev, &tmp).with_context(|| format!("linking {}", tmp.display()))?;
         std::fs::rename(&tmp, &link).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             format!("linking {}: {e}", link.display())

@@ -22,6 +22,7 @@ pub mod resolve;
 pub use dummy::DummyDisks;
 pub use linux::LinuxDisks;
 
+use crate::error::Context as _;
 use crate::sync::lock;
 use crate::dirs::Dirs;
 use crate::settings::Effective;
@@ -222,7 +223,7 @@ pub fn last_mounted_cid(dirs: &Dirs) -> Result<Option<String>, String> {
 pub fn record_mounted_cid(dirs: &Dirs, cid: &str) -> Result<(), String> {
     let path = managed_disk_json(dirs);
     crate::fsutil::write_atomic(&path, cid.as_bytes(), 0o644)
-        .map_err(|e| format!("writing {}: {e}", path.display()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Serialises read-modify-write of the hints file between concurrent `add/remove_persistent_disk`.
@@ -232,7 +233,7 @@ fn read_hints(dirs: &Dirs) -> Result<BTreeMap<String, DiskSettings>, String> {
     let path = dirs.disk_hints_json();
     crate::fsutil::read_json::<Option<BTreeMap<String, DiskSettings>>>(&path)
         .map(|h| h.flatten().unwrap_or_default())
-        .map_err(|e| format!("reading {}: {e}", path.display()))
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 /// Saves `disk` in the hints file (atomically), replacing any earlier hint for its CID.
@@ -242,7 +243,7 @@ pub fn save_hint(dirs: &Dirs, disk: DiskSettings) -> Result<(), String> {
     hints.insert(disk.id.clone(), disk);
     let path = dirs.disk_hints_json();
     crate::fsutil::write_json_atomic(&path, &hints, 0o600)
-        .map_err(|e| format!("writing {}: {e}", path.display()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Drops the hint for `cid` (atomically); unknown CIDs are fine, as in the Go agent.
@@ -254,7 +255,7 @@ pub fn remove_hint(dirs: &Dirs, cid: &str) -> Result<(), String> {
     }
     let path = dirs.disk_hints_json();
     crate::fsutil::write_json_atomic(&path, &hints, 0o600)
-        .map_err(|e| format!("writing {}: {e}", path.display()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Every persistent disk the agent knows: `settings.disks.persistent` overlaid with the hints file

@@ -2,6 +2,7 @@
 //! `major:minor` column of `/proc/self/mountinfo`), never by the device path, because the same disk is
 //! reachable as `/dev/sdc1`, a by-id link or a node made with mknod.
 
+use crate::error::Context as _;
 use super::exec;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -57,7 +58,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 pub fn mounts() -> Result<Vec<MountEntry>, String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .map(|t| parse_mountinfo(&t))
-        .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))
+        .context("reading /proc/self/mountinfo")
 }
 
 /// `(major, minor)` of a `dev_t`, as glibc's `gnu_dev_major/minor` split it.
@@ -67,7 +68,7 @@ pub fn split_dev(rdev: u64) -> (u64, u64) {
 
 /// The device number of a block device node.
 pub fn device_number(dev: &Path) -> Result<(u64, u64), String> {
-    std::fs::metadata(dev).map(|m| split_dev(m.rdev())).map_err(|e| format!("reading {}: {e}", dev.display()))
+    std::fs::metadata(dev).map(|m| split_dev(m.rdev())).with_context(|| format!("reading {}", dev.display()))
 }
 
 fn same_path(a: &Path, b: &Path) -> bool {
@@ -91,7 +92,7 @@ pub fn mount(source: &Path, dir: &Path, options: &[String]) -> Result<(), String
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        .with_context(|| format!("creating {}", dir.display()))?;
     let mut cmd = Command::new("mount");
     if !options.is_empty() {
         cmd.arg("-o").arg(options.join(","));

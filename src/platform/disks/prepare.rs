@@ -15,6 +15,7 @@
 //! expected) the code asks the kernel with `partx -u`, then creates a missing node with mknod from
 //! `/sys/class/block/<part>/dev`. A stale node with the wrong numbers is replaced.
 
+use crate::error::Context as _;
 use super::exec;
 use super::mount::{device_number, split_dev};
 use std::io::{Read, Seek, SeekFrom};
@@ -72,19 +73,19 @@ pub fn value<'a>(found: &'a [(String, String)], key: &str) -> Option<&'a str> {
 
 /// The size of a block device (or file) in bytes.
 pub fn size_of(dev: &Path) -> Result<u64, String> {
-    let mut f = std::fs::File::open(dev).map_err(|e| format!("opening {}: {e}", dev.display()))?;
-    f.seek(SeekFrom::End(0)).map_err(|e| format!("sizing {}: {e}", dev.display()))
+    let mut f = std::fs::File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
+    f.seek(SeekFrom::End(0)).with_context(|| format!("sizing {}", dev.display()))
 }
 
 /// Whether the first and last MiB of `dev` are all zeros: the state a cloud hands out new disks in.
 pub fn zero_edges(dev: &Path) -> Result<bool, String> {
     let size = size_of(dev)?;
-    let mut f = std::fs::File::open(dev).map_err(|e| format!("opening {}: {e}", dev.display()))?;
+    let mut f = std::fs::File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
     let len = ZERO_CHECK.min(size);
     let mut buf = vec![0u8; len as usize];
     for start in [0, size - len] {
-        f.seek(SeekFrom::Start(start)).map_err(|e| format!("seeking {}: {e}", dev.display()))?;
-        f.read_exact(&mut buf).map_err(|e| format!("reading {}: {e}", dev.display()))?;
+        f.seek(SeekFrom::Start(start)).with_context(|| format!("seeking {}", dev.display()))?;
+        f.read_exact(&mut buf).with_context(|| format!("reading {}", dev.display()))?;
         if buf.iter().any(|&b| b != 0) {
             return Ok(false);
         }
@@ -150,7 +151,7 @@ fn ensure_node(node: &Path, sys_dev: &Path) -> Result<(), String> {
             return Ok(());
         }
         log::warn!("replacing stale device node {}", node.display());
-        std::fs::remove_file(node).map_err(|e| format!("removing stale {}: {e}", node.display()))?;
+        std::fs::remove_file(node).with_context(|| format!("removing stale {}", node.display()))?;
     }
     make_block_node(node, maj, min)
 }

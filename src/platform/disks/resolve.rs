@@ -13,6 +13,7 @@
 //! looked up under the root dir so tests can build a fake sysfs. No SCSI rescan is triggered: the
 //! director attaches the disk before it tells the agent, and the kernel announces hot-added disks.
 
+use crate::error::Context as _;
 use super::DiskSettings;
 use crate::dirs::Dirs;
 use std::os::unix::fs::FileTypeExt;
@@ -20,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 fn block_device(path: &Path, cid: &str) -> Result<PathBuf, String> {
     let real = std::fs::canonicalize(path)
-        .map_err(|e| format!("device {} of disk {cid} is not there: {e}", path.display()))?;
-    let meta = std::fs::metadata(&real).map_err(|e| format!("reading {}: {e}", real.display()))?;
+        .with_context(|| format!("device {} of disk {cid} is not there", path.display()))?;
+    let meta = std::fs::metadata(&real).with_context(|| format!("reading {}", real.display()))?;
     if !meta.file_type().is_block_device() {
         return Err(format!("{} (disk {cid}) is not a block device", real.display()));
     }
@@ -44,7 +45,7 @@ pub fn resolve(disk: &DiskSettings, dirs: &Dirs) -> Result<PathBuf, String> {
     if !disk.device_id.is_empty() {
         let by_id = dirs.under_root("/dev/disk/by-id");
         let mut names: Vec<PathBuf> = std::fs::read_dir(&by_id)
-            .map_err(|e| format!("listing {}: {e}", by_id.display()))?
+            .with_context(|| format!("listing {}", by_id.display()))?
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(disk.device_id.as_str()))
             .map(|e| e.path())
@@ -101,7 +102,7 @@ pub fn scsi_block_name(disk: &DiskSettings, dirs: &Dirs) -> Result<String, Strin
     let bus = dirs.under_root("/sys/bus/scsi/devices");
     let host = disk.host_device_id.to_ascii_lowercase();
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(&bus).map_err(|e| format!("listing {}: {e}", bus.display()))?.flatten() {
+    for entry in std::fs::read_dir(&bus).with_context(|| format!("listing {}", bus.display()))?.flatten() {
         let addr = entry.file_name().to_string_lossy().into_owned();
         let parts: Vec<&str> = addr.split(':').collect();
         let numeric =

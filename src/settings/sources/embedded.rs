@@ -1,6 +1,7 @@
 //! The embedded default: what `bosh-agent` without `-C` or `-I` runs on, so it starts with nothing
 //! configured (and `bosh-agent call` finds it without options).
 
+use crate::error::Context as _;
 use super::SettingsSource;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -42,9 +43,9 @@ impl EmbeddedSource {
         let names = ["127.0.0.1".to_string(), "localhost".to_string()];
         let (cert, key) = crate::tls::server::self_signed(&names)?;
         crate::fsutil::write_atomic(&key_path, key.as_bytes(), 0o600)
-            .map_err(|e| format!("writing {}: {e}", key_path.display()))?;
+            .with_context(|| format!("writing {}", key_path.display()))?;
         crate::fsutil::write_atomic(&cert_path, cert.as_bytes(), 0o644)
-            .map_err(|e| format!("writing {}: {e}", cert_path.display()))?;
+            .with_context(|| format!("writing {}", cert_path.display()))?;
         log::info!("created a self-signed certificate for the embedded HTTPS bus: {}", cert_path.display());
         Ok((cert, key))
     }

@@ -19,6 +19,7 @@ mod user_data;
 pub use embedded::EMBEDDED_MBUS;
 pub use select::select;
 
+use crate::error::Context as _;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -91,7 +92,7 @@ impl SettingsSource for FileSource {
         format!("File({})", self.path.display())
     }
     fn fetch(&self) -> Result<Value, String> {
-        let data = std::fs::read(&self.path).map_err(|e| format!("reading {}: {e}", self.path.display()))?;
-        serde_json::from_slice(&data).map_err(|e| format!("parsing {}: {e}", self.path.display()))
+        let data = std::fs::read(&self.path).with_context(|| format!("reading {}", self.path.display()))?;
+        serde_json::from_slice(&data).with_context(|| format!("parsing {}", self.path.display()))
     }
 }

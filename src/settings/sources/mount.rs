@@ -6,6 +6,7 @@
 //! clouds) and sets up loop devices, which would otherwise mean re-implementing both. Every call is
 //! bounded by the attempt's deadline, since a CD-ROM that is not ready can block a mount for long.
 
+use crate::error::Context as _;
 use super::Failure;
 use std::io::Read as _;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
@@ -76,7 +77,7 @@ fn run(cmd: &mut Command, deadline: Instant) -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run: {e}"))?;
+        .context("cannot run")?;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,

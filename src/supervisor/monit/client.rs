@@ -5,6 +5,7 @@
 //! answer within about 2 s even when monit hangs, so they get one short overall deadline and no retry;
 //! actions may wait for a busy monit and are retried by the caller.
 
+use crate::error::Context as _;
 use super::status::{latin1, Status};
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -169,10 +170,10 @@ pub(crate) fn credentials(monit_dir: &Path) -> Result<(String, String), String> 
                 .mode(0o700)
                 .create(monit_dir)
                 .and_then(|()| fs::set_permissions(monit_dir, fs::Permissions::from_mode(0o700)))
-                .map_err(|e| format!("creating {}: {e}", monit_dir.display()))?;
+                .with_context(|| format!("creating {}", monit_dir.display()))?;
             let text = format!("vcap:{}\n", random_hex(8));
             crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600)
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                .with_context(|| format!("writing {}", path.display()))?;
             text
         }
         Err(e) => return Err(format!("reading {}: {e}", path.display())),

@@ -10,6 +10,7 @@
 mod client;
 pub mod status;
 
+use crate::error::Context as _;
 use self::client::{CallError, Client};
 use self::status::Status;
 use super::{JobSupervisor, Process};
@@ -134,7 +135,7 @@ impl MonitSupervisor {
         let status = self.status_retried()?;
         for service in status.vcap_services() {
             self.retried(busy, || self.client.action(&service.name, action))
-                .map_err(|e| format!("{action} of monit service '{}': {e}", service.name))?;
+                .with_context(|| format!("{action} of monit service '{}'", service.name))?;
         }
         Ok(())
     }
@@ -200,7 +201,7 @@ impl MonitSupervisor {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("running {what}: {e}"))?;
+            .with_context(|| format!("running {what}"))?;
         let deadline = Instant::now() + self.timings.command_timeout;
         let exit = loop {
             match child.try_wait() {
@@ -319,14 +320,14 @@ impl JobSupervisor for MonitSupervisor {
             status.vcap_services().filter(|s| !s.monitored()).map(|s| s.name.clone()).collect();
         for name in &unmonitored {
             self.retried(self.timings.busy_attempts, || self.client.action(name, "monitor"))
-                .map_err(|e| format!("monitor of monit service '{name}': {e}"))?;
+                .with_context(|| format!("monitor of monit service '{name}'"))?;
         }
         if !unmonitored.is_empty() {
             self.wait_not_pending()?;
         }
         self.act_on_vcap("stop", self.timings.busy_attempts)?;
         crate::fsutil::write_atomic(&self.stopped_marker(), b"", 0o644)
-            .map_err(|e| format!("writing {}: {e}", self.stopped_marker().display()))?;
+            .with_context(|| format!("writing {}", self.stopped_marker().display()))?;
         if wait {
             self.wait_stopped()?;
         }
@@ -369,10 +370,10 @@ impl JobSupervisor for MonitSupervisor {
         if !valid_job_name(name) {
             return Err(format!("invalid job name '{name}'"));
         }
-        let data = fs::read(config).map_err(|e| format!("reading {}: {e}", config.display()))?;
+        let data = fs::read(config).with_context(|| format!("reading {}", config.display()))?;
         let target = self.jobs_dir().join(format!("{index:04}_{name}.monitrc"));
         crate::fsutil::write_atomic(&target, &data, 0o644)
-            .map_err(|e| format!("writing {}: {e}", target.display()))
+            .with_context(|| format!("writing {}", target.display()))
     }
 
     fn remove_all_jobs(&self) -> Result<(), String> {

@@ -4,6 +4,7 @@
 //! "pending" or "errored" mean) is tested against captured documents without a daemon. Monit's answer
 //! is outside input: any missing or malformed field reads as "absent" (zero), never as a panic.
 
+use crate::error::Context as _;
 use roxmltree::{Document, Node};
 
 /// The `<monit>` element of one status answer.
@@ -72,7 +73,7 @@ impl Status {
     /// Parses a status document. Monit declares ISO-8859-1, so callers decode the bytes with
     /// [`latin1`] first.
     pub fn parse(xml: &str) -> Result<Status, String> {
-        let doc = Document::parse(xml).map_err(|e| format!("monit status is not XML: {e}"))?;
+        let doc = Document::parse(xml).context("monit status is not XML")?;
         let root = doc.root_element();
         if root.tag_name().name() != "monit" {
             return Err(format!("monit status has root <{}>, expected <monit>", root.tag_name().name()));
