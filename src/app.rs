@@ -138,7 +138,7 @@ fn start_monit(config: &AgentConfig) {
         c.args(["start", "monit"]);
         c
     };
-    match crate::platform::run_bounded(&mut cmd, Duration::from_secs(30)) {
+    match crate::exec::run(&mut cmd, None, Duration::from_secs(30)) {
         Ok(_) => log::info!("monit started ({})", if systemd { "systemd" } else { "runit" }),
         Err(e) => log::warn!("starting monit: {e}"),
     }

@@ -31,6 +31,6 @@ macro_rules! internal_modules {
 }
 
 internal_modules! {
-    actions alerts archive blobstore bus cancel config dirs dispatch error fsutil gzip heartbeat ids jobs
+    actions alerts archive blobstore bus cancel config dirs dispatch error exec fsutil gzip heartbeat ids jobs
     logs mbus platform settings supervisor sync tasks tls url vitals
 }

@@ -14,7 +14,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// How much of a failing CLI's output is quoted in the error.
 const OUTPUT_TAIL_BYTES: usize = 2048;
@@ -56,20 +56,17 @@ impl External {
     /// Runs `<exe> -c <config> <args...>`; a non-zero exit becomes an error quoting the end of its
     /// output (the CLIs print their failure there).
     fn run(&self, what: &str, args: &[&OsStr]) -> Result<(), ProviderError> {
-        let out = Command::new(&self.exe)
-            .arg("-c")
-            .arg(&self.config)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| ProviderError::transient(format!("{what}: running {}: {e}", self.exe.display())))?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("-c").arg(&self.config).args(args);
+        // No deadline: a transfer takes as long as the blob needs; the CLIs bound their own requests.
+        let out = crate::exec::output(&mut cmd, None, None)
+            .map_err(|e| ProviderError::transient(format!("{what}: {e}")))?;
         if out.status.success() {
             return Ok(());
         }
-        let tail = |b: &[u8]| {
-            let s =
-                String::from_utf8_lossy(&b[b.len().saturating_sub(OUTPUT_TAIL_BYTES)..]).trim().to_string();
-            s
+        let tail = |s: &str| {
+            let b = s.as_bytes();
+            String::from_utf8_lossy(&b[b.len().saturating_sub(OUTPUT_TAIL_BYTES)..]).trim().to_string()
         };
         Err(ProviderError::transient(format!(
             "{what}: {} exited with {}; stdout: '{}', stderr: '{}'",

@@ -12,6 +12,7 @@ use crate::error::Context as _;
 use super::disks::{self, ephemeral, mount, DiskSettings};
 use super::users;
 use crate::dirs::Dirs;
+use crate::exec;
 use crate::settings::Effective;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -168,7 +169,7 @@ impl Bootstrap<'_> {
             write_if_changed(&hosts, super::hosts_file(&[], id).as_bytes(), 0o644)?;
         }
         if self.live {
-            super::run_bounded(Command::new("hostname").arg(id), Duration::from_secs(10))?;
+            exec::run(Command::new("hostname").arg(id), None, Duration::from_secs(10))?;
         }
         Ok(())
     }
@@ -212,12 +213,12 @@ impl Bootstrap<'_> {
         let limit = Duration::from_secs(60);
         let script = self.dirs.bosh().join("bin/restart_networking");
         if script.is_file() {
-            return super::run_bounded(&mut Command::new(script), limit).map(|_| ());
+            return exec::run(&mut Command::new(script), None, limit).map(|_| ());
         }
-        super::run_bounded(Command::new("networkctl").arg("reload"), limit)
+        exec::run(Command::new("networkctl").arg("reload"), None, limit)
             .or_else(|e| {
                 log::info!("bootstrap: networkctl reload: {e}; restarting systemd-networkd instead");
-                super::run_bounded(Command::new("systemctl").args(["restart", "systemd-networkd"]), limit)
+                exec::run(Command::new("systemctl").args(["restart", "systemd-networkd"]), None, limit)
             })
             .map(|_| ())
     }
@@ -293,7 +294,7 @@ impl Bootstrap<'_> {
         write_if_changed(&path, format!("{}\n", servers.join(" ")).as_bytes(), 0o644)?;
         let sync = self.dirs.bosh().join("bin/sync-time");
         if self.live && !servers.is_empty() && sync.is_file() {
-            if let Err(e) = super::run_bounded(&mut Command::new(sync), Duration::from_secs(60)) {
+            if let Err(e) = exec::run(&mut Command::new(sync), None, Duration::from_secs(60)) {
                 log::warn!("bootstrap: sync-time failed (best effort): {e}");
             }
         }

@@ -8,10 +8,11 @@ pub mod users;
 
 use crate::error::Context as _;
 use crate::dirs::Dirs;
+use crate::exec;
 use crate::settings::Effective;
 use disks::DiskManager as _;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Platform operations the actions need.
 pub trait Platform: Send + Sync {
@@ -112,7 +113,7 @@ impl Platform for Linux {
         for ip in ips {
             let ip = ip.to_string();
             if let Err(e) =
-                run_bounded(Command::new("ip").args(["neigh", "flush", "to", &ip]), Duration::from_secs(5))
+                exec::run(Command::new("ip").args(["neigh", "flush", "to", &ip]), None, Duration::from_secs(5))
             {
                 log::info!("flushing the neighbour entry of {ip}: {e}");
             }
@@ -125,10 +126,10 @@ impl Platform for Linux {
     /// stemcell), where that fails for want of a bus, `poweroff` asks systemd directly.
     fn shutdown(&self) -> Result<(), String> {
         let limit = Duration::from_secs(30);
-        run_bounded(Command::new("shutdown").args(["-P", "0"]), limit)
+        exec::run(Command::new("shutdown").args(["-P", "0"]), None, limit)
             .or_else(|e| {
                 log::info!("shutdown -P 0: {e}; trying poweroff");
-                run_bounded(&mut Command::new("poweroff"), limit)
+                exec::run(&mut Command::new("poweroff"), None, limit)
             })
             .map(|_| ())
     }
@@ -139,7 +140,7 @@ impl Platform for Linux {
         }
         let mut last = String::new();
         for _ in 0..3 {
-            match run_bounded(Command::new("update-ca-certificates").arg("-f"), Duration::from_secs(60)) {
+            match exec::run(Command::new("update-ca-certificates").arg("-f"), None, Duration::from_secs(60)) {
                 Ok(_) => return Ok(()),
                 Err(e) => last = e,
             }
@@ -194,36 +195,6 @@ impl Platform for Dummy {
     }
 }
 
-/// Runs a command with a deadline, killing it when it hangs (update-ca-certificates sometimes does).
-pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<String, String> {
-    let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {desc}"))?;
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{desc} timed out after {}s", limit.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(format!("waiting for {desc}: {e}")),
-        }
-    }
-    let out = child.wait_with_output().with_context(|| format!("collecting {desc}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("{desc} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,12 +207,5 @@ mod tests {
         assert_eq!(write_cert_files(dir.path(), bundle).unwrap(), 2);
         assert_eq!(write_cert_files(dir.path(), "").unwrap(), 0);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn bounded_commands_time_out() {
-        let e = run_bounded(Command::new("sleep").arg("5"), Duration::from_millis(200)).unwrap_err();
-        assert!(e.contains("timed out"));
-        assert_eq!(run_bounded(Command::new("echo").arg("hi"), Duration::from_secs(5)).unwrap(), "hi\n");
     }
 }

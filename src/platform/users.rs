@@ -4,7 +4,7 @@
 //! Why shell out to `useradd`/`usermod`/`userdel`/`groupadd` instead of editing `/etc/passwd`: those
 //! tools take the shadow-utils locks, update `/etc/shadow` and `/etc/group` consistently and create the
 //! home directory from `/etc/skel`; a hand-written editor would race with them and with `sshd`. Each one
-//! runs through [`run_bounded`] so a hung tool cannot hold a worker forever.
+//! runs through `exec::run` with a deadline, so a hung tool cannot hold a worker forever.
 //!
 //! The user database is always the live system's (`/etc/passwd` of `/`), never the `-r` root: sshd reads
 //! the live one, and `useradd --root` would need a complete chroot. Everything else (homes under the
@@ -15,7 +15,7 @@
 
 use crate::error::Context as _;
 use crate::sync::lock;
-use super::run_bounded;
+use crate::exec;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -154,7 +154,7 @@ impl UserRegex {
 }
 
 fn run(cmd: &mut Command) -> Result<String, String> {
-    run_bounded(cmd, COMMAND_LIMIT)
+    exec::run(cmd, None, COMMAND_LIMIT)
 }
 
 /// Creates groups the sudo and sshd rules of stemcells expect, when they are missing. A concurrent

@@ -22,7 +22,7 @@
 //! says so) — repartitioning would throw that data away.
 
 use crate::error::Context as _;
-use super::exec;
+use crate::exec;
 use super::prepare::{self, has_signature, partition_path_n, probe, value, zero_edges};
 use serde_json::Value;
 use std::os::unix::fs::MetadataExt;

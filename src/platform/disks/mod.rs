@@ -13,7 +13,6 @@
 
 mod dummy;
 pub mod ephemeral;
-pub mod exec;
 mod linux;
 pub mod mount;
 pub mod prepare;

@@ -3,7 +3,7 @@
 //! reachable as `/dev/sdc1`, a by-id link or a node made with mknod.
 
 use crate::error::Context as _;
-use super::exec;
+use crate::exec;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;

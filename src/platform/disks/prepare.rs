@@ -16,7 +16,7 @@
 //! `/sys/class/block/<part>/dev`. A stale node with the wrong numbers is replaced.
 
 use crate::error::Context as _;
-use super::exec;
+use crate::exec;
 use super::mount::{device_number, split_dev};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -45,8 +45,9 @@ pub fn partition_path_n(dev: &Path, n: usize) -> PathBuf {
 
 /// What `blkid -p` (low-level probe, no cache) finds on a device: `TYPE`, `PTTYPE`, ... .
 pub fn probe(dev: &Path) -> Result<Vec<(String, String)>, String> {
-    let out = exec::exec(Command::new("blkid").args(["-p", "-o", "export"]).arg(dev), None, PROBE_LIMIT)?;
-    match out.code {
+    let out =
+        exec::output(Command::new("blkid").args(["-p", "-o", "export"]).arg(dev), None, Some(PROBE_LIMIT))?;
+    match out.code() {
         Some(0) => Ok(out
             .stdout
             .lines()

@@ -6,12 +6,10 @@
 //! clouds) and sets up loop devices, which would otherwise mean re-implementing both. Every call is
 //! bounded by the attempt's deadline, since a CD-ROM that is not ready can block a mount for long.
 
-use crate::error::Context as _;
 use super::Failure;
-use std::io::Read as _;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -70,34 +68,9 @@ fn mount_point(scratch: &Path) -> Result<PathBuf, Failure> {
     Ok(dir)
 }
 
-/// Runs `cmd` to completion by `deadline`; its stderr is the error.
+/// Runs `cmd` to completion by `deadline`; the error names the command and carries its stderr.
 fn run(cmd: &mut Command, deadline: Instant) -> Result<(), String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run")?;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("timed out".into());
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("waiting: {e}")),
-        }
-    };
-    if status.success() {
-        return Ok(());
-    }
-    let mut err = String::new();
-    if let Some(mut s) = child.stderr.take() {
-        let _ = s.read_to_string(&mut err);
-    }
-    Err(format!("{status}: {}", err.trim()))
+    crate::exec::run(cmd, None, deadline.saturating_duration_since(Instant::now())).map(|_| ())
 }
 
 /// Reads `name` (a relative path) under `dir`, refusing paths that climb out of it.

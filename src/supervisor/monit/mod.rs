@@ -18,7 +18,7 @@ use serde_json::json;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Where monit and its files are.
@@ -191,38 +191,9 @@ impl MonitSupervisor {
 
     /// Runs `<monit> -c <control file> reload`, killed if it outlasts `command_timeout`.
     fn run_reload_command(&self) -> Result<(), String> {
-        let what =
-            format!("{} -c {} reload", self.opts.monit_binary.display(), self.opts.control_file.display());
-        let mut child = Command::new(&self.opts.monit_binary)
-            .arg("-c")
-            .arg(&self.opts.control_file)
-            .arg("reload")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("running {what}"))?;
-        let deadline = Instant::now() + self.timings.command_timeout;
-        let exit = loop {
-            match child.try_wait() {
-                Ok(Some(exit)) => break exit,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("{what} did not finish within {:?}", self.timings.command_timeout));
-                }
-                Err(e) => return Err(format!("waiting for {what}: {e}")),
-            }
-        };
-        if exit.success() {
-            return Ok(());
-        }
-        let mut stderr = String::new();
-        if let Some(mut pipe) = child.stderr.take() {
-            let _ = io::Read::read_to_string(&mut io::Read::take(&mut pipe, 4096), &mut stderr);
-        }
-        Err(format!("{what} failed ({exit}): {}", stderr.trim()))
+        let mut cmd = Command::new(&self.opts.monit_binary);
+        cmd.arg("-c").arg(&self.opts.control_file).arg("reload");
+        crate::exec::run(&mut cmd, None, self.timings.command_timeout).map(|_| ())
     }
 }
 
