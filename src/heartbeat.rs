@@ -23,16 +23,17 @@ pub fn payload(ctx: &Context) -> Value {
         &spec::disk_paths(&ctx.dirs),
         ctx.platform.vitals_require_mount_points(),
     );
+    let jobs = ctx.supervisor.status();
     let job = applied.get("job").and_then(|j| j.get("name")).filter(|n| n.is_string()).cloned();
     let index = applied.get("index").filter(|i| i.is_u64()).cloned();
     json!({
         "deployment": applied.get("deployment").and_then(Value::as_str).unwrap_or(""),
         "job": job,
         "index": index,
-        "job_state": ctx.supervisor.job_state(),
+        "job_state": jobs.state,
         "vitals": vitals,
         "node_id": applied.get("id").and_then(Value::as_str).unwrap_or(""),
-        "number_of_processes": ctx.supervisor.processes().len(),
+        "number_of_processes": jobs.processes.len(),
     })
 }
 

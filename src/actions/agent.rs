@@ -65,10 +65,10 @@ impl Action for GetState {
                 obj.insert(key.to_string(), default);
             }
         }
-        let processes = ctx.supervisor.processes();
+        let jobs = ctx.supervisor.status();
         obj.insert("agent_id".into(), json!(settings.settings.agent_id));
-        obj.insert("job_state".into(), json!(ctx.supervisor.job_state()));
-        obj.insert("processes".into(), serde_json::to_value(processes).map_err(|e| e.to_string())?);
+        obj.insert("job_state".into(), json!(jobs.state));
+        obj.insert("processes".into(), serde_json::to_value(jobs.processes).map_err(|e| e.to_string())?);
         obj.insert("vm".into(), json!({ "name": settings.settings.vm.name }));
         if self.full {
             let vitals = crate::vitals::collect(

@@ -1,7 +1,7 @@
 //! The supervisor of `-M dummy`: nothing to supervise, so the agent stands alone (the embedded
 //! default, tests and benchmarks).
 
-use super::{JobSupervisor, Process};
+use super::{JobStatus, JobSupervisor};
 use crate::sync::lock;
 use std::path::Path;
 use std::sync::Mutex;
@@ -19,12 +19,9 @@ impl DummySupervisor {
 }
 
 impl JobSupervisor for DummySupervisor {
-    fn job_state(&self) -> String {
+    fn status(&self) -> JobStatus {
         let stopped = *lock(&self.stopped);
-        if stopped { "stopped" } else { "running" }.into()
-    }
-    fn processes(&self) -> Vec<Process> {
-        Vec::new()
+        JobStatus { state: if stopped { "stopped" } else { "running" }.into(), processes: Vec::new() }
     }
     fn start(&self) -> Result<(), String> {
         self.set_stopped(false);

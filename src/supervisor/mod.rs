@@ -24,14 +24,21 @@ pub struct Process {
     pub cpu: serde_json::Value,
 }
 
-/// What the agent needs from a job supervisor. `job_state` and `processes` must answer within a
-/// bounded time (about 2 s at most), because `get_state` and heartbeats call them and a director marks
-/// a VM "unresponsive agent" when `get_state` times out.
-pub trait JobSupervisor: Send + Sync {
+/// What `get_state` and heartbeats report about the jobs, from one read of the supervisor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobStatus {
     /// `running`, `failing`, `starting`, `stopped` or `unknown`.
-    fn job_state(&self) -> String;
+    pub state: String,
     /// The supervised processes.
-    fn processes(&self) -> Vec<Process>;
+    pub processes: Vec<Process>,
+}
+
+/// What the agent needs from a job supervisor. `status` must answer within a bounded time (about
+/// 2 s at most), because `get_state` and heartbeats call it and a director marks a VM "unresponsive
+/// agent" when `get_state` times out; it is one read, so that bound is the whole cost.
+pub trait JobSupervisor: Send + Sync {
+    /// The job state and the supervised processes.
+    fn status(&self) -> JobStatus;
     /// Starts every job service and clears the stopped marker.
     fn start(&self) -> Result<(), String>;
     /// Stops every job service and sets the stopped marker; with `wait` (protocol 3 and later) returns

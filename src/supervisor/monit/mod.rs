@@ -2,9 +2,9 @@
 //! monit's HTTP interface (`/_status2?format=xml` and `POST /<service>`), with monit's own CLI only
 //! for `reload`, which the HTTP interface cannot do.
 //!
-//! Two promises shape the code. `job_state` and `processes` feed `get_state` and heartbeats, so they
-//! answer within about 2 s whatever monit does (hung, restarting, gone): one short deadline, no retry,
-//! `unknown` on failure. Lifecycle operations (`start`, `stop`, `unmonitor`, `reload`) instead wait
+//! Two promises shape the code. `status` feeds `get_state` and heartbeats, so it answers within
+//! about 2 s whatever monit does (hung, restarting, gone): one read with one short deadline, no
+//! retry, `unknown` on failure. Lifecycle operations (`start`, `stop`, `unmonitor`, `reload`) instead wait
 //! for a busy or restarting monit, but always with a bound, so a task never hangs forever.
 
 mod client;
@@ -13,7 +13,7 @@ pub mod status;
 use crate::error::Context as _;
 use self::client::{CallError, Client};
 use self::status::Status;
-use super::{JobSupervisor, Process};
+use super::{JobStatus, JobSupervisor, Process};
 use serde_json::json;
 use std::fs;
 use std::io;
@@ -37,7 +37,7 @@ pub struct MonitOptions {
 /// Bounds of every wait. The defaults are the production ones; tests shorten them.
 #[derive(Clone, Debug)]
 pub struct MonitTimings {
-    /// Deadline of one status read for `job_state`/`processes` (1.5 s, under the 2 s promise).
+    /// Deadline of the one status read of `status` (1.5 s, under the 2 s promise).
     pub status_timeout: Duration,
     /// Deadline of one request made by a lifecycle operation (10 s).
     pub action_timeout: Duration,
@@ -237,29 +237,16 @@ fn valid_job_name(name: &str) -> bool {
 }
 
 impl JobSupervisor for MonitSupervisor {
-    fn job_state(&self) -> String {
+    fn status(&self) -> JobStatus {
         let status = match self.client.status() {
             Ok(s) => s,
             Err(e) => {
                 log::debug!("job state unknown: {}", e.into_message());
-                return "unknown".into();
+                return JobStatus { state: "unknown".into(), processes: Vec::new() };
             }
         };
-        if self.stopped_marker().exists() {
-            return "stopped".into();
-        }
-        group_state(&status).into()
-    }
-
-    fn processes(&self) -> Vec<Process> {
-        let status = match self.client.status() {
-            Ok(s) => s,
-            Err(e) => {
-                log::debug!("no processes: {}", e.into_message());
-                return Vec::new();
-            }
-        };
-        status
+        let state = if self.stopped_marker().exists() { "stopped" } else { group_state(&status) };
+        let processes = status
             .vcap_services()
             .map(|s| Process {
                 name: s.name.clone(),
@@ -268,7 +255,8 @@ impl JobSupervisor for MonitSupervisor {
                 mem: json!({ "kb": s.mem_kb, "percent": s.mem_percent }),
                 cpu: json!({ "total": s.cpu_percent }),
             })
-            .collect()
+            .collect();
+        JobStatus { state: state.into(), processes }
     }
 
     fn start(&self) -> Result<(), String> {
@@ -427,7 +415,8 @@ mod tests {
     fn unreachable_monit_is_unknown_and_has_no_processes() {
         let dir = tempfile::tempdir().unwrap();
         let sup = supervisor(dir.path());
-        assert_eq!(sup.job_state(), "unknown");
-        assert!(sup.processes().is_empty());
+        let status = sup.status();
+        assert_eq!(status.state, "unknown");
+        assert!(status.processes.is_empty());
     }
 }
