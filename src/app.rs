@@ -105,11 +105,11 @@ pub fn run(opts: Options) -> Result<(), String> {
 }
 
 fn monit_options(config: &AgentConfig, dirs: &Dirs) -> MonitOptions {
-    let bundled = dirs.bosh().join("bin/monit");
+    let bundled = dirs.bundled_monit();
     MonitOptions {
         address: config.monit.address.clone().unwrap_or_else(|| "127.0.0.1:2822".into()),
-        monit_dir: dirs.base.join("monit"),
-        control_file: config.monit.control_file.clone().unwrap_or_else(|| dirs.bosh().join("etc/monitrc")),
+        monit_dir: dirs.monit(),
+        control_file: config.monit.control_file.clone().unwrap_or_else(|| dirs.monitrc()),
         monit_binary: config.monit.binary.clone().unwrap_or_else(|| {
             if bundled.is_file() {
                 bundled

@@ -4,7 +4,7 @@
 
 use crate::error::Context as _;
 use super::{bind, Action, Call};
-use crate::blobstore::{check_id, sensitive_blobs_dir, MultiDigest};
+use crate::blobstore::{check_id, MultiDigest};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -44,7 +44,7 @@ impl Action for UploadBlob {
         self.checksum.verify_bytes(&data).map_err(|e| {
             format!("Payload corrupted. Checksum mismatch. Expected '{}': {e}", self.checksum)
         })?;
-        let path = sensitive_blobs_dir(&call.ctx.dirs).join(&self.id);
+        let path = call.ctx.dirs.sensitive_blobs().join(&self.id);
         crate::fsutil::write_atomic(&path, &data, 0o600)
             .with_context(|| format!("Storing blob {}", self.id))?;
         Ok(json!(self.id))

@@ -84,7 +84,7 @@ fn current_version(ctx: &Context) -> Option<u64> {
 }
 
 fn records_path(ctx: &Context) -> std::path::PathBuf {
-    ctx.dirs.base.join("instance/dns/records.json")
+    ctx.dirs.dns_records_json()
 }
 
 fn sync(ctx: &Context, s: Sync) -> Result<Value, String> {
@@ -92,7 +92,7 @@ fn sync(ctx: &Context, s: Sync) -> Result<Value, String> {
         return Ok(json!("synced"));
     }
     let blobs = Blobs::from_settings(ctx.settings.get().blobstore(), &ctx.dirs)?;
-    let tmp = ctx.dirs.data().join("tmp");
+    let tmp = ctx.dirs.data_tmp();
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let blob = match &s.source {
         Source::Blob(id) => blobs.fetch(id, &s.digest, &tmp),

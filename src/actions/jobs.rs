@@ -98,7 +98,7 @@ impl Action for Apply {
             }
         }
         spec::save(&ctx.dirs, &self.raw)?;
-        write_instance_files(&ctx.dirs.base.join("instance"), &self.spec)?;
+        write_instance_files(&ctx.dirs.instance(), &self.spec)?;
         Ok(json!("applied"))
     }
 }
@@ -131,7 +131,7 @@ impl Action for Start {
         let jobs = current_spec(ctx)?.jobs();
         ctx.supervisor.remove_all_jobs()?;
         for (i, job) in jobs.iter().rev().enumerate() {
-            let dir = ctx.dirs.base.join("jobs").join(&job.name);
+            let dir = ctx.dirs.job(&job.name);
             let main = dir.join("monit");
             if main.is_file() {
                 ctx.supervisor.add_job(&job.name, i, &main)?;
@@ -220,7 +220,7 @@ impl Action for Drain {
         let jobs: Vec<_> = current
             .jobs()
             .into_iter()
-            .filter_map(|j| scripts::job_script(&ctx.dirs.base, &j.name, "drain").map(|p| (j.name, p)))
+            .filter_map(|j| scripts::job_script(&ctx.dirs, &j.name, "drain").map(|p| (j.name, p)))
             .collect();
         let results: Vec<(String, Result<(), String>)> = std::thread::scope(|s| {
             let handles: Vec<_> = jobs
@@ -317,9 +317,9 @@ impl Action for RunScript {
         let jobs: Vec<_> = current_spec(ctx)?
             .jobs()
             .into_iter()
-            .filter_map(|j| scripts::job_script(&ctx.dirs.base, &j.name, &self.name).map(|p| (j.name, p)))
+            .filter_map(|j| scripts::job_script(&ctx.dirs, &j.name, &self.name).map(|p| (j.name, p)))
             .collect();
-        let log_dir = ctx.dirs.base.join("sys").join("log");
+        let log_dir = ctx.dirs.sys_log();
         let results: Vec<(String, Result<(), String>)> = std::thread::scope(|s| {
             let handles: Vec<_> = jobs
                 .iter()
@@ -385,7 +385,7 @@ impl Action for RunErrand {
                 .filter(|t| !t.is_empty())
                 .ok_or("At least one job template is required to run an errand")?,
         };
-        let script = scripts::job_script(&ctx.dirs.base, &job, "run")
+        let script = scripts::job_script(&ctx.dirs, &job, "run")
             .ok_or_else(|| format!("errand {job} has no bin/run"))?;
         let out = scripts::run_captured(
             scripts::command(&script, &[], &BTreeMap::new()),

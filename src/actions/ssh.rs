@@ -99,7 +99,7 @@ impl Action for Ssh {
                     })?;
                 } else {
                     users::setup_ssh_user(
-                        &ctx.dirs.base.join("bosh_ssh"),
+                        &ctx.dirs.bosh_ssh(),
                         &user,
                         password.as_deref(),
                         &public_key,
@@ -156,7 +156,7 @@ pub fn host_public_key(dirs: &Dirs) -> Result<String, String> {
 
 /// Applies `change` to the dummy platform's record of SSH users (name → key).
 fn record_dummy(dirs: &Dirs, change: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<(), String> {
-    let path = dirs.bosh().join("dummy_ssh_users.json");
+    let path = dirs.dummy_ssh_users_json();
     let mut users: BTreeMap<String, String> = crate::fsutil::read_json(&path)
         .with_context(|| format!("reading {}", path.display()))?
         .unwrap_or_default();

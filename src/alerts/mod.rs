@@ -312,9 +312,8 @@ pub fn start_monit_alerts(
     });
     let server = SmtpServer::start(opts, sink)
         .with_context(|| format!("starting the alert listener on port {port}"))?;
-    let monit_dir = dirs.base.join("monit");
-    let rc = monitrc(server.local_addr().port(), "vcap", &password, &monit_dir.join("events"));
-    crate::fsutil::write_atomic(&monit_dir.join("alerts.monitrc"), rc.as_bytes(), 0o600)
+    let rc = monitrc(server.local_addr().port(), "vcap", &password, &dirs.monit_events());
+    crate::fsutil::write_atomic(&dirs.alerts_monitrc(), rc.as_bytes(), 0o600)
         .context("writing alerts.monitrc")?;
     Ok(server)
 }

@@ -47,7 +47,7 @@ impl External {
         let name = format!("bosh-blobstore-{provider}");
         let exe = find_executable(&name, search_path)
             .ok_or_else(|| format!("executable {name} not found in PATH"))?;
-        let config = dirs.bosh().join("etc").join(format!("blobstore-{provider}.json"));
+        let config = dirs.blobstore_config(provider);
         crate::fsutil::write_json_atomic(&config, options, 0o600)
             .with_context(|| format!("writing blobstore config {}", config.display()))?;
         Ok(External { exe, config })

@@ -266,7 +266,7 @@ impl Blobs {
         Blobs {
             provider,
             provider_name: name.to_string(),
-            sensitive_dir: sensitive_blobs_dir(dirs),
+            sensitive_dir: dirs.sensitive_blobs(),
             blobs_dir: dirs.blobs(),
             // Building an agent without a custom CA cannot fail.
             http: signed::default_agent(),
@@ -411,12 +411,6 @@ impl Blobs {
             }
         }
     }
-}
-
-/// `<base>/data/sensitive_blobs`: where `upload_blob` stores rendered templates (not in `Dirs`, which
-/// this module does not own).
-pub fn sensitive_blobs_dir(dirs: &crate::dirs::Dirs) -> PathBuf {
-    dirs.base.join("data").join("sensitive_blobs")
 }
 
 /// Reads a string option; absent and non-string values are `None`.

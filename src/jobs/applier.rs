@@ -59,21 +59,16 @@ impl Layout<'_> {
     pub fn package_bundle(&self, p: &PackageSpec) -> Bundle {
         let digest = p.sha1.clone().unwrap_or_default();
         Bundle {
-            dir: self.dirs.data().join("packages").join(&p.name).join(bundle_hash(&p.version, &digest)),
-            link: self.dirs.base.join("packages").join(&p.name),
+            dir: self.dirs.data_packages().join(&p.name).join(bundle_hash(&p.version, &digest)),
+            link: self.dirs.package(&p.name),
         }
     }
 
     /// Where a job lives and is linked.
     pub fn job_bundle(&self, job: &TemplateSpec, archive_digest: &str) -> Bundle {
         Bundle {
-            dir: self
-                .dirs
-                .data()
-                .join("jobs")
-                .join(&job.name)
-                .join(bundle_hash(&job.version, archive_digest)),
-            link: self.dirs.base.join("jobs").join(&job.name),
+            dir: self.dirs.data_jobs().join(&job.name).join(bundle_hash(&job.version, archive_digest)),
+            link: self.dirs.job(&job.name),
         }
     }
 }
@@ -159,7 +154,7 @@ impl Installer<'_> {
     }
 
     fn tmp_dir(&self) -> Result<PathBuf, String> {
-        let tmp = self.dirs.data().join("tmp");
+        let tmp = self.dirs.data_tmp();
         fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         Ok(tmp)
     }
@@ -181,9 +176,9 @@ impl Layout<'_> {
                 let b = self.job_bundle(&job, &archive_ref.sha1);
                 self.link_job_packages(&b.dir, spec)?;
                 for d in [
-                    self.dirs.data().join("sys/log").join(&job.name),
-                    self.dirs.data().join("sys/run").join(&job.name),
-                    self.dirs.data().join(&job.name),
+                    self.dirs.job_log(&job.name),
+                    self.dirs.job_run(&job.name),
+                    self.dirs.job_data(&job.name),
                 ] {
                     create_dir_mode(&d, 0o770)?;
                 }
@@ -191,9 +186,9 @@ impl Layout<'_> {
                 keep_jobs.insert(b.dir);
             }
         }
-        keep_only(&self.dirs.data().join("packages"), &self.dirs.base.join("packages"), &keep_packages)?;
-        keep_only(&self.dirs.data().join("jobs"), &self.dirs.base.join("jobs"), &keep_jobs)?;
-        switch_link(&self.dirs.base.join("sys"), &self.dirs.data().join("sys"))
+        keep_only(&self.dirs.data_packages(), &self.dirs.packages(), &keep_packages)?;
+        keep_only(&self.dirs.data_jobs(), &self.dirs.jobs(), &keep_jobs)?;
+        switch_link(&self.dirs.sys(), &self.dirs.data_sys())
     }
 
     fn link_job_packages(&self, job_dir: &Path, spec: &ApplySpec) -> Result<(), String> {

@@ -182,8 +182,7 @@ impl Compiler<'_> {
                 return Err(format!("dependency {} is named twice", d.name));
             }
         }
-        let data = self.dirs.data();
-        let tmp = data.join("tmp");
+        let tmp = self.dirs.data_tmp();
         create_dir(&tmp)?;
         let mut undo = Undo::default();
 
@@ -193,7 +192,7 @@ impl Compiler<'_> {
         phases.mark("fetch");
 
         // 2. The compile directory.
-        let compile_root = data.join("compile");
+        let compile_root = self.dirs.compile();
         undo.created_dir(&compile_root)?;
         let compile_dir = compile_root.join(&req.name);
         remove_leftover(&compile_dir)?;
@@ -204,20 +203,21 @@ impl Compiler<'_> {
         phases.mark("unpack");
 
         // 3. Dependencies, installed like apply installs packages; reused when already there.
-        undo.created_dir(&data.join("packages"))?;
-        undo.created_dir(&self.dirs.base.join("packages"))?;
+        undo.created_dir(&self.dirs.data_packages())?;
+        undo.created_dir(&self.dirs.packages())?;
         self.install_deps(&req.deps, &mut undo)?;
         phases.mark("dependencies");
 
         // 4. The install target and its link.
-        let install_dir = data.join("packages").join(&req.name).join(sha1_hex(req.version.as_bytes()));
-        undo.created_dir(install_dir.parent().unwrap_or(&data))?;
+        let install_parent = self.dirs.data_packages().join(&req.name);
+        undo.created_dir(&install_parent)?;
+        let install_dir = install_parent.join(sha1_hex(req.version.as_bytes()));
         remove_leftover(&install_dir)?;
         undo.push(Step::RemoveTree(install_dir.clone()));
         create_dir(&install_dir)?;
         fs::set_permissions(&install_dir, fs::Permissions::from_mode(0o755))
             .with_context(|| format!("chmod {}", install_dir.display()))?;
-        let install_link = self.dirs.base.join("packages").join(&req.name);
+        let install_link = self.dirs.package(&req.name);
         undo.link(&install_link, &install_dir)?;
 
         // 5. packaging.
@@ -308,7 +308,7 @@ impl Compiler<'_> {
             fs::set_permissions(d, fs::Permissions::from_mode(0o700))
                 .with_context(|| format!("chmod {}", d.display()))?;
         }
-        let logs = log_dir(self.dirs);
+        let logs = self.dirs.compile_logs();
         let (out_log, err_log) = log_files(self.dirs, &req.name);
         for f in [&out_log, &err_log] {
             match fs::remove_file(f) {
@@ -375,15 +375,9 @@ impl std::fmt::Display for Phases {
     }
 }
 
-/// Where compile logs are kept: `<base>/data/sys/log/compilation` (`<base>/sys` links to
-/// `<base>/data/sys` once a spec was applied, and `bosh logs` collects `sys/log`).
-pub fn log_dir(dirs: &Dirs) -> PathBuf {
-    dirs.data().join("sys").join("log").join("compilation")
-}
-
 /// The stdout and stderr log files of `name`'s last compile.
 pub fn log_files(dirs: &Dirs, name: &str) -> (PathBuf, PathBuf) {
-    let dir = log_dir(dirs);
+    let dir = dirs.compile_logs();
     (dir.join(format!("{name}.stdout.log")), dir.join(format!("{name}.stderr.log")))
 }
 

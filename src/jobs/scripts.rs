@@ -5,6 +5,7 @@
 use crate::error::Context as _;
 use crate::sync::lock;
 use crate::cancel::CancelToken;
+use crate::dirs::Dirs;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
@@ -169,8 +170,8 @@ fn collect(reader: Option<(std::thread::JoinHandle<()>, Tail)>, cap: usize) -> S
 }
 
 /// The path of a job's script, if the job has it.
-pub fn job_script(base: &Path, job: &str, script: &str) -> Option<PathBuf> {
-    let p = base.join("jobs").join(job).join("bin").join(script);
+pub fn job_script(dirs: &Dirs, job: &str, script: &str) -> Option<PathBuf> {
+    let p = dirs.job(job).join("bin").join(script);
     p.is_file().then_some(p)
 }
 

@@ -77,8 +77,8 @@ impl LogType {
     /// The directory holding this type's logs.
     pub fn dir(self, dirs: &Dirs) -> PathBuf {
         match self {
-            LogType::Job => dirs.base.join("sys").join("log"),
-            LogType::Agent => dirs.bosh().join("log"),
+            LogType::Job => dirs.sys_log(),
+            LogType::Agent => dirs.bosh_log(),
             LogType::System => dirs.under_root("/var/log"),
         }
     }
@@ -235,16 +235,11 @@ impl Drop for Bundle {
     }
 }
 
-/// `<base>/data/tmp`: where bundles are written (the data disk, not the small root disk).
-pub fn tmp_dir(dirs: &Dirs) -> PathBuf {
-    dirs.data().join("tmp")
-}
-
 /// Selects the request's files and streams them into a new `.tgz` at `<tmp_dir>/logs-<uuid>.tgz`
 /// (mode 0600, owned by `owner` when given).
 pub fn bundle(dirs: &Dirs, request: &Request, owner: Option<(u32, u32)>) -> Result<Bundle, String> {
     let files = select(dirs, request)?;
-    let dir = tmp_dir(dirs);
+    let dir = dirs.data_tmp(); // the data disk, not the small root disk
     fs::create_dir_all(&dir).with_context(|| format!("Creating {}", dir.display()))?;
     let path = dir.join(format!("logs-{}.tgz", crate::ids::uuid_v4()));
     let file = OpenOptions::new()

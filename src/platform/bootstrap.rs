@@ -27,20 +27,22 @@ pub struct Options {
     pub configure: bool,
 }
 
-/// The data directory layout (§7.2 steps 16, 17, 20): path under the base dir, mode, and whether it
+/// The data directory layout (§7.2 steps 16, 17, 20): each directory, its mode, and whether it
 /// belongs to `root:vcap` so job processes (group vcap) can reach it.
-pub const DATA_DIRS: [(&str, u32, bool); 10] = [
-    ("data", 0o750, false),
-    ("data/sys", 0o750, true),
-    ("data/sys/log", 0o750, true),
-    ("data/sys/run", 0o750, true),
-    ("data/jobs", 0o750, true),
-    ("data/packages", 0o755, true),
-    ("data/sensitive_blobs", 0o700, true),
-    ("data/dynamic_disks", 0o750, true),
-    ("data/blobs", 0o700, true),
-    ("data/tmp", 0o755, false),
-];
+pub fn data_dirs(dirs: &Dirs) -> [(PathBuf, u32, bool); 10] {
+    [
+        (dirs.data(), 0o750, false),
+        (dirs.data_sys(), 0o750, true),
+        (dirs.data_sys_log(), 0o750, true),
+        (dirs.data_sys_run(), 0o750, true),
+        (dirs.data_jobs(), 0o750, true),
+        (dirs.data_packages(), 0o755, true),
+        (dirs.sensitive_blobs(), 0o700, true),
+        (dirs.dynamic_disks(), 0o750, true),
+        (dirs.blobs(), 0o700, true),
+        (dirs.data_tmp(), 0o755, false),
+    ]
+}
 
 /// Whether the bootstrap runs for this platform and `-c`.
 pub fn should_run(platform_name: &str, options: &Options) -> bool {
@@ -211,7 +213,7 @@ impl Bootstrap<'_> {
     /// costs nothing.
     fn apply_network_files(&self) -> Result<(), String> {
         let limit = Duration::from_secs(60);
-        let script = self.dirs.bosh().join("bin/restart_networking");
+        let script = self.dirs.restart_networking();
         if script.is_file() {
             return exec::run(&mut Command::new(script), None, limit).map(|_| ());
         }
@@ -290,9 +292,9 @@ impl Bootstrap<'_> {
         if servers.iter().any(|s| s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic())) {
             return Err("an NTP server name is empty or has spaces or control characters".into());
         }
-        let path = self.dirs.bosh().join("etc/ntpserver");
+        let path = self.dirs.ntpserver();
         write_if_changed(&path, format!("{}\n", servers.join(" ")).as_bytes(), 0o644)?;
-        let sync = self.dirs.bosh().join("bin/sync-time");
+        let sync = self.dirs.sync_time();
         if self.live && !servers.is_empty() && sync.is_file() {
             if let Err(e) = exec::run(&mut Command::new(sync), None, Duration::from_secs(60)) {
                 log::warn!("bootstrap: sync-time failed (best effort): {e}");
@@ -304,16 +306,15 @@ impl Bootstrap<'_> {
     fn data_dirs(&self) -> Result<(), String> {
         let vcap_gid = users::group_gid(&self.dirs.under_root(users::SYSTEM_GROUP), "vcap");
         let chown = vcap_gid.filter(|_| is_root_user());
-        for (rel, mode, vcap_group) in DATA_DIRS {
-            let path = self.dirs.base.join(rel);
+        for (path, mode, vcap_group) in data_dirs(self.dirs) {
             mkdir_mode(&path, mode)?;
             if let (true, Some(gid)) = (vcap_group, chown) {
                 std::os::unix::fs::chown(&path, Some(0), Some(gid))
                     .with_context(|| format!("chown root:vcap {}", path.display()))?;
             }
         }
-        let link = self.dirs.base.join("sys");
-        let target = self.dirs.base.join("data/sys");
+        let link = self.dirs.sys();
+        let target = self.dirs.data_sys();
         match std::fs::symlink_metadata(&link) {
             Ok(m) if m.file_type().is_symlink() => {
                 if std::fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {

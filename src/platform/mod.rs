@@ -167,7 +167,7 @@ pub struct Dummy {
 impl Platform for Dummy {
     fn save_dns_records(&self, records: &[(String, String)], _agent_id: &str) -> Result<(), String> {
         let text: String = records.iter().map(|(ip, name)| format!("{ip} {name}\n")).collect();
-        let path = self.dirs.bosh().join("etc_hosts");
+        let path = self.dirs.dummy_etc_hosts();
         crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644)
             .with_context(|| format!("writing {}", path.display()))
     }
@@ -182,7 +182,7 @@ impl Platform for Dummy {
         Ok(())
     }
     fn update_trusted_certs(&self, pem_bundle: &str) -> Result<(), String> {
-        write_cert_files(&self.dirs.bosh().join("trusted_certs"), pem_bundle).map(|_| ())
+        write_cert_files(&self.dirs.dummy_trusted_certs(), pem_bundle).map(|_| ())
     }
     fn mounted_persistent_disks(&self, settings: &Effective) -> Result<Vec<String>, String> {
         Ok(self.disks.mounted(&disks::known_disks(&self.dirs, settings)))

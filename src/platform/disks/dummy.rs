@@ -4,7 +4,7 @@
 
 use crate::error::Context as _;
 use crate::sync::lock;
-use super::{migration_target, record_mounted_cid, DiskManager, DiskOptions, DiskSettings};
+use super::{record_mounted_cid, DiskManager, DiskOptions, DiskSettings};
 use crate::dirs::Dirs;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -52,14 +52,9 @@ impl DummyDisks {
         DummyDisks { dirs, lock: Mutex::new(()) }
     }
 
-    /// `bosh/dummy_mounts.json`.
-    pub fn state_path(dirs: &Dirs) -> PathBuf {
-        dirs.bosh().join("dummy_mounts.json")
-    }
-
     fn update<T>(&self, f: impl FnOnce(&mut DummyState) -> Result<T, String>) -> Result<T, String> {
         let _g = lock(&self.lock);
-        let path = Self::state_path(&self.dirs);
+        let path = self.dirs.dummy_mounts_json();
         let mut state = crate::fsutil::read_json::<DummyState>(&path)
             .with_context(|| format!("reading {}", path.display()))?
             .unwrap_or_default();
@@ -84,7 +79,7 @@ impl DiskManager for DummyDisks {
                 s.formatted.push(disk.id.clone());
             }
             let taken = s.mounts.iter().any(|m| m.mount_dir == store);
-            let dir = if taken { migration_target(&self.dirs) } else { store.clone() };
+            let dir = if taken { self.dirs.store_migration_target() } else { store.clone() };
             s.mounts.push(DummyMount {
                 mount_dir: dir,
                 mount_options: opts.mount_options.clone(),
@@ -108,7 +103,7 @@ impl DiskManager for DummyDisks {
 
     fn migrate(&self, _known: &BTreeMap<String, DiskSettings>) -> Result<(), String> {
         let store = self.dirs.store();
-        let target = migration_target(&self.dirs);
+        let target = self.dirs.store_migration_target();
         let new = self.update(|s| {
             let old = s.mounts.iter().position(|m| m.mount_dir == store);
             let new = s.mounts.iter().position(|m| m.mount_dir == target);
@@ -169,8 +164,8 @@ mod tests {
         let d2 = DiskSettings::from_hint("disk-2", &json!("/dev/sdd")).unwrap();
         d.mount(&d1, &opts).unwrap();
         d.mount(&d2, &opts).unwrap();
-        let s: DummyState = crate::fsutil::read_json(&DummyDisks::state_path(&dirs)).unwrap().unwrap();
-        assert_eq!(s.mounts[1].mount_dir, migration_target(&dirs));
+        let s: DummyState = crate::fsutil::read_json(&dirs.dummy_mounts_json()).unwrap().unwrap();
+        assert_eq!(s.mounts[1].mount_dir, dirs.store_migration_target());
         assert_eq!(super::super::last_mounted_cid(&dirs).unwrap().as_deref(), Some("disk-1"));
         d.migrate(&BTreeMap::new()).unwrap();
         assert_eq!(super::super::last_mounted_cid(&dirs).unwrap().as_deref(), Some("disk-2"));

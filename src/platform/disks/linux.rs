@@ -7,7 +7,7 @@ use super::mount::{self, device_at, device_number, mount_points_of};
 use super::prepare::{self, partition_path, Prepared};
 use super::resolve::resolve;
 use crate::exec;
-use super::{migration_target, record_mounted_cid, DiskManager, DiskOptions, DiskSettings};
+use super::{record_mounted_cid, DiskManager, DiskOptions, DiskSettings};
 use crate::dirs::Dirs;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -47,7 +47,7 @@ impl LinuxDisks {
         let number = device_number(source)?;
         let table = mount::mounts()?;
         let store = self.dirs.store();
-        let target = migration_target(&self.dirs);
+        let target = self.dirs.store_migration_target();
         if !mount_points_of(&table, number).is_empty() {
             log::info!("disk {cid} ({}) is already mounted", source.display());
             if device_at(&table, &store) == Some(number) {
@@ -141,7 +141,7 @@ impl DiskManager for LinuxDisks {
     fn migrate(&self, known: &BTreeMap<String, DiskSettings>) -> Result<(), String> {
         let _g = self.guard();
         let store = self.dirs.store();
-        let target = migration_target(&self.dirs);
+        let target = self.dirs.store_migration_target();
         let table = mount::mounts()?;
         device_at(&table, &store).ok_or("no persistent disk is mounted on store: nothing to migrate")?;
         let new = device_at(&table, &target)
@@ -195,7 +195,7 @@ impl DiskManager for LinuxDisks {
     fn add_dynamic(&self, disk: &DiskSettings) -> Result<(), String> {
         super::check_cid(&disk.id)?;
         let dev = resolve(disk, &self.dirs)?;
-        let dir = super::dynamic_disks_dir(&self.dirs);
+        let dir = self.dirs.dynamic_disks();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o750)
@@ -212,7 +212,7 @@ impl DiskManager for LinuxDisks {
 
     fn remove_dynamic(&self, cid: &str) -> Result<(), String> {
         super::check_cid(cid)?;
-        let link = super::dynamic_disks_dir(&self.dirs).join(cid);
+        let link = self.dirs.dynamic_disks().join(cid);
         match std::fs::remove_file(&link) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -28,7 +28,6 @@ use crate::settings::Effective;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// The iSCSI part of a disk hint, kept so the hints file round-trips with the Go agent's.
@@ -188,25 +187,10 @@ pub fn check_cid(cid: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `bosh/managed_disk_settings.json`: the CID of the disk last mounted on store.
-pub fn managed_disk_json(dirs: &Dirs) -> PathBuf {
-    dirs.bosh().join("managed_disk_settings.json")
-}
-
-/// `<base>/store_migration_target`: where a second disk goes while store is taken.
-pub fn migration_target(dirs: &Dirs) -> PathBuf {
-    dirs.base.join("store_migration_target")
-}
-
-/// `data/dynamic_disks`: symlinks `<cid> → device` for dynamic disks.
-pub fn dynamic_disks_dir(dirs: &Dirs) -> PathBuf {
-    dirs.data().join("dynamic_disks")
-}
-
 /// The CID in `managed_disk_settings.json` (a bare string, as the Go agent writes it; a JSON string is
 /// accepted too). `None` when no disk was ever mounted.
 pub fn last_mounted_cid(dirs: &Dirs) -> Result<Option<String>, String> {
-    let path = managed_disk_json(dirs);
+    let path = dirs.managed_disk_settings_json();
     match std::fs::read_to_string(&path) {
         Ok(s) => {
             let s = s.trim();
@@ -220,7 +204,7 @@ pub fn last_mounted_cid(dirs: &Dirs) -> Result<Option<String>, String> {
 
 /// Records `cid` as the disk to remount on store at boot.
 pub fn record_mounted_cid(dirs: &Dirs, cid: &str) -> Result<(), String> {
-    let path = managed_disk_json(dirs);
+    let path = dirs.managed_disk_settings_json();
     crate::fsutil::write_atomic(&path, cid.as_bytes(), 0o644)
         .with_context(|| format!("writing {}", path.display()))
 }
@@ -406,8 +390,8 @@ mod tests {
         let dirs = Dirs::new(tmp.path(), "/");
         assert_eq!(last_mounted_cid(&dirs).unwrap(), None);
         record_mounted_cid(&dirs, "disk-1").unwrap();
-        assert_eq!(std::fs::read_to_string(managed_disk_json(&dirs)).unwrap(), "disk-1");
-        std::fs::write(managed_disk_json(&dirs), "\"disk-2\"\n").unwrap();
+        assert_eq!(std::fs::read_to_string(dirs.managed_disk_settings_json()).unwrap(), "disk-1");
+        std::fs::write(dirs.managed_disk_settings_json(), "\"disk-2\"\n").unwrap();
         assert_eq!(last_mounted_cid(&dirs).unwrap().as_deref(), Some("disk-2"));
         assert!(check_cid("../x").is_err() && check_cid("disk-1").is_ok());
     }

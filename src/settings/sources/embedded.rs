@@ -4,7 +4,7 @@
 use crate::error::Context as _;
 use super::SettingsSource;
 use serde_json::Value;
-use std::path::PathBuf;
+use crate::dirs::Dirs;
 
 /// The embedded default's bus: HTTPS on loopback with fixed credentials.
 pub const EMBEDDED_MBUS: &str = "https://bosh:bosh@127.0.0.1:6868";
@@ -12,8 +12,8 @@ pub const EMBEDDED_MBUS: &str = "https://bosh:bosh@127.0.0.1:6868";
 /// The embedded default's settings: an HTTPS bus on loopback with a self-signed certificate made on
 /// first start and kept under `<base>/bosh`, so `bosh-agent` runs with nothing configured.
 pub struct EmbeddedSource {
-    /// Where the certificate and key are kept.
-    pub bosh_dir: PathBuf,
+    /// Where the certificate and key are kept (under `<base>/bosh`).
+    pub dirs: Dirs,
 }
 
 impl SettingsSource for EmbeddedSource {
@@ -35,8 +35,7 @@ impl SettingsSource for EmbeddedSource {
 
 impl EmbeddedSource {
     fn certificate(&self) -> Result<(String, String), String> {
-        let cert_path = self.bosh_dir.join("embedded-mbus.crt");
-        let key_path = self.bosh_dir.join("embedded-mbus.key");
+        let (cert_path, key_path) = self.dirs.embedded_cert();
         if let (Ok(c), Ok(k)) = (std::fs::read_to_string(&cert_path), std::fs::read_to_string(&key_path)) {
             return Ok((c, k));
         }

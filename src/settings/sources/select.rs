@@ -26,7 +26,7 @@ pub fn select(
         }
         (None, None) => {
             log::info!("no -C given: running on the embedded default (HTTPS bus, dummy platform)");
-            Ok(vec![Box::new(EmbeddedSource { bosh_dir: dirs.bosh() })])
+            Ok(vec![Box::new(EmbeddedSource { dirs: dirs.clone() })])
         }
     }
 }
@@ -124,8 +124,8 @@ pub fn infrastructure_configs(
         }
         "dummy" => Ok(vec![
             // The Ruby dummy infrastructure's file first, then the agent's own settings file.
-            SourceConfig::File { settings_path: dirs.bosh().join("dummy-cpi-agent-env.json") },
-            SourceConfig::File { settings_path: dirs.bosh().join("settings.json") },
+            SourceConfig::File { settings_path: dirs.dummy_cpi_settings_json() },
+            SourceConfig::File { settings_path: dirs.settings_json() },
         ]),
         other => Err(format!(
             "-I {other}: this agent has no built-in settings sources for it; give -C agent.json instead"
