@@ -12,12 +12,13 @@ use crate::dispatch::{pool, Dispatcher, Incoming};
 use crate::error::Context as _;
 use crate::heartbeat::Heartbeat;
 use crate::mbus::{agent_https, agent_nats::NatsBus};
+use crate::platform::{self, Platform};
 use crate::settings::service::{Overrides, SettingsService};
 use crate::settings::sources;
 use crate::supervisor::monit::{MonitOptions, MonitSupervisor, MonitTimings};
-use crate::supervisor::{DummySupervisor, JobSupervisor};
+use crate::supervisor::{DummySupervisor, JobSupervisor, SupervisorKind};
 use crate::tasks::TaskTable;
-use crate::{platform, vitals::CpuSampler};
+use crate::vitals::CpuSampler;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -44,14 +45,15 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     let settings = SettingsService::new(dirs.clone(), srcs, overrides);
     let effective = settings.load().context("loading settings")?;
-    let bootstrap = crate::platform::bootstrap::Options { configure: opts.configure };
-    crate::platform::bootstrap::run(&dirs, &effective, &opts.platform, &bootstrap)?;
-    let platform: Arc<dyn platform::Platform> = platform::from_name(&opts.platform, &dirs)?.into();
+    let platform: Arc<dyn Platform> = platform::new(opts.platform, &dirs).into();
+    platform.bootstrap(&effective, opts.configure)?;
     // The persistent disk comes back before any job can look for it; a vanished disk is logged.
     platform::disks::remount_last_disk(platform.as_ref(), &dirs, &effective);
-    let supervisor: Arc<dyn JobSupervisor> = match opts.supervisor.as_str() {
-        "dummy" => Arc::new(DummySupervisor::default()),
-        _ => Arc::new(MonitSupervisor::new(monit_options(&config, &dirs), MonitTimings::default())?),
+    let supervisor: Arc<dyn JobSupervisor> = match opts.supervisor {
+        SupervisorKind::Dummy => Arc::new(DummySupervisor::default()),
+        SupervisorKind::Monit => {
+            Arc::new(MonitSupervisor::new(monit_options(&config, &dirs), MonitTimings::default())?)
+        }
     };
     let (tx, rx) = mpsc::channel::<Incoming>();
     let first_url = effective.mbus_urls().into_iter().next().unwrap_or_default();
@@ -81,16 +83,18 @@ pub fn run(opts: Options) -> Result<(), String> {
     let dispatcher = Arc::new(Dispatcher::new(ctx.clone()));
     dispatcher.resume_persisted();
     pool::start(WORKERS, rx, dispatcher).context("starting workers")?;
-    let _alerts = if opts.supervisor == "monit" && !opts.no_alerts && _https.is_none() {
+    // Monit mails its alerts; on the HTTPS bus there is no health monitor to tell.
+    let monit = opts.supervisor == SupervisorKind::Monit;
+    let _alerts = if monit && !opts.no_alerts && _https.is_none() {
         Some(alerts::start_monit_alerts(ctx.settings.clone(), &ctx.dirs, notifier.clone(), opts.smtp_port)?)
     } else {
         None
     };
-    if opts.supervisor == "monit" && opts.platform != "dummy" && ctx.dirs.root == std::path::Path::new("/") {
-        start_monit(&config);
+    if monit {
+        // After alerts.monitrc exists: the stemcell's monitrc includes it.
+        ctx.platform.start_monit(uses_systemd(&config));
     }
-    // SSH login alerts come from the stemcell's rsyslog.
-    let _syslog = if opts.platform != "dummy" && !opts.no_alerts && _https.is_none() {
+    let _syslog = if ctx.platform.forwards_syslog() && !opts.no_alerts && _https.is_none() {
         alerts::start_login_alerts(notifier.clone())
     } else {
         None
@@ -120,28 +124,11 @@ fn monit_options(config: &AgentConfig, dirs: &Dirs) -> MonitOptions {
     }
 }
 
-/// Starts monit through the stemcell's service manager, once `monit.user` and `alerts.monitrc` exist,
-/// as the Go agent's `StartMonit` does: the stemcell's monitrc refers to both, so monit must not start
-/// before the agent. A monit already running (the agent restarted) is reloaded instead, so it mails
-/// with this boot's SMTP password. A failure is logged, not fatal: get_state then says `unknown`, which
-/// tells the operator more than an agent that never answers.
-fn start_monit(config: &AgentConfig) {
-    let systemd = crate::config::get_ci(&config.linux_options, "ServiceManager")
+/// Whether `agent.json` says the stemcell's service manager is systemd (else runit).
+fn uses_systemd(config: &AgentConfig) -> bool {
+    crate::config::get_ci(&config.linux_options, "ServiceManager")
         .and_then(serde_json::Value::as_str)
-        .is_some_and(|m| m.eq_ignore_ascii_case("systemd"));
-    let mut cmd = if systemd {
-        let mut c = std::process::Command::new("systemctl");
-        c.args(["reload-or-restart", "monit"]);
-        c
-    } else {
-        let mut c = std::process::Command::new("sv");
-        c.args(["start", "monit"]);
-        c
-    };
-    match crate::exec::run(&mut cmd, None, Duration::from_secs(30)) {
-        Ok(_) => log::info!("monit started ({})", if systemd { "systemd" } else { "runit" }),
-        Err(e) => log::warn!("starting monit: {e}"),
-    }
+        .is_some_and(|m| m.eq_ignore_ascii_case("systemd"))
 }
 
 /// Signals are blocked in every thread and taken synchronously by the main thread, so no handler runs

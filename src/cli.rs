@@ -3,7 +3,9 @@
 //! Unknown flags and bad values are a one-line error (exit code 2, see `main.rs`).
 
 use crate::error::Context as _;
+use crate::platform::PlatformKind;
 use crate::settings::sources::EMBEDDED_MBUS;
+use crate::supervisor::SupervisorKind;
 use log::LevelFilter;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -62,11 +64,11 @@ pub enum Command {
 #[derive(Debug, PartialEq)]
 pub struct Options {
     /// `-P`.
-    pub platform: String,
+    pub platform: PlatformKind,
     /// `-C`; `None` selects the embedded default.
     pub config: Option<PathBuf>,
     /// `-M`.
-    pub supervisor: String,
+    pub supervisor: SupervisorKind,
     /// `-b`.
     pub base: PathBuf,
     /// `-r`.
@@ -149,14 +151,12 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
         if embedded { embedded_value } else { with_config }.to_string()
     };
     let platform = p.opt_value_from_str("-P").map_err(arg_err)?.unwrap_or_else(|| default("ubuntu", "dummy"));
-    if !["ubuntu", "linux", "dummy"].contains(&platform.as_str()) {
-        return Err(format!("-P: unknown platform '{platform}' (expected ubuntu, linux or dummy)"));
-    }
+    let platform = PlatformKind::parse(&platform)
+        .ok_or_else(|| format!("-P: unknown platform '{platform}' (expected ubuntu, linux or dummy)"))?;
     let supervisor =
         p.opt_value_from_str("-M").map_err(arg_err)?.unwrap_or_else(|| default("monit", "dummy"));
-    if !["monit", "dummy"].contains(&supervisor.as_str()) {
-        return Err(format!("-M: unknown job supervisor '{supervisor}' (expected monit or dummy)"));
-    }
+    let supervisor = SupervisorKind::parse(&supervisor)
+        .ok_or_else(|| format!("-M: unknown job supervisor '{supervisor}' (expected monit or dummy)"))?;
     if let Some(i) = &infrastructure {
         if !INFRASTRUCTURES.contains(&i.as_str()) {
             return Err(format!(
@@ -271,8 +271,8 @@ mod tests {
     #[test]
     fn accepts_the_stemcell_invocation() {
         let o = run(&["-P", "ubuntu", "-C", "/var/vcap/bosh/agent.json"]).unwrap();
-        assert_eq!(o.platform, "ubuntu");
-        assert_eq!(o.supervisor, "monit");
+        assert_eq!(o.platform, PlatformKind::Ubuntu);
+        assert_eq!(o.supervisor, SupervisorKind::Monit);
         assert_eq!(o.base, PathBuf::from("/var/vcap"));
         assert_eq!(o.heartbeat_interval, Duration::from_secs(30));
     }
@@ -319,14 +319,14 @@ mod tests {
     #[test]
     fn an_infrastructure_is_not_the_embedded_default() {
         let o = run(&["-I", "aws"]).unwrap();
-        assert_eq!((o.platform.as_str(), o.supervisor.as_str()), ("ubuntu", "monit"));
+        assert_eq!((o.platform, o.supervisor), (PlatformKind::Ubuntu, SupervisorKind::Monit));
         assert_eq!(o.base, PathBuf::from("/var/vcap"));
     }
 
     #[test]
     fn embedded_default_without_config() {
         let o = run(&[]).unwrap();
-        assert_eq!((o.platform.as_str(), o.supervisor.as_str(), o.config), ("dummy", "dummy", None));
+        assert_eq!((o.platform, o.supervisor, o.config), (PlatformKind::Dummy, SupervisorKind::Dummy, None));
         assert_eq!(o.base, PathBuf::from("agent-data"));
     }
 

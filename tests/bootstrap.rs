@@ -2,7 +2,7 @@
 //! run changes nothing (the agent restarts often on a VM).
 
 use bosh_agent::dirs::Dirs;
-use bosh_agent::platform::bootstrap::{self, Options};
+use bosh_agent::platform::{self, PlatformKind};
 use bosh_agent::settings::{Effective, Settings};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -55,7 +55,7 @@ fn bootstrap_writes_the_vm_configuration_under_the_root_and_is_idempotent() {
     let root = tempfile::tempdir().expect("root");
     let base = root.path().join("var/vcap");
     let dirs = Dirs::new(&base, root.path());
-    bootstrap::run(&dirs, &settings(), "linux", &Options::default()).expect("first bootstrap");
+    platform::new(PlatformKind::Linux, &dirs).bootstrap(&settings(), false).expect("first bootstrap");
     let first = snapshot(root.path());
 
     let file = |p: &str| first.get(p).unwrap_or_else(|| panic!("{p} missing; have {:?}", first.keys()));
@@ -88,14 +88,14 @@ fn bootstrap_writes_the_vm_configuration_under_the_root_and_is_idempotent() {
     }
     assert_eq!(file("var/vcap/sys").1, base.join("data/sys").to_string_lossy());
 
-    bootstrap::run(&dirs, &settings(), "linux", &Options::default()).expect("second bootstrap");
+    platform::new(PlatformKind::Linux, &dirs).bootstrap(&settings(), false).expect("second bootstrap");
     assert_eq!(snapshot(root.path()), first, "a second bootstrap changed the tree");
 
     // sync_dns records after the hosts header survive a restart.
     let hosts = root.path().join("etc/hosts");
     let with_records = format!("{}10.0.0.9 db.example\n", file("etc/hosts").1);
     std::fs::write(&hosts, &with_records).expect("hosts");
-    bootstrap::run(&dirs, &settings(), "linux", &Options::default()).expect("third bootstrap");
+    platform::new(PlatformKind::Linux, &dirs).bootstrap(&settings(), false).expect("third bootstrap");
     assert_eq!(std::fs::read_to_string(&hosts).expect("hosts"), with_records);
 }
 
@@ -103,25 +103,25 @@ fn bootstrap_writes_the_vm_configuration_under_the_root_and_is_idempotent() {
 fn bootstrap_replaces_stale_network_files_and_names_failing_steps() {
     let root = tempfile::tempdir().expect("root");
     let dirs = Dirs::new(root.path().join("base"), root.path());
-    bootstrap::run(&dirs, &settings(), "linux", &Options::default()).expect("bootstrap");
+    platform::new(PlatformKind::Linux, &dirs).bootstrap(&settings(), false).expect("bootstrap");
     let mut fewer = settings();
     fewer.settings.networks.remove("other");
-    bootstrap::run(&dirs, &fewer, "linux", &Options::default()).expect("bootstrap");
+    platform::new(PlatformKind::Linux, &dirs).bootstrap(&fewer, false).expect("bootstrap");
     assert!(!root.path().join("etc/systemd/network/10_other.network").exists());
     let foreign = root.path().join("etc/systemd/network/99_admin.network");
     std::fs::write(&foreign, "[Match]\nName=lo\n").expect("foreign file");
-    bootstrap::run(&dirs, &fewer, "linux", &Options::default()).expect("bootstrap");
+    platform::new(PlatformKind::Linux, &dirs).bootstrap(&fewer, false).expect("bootstrap");
     assert!(foreign.exists(), "files the agent did not write are left alone");
 
     let mut bad = settings();
     bad.settings
         .networks
         .insert("x".into(), json!({"ip": "10.0.0.300", "netmask": "255.0.0.0", "mac": "aa:bb:cc:dd:ee:03"}));
-    let e = bootstrap::run(&dirs, &bad, "linux", &Options::default()).expect_err("bad ip");
+    let e = platform::new(PlatformKind::Linux, &dirs).bootstrap(&bad, false).expect_err("bad ip");
     assert!(e.starts_with("bootstrap step 'networking'"), "{e}");
 
     let dummy_root = tempfile::tempdir().expect("root");
     let dummy = Dirs::new(dummy_root.path().join("base"), dummy_root.path());
-    bootstrap::run(&dummy, &settings(), "dummy", &Options::default()).expect("dummy without -c");
+    platform::new(PlatformKind::Dummy, &dummy).bootstrap(&settings(), false).expect("dummy without -c");
     assert!(!dummy_root.path().join("etc").exists(), "dummy without -c writes nothing");
 }

@@ -225,7 +225,7 @@ fn blank_disk_is_partitioned_formatted_mounted_listed_and_unmounted() {
 
     // Boot step 21: the recorded disk comes back on store, unformatted.
     std::fs::write(env.dirs().data().join("marker"), "").ok();
-    let platform = bosh_agent::platform::from_name("linux", &env.dirs()).unwrap();
+    let platform = bosh_agent::platform::new(bosh_agent::platform::PlatformKind::Linux, &env.dirs());
     let settings = bosh_agent::settings::Effective::default();
     assert_eq!(
         disks::remount_last_disk(platform.as_ref(), &env.dirs(), &settings).as_deref(),

@@ -10,8 +10,8 @@
 mod common;
 
 use bosh_agent::dirs::Dirs;
-use bosh_agent::platform::bootstrap::{self, Options};
 use bosh_agent::platform::disks::{mount, prepare};
+use bosh_agent::platform::{self, PlatformKind};
 use bosh_agent::settings::{Effective, Settings};
 use common::loopdev::{devices_available, sh, DEVICES};
 use serde_json::{json, Value};
@@ -63,7 +63,7 @@ impl Fixture {
         }))
         .expect("settings");
         let effective = Effective { settings: s, update: Default::default() };
-        bootstrap::run(&self.dirs(), &effective, "linux", &Options::default())
+        platform::new(PlatformKind::Linux, &self.dirs()).bootstrap(&effective, false)
     }
 
     fn unmount_all(&self) {

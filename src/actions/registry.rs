@@ -115,9 +115,9 @@ pub static REGISTRY: &[ActionSpec] = &[
     ActionSpec { dummy_only: true, ..row("dummy_panic", Synchronous, [NO, NO, YES], binder::<dummy::Panic>) },
 ];
 
-/// Finds the action for a method name, honouring dummy-only rows.
-pub fn lookup(method: &str, dummy_platform: bool) -> Option<&'static ActionSpec> {
-    REGISTRY.iter().find(|s| s.name == method && (dummy_platform || !s.dummy_only))
+/// Finds the action for a method name; the dummy-only rows only when `test_actions` are offered.
+pub fn lookup(method: &str, test_actions: bool) -> Option<&'static ActionSpec> {
+    REGISTRY.iter().find(|s| s.name == method && (test_actions || !s.dummy_only))
 }
 
 #[cfg(test)]

@@ -6,18 +6,11 @@
 //! answer does not keep a half-made user around. On the dummy platform nothing is created: the
 //! request is recorded in `<base>/bosh/dummy_ssh_users.json` and the host key is `dummy-public-key`.
 
-use crate::error::Context as _;
 use super::{bind, Action, Call};
-use crate::dirs::Dirs;
 use crate::platform::users::{self, UserRegex};
 use crate::settings::Settings;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
 
-/// Host public key files, in order of preference: RSA is what the Go agent reads; the others cover
-/// stemcells built without an RSA host key.
-const HOST_KEYS: [&str; 3] =
-    ["/etc/ssh/ssh_host_rsa_key.pub", "/etc/ssh/ssh_host_ecdsa_key.pub", "/etc/ssh/ssh_host_ed25519_key.pub"];
 /// Longest `public_key` accepted (an RSA 16384-bit key is about 2.8 KB).
 const MAX_PUBLIC_KEY: usize = 16 * 1024;
 
@@ -86,46 +79,20 @@ impl Action for Ssh {
     }
 
     fn run(self, call: &Call) -> Result<Value, String> {
-        let ctx = call.ctx;
-        let dummy = ctx.platform.is_dummy();
+        let platform = &call.ctx.platform;
         match self {
             Ssh::Setup { user, public_key, password } => {
-                let ip = default_ip(&ctx.settings.get().settings).ok_or("No default ip could be found")?;
-                let host_public_key =
-                    if dummy { "dummy-public-key".to_string() } else { host_public_key(&ctx.dirs)? };
-                if dummy {
-                    record_dummy(&ctx.dirs, |m| {
-                        m.insert(user.clone(), public_key.clone());
-                    })?;
-                } else {
-                    users::setup_ssh_user(
-                        &ctx.dirs.bosh_ssh(),
-                        &user,
-                        password.as_deref(),
-                        &public_key,
-                    )?;
-                }
+                let settings = call.ctx.settings.get().settings;
+                let ip = default_ip(&settings).ok_or("No default ip could be found")?;
+                let host_public_key = platform.ssh_host_public_key()?;
+                platform.setup_ssh_user(&user, password.as_deref(), &public_key)?;
                 log::info!("ssh: set up user {user}");
                 Ok(
                     json!({"command": "setup", "status": "success", "ip": ip, "host_public_key": host_public_key}),
                 )
             }
             Ssh::Cleanup { regex } => {
-                let removed = if dummy {
-                    let mut removed = Vec::new();
-                    record_dummy(&ctx.dirs, |m| {
-                        m.retain(|u, _| {
-                            let gone = u.starts_with(users::SSH_USER_PREFIX) && regex.matches(u);
-                            if gone {
-                                removed.push(u.clone());
-                            }
-                            !gone
-                        })
-                    })?;
-                    removed
-                } else {
-                    users::cleanup_ssh_users(&regex)?
-                };
+                let removed = platform.cleanup_ssh_users(&regex)?;
                 log::info!("ssh: removed users {removed:?}");
                 Ok(json!({"command": "cleanup", "status": "success"}))
             }
@@ -140,29 +107,6 @@ pub fn default_ip(settings: &Settings) -> Option<String> {
     let is_default = |n: &Value| n.get("default").and_then(Value::as_array).is_some_and(|d| !d.is_empty());
     let nets = || settings.networks.values();
     nets().filter(|n| is_default(n)).find_map(ip).or_else(|| nets().find_map(ip))
-}
-
-/// The VM's SSH host public key, so bosh-cli can pin it in `known_hosts`.
-pub fn host_public_key(dirs: &Dirs) -> Result<String, String> {
-    for path in HOST_KEYS.map(|p| dirs.under_root(p)) {
-        match std::fs::read_to_string(&path) {
-            Ok(key) => return Ok(key),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("Reading host public key {}: {e}", path.display())),
-        }
-    }
-    Err(format!("Reading host public key: none of {} exists", HOST_KEYS.join(", ")))
-}
-
-/// Applies `change` to the dummy platform's record of SSH users (name → key).
-fn record_dummy(dirs: &Dirs, change: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<(), String> {
-    let path = dirs.dummy_ssh_users_json();
-    let mut users: BTreeMap<String, String> = crate::fsutil::read_json(&path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .unwrap_or_default();
-    change(&mut users);
-    crate::fsutil::write_json_atomic(&path, &users, 0o600)
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -205,22 +149,5 @@ mod tests {
         let e = Ssh::bind(&[json!("reboot"), json!({})]).err().unwrap();
         assert_eq!(e, "Unknown command for SSH method");
         assert!(Ssh::bind(&[]).is_err());
-    }
-
-    #[test]
-    fn host_key_falls_back_to_other_types() {
-        let root = tempfile::tempdir().unwrap();
-        let dirs = Dirs::new(root.path().join("base"), root.path());
-        assert!(host_public_key(&dirs).unwrap_err().contains("none of"));
-        crate::fsutil::write_atomic(
-            &dirs.under_root("/etc/ssh/ssh_host_ed25519_key.pub"),
-            b"ssh-ed25519 E\n",
-            0o644,
-        )
-        .unwrap();
-        assert_eq!(host_public_key(&dirs).unwrap(), "ssh-ed25519 E\n");
-        crate::fsutil::write_atomic(&dirs.under_root("/etc/ssh/ssh_host_rsa_key.pub"), b"ssh-rsa R\n", 0o644)
-            .unwrap();
-        assert_eq!(host_public_key(&dirs).unwrap(), "ssh-rsa R\n");
     }
 }

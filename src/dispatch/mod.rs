@@ -64,7 +64,7 @@ impl Dispatcher {
                 return;
             }
         };
-        let spec = lookup(&request.method, self.ctx.platform.is_dummy());
+        let spec = lookup(&request.method, self.ctx.platform.offers_test_actions());
         if spec.is_none_or(|s| s.loggable) && log::log_enabled!(log::Level::Debug) {
             log::debug!("request {} arguments {}", request.method, redacted(&json!(request.arguments)));
         }
@@ -138,7 +138,7 @@ impl Dispatcher {
         for p in self.ctx.tasks.persisted() {
             let parsed =
                 p.request_body().and_then(|b| Request::parse(&b).map_err(|e| e.message)).and_then(|r| {
-                    match lookup(&r.method, self.ctx.platform.is_dummy()) {
+                    match lookup(&r.method, self.ctx.platform.offers_test_actions()) {
                         Some(spec) if spec.persistent => spec.bind(&r.arguments).map(|b| (r, spec, b)),
                         _ => Err(format!("method {} cannot be resumed", r.method)),
                     }

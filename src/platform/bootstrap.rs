@@ -5,12 +5,12 @@
 //! Every step is idempotent (the agent restarts often; a second run must change nothing) and writes
 //! only under the root dir (`-r`) or the base dir (`-b`), so tests run it against a scratch root.
 //! Commands that change the live system (`hostname`, `usermod`, restarting networking, `sync-time`)
-//! run only when the root is `/` and the platform is not `dummy`. A failing step stops the bootstrap
+//! run only on the live system ([`Machine`]), which only the Linux platform with root `/` is. A failing step stops the bootstrap
 //! with an error that names it, because an agent on a half-configured VM would mislead the director.
 
 use crate::error::Context as _;
 use super::disks::{self, ephemeral, mount, DiskSettings};
-use super::users;
+use super::{users, Platform};
 use crate::dirs::Dirs;
 use crate::exec;
 use crate::settings::Effective;
@@ -20,11 +20,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// What the command line asked for.
-#[derive(Clone, Debug, Default)]
-pub struct Options {
-    /// `-c`: configure the VM even on the dummy platform (files only there).
-    pub configure: bool,
+/// What the bootstrap may touch besides files under the root and base dirs.
+#[derive(Clone, Copy, Debug)]
+pub struct Machine {
+    /// Whether this is the live system (root `/` on Linux): only then do commands that change it run.
+    pub live: bool,
+    /// Whether block devices may be touched: never on the dummy platform, where `-c` writes files only.
+    pub devices: bool,
 }
 
 /// The data directory layout (§7.2 steps 16, 17, 20): each directory, its mode, and whether it
@@ -44,19 +46,11 @@ pub fn data_dirs(dirs: &Dirs) -> [(PathBuf, u32, bool); 10] {
     ]
 }
 
-/// Whether the bootstrap runs for this platform and `-c`.
-pub fn should_run(platform_name: &str, options: &Options) -> bool {
-    options.configure || matches!(platform_name, "ubuntu" | "linux")
-}
-
-/// Runs every bootstrap step in the Go agent's order; the error names the failed step.
-pub fn run(dirs: &Dirs, settings: &Effective, platform_name: &str, options: &Options) -> Result<(), String> {
-    if !should_run(platform_name, options) {
-        log::info!("bootstrap: skipped on the {platform_name} platform without -c");
-        return Ok(());
-    }
-    let live = dirs.root == Path::new("/") && platform_name != "dummy";
-    let b = Bootstrap { dirs, settings, live, devices: platform_name != "dummy" };
+/// Runs every bootstrap step in the Go agent's order; the error names the failed step. The
+/// platform decides whether it runs at all (see [`Platform::bootstrap`]).
+pub fn run(dirs: &Dirs, settings: &Effective, platform: &dyn Platform, machine: Machine) -> Result<(), String> {
+    let live = machine.live;
+    let b = Bootstrap { dirs, settings, live, devices: machine.devices };
     step("authorized keys", || b.authorized_keys())?;
     step("passwords", || b.passwords())?;
     step("hostname", || b.hostname())?;
@@ -69,7 +63,7 @@ pub fn run(dirs: &Dirs, settings: &Effective, platform_name: &str, options: &Opt
         if certs.trim().is_empty() {
             return Ok(());
         }
-        super::from_name(platform_name, dirs)?.update_trusted_certs(certs)
+        platform.update_trusted_certs(certs)
     })?;
     log::info!("bootstrap: done (live system: {live})");
     Ok(())
@@ -356,18 +350,28 @@ mod tests {
 
     #[test]
     fn runs_only_where_asked() {
-        assert!(should_run("ubuntu", &Options::default()));
-        assert!(should_run("linux", &Options::default()));
-        assert!(!should_run("dummy", &Options::default()));
-        assert!(should_run("dummy", &Options { configure: true }));
+        let root = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(root.path().join("base"), root.path());
+        let settings = effective(json!({"agent_id": "a-1"}));
+        let dummy = crate::platform::new(crate::platform::PlatformKind::Dummy, &dirs);
+        dummy.bootstrap(&settings, false).unwrap();
+        assert!(!dirs.under_root("/etc/hostname").exists(), "dummy without -c writes nothing");
+        dummy.bootstrap(&settings, true).unwrap();
+        assert!(dirs.under_root("/etc/hostname").exists(), "dummy with -c writes files");
+        for kind in [crate::platform::PlatformKind::Ubuntu, crate::platform::PlatformKind::Linux] {
+            let root = tempfile::tempdir().unwrap();
+            let dirs = Dirs::new(root.path().join("base"), root.path());
+            crate::platform::new(kind, &dirs).bootstrap(&settings, false).unwrap();
+            assert!(dirs.under_root("/etc/hostname").exists(), "{kind:?} always configures");
+        }
     }
 
     #[test]
     fn errors_name_the_step() {
         let root = tempfile::tempdir().unwrap();
         let dirs = Dirs::new(root.path().join("base"), root.path());
-        let e =
-            run(&dirs, &effective(json!({"agent_id": "bad id"})), "linux", &Options::default()).unwrap_err();
+        let linux = crate::platform::new(crate::platform::PlatformKind::Linux, &dirs);
+        let e = linux.bootstrap(&effective(json!({"agent_id": "bad id"})), false).unwrap_err();
         assert!(e.starts_with("bootstrap step 'hostname': agent id"), "{e}");
     }
 }

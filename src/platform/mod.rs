@@ -1,23 +1,62 @@
-//! The platform layer: what differs between a real Linux VM and the dummy platform that lets the whole
-//! director conversation run on any machine (`-P dummy`).
+//! The platform layer: what differs between a real Linux VM ([`linux`]) and the dummy platform
+//! ([`dummy`]) that lets the whole director conversation run on any machine (`-P dummy`). Callers
+//! ask the [`Platform`] for behaviour; none of them asks which platform it is.
 
 pub mod bootstrap;
+mod dummy;
 pub mod disks;
+mod linux;
 pub mod network;
 pub mod users;
 
-use crate::error::Context as _;
 use crate::dirs::Dirs;
-use crate::exec;
+use crate::error::Context as _;
 use crate::settings::Effective;
-use disks::DiskManager as _;
-use std::process::Command;
-use std::time::Duration;
+use users::UserRegex;
 
-/// Platform operations the actions need.
+/// The platform `-P` names, parsed once on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlatformKind {
+    /// `-P ubuntu`: a Linux stemcell (today's stemcells say so).
+    Ubuntu,
+    /// `-P linux`: the same Linux platform under its generic name.
+    Linux,
+    /// `-P dummy`: records instead of touching the machine.
+    Dummy,
+}
+
+impl PlatformKind {
+    /// The kind `-P <name>` names, if any.
+    pub fn parse(name: &str) -> Option<PlatformKind> {
+        match name {
+            "ubuntu" => Some(PlatformKind::Ubuntu),
+            "linux" => Some(PlatformKind::Linux),
+            "dummy" => Some(PlatformKind::Dummy),
+            _ => None,
+        }
+    }
+}
+
+/// Builds the platform for `-P`.
+pub fn new(kind: PlatformKind, dirs: &Dirs) -> Box<dyn Platform> {
+    match kind {
+        PlatformKind::Ubuntu | PlatformKind::Linux => Box::new(linux::Linux::new(dirs)),
+        PlatformKind::Dummy => Box::new(dummy::Dummy::new(dirs)),
+    }
+}
+
+/// Platform operations the agent needs.
 pub trait Platform: Send + Sync {
-    /// Whether this is the dummy platform (enables test-only actions).
-    fn is_dummy(&self) -> bool;
+    /// Configures the VM at start ([`bootstrap`]); `configure` is `-c`, which the dummy platform
+    /// needs before it writes anything (files only, never devices or the live system).
+    fn bootstrap(&self, settings: &Effective, configure: bool) -> Result<(), String>;
+    /// Whether the test aids `dummy_sleep` and `dummy_panic` are offered.
+    fn offers_test_actions(&self) -> bool;
+    /// Whether the machine's rsyslog forwards sshd's lines to the agent, for SSH login alerts.
+    fn forwards_syslog(&self) -> bool;
+    /// Starts monit through the service manager (`systemd`, else runit), or reloads a running one,
+    /// once the files its monitrc includes exist (the Go agent's `StartMonit`); failures are logged.
+    fn start_monit(&self, systemd: bool);
     /// Powers the VM off.
     fn shutdown(&self) -> Result<(), String>;
     /// Replaces the agent-managed trusted CA certificates with the blocks in `pem_bundle`.
@@ -32,6 +71,14 @@ pub trait Platform: Send + Sync {
     fn delete_arp_entries(&self, ips: &[std::net::IpAddr]);
     /// Persistent and dynamic disk operations: real devices on Linux, a JSON record on dummy.
     fn disks(&self) -> &dyn disks::DiskManager;
+    /// Gets ready for the director moving the VM to other networks (`prepare_network_change`).
+    fn prepare_network_change(&self) -> Result<(), String>;
+    /// The VM's SSH host public key, so bosh-cli can pin it in `known_hosts`.
+    fn ssh_host_public_key(&self) -> Result<String, String>;
+    /// Creates (or completes) the `bosh ssh` user `user` that logs in with `public_key`.
+    fn setup_ssh_user(&self, user: &str, password: Option<&str>, public_key: &str) -> Result<(), String>;
+    /// Removes the `bosh ssh` users `regex` matches; returns their names.
+    fn cleanup_ssh_users(&self, regex: &UserRegex) -> Result<Vec<String>, String>;
 }
 
 /// The `/etc/hosts` text: the local names first, then one line per record.
@@ -45,18 +92,6 @@ pub fn hosts_file(records: &[(String, String)], agent_id: &str) -> String {
         out.push_str(&format!("{ip} {name}\n"));
     }
     out
-}
-
-/// Picks the platform for `-P`.
-pub fn from_name(name: &str, dirs: &Dirs) -> Result<Box<dyn Platform>, String> {
-    match name {
-        "ubuntu" | "linux" => Ok(Box::new(Linux {
-            dirs: dirs.clone(),
-            disks: disks::LinuxDisks::new(dirs.clone()),
-        })),
-        "dummy" => Ok(Box::new(Dummy { dirs: dirs.clone(), disks: disks::DummyDisks::new(dirs.clone()) })),
-        other => Err(format!("unknown platform '{other}' (expected ubuntu, linux or dummy)")),
-    }
 }
 
 /// Splits a PEM bundle into its certificate blocks.
@@ -95,104 +130,6 @@ fn write_cert_files(dir: &std::path::Path, pem_bundle: &str) -> Result<usize, St
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(blocks.len())
-}
-
-/// A real Linux VM (`-P ubuntu` or `-P linux`).
-pub struct Linux {
-    dirs: Dirs,
-    disks: disks::LinuxDisks,
-}
-
-impl Platform for Linux {
-    fn save_dns_records(&self, records: &[(String, String)], agent_id: &str) -> Result<(), String> {
-        let path = self.dirs.under_root("/etc/hosts");
-        crate::fsutil::write_atomic(&path, hosts_file(records, agent_id).as_bytes(), 0o644)
-            .with_context(|| format!("writing {}", path.display()))
-    }
-    fn delete_arp_entries(&self, ips: &[std::net::IpAddr]) {
-        for ip in ips {
-            let ip = ip.to_string();
-            if let Err(e) =
-                exec::run(Command::new("ip").args(["neigh", "flush", "to", &ip]), None, Duration::from_secs(5))
-            {
-                log::info!("flushing the neighbour entry of {ip}: {e}");
-            }
-        }
-    }
-    fn is_dummy(&self) -> bool {
-        false
-    }
-    /// `shutdown -P 0` as the Go agent runs it; on a systemd without D-Bus and logind (a minimal
-    /// stemcell), where that fails for want of a bus, `poweroff` asks systemd directly.
-    fn shutdown(&self) -> Result<(), String> {
-        let limit = Duration::from_secs(30);
-        exec::run(Command::new("shutdown").args(["-P", "0"]), None, limit)
-            .or_else(|e| {
-                log::info!("shutdown -P 0: {e}; trying poweroff");
-                exec::run(&mut Command::new("poweroff"), None, limit)
-            })
-            .map(|_| ())
-    }
-    fn update_trusted_certs(&self, pem_bundle: &str) -> Result<(), String> {
-        write_cert_files(&self.dirs.under_root("/usr/local/share/ca-certificates"), pem_bundle)?;
-        if self.dirs.root != std::path::Path::new("/") {
-            return Ok(()); // a scratch root (tests): the system bundle is not ours to rebuild
-        }
-        let mut last = String::new();
-        for _ in 0..3 {
-            match exec::run(Command::new("update-ca-certificates").arg("-f"), None, Duration::from_secs(60)) {
-                Ok(_) => return Ok(()),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-    fn mounted_persistent_disks(&self, settings: &Effective) -> Result<Vec<String>, String> {
-        Ok(self.disks.mounted(&disks::known_disks(&self.dirs, settings)))
-    }
-    fn disks(&self) -> &dyn disks::DiskManager {
-        &self.disks
-    }
-    fn vitals_require_mount_points(&self) -> bool {
-        true
-    }
-}
-
-/// The dummy platform (`-P dummy`): records instead of touching the machine.
-pub struct Dummy {
-    dirs: Dirs,
-    disks: disks::DummyDisks,
-}
-
-impl Platform for Dummy {
-    fn save_dns_records(&self, records: &[(String, String)], _agent_id: &str) -> Result<(), String> {
-        let text: String = records.iter().map(|(ip, name)| format!("{ip} {name}\n")).collect();
-        let path = self.dirs.dummy_etc_hosts();
-        crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644)
-            .with_context(|| format!("writing {}", path.display()))
-    }
-    fn delete_arp_entries(&self, ips: &[std::net::IpAddr]) {
-        log::info!("dummy platform: would flush {} neighbour entries", ips.len());
-    }
-    fn is_dummy(&self) -> bool {
-        true
-    }
-    fn shutdown(&self) -> Result<(), String> {
-        log::info!("dummy platform: shutdown requested, nothing to power off");
-        Ok(())
-    }
-    fn update_trusted_certs(&self, pem_bundle: &str) -> Result<(), String> {
-        write_cert_files(&self.dirs.dummy_trusted_certs(), pem_bundle).map(|_| ())
-    }
-    fn mounted_persistent_disks(&self, settings: &Effective) -> Result<Vec<String>, String> {
-        Ok(self.disks.mounted(&disks::known_disks(&self.dirs, settings)))
-    }
-    fn disks(&self) -> &dyn disks::DiskManager {
-        &self.disks
-    }
-    fn vitals_require_mount_points(&self) -> bool {
-        false
-    }
 }
 
 #[cfg(test)]

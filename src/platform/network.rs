@@ -8,6 +8,7 @@
 //! (`e*`). Every value that ends up in a file is parsed first (IP addresses, MACs), so settings
 //! cannot inject extra configuration lines.
 
+use crate::dirs::Dirs;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -216,6 +217,22 @@ pub fn resolv_conf(servers: &[IpAddr]) -> String {
     t
 }
 
+/// Where udev persists interface names on the stemcells that still use it.
+pub const PERSISTENT_NET_RULES: &str = "/etc/udev/rules.d/70-persistent-net.rules";
+
+/// Removes `<root>/etc/udev/rules.d/70-persistent-net.rules` if present.
+pub fn remove_persistent_net_rules(dirs: &Dirs) -> Result<(), String> {
+    let path = dirs.under_root(PERSISTENT_NET_RULES);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            log::info!("removed {}", path.display());
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("removing {}: {e}", path.display())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,5 +295,16 @@ mod tests {
         let f = networkd_files(&v6).unwrap();
         assert!(f[0].1.contains("Address=fd00::5/64\n") && f[0].1.contains("Name=e*\n"), "{}", f[0].1);
         assert!(resolv_conf(&["1.1.1.1".parse().unwrap()]).ends_with("nameserver 1.1.1.1\n"));
+    }
+
+    #[test]
+    fn removes_the_rules_file_and_tolerates_its_absence() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(root.path().join("base"), root.path());
+        let rules = dirs.under_root(PERSISTENT_NET_RULES);
+        crate::fsutil::write_atomic(&rules, b"SUBSYSTEM==\"net\"\n", 0o644).unwrap();
+        remove_persistent_net_rules(&dirs).unwrap();
+        assert!(!rules.exists());
+        remove_persistent_net_rules(&dirs).unwrap();
     }
 }

@@ -13,6 +13,7 @@
 //! Names come from outside (the director, bosh-cli), so they are validated before any command sees
 //! them: `bosh_` followed by `[a-z0-9_-]`, at most 32 bytes (the `useradd` limit).
 
+use crate::dirs::Dirs;
 use crate::error::Context as _;
 use crate::sync::lock;
 use crate::exec;
@@ -283,6 +284,22 @@ pub fn set_password(user: &str, crypted: &str) -> Result<(), String> {
         .map_err(|e| format!("setting the password of {user}: {}", e.replace(crypted, "<hash>")))
 }
 
+/// Host public key files, in order of preference: RSA is what the Go agent reads; the others cover
+/// stemcells built without an RSA host key.
+const HOST_KEYS: [&str; 3] =
+    ["/etc/ssh/ssh_host_rsa_key.pub", "/etc/ssh/ssh_host_ecdsa_key.pub", "/etc/ssh/ssh_host_ed25519_key.pub"];
+/// The VM's SSH host public key, so bosh-cli can pin it in `known_hosts`.
+pub fn host_public_key(dirs: &Dirs) -> Result<String, String> {
+    for path in HOST_KEYS.map(|p| dirs.under_root(p)) {
+        match std::fs::read_to_string(&path) {
+            Ok(key) => return Ok(key),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("Reading host public key {}: {e}", path.display())),
+        }
+    }
+    Err(format!("Reading host public key: none of {} exists", HOST_KEYS.join(", ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +359,22 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(dir.path(), other.path().join(".ssh")).unwrap();
         assert!(write_authorized_keys(other.path(), "k", None).is_err());
+    }
+
+    #[test]
+    fn host_key_falls_back_to_other_types() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(root.path().join("base"), root.path());
+        assert!(host_public_key(&dirs).unwrap_err().contains("none of"));
+        crate::fsutil::write_atomic(
+            &dirs.under_root("/etc/ssh/ssh_host_ed25519_key.pub"),
+            b"ssh-ed25519 E\n",
+            0o644,
+        )
+        .unwrap();
+        assert_eq!(host_public_key(&dirs).unwrap(), "ssh-ed25519 E\n");
+        crate::fsutil::write_atomic(&dirs.under_root("/etc/ssh/ssh_host_rsa_key.pub"), b"ssh-rsa R\n", 0o644)
+            .unwrap();
+        assert_eq!(host_public_key(&dirs).unwrap(), "ssh-rsa R\n");
     }
 }

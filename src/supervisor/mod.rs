@@ -9,6 +9,26 @@ pub use dummy::DummySupervisor;
 use serde::Serialize;
 use std::path::Path;
 
+/// The job supervisor `-M` names, parsed once on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SupervisorKind {
+    /// `-M monit`: monit on a stemcell.
+    Monit,
+    /// `-M dummy`: nothing to supervise.
+    Dummy,
+}
+
+impl SupervisorKind {
+    /// The kind `-M <name>` names, if any.
+    pub fn parse(name: &str) -> Option<SupervisorKind> {
+        match name {
+            "monit" => Some(SupervisorKind::Monit),
+            "dummy" => Some(SupervisorKind::Dummy),
+            _ => None,
+        }
+    }
+}
+
 /// One supervised process, as `get_state` reports it.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Process {

@@ -1,0 +1,103 @@
+//! The dummy platform (`-P dummy`): the whole director conversation on any machine, with records
+//! under `<base>/bosh` instead of changes to the machine.
+
+use super::bootstrap::{self, Machine};
+use super::disks::{self, DiskManager as _, DummyDisks};
+use super::users::{self, UserRegex};
+use super::{write_cert_files, Platform};
+use crate::dirs::Dirs;
+use crate::error::Context as _;
+use crate::settings::Effective;
+use std::collections::BTreeMap;
+
+/// The dummy platform (`-P dummy`): records instead of touching the machine.
+pub struct Dummy {
+    dirs: Dirs,
+    disks: DummyDisks,
+}
+
+impl Dummy {
+    pub(super) fn new(dirs: &Dirs) -> Dummy {
+        Dummy { dirs: dirs.clone(), disks: DummyDisks::new(dirs.clone()) }
+    }
+
+    /// Applies `change` to the record of SSH users (name → key).
+    fn record_ssh_users(&self, change: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<(), String> {
+        let path = self.dirs.dummy_ssh_users_json();
+        let mut users: BTreeMap<String, String> = crate::fsutil::read_json(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .unwrap_or_default();
+        change(&mut users);
+        crate::fsutil::write_json_atomic(&path, &users, 0o600)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+impl Platform for Dummy {
+    /// Runs only with `-c`, and then writes files only: no devices, no live system.
+    fn bootstrap(&self, settings: &Effective, configure: bool) -> Result<(), String> {
+        if !configure {
+            log::info!("bootstrap: skipped on the dummy platform without -c");
+            return Ok(());
+        }
+        bootstrap::run(&self.dirs, settings, self, Machine { live: false, devices: false })
+    }
+    fn offers_test_actions(&self) -> bool {
+        true
+    }
+    fn forwards_syslog(&self) -> bool {
+        false
+    }
+    fn start_monit(&self, _systemd: bool) {}
+    fn save_dns_records(&self, records: &[(String, String)], _agent_id: &str) -> Result<(), String> {
+        let text: String = records.iter().map(|(ip, name)| format!("{ip} {name}\n")).collect();
+        let path = self.dirs.dummy_etc_hosts();
+        crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+    fn delete_arp_entries(&self, ips: &[std::net::IpAddr]) {
+        log::info!("dummy platform: would flush {} neighbour entries", ips.len());
+    }
+    fn shutdown(&self) -> Result<(), String> {
+        log::info!("dummy platform: shutdown requested, nothing to power off");
+        Ok(())
+    }
+    fn update_trusted_certs(&self, pem_bundle: &str) -> Result<(), String> {
+        write_cert_files(&self.dirs.dummy_trusted_certs(), pem_bundle).map(|_| ())
+    }
+    fn mounted_persistent_disks(&self, settings: &Effective) -> Result<Vec<String>, String> {
+        Ok(self.disks.mounted(&disks::known_disks(&self.dirs, settings)))
+    }
+    fn disks(&self) -> &dyn disks::DiskManager {
+        &self.disks
+    }
+    fn vitals_require_mount_points(&self) -> bool {
+        false
+    }
+    /// No NICs to rename.
+    fn prepare_network_change(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn ssh_host_public_key(&self) -> Result<String, String> {
+        Ok("dummy-public-key".into())
+    }
+    /// Records the user and key in `<base>/bosh/dummy_ssh_users.json`.
+    fn setup_ssh_user(&self, user: &str, _password: Option<&str>, public_key: &str) -> Result<(), String> {
+        self.record_ssh_users(|m| {
+            m.insert(user.to_string(), public_key.to_string());
+        })
+    }
+    fn cleanup_ssh_users(&self, regex: &UserRegex) -> Result<Vec<String>, String> {
+        let mut removed = Vec::new();
+        self.record_ssh_users(|m| {
+            m.retain(|u, _| {
+                let gone = u.starts_with(users::SSH_USER_PREFIX) && regex.matches(u);
+                if gone {
+                    removed.push(u.clone());
+                }
+                !gone
+            })
+        })?;
+        Ok(removed)
+    }
+}

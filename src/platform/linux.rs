@@ -1,0 +1,126 @@
+//! The Linux platform (`-P ubuntu`, `-P linux`): a stemcell VM the agent configures and whose
+//! devices, users and services it manages.
+
+use super::bootstrap::{self, Machine};
+use super::disks::{self, DiskManager as _, LinuxDisks};
+use super::users::{self, UserRegex};
+use super::{hosts_file, network, write_cert_files, Platform};
+use crate::dirs::Dirs;
+use crate::error::Context as _;
+use crate::exec;
+use crate::settings::Effective;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// A real Linux VM (`-P ubuntu` or `-P linux`).
+pub struct Linux {
+    dirs: Dirs,
+    disks: LinuxDisks,
+}
+
+impl Linux {
+    pub(super) fn new(dirs: &Dirs) -> Linux {
+        Linux { dirs: dirs.clone(), disks: LinuxDisks::new(dirs.clone()) }
+    }
+
+    /// Whether this is the live system (root `/`) rather than a scratch root in tests.
+    fn live(&self) -> bool {
+        self.dirs.root == Path::new("/")
+    }
+}
+
+impl Platform for Linux {
+    /// Always runs: a stemcell's agent configures its VM. Commands that change the live system run
+    /// only when the root is `/`.
+    fn bootstrap(&self, settings: &Effective, _configure: bool) -> Result<(), String> {
+        bootstrap::run(&self.dirs, settings, self, Machine { live: self.live(), devices: true })
+    }
+    fn offers_test_actions(&self) -> bool {
+        false
+    }
+    fn forwards_syslog(&self) -> bool {
+        true
+    }
+    fn start_monit(&self, systemd: bool) {
+        if !self.live() {
+            return; // a scratch root (tests): the system's monit is not ours to start
+        }
+        let mut cmd = if systemd {
+            let mut c = Command::new("systemctl");
+            c.args(["reload-or-restart", "monit"]);
+            c
+        } else {
+            let mut c = Command::new("sv");
+            c.args(["start", "monit"]);
+            c
+        };
+        match exec::run(&mut cmd, None, Duration::from_secs(30)) {
+            Ok(_) => log::info!("monit started ({})", if systemd { "systemd" } else { "runit" }),
+            Err(e) => log::warn!("starting monit: {e}"),
+        }
+    }
+    fn save_dns_records(&self, records: &[(String, String)], agent_id: &str) -> Result<(), String> {
+        let path = self.dirs.under_root("/etc/hosts");
+        crate::fsutil::write_atomic(&path, hosts_file(records, agent_id).as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+    fn delete_arp_entries(&self, ips: &[std::net::IpAddr]) {
+        for ip in ips {
+            let ip = ip.to_string();
+            if let Err(e) =
+                exec::run(Command::new("ip").args(["neigh", "flush", "to", &ip]), None, Duration::from_secs(5))
+            {
+                log::info!("flushing the neighbour entry of {ip}: {e}");
+            }
+        }
+    }
+    /// `shutdown -P 0` as the Go agent runs it; on a systemd without D-Bus and logind (a minimal
+    /// stemcell), where that fails for want of a bus, `poweroff` asks systemd directly.
+    fn shutdown(&self) -> Result<(), String> {
+        let limit = Duration::from_secs(30);
+        exec::run(Command::new("shutdown").args(["-P", "0"]), None, limit)
+            .or_else(|e| {
+                log::info!("shutdown -P 0: {e}; trying poweroff");
+                exec::run(&mut Command::new("poweroff"), None, limit)
+            })
+            .map(|_| ())
+    }
+    fn update_trusted_certs(&self, pem_bundle: &str) -> Result<(), String> {
+        write_cert_files(&self.dirs.under_root("/usr/local/share/ca-certificates"), pem_bundle)?;
+        if !self.live() {
+            return Ok(()); // a scratch root (tests): the system bundle is not ours to rebuild
+        }
+        let mut last = String::new();
+        for _ in 0..3 {
+            match exec::run(Command::new("update-ca-certificates").arg("-f"), None, Duration::from_secs(60)) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+    fn mounted_persistent_disks(&self, settings: &Effective) -> Result<Vec<String>, String> {
+        Ok(self.disks.mounted(&disks::known_disks(&self.dirs, settings)))
+    }
+    fn disks(&self) -> &dyn disks::DiskManager {
+        &self.disks
+    }
+    fn vitals_require_mount_points(&self) -> bool {
+        true
+    }
+    /// Forgets the udev rule that pinned the old NIC's MAC to `eth0`, so the new NIC gets the same
+    /// name on the next boot, as the original agent did (seed-ruby-agent.md §3.4, §4.5).
+    fn prepare_network_change(&self) -> Result<(), String> {
+        network::remove_persistent_net_rules(&self.dirs)
+    }
+    fn ssh_host_public_key(&self) -> Result<String, String> {
+        users::host_public_key(&self.dirs)
+    }
+    fn setup_ssh_user(&self, user: &str, password: Option<&str>, public_key: &str) -> Result<(), String> {
+        users::setup_ssh_user(&self.dirs.bosh_ssh(), user, password, public_key)
+    }
+    fn cleanup_ssh_users(&self, regex: &UserRegex) -> Result<Vec<String>, String> {
+        users::cleanup_ssh_users(regex)
+    }
+}
