@@ -114,9 +114,13 @@ fn bootstrap_replaces_stale_network_files_and_names_failing_steps() {
     assert!(foreign.exists(), "files the agent did not write are left alone");
 
     let mut bad = settings();
-    bad.settings
-        .networks
-        .insert("x".into(), json!({"ip": "10.0.0.300", "netmask": "255.0.0.0", "mac": "aa:bb:cc:dd:ee:03"}));
+    bad.settings.networks.insert(
+        "x".into(),
+        serde_json::from_value(
+            json!({"ip": "10.0.0.300", "netmask": "255.0.0.0", "mac": "aa:bb:cc:dd:ee:03"}),
+        )
+        .expect("network"),
+    );
     let e = platform::new(PlatformKind::Linux, &dirs).bootstrap(&bad, false).expect_err("bad ip");
     assert!(e.starts_with("bootstrap step 'networking'"), "{e}");
 

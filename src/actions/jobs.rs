@@ -35,15 +35,7 @@ fn installer_blobs(ctx: &Context, spec: &ApplySpec) -> Result<Option<Blobs>, Str
 }
 
 fn parallelism(ctx: &Context) -> usize {
-    ctx.settings
-        .get()
-        .settings
-        .env
-        .bosh
-        .extra
-        .get("parallel")
-        .and_then(Value::as_u64)
-        .map_or(DEFAULT_PARALLEL, |n| n as usize)
+    ctx.settings.get().settings.env.bosh.parallel.map_or(DEFAULT_PARALLEL, |n| n as usize)
 }
 
 fn current_spec(ctx: &Context) -> Result<ApplySpec, String> {

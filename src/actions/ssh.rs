@@ -8,7 +8,7 @@
 
 use super::{bind, Action, Call};
 use crate::platform::users::{self, UserRegex};
-use crate::settings::Settings;
+use crate::settings::{Network, Settings};
 use serde_json::{json, Map, Value};
 
 /// Longest `public_key` accepted (an RSA 16384-bit key is about 2.8 KB).
@@ -103,10 +103,9 @@ impl Action for Ssh {
 /// The address bosh-cli connects to: the IP of a network with a non-empty `default`, else any
 /// network's IP (Go's `Networks.DefaultIP`). `None` when no network has one.
 pub fn default_ip(settings: &Settings) -> Option<String> {
-    let ip = |n: &Value| n.get("ip").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
-    let is_default = |n: &Value| n.get("default").and_then(Value::as_array).is_some_and(|d| !d.is_empty());
+    let ip = |n: &Network| Some(n.ip.clone()).filter(|ip| !ip.is_empty());
     let nets = || settings.networks.values();
-    nets().filter(|n| is_default(n)).find_map(ip).or_else(|| nets().find_map(ip))
+    nets().filter(|n| !n.default.is_empty()).find_map(ip).or_else(|| nets().find_map(ip))
 }
 
 #[cfg(test)]

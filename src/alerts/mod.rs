@@ -352,7 +352,8 @@ fn network_ips(settings: &crate::settings::Effective) -> Vec<String> {
         .settings
         .networks
         .values()
-        .filter_map(|n| n.get("ip").and_then(|i| i.as_str()).map(String::from))
+        .filter(|n| !n.ip.is_empty())
+        .map(|n| n.ip.clone())
         .collect()
 }
 

@@ -4,6 +4,7 @@
 use crate::error::Context as _;
 use crate::dirs::Dirs;
 use crate::fsutil;
+use crate::settings::null_as_default;
 use crate::vitals::DiskPaths;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -57,15 +58,6 @@ pub struct ApplySpec {
     /// Networks, verbatim.
     #[serde(deserialize_with = "null_as_default")]
     pub networks: Map<String, Value>,
-}
-
-/// Treats an explicit `null` like an absent key, as Go's decoder does for maps.
-fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// `job` in the spec.

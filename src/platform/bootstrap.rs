@@ -99,11 +99,10 @@ fn is_root_user() -> bool {
 /// The crypted passwords to set: vcap always, root unless `keep_root_password`; `*` (no password
 /// login) when the director sent none.
 pub fn password_plan(settings: &Effective) -> Vec<(&'static str, String)> {
-    let env = &settings.settings.env.bosh.extra;
-    let hash = env.get("password").and_then(Value::as_str).filter(|p| !p.is_empty()).unwrap_or("*");
-    let keep_root = env.get("keep_root_password").and_then(Value::as_bool).unwrap_or(false);
+    let env = &settings.settings.env.bosh;
+    let hash = env.password.as_deref().filter(|p| !p.is_empty()).unwrap_or("*");
     let mut plan = Vec::new();
-    if !keep_root {
+    if !env.keep_root_password {
         plan.push(("root", hash.to_string()));
     }
     plan.push(("vcap", hash.to_string()));
@@ -121,11 +120,8 @@ impl Bootstrap<'_> {
     }
 
     fn authorized_keys(&self) -> Result<(), String> {
-        let keys: Vec<&str> = match self.settings.settings.env.bosh.extra.get("authorized_keys") {
-            None | Some(Value::Null) => return Ok(()),
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::trim).collect(),
-            Some(_) => return Err("env.bosh.authorized_keys must be a list of strings".into()),
-        };
+        let keys: Vec<&str> =
+            self.settings.settings.env.bosh.authorized_keys.iter().map(|k| k.trim()).collect();
         if keys.is_empty() {
             return Ok(());
         }
@@ -242,7 +238,7 @@ impl Bootstrap<'_> {
         }
         let disk = DiskSettings::from_hint("ephemeral", eph)?;
         let dev = disks::resolve::resolve(&disk, self.dirs)?;
-        let swap_setting = self.settings.settings.env.bosh.extra.get("swap_size");
+        let swap_setting = self.settings.settings.env.bosh.swap_size;
         let swap_mib =
             ephemeral::swap_size_mib(swap_setting, ephemeral::total_ram()?, disks::prepare::size_of(&dev)?)?;
         let parts = ephemeral::prepare(&dev, swap_mib)?;
@@ -279,10 +275,8 @@ impl Bootstrap<'_> {
     }
 
     fn ntp(&self) -> Result<(), String> {
-        let servers: Vec<String> = match self.settings.settings.env.bosh.extra.get("ntp") {
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
-            _ => self.settings.settings.ntp.clone(),
-        };
+        let env = &self.settings.settings.env.bosh;
+        let servers = env.ntp.clone().unwrap_or_else(|| self.settings.settings.ntp.clone());
         if servers.iter().any(|s| s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic())) {
             return Err("an NTP server name is empty or has spaces or control characters".into());
         }

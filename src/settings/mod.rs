@@ -24,8 +24,8 @@ pub struct Settings {
     pub disks: Disks,
     /// The `env` block, where the director puts bootstrap certificates and knobs.
     pub env: Env,
-    /// Networks by name, passed back verbatim in `get_state`.
-    pub networks: BTreeMap<String, Value>,
+    /// Networks by name, passed back in `get_state`.
+    pub networks: BTreeMap<String, Network>,
     /// NTP servers.
     pub ntp: Vec<String>,
     /// The VM's name at the infrastructure.
@@ -73,17 +73,149 @@ pub struct Env {
     pub extra: Map<String, Value>,
 }
 
-/// `env.bosh`.
+/// `env.bosh`: knobs the director sets per instance group. Typed as the Go agent types them, so a
+/// value of the wrong JSON type is refused when settings are read; `null` means absent.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct BoshEnv {
+    /// Crypted password for `vcap`, and for `root` unless `keep_root_password`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Leave root's password alone.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub keep_root_password: bool,
+    /// Public keys `vcap` accepts, one per entry.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub authorized_keys: Vec<String>,
+    /// Swap on the ephemeral disk in MiB (0: none); the Go agent's default when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_size: Option<u64>,
+    /// NTP servers, instead of the top-level `ntp`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ntp: Option<Vec<String>>,
+    /// How many packages apply downloads at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<u64>,
     /// Bus certificates and URL overrides.
+    #[serde(deserialize_with = "null_as_default")]
     pub mbus: MbusEnv,
     /// Blobstore overrides; the first wins over the top-level `blobstore`.
+    #[serde(deserialize_with = "null_as_default")]
     pub blobstores: Vec<Blobstore>,
-    /// Keys not interpreted here (password, authorized_keys, ...).
+    /// Keys not interpreted here.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// One network in `networks`. Typed as the Go agent types it; keys not interpreted here are kept
+/// and passed back in `get_state`, and fields left empty are not written out.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Network {
+    /// `manual`, `dynamic` or `vip`.
+    #[serde(rename = "type", deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub kind: String,
+    /// The address (empty for DHCP).
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub ip: String,
+    /// The netmask, dotted or as a prefix length.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub netmask: String,
+    /// The prefix length, number or text (some CPIs send it instead of a netmask).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<Prefix>,
+    /// The default gateway.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub gateway: String,
+    /// Name servers.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub dns: Vec<String>,
+    /// What this network is the default for: `dns`, `gateway`.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub default: Vec<String>,
+    /// The MAC address of the NIC on this network.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub mac: String,
+    /// The infrastructure already configured the NIC.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub preconfigured: bool,
+    /// Configure by DHCP whatever the type says.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub use_dhcp: bool,
+    /// The infrastructure resolved the address by DHCP.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub resolved: bool,
+    /// An interface label for the address.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub alias: String,
+    /// Static routes.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub routes: Vec<Route>,
+    /// Keys not interpreted here (`cloud_properties`, ...).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Network {
+    /// Whether this network is the default for `what` (`dns` or `gateway`).
+    pub fn is_default_for(&self, what: &str) -> bool {
+        self.default.iter().any(|d| d == what)
+    }
+}
+
+/// A static route of a network.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Route {
+    /// The destination network's address.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub destination: String,
+    /// The destination's netmask.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub netmask: String,
+    /// The destination's prefix length, instead of a netmask.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<Prefix>,
+    /// The next hop.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub gateway: String,
+    /// Keys not interpreted here.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A prefix length as CPIs send it: a number or its text.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Prefix {
+    /// `24`.
+    Number(u64),
+    /// `"24"`.
+    Text(String),
+}
+
+impl Prefix {
+    /// The length, when it is one (the text parses and fits a `u8`).
+    pub fn length(&self) -> Option<u8> {
+        match self {
+            Prefix::Number(n) => u8::try_from(*n).ok(),
+            Prefix::Text(t) if !t.is_empty() => t.parse().ok(),
+            Prefix::Text(_) => None,
+        }
+    }
+}
+
+/// Treats an explicit `null` like an absent key, as Go's decoder does.
+pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// `env.bosh.mbus` and `update_settings.mbus`.
@@ -231,6 +363,29 @@ mod tests {
         assert_eq!(e.mbus_cert().certificate, "C2");
         e.update.blobstores = Some(vec![Blobstore { provider: "dav".into(), ..Default::default() }]);
         assert_eq!(e.blobstore().provider, "dav");
+    }
+
+    #[test]
+    fn env_bosh_and_networks_are_typed_and_keep_what_they_do_not_know() {
+        let s: Settings = serde_json::from_value(json!({
+            "env": {"bosh": {"password": "h", "keep_root_password": true, "authorized_keys": ["k1"],
+                             "swap_size": 0, "ntp": ["t"], "parallel": null, "remove_dev_tools": true}},
+            "networks": {"n": {"type": "manual", "ip": "10.0.0.5", "netmask": "255.255.255.0",
+                               "default": ["gateway"], "prefix": "24", "cloud_properties": {"k": 1},
+                               "routes": [{"destination": "10.1.0.0", "netmask": "255.255.0.0", "gateway": null}]}}
+        }))
+        .unwrap();
+        let env = &s.env.bosh;
+        assert_eq!((env.password.as_deref(), env.keep_root_password, env.swap_size), (Some("h"), true, Some(0)));
+        assert_eq!((env.authorized_keys.len(), env.ntp.as_deref(), env.parallel), (1, Some(&["t".into()][..]), None));
+        let n = &s.networks["n"];
+        assert!(n.is_default_for("gateway") && !n.is_default_for("dns"));
+        assert_eq!((n.prefix.as_ref().and_then(Prefix::length), n.routes[0].gateway.as_str()), (Some(24), ""));
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["env"]["bosh"]["remove_dev_tools"], true);
+        assert_eq!(v["networks"]["n"]["cloud_properties"]["k"], 1);
+        assert!(v["networks"]["n"].get("mac").is_none(), "empty fields are not written out");
+        assert!(serde_json::from_value::<Settings>(json!({"env": {"bosh": {"swap_size": "1"}}})).is_err());
     }
 
     #[test]

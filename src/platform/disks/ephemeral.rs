@@ -24,7 +24,7 @@
 use crate::error::Context as _;
 use crate::exec;
 use super::prepare::{self, has_signature, partition_path_n, probe, value, zero_edges};
-use serde_json::Value;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,14 +59,9 @@ pub fn total_ram() -> Result<u64, String> {
 /// The swap size in MiB: `env.bosh.swap_size` (MiB; 0 means no swap) when set, else the Go agent's
 /// default of min(RAM, disk/2). Fails when the swap would leave the data partition no room, rather
 /// than making a data filesystem too small to hold anything.
-pub fn swap_size_mib(setting: Option<&Value>, ram: u64, disk: u64) -> Result<u64, String> {
+pub fn swap_size_mib(setting: Option<u64>, ram: u64, disk: u64) -> Result<u64, String> {
     let disk_mib = disk / MIB;
-    let swap = match setting {
-        None | Some(Value::Null) => ram.min(disk / 2) / MIB,
-        Some(v) => {
-            v.as_u64().ok_or_else(|| format!("env.bosh.swap_size must be a whole number of MB, got {v}"))?
-        }
-    };
+    let swap = setting.unwrap_or(ram.min(disk / 2) / MIB);
     if swap.saturating_add(OVERHEAD_MIB + MIN_DATA_MIB) > disk_mib {
         return Err(format!(
             "a swap partition of {swap} MiB does not fit the {disk_mib} MiB ephemeral disk with room for data"
@@ -214,12 +209,16 @@ mod tests {
     fn swap_size_defaults_to_the_smaller_of_ram_and_half_the_disk() {
         let g = 1 << 30;
         assert_eq!(swap_size_mib(None, 4 * g, 100 * g).unwrap(), 4096);
-        assert_eq!(swap_size_mib(Some(&Value::Null), 16 * g, 10 * g).unwrap(), 5120);
-        assert_eq!(swap_size_mib(Some(&json!(0)), 16 * g, 10 * g).unwrap(), 0);
-        assert_eq!(swap_size_mib(Some(&json!(100)), 16 * g, 10 * g).unwrap(), 100);
-        assert!(swap_size_mib(Some(&json!(-1)), g, g).unwrap_err().contains("whole number"));
-        assert!(swap_size_mib(Some(&json!("1")), g, g).is_err());
-        assert!(swap_size_mib(Some(&json!(1020)), g, g).unwrap_err().contains("does not fit"));
+        let swap_size = |v: serde_json::Value| {
+            serde_json::from_value::<crate::settings::BoshEnv>(json!({ "swap_size": v })).map(|e| e.swap_size)
+        };
+        assert_eq!(swap_size_mib(swap_size(json!(null)).unwrap(), 16 * g, 10 * g).unwrap(), 5120);
+        assert_eq!(swap_size_mib(Some(0), 16 * g, 10 * g).unwrap(), 0);
+        assert_eq!(swap_size_mib(Some(100), 16 * g, 10 * g).unwrap(), 100);
+        // Not a whole number of MB: refused where settings are read, as the Go agent's decoder does.
+        assert!(swap_size(json!(-1)).is_err());
+        assert!(swap_size(json!("1")).is_err());
+        assert!(swap_size_mib(Some(1020), g, g).unwrap_err().contains("does not fit"));
     }
 
     #[test]
