@@ -1,11 +1,9 @@
 //! Monit alerts: mail parsing, the SMTP server driven by a raw client, and end to end with a real
 //! monit mailing the server when a job process dies.
 
-mod common;
-
+use crate::common::monit_daemon::MonitDaemon;
 use base64::Engine as _;
 use bosh_agent::alerts::{self, from_mail, Alert, SmtpOptions, SmtpServer};
-use common::monit_daemon::MonitDaemon;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::mpsc::{self, Receiver};
@@ -120,7 +118,7 @@ fn monitrc_is_accepted_by_monit() {
     )
     .expect("write control");
     std::fs::set_permissions(&control, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
-    let out = std::process::Command::new(common::monit_daemon::monit_binary())
+    let out = std::process::Command::new(crate::common::monit_daemon::monit_binary())
         .arg("-t")
         .arg("-c")
         .arg(&control)

@@ -1,13 +1,11 @@
 //! upload_blob, sync_dns and delete_arp_entries end to end over NATS (and upload_blob over HTTPS):
 //! large payloads with the director's line-wrapped base64, checksums, DNS record versions.
 
-mod common;
-
+use crate::common::agent::{exception, AgentEnv};
+use crate::common::blob_server::{BlobServer, BlobServerOptions};
+use crate::common::nats_server::NatsServerOptions;
+use crate::common::tarball::{digests, file, tgz};
 use base64::Engine;
-use common::agent::{exception, AgentEnv};
-use common::blob_server::{BlobServer, BlobServerOptions};
-use common::nats_server::NatsServerOptions;
-use common::tarball::{digests, file, tgz};
 use serde_json::{json, Value};
 
 type Env = AgentEnv;

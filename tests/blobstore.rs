@@ -4,14 +4,12 @@
 //! Why integration tests: the value of this module is in how it behaves at its edges (HTTP status
 //! codes, auth headers, temp files left behind or not, what reaches logs), which only real I/O shows.
 
-mod common;
-
+use crate::common::blob_server::{BlobServer, BlobServerOptions};
 use bosh_agent::blobstore::dav::shard;
 use bosh_agent::blobstore::digest::{hex, UploadDigests};
 use bosh_agent::blobstore::{Blobs, MultiDigest};
 use bosh_agent::dirs::Dirs;
 use bosh_agent::settings::Blobstore;
-use common::blob_server::{BlobServer, BlobServerOptions};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -130,7 +128,7 @@ fn dav_gets_and_puts_sharded_with_basic_auth() {
 
 #[test]
 fn dav_errors_are_clear_and_permanent_ones_not_retried() {
-    common::capture_logs();
+    crate::common::capture_logs();
     let server = BlobServer::start(BlobServerOptions {
         basic_auth: Some(("agent".into(), "right".into())),
         ..Default::default()
@@ -146,7 +144,7 @@ fn dav_errors_are_clear_and_permanent_ones_not_retried() {
     server.fail_next(1);
     let err = s.dav(&server, "agent", "dav-pass-x7").fetch("nope", &sha256(b"x"), &s.tmp).unwrap_err();
     assert!(err.contains("401"), "{err}");
-    assert!(!common::logged("dav-pass-x7"), "password leaked into logs");
+    assert!(!crate::common::logged("dav-pass-x7"), "password leaked into logs");
     assert_eq!(s.tmp_entries(), 0);
 }
 
@@ -238,7 +236,7 @@ fn transient_server_errors_are_retried() {
 
 #[test]
 fn signed_urls_send_headers_verify_and_never_show_the_signature() {
-    common::capture_logs();
+    crate::common::capture_logs();
     let server = BlobServer::start(BlobServerOptions {
         required_header: Some(("x-amz-server-side-encryption".into(), "AES256".into())),
         ..Default::default()
@@ -281,7 +279,7 @@ fn signed_urls_send_headers_verify_and_never_show_the_signature() {
     for e in [&err, &bad] {
         assert!(!e.contains("SECRET"), "signature leaked: {e}");
     }
-    assert!(!common::logged("SECRET"), "signature leaked into logs");
+    assert!(!crate::common::logged("SECRET"), "signature leaked into logs");
     drop(got);
     assert_eq!(s.tmp_entries(), 0);
 }

@@ -3,15 +3,13 @@
 //! and dependency tarballs, the local blobstore and the in-test HTTP blob server. The uploaded blob
 //! is unpacked with the system's `tar`, so "it is a .tgz" is checked by the tool operators use.
 
-mod common;
-
+use crate::common::agent::{exception, AgentEnv, TestAgent};
+use crate::common::blob_server::{BlobServer, BlobServerOptions};
+use crate::common::nats_server::{free_port, NatsServerOptions};
+use crate::common::tarball::{file, script, tgz, Entry};
+use crate::common::wait_until;
 use bosh_agent::client::{call_with, Https};
 use bosh_agent::mbus::url::MbusUrl;
-use common::agent::{exception, AgentEnv, TestAgent};
-use common::blob_server::{BlobServer, BlobServerOptions};
-use common::nats_server::{free_port, NatsServerOptions};
-use common::tarball::{file, script, tgz, Entry};
-use common::wait_until;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

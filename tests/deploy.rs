@@ -2,14 +2,12 @@
 //! start → running in get_state and heartbeats; a crashing job → failing and an alert on NATS; an
 //! update (drain → stop → apply v2 → start); and monit gone while get_state is asked.
 
-mod common;
-
-use common::agent::{nats_settings, Director, HealthMonitor, Launch, TestAgent};
-use common::certs::TestPki;
-use common::monit_daemon::{monit_binary, MonitDaemon};
-use common::nats_server::{free_port, NatsServer, NatsServerOptions};
-use common::tarball::{digests, file, script, tgz};
-use common::wait_until;
+use crate::common::agent::{nats_settings, Director, HealthMonitor, Launch, TestAgent};
+use crate::common::certs::TestPki;
+use crate::common::monit_daemon::{monit_binary, MonitDaemon};
+use crate::common::nats_server::{free_port, NatsServer, NatsServerOptions};
+use crate::common::tarball::{digests, file, script, tgz};
+use crate::common::wait_until;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 

@@ -8,14 +8,12 @@
 //! `/dev/loopNp1`; the fixture (like the agent) runs `partx -u` and mknods the node from sysfs, and
 //! removes the node it leaves behind when it detaches the device.
 
-mod common;
-
+use crate::common::agent::{exception, nats_settings, Director, Launch, TestAgent};
+use crate::common::certs::TestPki;
+use crate::common::loopdev::{devices_available, sh, DEVICES};
+use crate::common::nats_server::{NatsServer, NatsServerOptions};
 use bosh_agent::dirs::Dirs;
 use bosh_agent::platform::disks::{self, mount, prepare};
-use common::agent::{exception, nats_settings, Director, Launch, TestAgent};
-use common::certs::TestPki;
-use common::loopdev::{devices_available, sh, DEVICES};
-use common::nats_server::{NatsServer, NatsServerOptions};
 use serde_json::{json, Value};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -7,13 +7,11 @@
 //! The bootstrap runs against a scratch root (`-r`), so it skips `swapon` (the host's swap is not
 //! the test's to change) but does everything else to the device.
 
-mod common;
-
+use crate::common::loopdev::{devices_available, sh, DEVICES};
 use bosh_agent::dirs::Dirs;
 use bosh_agent::platform::disks::{mount, prepare};
 use bosh_agent::platform::{self, PlatformKind};
 use bosh_agent::settings::{Effective, Settings};
-use common::loopdev::{devices_available, sh, DEVICES};
 use serde_json::{json, Value};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -1,14 +1,12 @@
 //! The agent binary over its HTTPS bus, driven as `bosh create-env` drives it: `POST /agent` without a
 //! protocol field, Basic auth from the mbus URL, blobs under `/blobs`.
 
-mod common;
-
+use crate::common::agent::TestAgent;
+use crate::common::nats_server::free_port;
+use crate::common::wait_until;
 use base64::Engine;
 use bosh_agent::client::{call_with, Https, Transport};
 use bosh_agent::mbus::url::MbusUrl;
-use common::agent::TestAgent;
-use common::nats_server::free_port;
-use common::wait_until;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 

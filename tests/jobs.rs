@@ -1,14 +1,12 @@
 //! The job lifecycle end to end with real tarballs and a local blobstore, driven over NATS as the
 //! director drives it: apply, scripts, drain, errands, cancel, bad digests and malicious tarballs.
 
-mod common;
+use crate::common::agent::{exception, value, AgentEnv, HealthMonitor};
+use crate::common::blob_server::{dav_path, BlobServer, BlobServerOptions};
 
-use common::agent::{exception, value, AgentEnv, HealthMonitor};
-use common::blob_server::{dav_path, BlobServer, BlobServerOptions};
-
-use common::nats_server::NatsServerOptions;
-use common::tarball::{digests, escaping_symlink, file, script, tgz};
-use common::wait_until;
+use crate::common::nats_server::NatsServerOptions;
+use crate::common::tarball::{digests, escaping_symlink, file, script, tgz};
+use crate::common::wait_until;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -3,15 +3,13 @@
 //! bosh-cli calls `bundle_logs` on a create-env VM). Every test unpacks what was stored and compares
 //! names and contents, because an agent that uploads an empty tarball would otherwise pass.
 
-mod common;
-
+use crate::common::agent::{AgentEnv, TestAgent};
+use crate::common::blob_server::{dav_path, BlobServer, BlobServerOptions};
+use crate::common::nats_server::{free_port, NatsServerOptions};
+use crate::common::wait_until;
 use bosh_agent::blobstore::digest::UploadDigests;
 use bosh_agent::client::{Https, Transport};
 use bosh_agent::mbus::url::MbusUrl;
-use common::agent::{AgentEnv, TestAgent};
-use common::blob_server::{dav_path, BlobServer, BlobServerOptions};
-use common::nats_server::{free_port, NatsServerOptions};
-use common::wait_until;
 use flate2::read::GzDecoder;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

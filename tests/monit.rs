@@ -2,15 +2,13 @@
 //! sees through a whole lifecycle, and the 2 s bound on `status` (and so on `get_state`) when monit is
 //! gone or hangs.
 
-mod common;
-
+use crate::common::agent::{nats_settings, value, Director, Launch, TestAgent};
+use crate::common::certs::TestPki;
+use crate::common::monit_daemon::{alive, MonitDaemon};
+use crate::common::nats_server::{NatsServer, NatsServerOptions};
+use crate::common::wait_until;
 use bosh_agent::supervisor::monit::{MonitOptions, MonitSupervisor, MonitTimings};
 use bosh_agent::supervisor::JobSupervisor;
-use common::agent::{nats_settings, value, Director, Launch, TestAgent};
-use common::certs::TestPki;
-use common::monit_daemon::{alive, MonitDaemon};
-use common::nats_server::{NatsServer, NatsServerOptions};
-use common::wait_until;
 use serde_json::json;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

@@ -4,13 +4,11 @@
 //! credentials in URLs, reconnect + resubscribe + buffered flush across a server restart, connecting
 //! once the server appears, local max_payload enforcement, and certificate hot-swap.
 
-mod common;
-
+use crate::common::certs::TestPki;
+use crate::common::nats_server::{free_port, NatsServer, NatsServerOptions};
+use crate::common::wait_until;
 use bosh_agent::mbus::nats::{Message, NatsConnection, NatsOptions, PublishError};
 use bosh_agent::tls::client::nats_client_config;
-use common::certs::TestPki;
-use common::nats_server::{free_port, NatsServer, NatsServerOptions};
-use common::wait_until;
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +26,7 @@ fn opts(url: String, tls: Arc<rustls::ClientConfig>, subs: &[&str]) -> NatsOptio
 }
 
 fn client(url: String, tls: Arc<rustls::ClientConfig>, subs: &[&str]) -> (NatsConnection, Receiver<Message>) {
-    common::capture_logs();
+    crate::common::capture_logs();
     let (tx, rx) = channel();
     (NatsConnection::start(opts(url, tls, subs), tx), rx)
 }
@@ -121,7 +119,7 @@ fn user_and_password_from_url_are_percent_decoded() {
     let bad = format!("nats://bosh%20user:wrong@127.0.0.1:{}", server.port());
     let (intruder, _rx) = client(bad, pki.nats_tls("agent"), &[]);
     assert!(!intruder.wait_connected(Duration::from_millis(1500)));
-    assert!(common::logged("Authorization Violation"));
+    assert!(crate::common::logged("Authorization Violation"));
     intruder.shutdown();
 }
 
@@ -187,7 +185,7 @@ fn server_certificate_with_wrong_common_name_is_rejected() {
     let (agent, _rx) = client(server.url(), pki.nats_tls("agent"), &["agent.self"]);
     assert!(!agent.wait_connected(Duration::from_millis(2000)));
     assert!(!agent.is_connected());
-    assert!(common::logged("server certificate CommonName does not match *.nats.bosh-internal"));
+    assert!(crate::common::logged("server certificate CommonName does not match *.nats.bosh-internal"));
     // Still alive and controllable after repeated failures.
     agent.publish("agent.self", b"buffered").expect("buffered while never connected");
     agent.shutdown();
@@ -227,14 +225,14 @@ fn reconfigure_swaps_the_client_certificate() {
 fn plain_nats_without_tls_is_refused_by_a_tls_server_but_does_not_panic() {
     let pki = TestPki::new();
     let server = NatsServer::start(&pki, NatsServerOptions::default());
-    common::capture_logs();
+    crate::common::capture_logs();
     let (tx, _rx) = channel();
     let conn = NatsConnection::start(
         NatsOptions { urls: vec![server.url()], tls: None, subscriptions: vec![], name: "plain".into() },
         tx,
     );
     assert!(!conn.wait_connected(Duration::from_millis(800)));
-    assert!(common::logged("server requires TLS"));
+    assert!(crate::common::logged("server requires TLS"));
     conn.shutdown();
 }
 
@@ -242,7 +240,7 @@ fn plain_nats_without_tls_is_refused_by_a_tls_server_but_does_not_panic() {
 fn plain_nats_roundtrip_without_tls() {
     let pki = TestPki::new();
     let server = NatsServer::start(&pki, NatsServerOptions { plain: true, ..Default::default() });
-    common::capture_logs();
+    crate::common::capture_logs();
     let (tx, rx) = channel();
     let conn = NatsConnection::start(
         NatsOptions {
@@ -275,8 +273,8 @@ fn permissions_violation_keeps_the_connection() {
     let (agent, rx) = client(url, pki.nats_tls("agent"), &["agent.self"]);
     connected(&agent, &server);
     agent.publish("hm.director.alert", b"not allowed").expect("publish is sent");
-    assert!(wait_until(RECV, || common::logged("Permissions Violation")));
-    assert!(!common::logged("server error: Permissions"), "must not reconnect");
+    assert!(wait_until(RECV, || crate::common::logged("Permissions Violation")));
+    assert!(!crate::common::logged("server error: Permissions"), "must not reconnect");
     // Same connection still works: nothing was lost to a reconnect.
     assert!(agent.is_connected());
     agent.publish("agent.self", b"allowed").expect("publish");

@@ -7,18 +7,16 @@
 //! here, and the agent's HTTP client (timeouts, headers, the IMDSv2 PUT) is part of what is tested,
 //! so the bytes must cross a socket. It speaks just enough HTTP/1.1: one request per connection.
 
-mod common;
-
+use crate::common::agent::{nats_settings, Director, Launch, TestAgent};
+use crate::common::certs::TestPki;
+use crate::common::http_listener::HttpListener;
+use crate::common::nats_server::{NatsServer, NatsServerOptions};
 use bosh_agent::config::{HttpSourceConfig, SourceConfig};
 use bosh_agent::dirs::Dirs;
 use bosh_agent::settings::service::{Overrides, SettingsService};
 use bosh_agent::settings::sources::retry::RetryPolicy;
 use bosh_agent::settings::sources::select::{build, for_infrastructure, infrastructure_configs};
 use bosh_agent::settings::sources::SettingsSource;
-use common::agent::{nats_settings, Director, Launch, TestAgent};
-use common::certs::TestPki;
-use common::http_listener::HttpListener;
-use common::nats_server::{NatsServer, NatsServerOptions};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};

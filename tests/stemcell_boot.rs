@@ -15,14 +15,12 @@
 //! KVM is used when `/dev/kvm` runs this kernel; where it does not (a nested hypervisor whose KVM
 //! cannot run stock kernels), the boot falls back to software emulation and says so.
 
-mod common;
-
-use common::agent::{Director, HealthMonitor};
-use common::blob_server::{dav_path, BlobServer, BlobServerOptions};
-use common::certs::{TestPki, GUEST_FORWARD_IP};
-use common::nats_server::{NatsServer, NatsServerOptions};
-use common::tarball::{digests, file, script, tgz};
-use common::wait_until;
+use crate::common::agent::{Director, HealthMonitor};
+use crate::common::blob_server::{dav_path, BlobServer, BlobServerOptions};
+use crate::common::certs::{TestPki, GUEST_FORWARD_IP};
+use crate::common::nats_server::{NatsServer, NatsServerOptions};
+use crate::common::tarball::{digests, file, script, tgz};
+use crate::common::wait_until;
 use serde_json::{json, Value};
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -33,8 +33,6 @@ pub struct RecordedRequest {
     pub method: String,
     /// The path without the query string.
     pub path: String,
-    /// The query string, if any (without `?`).
-    pub query: Option<String>,
     /// Headers in arrival order, names lowercased.
     pub headers: Vec<(String, String)>,
 }
@@ -135,11 +133,8 @@ fn handle(state: &State, stream: TcpStream) -> io::Result<()> {
             headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
     }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (target.clone(), None),
-    };
-    let req = RecordedRequest { method, path, query, headers };
+    let path = target.split_once('?').map_or(target.as_str(), |(p, _)| p).to_string();
+    let req = RecordedRequest { method, path, headers };
     state.requests.lock().unwrap_or_else(|e| e.into_inner()).push(req.clone());
 
     let expect_continue = req.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));

@@ -64,11 +64,6 @@ impl TestPki {
         pki
     }
 
-    /// The directory holding the PKI files.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// Writes a server certificate with CommonName `cn` (SANs 127.0.0.1, [`GUEST_FORWARD_IP`] and localhost, so host name
     /// checks pass and only the CN rule can fail) as `<stem>.crt`/`<stem>.key`; returns their paths.
     pub fn server_files(&self, cn: &str, stem: &str) -> (PathBuf, PathBuf) {

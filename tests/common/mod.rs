@@ -1,8 +1,5 @@
-//! Fixtures shared by the integration tests: a throw-away PKI and a real nats-server.
-//!
-//! Every integration test binary compiles this module but uses only part of it, hence the
-//! `dead_code` allowance: without it, `clippy -D warnings` would fail for helpers another test uses.
-#![allow(dead_code)]
+//! Fixtures shared by the integration tests: a throw-away PKI, a real nats-server and monit, the
+//! agent binary and its director, HTTP blob servers, tarballs and loop devices.
 
 pub mod agent;
 pub mod blob_server;

@@ -147,11 +147,6 @@ impl MonitDaemon {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// The HTTP credentials (also in `<monit_dir>/monit.user`).
-    pub fn credentials(&self) -> (String, String) {
-        (self.user.clone(), self.password.clone())
-    }
-
     /// Options for a `MonitSupervisor` of this daemon.
     pub fn options(&self) -> MonitOptions {
         MonitOptions {

@@ -1,0 +1,60 @@
+//! The agent's integration tests: one test binary (as ripgrep's `tests/tests.rs`), so the library
+//! and the fixtures are compiled and linked once, and the module list below says where a new test
+//! belongs. Unit tests of one module's logic sit next to the code instead (`#[cfg(test)]` in `src/`);
+//! a test belongs here when it needs a real outside party: the agent binary, nats-server, monit, an
+//! HTTP server, loop devices, users, or a whole VM.
+//!
+//! Run one group with `cargo test --test integration <module>::`, e.g. `monit::`. Every test
+//! synchronises by polling with a deadline, never by sleeping a fixed time.
+
+// Shared fixtures: a throw-away PKI, nats-server, monit, the agent binary and its director, HTTP blob
+// servers, tarballs and loop devices. The PKI and nats-server are shared with `benches/support`.
+mod common;
+
+// ---- The agent binary, driven as the director and bosh-cli drive it ----
+
+// Ping, get_state, tasks, persistence, certificate rotation, NATS permissions, the HTTPS bus.
+mod agent;
+// upload_blob, sync_dns and delete_arp_entries over NATS (and upload_blob over HTTPS).
+mod blobs_dns;
+// compile_package and its signed-URL form, over NATS and the HTTPS bus.
+mod compile;
+// A whole deploy under real monit: apply, start, failing jobs and alerts, update, monit gone.
+mod deploy;
+// Persistent disks on loop devices: mount, migrate, unmount, remount at boot.
+mod disks;
+// The HTTPS bus as `bosh create-env` uses it: no protocol field, Basic auth, `/blobs`.
+mod https_agent;
+// The job lifecycle with real tarballs: apply, scripts, drain, errands, cancel, hostile tarballs.
+mod jobs;
+// `bosh logs`: fetch_logs to a blobstore or a signed URL, bundle_logs over HTTPS.
+mod logs;
+// Settings sources against real metadata services, config drives and CD-ROMs; the agent booting
+// from one.
+mod settings_sources;
+// `ssh` users, `prepare_network_change`, and SSH login alerts from syslog.
+mod ssh;
+
+// ---- One part of the library against real outside parties ----
+
+// Monit alerts: mail parsing and the SMTP listener, with a real monit mailing it.
+mod alerts;
+// Tarballs: faithful unpacking, hostile entries refused, deterministic packing.
+mod archive;
+// The blobstore cascade and providers: local files, a dav server, an external CLI, signed URLs.
+mod blobstore;
+// The Linux bootstrap against a scratch root: the files it writes, idempotence, named failures.
+mod bootstrap;
+// The ephemeral disk in the bootstrap, on loop devices: swap and data, kept on a second boot.
+mod ephemeral;
+// The HTTPS bus server over real TLS, including clients that misbehave.
+mod https_bus;
+// The monit supervisor against a real monit: job states, lifecycle, the 2 s bound on status.
+mod monit;
+// The NATS client against a real nats-server: mutual TLS, auth, reconnects, max_payload.
+mod nats_client;
+
+// ---- A whole VM (ignored: `scripts/stemcell-test` builds the stemcell and runs it) ----
+
+// The stemcell booted in qemu and driven as the director drives it.
+mod stemcell_boot;
