@@ -9,6 +9,7 @@
 
 use crate::common::agent::{nats_settings, Director, Launch, TestAgent};
 use crate::common::certs::TestPki;
+use crate::common::fixture;
 use crate::common::http_listener::HttpListener;
 use crate::common::nats_server::{NatsServer, NatsServerOptions};
 use bosh_agent::config::{HttpSourceConfig, SourceConfig};
@@ -16,7 +17,8 @@ use bosh_agent::dirs::Dirs;
 use bosh_agent::settings::service::{Overrides, SettingsService};
 use bosh_agent::settings::sources::retry::RetryPolicy;
 use bosh_agent::settings::sources::select::{build, for_infrastructure, infrastructure_configs};
-use bosh_agent::settings::sources::SettingsSource;
+use bosh_agent::settings::sources::{FileSource, SettingsSource};
+use bosh_agent::settings::Settings;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -542,4 +544,29 @@ fn agent_boots_from_the_http_metadata_source() {
     let state = director.send("get_state", json!([]));
     assert_eq!(state["value"]["vm"]["name"], "vm-test");
     assert_eq!(server.count("/latest/api/token"), 1);
+}
+
+/// Settings as each cloud's CPI delivers them (`tests/fixtures/settings`): the keys the agent acts on
+/// are read, and everything else survives the `settings.json` cache it boots from when the source is
+/// gone.
+#[test]
+fn captured_settings_of_each_cloud_load_and_survive_the_cache() {
+    for cloud in ["aws", "openstack", "vsphere"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let dirs = Dirs::new(dir.path(), "/");
+        let source = FileSource { path: fixture(&format!("settings/{cloud}.json")) };
+        let svc = SettingsService::new(dirs.clone(), vec![Box::new(source)], Overrides::default());
+        let loaded = svc.load().unwrap_or_else(|e| panic!("{cloud}: {e}")).settings;
+        assert!(!loaded.agent_id.is_empty() && !loaded.mbus.is_empty(), "{cloud}");
+        assert!(loaded.networks.values().any(|n| n.is_default_for("gateway") && !n.ip.is_empty()), "{cloud}");
+        assert!(loaded.env.bosh.password.is_some() && !loaded.env.bosh.mbus.cert.ca.is_empty(), "{cloud}");
+        let cached: Value =
+            serde_json::from_slice(&std::fs::read(dirs.settings_json()).expect("cache")).expect("json");
+        assert!(cached["networks"]
+            .as_object()
+            .expect("networks")
+            .values()
+            .all(|n| n.get("cloud_properties").is_some()));
+        assert_eq!(serde_json::from_value::<Settings>(cached).expect(cloud), loaded, "{cloud}");
+    }
 }

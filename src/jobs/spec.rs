@@ -148,4 +148,17 @@ mod tests {
         assert!(!jobless.configures());
         assert!(ApplySpec::from_value(&json!({"packages": 5})).is_err());
     }
+
+    #[test]
+    fn reads_a_captured_director_spec() {
+        let raw: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/apply_spec.json")).unwrap();
+        let s = ApplySpec::from_value(&raw).unwrap();
+        assert!(s.configures() && s.archive().is_some());
+        let jobs: Vec<_> = s.jobs().into_iter().map(|j| j.name).collect();
+        assert_eq!(jobs, ["gorouter", "bpm"]);
+        assert_eq!(s.packages.len(), 2);
+        assert!(s.packages.values().all(|p| p.sha1.is_some() && p.blobstore_id.is_some()));
+        assert_eq!((s.deployment.as_str(), s.index, s.az.as_deref()), ("cf", Some(0), Some("z1")));
+    }
 }

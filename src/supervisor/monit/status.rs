@@ -141,19 +141,9 @@ fn float(node: Option<Node<'_, '_>>, name: &str) -> f64 {
 mod tests {
     use super::*;
 
-    const DOC: &str = r#"<?xml version="1.0" encoding="ISO-8859-1"?><monit id="a5" incarnation="1795593803" version="5.33.0">
-<services>
- <service name="web"><type>3</type><status>0</status><monitor>1</monitor><pendingaction>0</pendingaction>
-  <uptime>42</uptime><memory><percent>0.1</percent><percenttotal>1.5</percenttotal><kilobyte>10</kilobyte>
-  <kilobytetotal>1660</kilobytetotal></memory><cpu><percent>0.0</percent><percenttotal>2.5</percenttotal></cpu></service>
- <service name="db"><type>3</type><status>512</status><status_message>process is not running</status_message>
-  <monitor>1</monitor><pendingaction>1</pendingaction></service>
- <service name="init"><status>0</status><monitor>2</monitor></service>
- <service name="vm"><type>5</type><status>0</status><monitor>1</monitor></service>
-</services>
-<servicegroups><servicegroup name="other"><service>vm</service></servicegroup>
- <servicegroup name="vcap"><service>web</service><service>db</service><service>init</service><service>gone</service></servicegroup></servicegroups>
-</monit>"#;
+    /// Monit 5.33's answer for the `vcap` group (one running, one failing, one starting service) and
+    /// a system service outside it.
+    const DOC: &str = include_str!("../../../tests/fixtures/monit/status.xml");
 
     #[test]
     fn parses_services_and_the_vcap_group() {
