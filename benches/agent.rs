@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use support::{
-    agent_binary, agent_settings, director, interleave, wait_ready, AgentProcess, NatsServer, Pki, Report,
-    REQUEST_TIMEOUT,
+    agent_binary, agent_settings, director, interleave, wait_ready, AgentProcess, NatsServer, Report,
+    TestPki, REQUEST_TIMEOUT,
 };
 
 /// Interleaved ping pairs in the idle phase: enough that p99 rests on ~30 samples.
@@ -49,12 +49,12 @@ const TARGET_BINARY_BYTES: u64 = 6_000_000;
 fn main() {
     let started = Instant::now();
     let agent_bin = agent_binary();
-    let pki = Pki::new();
-    let nats = NatsServer::start(&pki);
+    let pki = TestPki::new();
+    let nats = NatsServer::start(&pki, support::NatsServerOptions::default());
     let url = nats.url();
 
     let echo_id = format!("echo-{}", &bosh_agent::ids::uuid_v4()[..8]);
-    let _echo = EchoResponder::start(&url, pki.tls("echo.bosh-internal"), &echo_id);
+    let _echo = EchoResponder::start(&url, pki.nats_tls("echo.bosh-internal"), &echo_id);
     let agent_id = format!("bench-{}", &bosh_agent::ids::uuid_v4()[..8]);
     let mut agent = AgentProcess::start(&agent_bin, &agent_settings(&pki, &agent_id, &url));
 

@@ -35,8 +35,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::{
-    agent_settings, director, interleave, mb, sync, wait_ready, AgentProcess, DataBench, Pki, Report,
-    Samples, XorShift, TARGET_HWM_BYTES,
+    agent_settings, director, interleave, mb, sync, wait_ready, AgentProcess, DataBench, Report, Samples,
+    TestPki, XorShift, TARGET_HWM_BYTES,
 };
 
 /// Packages in the spec: a mid-sized release's worth.
@@ -143,7 +143,7 @@ fn main() {
 /// What every agent run needs.
 struct Ctx<'a> {
     agent_bin: &'a Path,
-    pki: &'a Pki,
+    pki: &'a TestPki,
     url: String,
     blobstore: &'a Path,
     spec: Value,

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{agent_binary, agent_settings, interleave, AgentProcess, NatsServer, Pki, Report, Samples};
+use support::{agent_binary, agent_settings, interleave, AgentProcess, NatsServer, Report, Samples, TestPki};
 
 /// Boots per source: the median of 9 is stable enough on a noisy 2-core machine.
 const BOOTS: usize = 9;
@@ -31,8 +31,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
 fn main() {
     let started = Instant::now();
     let binary = agent_binary();
-    let pki = Pki::new();
-    let nats = NatsServer::start(&pki);
+    let pki = TestPki::new();
+    let nats = NatsServer::start(&pki, support::NatsServerOptions::default());
     let url = nats.url();
     let metadata = MetadataServer::start();
     let hm = HealthMonitor::connect(&pki, &url);
@@ -124,11 +124,11 @@ struct HealthMonitor {
 }
 
 impl HealthMonitor {
-    fn connect(pki: &Pki, url: &str) -> HealthMonitor {
+    fn connect(pki: &TestPki, url: &str) -> HealthMonitor {
         let (tx, rx) = mpsc::channel();
         let opts = NatsOptions {
             urls: vec![url.to_string()],
-            tls: Some(pki.tls("default.hm.bosh-internal")),
+            tls: Some(pki.nats_tls("default.hm.bosh-internal")),
             subscriptions: vec!["hm.agent.heartbeat.*".into()],
             name: "hm".into(),
         };

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{
-    agent_settings, director, mb, seconds, sync, wait_ready, AgentProcess, DataBench, Pki, Report, Samples,
-    XorShift, POLL, TARGET_HWM_BYTES,
+    agent_settings, director, mb, seconds, sync, wait_ready, AgentProcess, DataBench, Report, Samples,
+    TestPki, XorShift, POLL, TARGET_HWM_BYTES,
 };
 
 /// Incompressible files (sizes in bytes): 60 MB of "binaries" and tarballs vendored in the source.
@@ -124,7 +124,7 @@ struct Round {
 /// Starts a fresh agent, compiles the source, checks the uploaded blob, reads the agent's memory.
 fn compile_once(
     agent_bin: &Path,
-    pki: &Pki,
+    pki: &TestPki,
     url: &str,
     blobstore: &Path,
     source_id: &str,

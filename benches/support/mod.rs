@@ -1,28 +1,32 @@
-//! Fixtures shared by the end-to-end benchmarks (`benches/*.rs`): a
-//! throw-away PKI, a mutual-TLS nats-server, the release agent as a child process with its memory
-//! read from `/proc`, director connections, interleaved sampling and the report table.
+//! Fixtures shared by the end-to-end benchmarks (`benches/*.rs`): the release agent as a child
+//! process with its memory read from `/proc`, director connections, interleaved sampling and the
+//! report table; the throw-away PKI and the mutual-TLS nats-server are the integration tests' own
+//! (`tests/common/certs.rs`, `nats_server.rs`), included by path.
 //!
-//! Why a module of its own: both benchmarks must start the agent, the server and the certificates in
+//! Why a module of its own: every benchmark must start the agent, the server and the certificates in
 //! exactly the same way, or their figures would not describe the same agent; one copy keeps them
-//! from drifting apart. Why not `tests/common`: a bench target cannot import an integration test's
-//! modules, and the tests' fixtures (1 s heartbeat, debug logging) are tuned for assertions, not
-//! for measuring.
+//! from drifting apart. Why not all of `tests/common`: the tests' agent fixture (1 s heartbeat, debug
+//! logging, the debug binary) is tuned for assertions, not for measuring.
 
 // Each bench compiles this module on its own and uses a different part of it; what one of them does
 // not use is not dead for the other.
 #![allow(dead_code)]
 
+#[path = "../../tests/common/certs.rs"]
+pub mod certs;
+#[path = "../../tests/common/nats_server.rs"]
+pub mod nats_server;
+#[path = "../../tests/common/poll.rs"]
+mod poll;
+
+pub use certs::TestPki;
+pub use nats_server::{NatsServer, NatsServerOptions};
+
 use bosh_agent::client::{Nats, Transport};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
-};
 use serde_json::{json, Value};
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The agents' heartbeat interval: short enough that the memory figures can also be read once the
@@ -51,8 +55,8 @@ pub fn agent_binary() -> PathBuf {
 }
 
 /// A director-side client (protocol 3, `director.<uuid>.<id>.<uuid>` reply subjects) for `id`.
-pub fn director(pki: &Pki, url: &str, id: &str) -> Nats {
-    let tls = pki.tls("director.bosh-internal");
+pub fn director(pki: &TestPki, url: &str, id: &str) -> Nats {
+    let tls = pki.nats_tls("director.bosh-internal");
     Nats::connect(url, Some(tls), id, Instant::now() + Duration::from_secs(15))
         .unwrap_or_else(|e| panic!("director connection for {id}: {e}"))
 }
@@ -322,7 +326,7 @@ pub fn sync() {
 /// and a mutual-TLS nats-server, a local blobstore directory and a scratch directory.
 pub struct DataBench {
     pub agent_bin: PathBuf,
-    pub pki: Pki,
+    pub pki: TestPki,
     pub nats: NatsServer,
     pub blobstore: TempDir,
     pub scratch: TempDir,
@@ -332,76 +336,12 @@ impl DataBench {
     /// Finds the agent and starts the server; panics (failing the bench) when either is missing.
     pub fn start() -> DataBench {
         let agent_bin = agent_binary();
-        let pki = Pki::new();
-        let nats = NatsServer::start(&pki);
+        let pki = TestPki::new();
+        let nats = NatsServer::start(&pki, NatsServerOptions::default());
         let blobstore = tempfile::tempdir().expect("blobstore directory");
         let scratch = tempfile::tempdir().expect("scratch directory");
         DataBench { agent_bin, pki, nats, blobstore, scratch }
     }
-}
-
-/// A throw-away CA, a server certificate shaped like BOSH's NATS certificate, and client
-/// certificates on demand. Generated per run so no key material lives in the repository.
-pub struct Pki {
-    dir: TempDir,
-    issuer: Issuer<'static, KeyPair>,
-    pub ca_pem: String,
-}
-
-impl Pki {
-    pub fn new() -> Pki {
-        let dir = tempfile::tempdir().expect("PKI directory");
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn("bosh bench CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let ca_pem = params.self_signed(&key).expect("self-signing CA").pem();
-        let pki = Pki { dir, issuer: Issuer::new(params, key), ca_pem };
-        std::fs::write(pki.dir.path().join("ca.pem"), &pki.ca_pem).expect("writing CA");
-
-        // The agent insists on a `*.nats.bosh-internal` CommonName, as on a real director.
-        let key = KeyPair::generate().expect("server key");
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn("default.nats.bosh-internal");
-        params.subject_alt_names = vec![
-            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            SanType::DnsName("localhost".try_into().expect("DNS SAN")),
-        ];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &pki.issuer).expect("signing server certificate");
-        std::fs::write(pki.dir.path().join("server.crt"), cert.pem()).expect("writing server cert");
-        std::fs::write(pki.dir.path().join("server.key"), key.serialize_pem()).expect("writing server key");
-        pki
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.dir.path().join(name).to_str().expect("UTF-8 temp path").to_string()
-    }
-
-    /// A client certificate and key (PEM) for CommonName `cn`.
-    pub fn client(&self, cn: &str) -> (String, String) {
-        let key = KeyPair::generate().expect("client key");
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(cn);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        (params.signed_by(&key, &self.issuer).expect("signing client cert").pem(), key.serialize_pem())
-    }
-
-    /// A NATS client TLS configuration for a fresh client certificate.
-    pub fn tls(&self, cn: &str) -> Arc<rustls::ClientConfig> {
-        let (cert, key) = self.client(cn);
-        bosh_agent::tls::client::nats_client_config(&self.ca_pem, &cert, &key).expect("client TLS config")
-    }
-}
-
-fn dn(cn: &str) -> DistinguishedName {
-    let mut name = DistinguishedName::new();
-    name.push(DnType::OrganizationName, "Cloud Foundry");
-    name.push(DnType::CommonName, cn);
-    name
 }
 
 /// Kills a child process when dropped, so a panicking benchmark leaves no servers behind.
@@ -422,72 +362,6 @@ impl Drop for ChildGuard {
     }
 }
 
-/// nats-server with BOSH's TLS setup (client certificates required) on a free local port.
-pub struct NatsServer {
-    _child: ChildGuard,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl NatsServer {
-    pub fn start(pki: &Pki) -> NatsServer {
-        let binary = nats_server_binary();
-        let dir = tempfile::tempdir().expect("nats-server directory");
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let conf = format!(
-            "listen: 127.0.0.1:{port}\ntls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 5\n}}\n",
-            json!(pki.file("server.crt")),
-            json!(pki.file("server.key")),
-            json!(pki.file("ca.pem")),
-        );
-        let conf_path = dir.path().join("nats.conf");
-        std::fs::write(&conf_path, conf).expect("writing nats.conf");
-        let log_path = dir.path().join("nats.log");
-        let log = File::create(&log_path).expect("nats log");
-        let child = Command::new(&binary)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().expect("log handle")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
-        let mut guard = ChildGuard(Some(child));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let exited = guard.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-            assert!(exited.is_none(), "nats-server exited: {exited:?}\n{}", log());
-            assert!(Instant::now() < deadline, "nats-server not listening on {port}\n{}", log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        NatsServer { _child: guard, port, _dir: dir }
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-/// `NATS_SERVER`, then `PATH`, then /usr/sbin (where Debian's package puts it); fails loudly.
-fn nats_server_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("NATS_SERVER") {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "NATS_SERVER={} is not a file", p.display());
-        return p;
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "nats-server not found: set NATS_SERVER or install it (Debian: apt-get install nats-server)"
-            )
-        })
-}
-
 /// The agent's resident memory as the kernel reports it.
 pub struct Memory {
     pub rss_kib: u64,
@@ -500,7 +374,7 @@ pub struct Memory {
 
 /// Settings as a director-created VM gets them: the NATS URL, the bus certificate and a manual
 /// network. Benches add to the returned object (blobstore, `env.bosh.parallel`) before starting.
-pub fn agent_settings(pki: &Pki, agent_id: &str, url: &str) -> Value {
+pub fn agent_settings(pki: &TestPki, agent_id: &str, url: &str) -> Value {
     let (cert, key) = pki.client(&format!("{agent_id}.bootstrap.agent.bosh-internal"));
     json!({
         "agent_id": agent_id,

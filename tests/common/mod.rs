@@ -8,11 +8,13 @@ pub mod http_listener;
 pub mod loopdev;
 pub mod monit_daemon;
 pub mod nats_server;
+mod poll;
 pub mod tarball;
+
+pub use poll::wait_until;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once};
-use std::time::{Duration, Instant};
 
 /// Records every log line of the process (tests run in parallel in one process, so assert with
 /// "contains", never "equals") and echoes it to stderr, which libtest shows for failing tests only.
@@ -50,21 +52,6 @@ pub fn capture_logs() {
 /// True once some captured log line contains `needle`.
 pub fn logged(needle: &str) -> bool {
     LINES.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|line| line.contains(needle))
-}
-
-/// Polls `condition` until it holds or `timeout` passes; returns whether it held. Tests use this
-/// instead of fixed sleeps so they are as fast as the system allows and still bounded.
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A file under `tests/fixtures` (captured payloads; see its README).

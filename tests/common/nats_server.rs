@@ -7,7 +7,7 @@
 //! skipping it, so a broken CI image cannot turn the suite green.
 
 use super::certs::TestPki;
-use super::wait_until;
+use super::poll::wait_until;
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
