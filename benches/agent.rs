@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use support::{
-    agent_binary, agent_settings, director, interleave, wait_ready, AgentProcess, NatsServer, Report,
-    TestPki, REQUEST_TIMEOUT,
+    agent_binary, director, interleave, nats_settings, wait_ready, AgentProcess, NatsServer, Report, TestPki,
+    REQUEST_TIMEOUT,
 };
 
 /// Interleaved ping pairs in the idle phase: enough that p99 rests on ~30 samples.
@@ -56,7 +56,7 @@ fn main() {
     let echo_id = format!("echo-{}", &bosh_agent::ids::uuid_v4()[..8]);
     let _echo = EchoResponder::start(&url, pki.nats_tls("echo.bosh-internal"), &echo_id);
     let agent_id = format!("bench-{}", &bosh_agent::ids::uuid_v4()[..8]);
-    let mut agent = AgentProcess::start(&agent_bin, &agent_settings(&pki, &agent_id, &url));
+    let mut agent = AgentProcess::start(&agent_bin, &nats_settings(&pki, &agent_id, &url));
 
     let mut to_agent = director(&pki, &url, &agent_id);
     let mut to_echo = director(&pki, &url, &echo_id);

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::{
-    agent_settings, director, interleave, mb, sync, wait_ready, AgentProcess, DataBench, Report, Samples,
+    director, interleave, mb, nats_settings, sync, wait_ready, AgentProcess, DataBench, Report, Samples,
     TestPki, XorShift, TARGET_HWM_BYTES,
 };
 
@@ -236,7 +236,7 @@ fn spread(s: &Samples) -> String {
 /// spec, checks the result, reads its memory, applies again, and stops it.
 fn agent_apply(ctx: &Ctx, parallel: Option<usize>) -> AgentRun {
     let id = format!("apply-{}", &bosh_agent::ids::uuid_v4()[..8]);
-    let mut settings = agent_settings(ctx.pki, &id, &ctx.url);
+    let mut settings = nats_settings(ctx.pki, &id, &ctx.url);
     settings["blobstore"] = json!({"provider": "local", "options": {"blobstore_path": ctx.blobstore}});
     if let Some(n) = parallel {
         settings["env"]["bosh"]["parallel"] = json!(n);

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{agent_binary, agent_settings, interleave, AgentProcess, NatsServer, Report, Samples, TestPki};
+use support::{agent_binary, interleave, nats_settings, AgentProcess, NatsServer, Report, Samples, TestPki};
 
 /// Boots per source: the median of 9 is stable enough on a noisy 2-core machine.
 const BOOTS: usize = 9;
@@ -43,7 +43,7 @@ fn main() {
         BOOTS,
         || {
             let id = format!("boot-{}", &bosh_agent::ids::uuid_v4()[..8]);
-            let settings = agent_settings(&pki, &id, &url);
+            let settings = nats_settings(&pki, &id, &url);
             metadata.serve(&settings);
             let sources = json!([{"Type": "HTTP", "URI": metadata.url(),
                 "UserDataPath": "/latest/user-data", "InstanceIDPath": "/latest/meta-data/instance-id",
@@ -59,7 +59,7 @@ fn main() {
         },
         || {
             let id = format!("boot-{}", &bosh_agent::ids::uuid_v4()[..8]);
-            let settings = agent_settings(&pki, &id, &url);
+            let settings = nats_settings(&pki, &id, &url);
             boot(&hm, &id, || AgentProcess::start_with_sources(&binary, &settings, None, "warn"))
         },
     );

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{
-    agent_settings, director, mb, seconds, sync, wait_ready, AgentProcess, DataBench, Report, Samples,
+    director, mb, nats_settings, seconds, sync, wait_ready, AgentProcess, DataBench, Report, Samples,
     TestPki, XorShift, POLL, TARGET_HWM_BYTES,
 };
 
@@ -132,7 +132,7 @@ fn compile_once(
     times_file: &Path,
 ) -> Round {
     let id = format!("compile-{}", &bosh_agent::ids::uuid_v4()[..8]);
-    let mut settings = agent_settings(pki, &id, url);
+    let mut settings = nats_settings(pki, &id, url);
     settings["blobstore"] = json!({"provider": "local", "options": {"blobstore_path": blobstore}});
     let mut agent = AgentProcess::start_logging(agent_bin, &settings, "info");
     let mut to_agent = director(pki, url, &id);

@@ -30,8 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{
-    agent_settings, director, mb, sync, wait_ready, AgentProcess, DataBench, Report, Samples,
-    TARGET_HWM_BYTES,
+    director, mb, nats_settings, sync, wait_ready, AgentProcess, DataBench, Report, Samples, TARGET_HWM_BYTES,
 };
 
 /// Job directories and files per job; file sizes vary around `TOTAL_BYTES / files`.
@@ -51,7 +50,7 @@ fn main() {
     let mut report = Report::new("tar czf");
 
     let id = format!("logs-{}", &bosh_agent::ids::uuid_v4()[..8]);
-    let mut settings = agent_settings(&pki, &id, &nats.url());
+    let mut settings = nats_settings(&pki, &id, &nats.url());
     settings["blobstore"] = json!({"provider": "local", "options": {"blobstore_path": blobstore.path()}});
     let mut agent = AgentProcess::start(&agent_bin, &settings);
     let mut to_agent = director(&pki, &nats.url(), &id);

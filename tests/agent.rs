@@ -1,9 +1,10 @@
 //! The agent binary end to end, driven as the director (NATS, protocol 3, mutual TLS against a real
 //! nats-server) and as bosh-cli (HTTPS) drive it.
 
-use crate::common::agent::{exception, nats_settings, value, Director, HealthMonitor, TestAgent};
+use crate::common::agent::{exception, value, Director, HealthMonitor, TestAgent};
 use crate::common::certs::TestPki;
 use crate::common::nats_server::{free_port, MappedUser, NatsServer, NatsServerOptions};
+use crate::common::settings::nats_settings;
 use crate::common::wait_until;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

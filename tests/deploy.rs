@@ -2,10 +2,11 @@
 //! start → running in get_state and heartbeats; a crashing job → failing and an alert on NATS; an
 //! update (drain → stop → apply v2 → start); and monit gone while get_state is asked.
 
-use crate::common::agent::{nats_settings, Director, HealthMonitor, Launch, TestAgent};
+use crate::common::agent::{Director, HealthMonitor, Launch, TestAgent};
 use crate::common::certs::TestPki;
 use crate::common::monit_daemon::{monit_binary, MonitDaemon};
 use crate::common::nats_server::{free_port, NatsServer, NatsServerOptions};
+use crate::common::settings::nats_settings;
 use crate::common::tarball::{digests, file, script, tgz};
 use crate::common::wait_until;
 use serde_json::{json, Value};

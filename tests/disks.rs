@@ -8,10 +8,11 @@
 //! `/dev/loopNp1`; the fixture (like the agent) runs `partx -u` and mknods the node from sysfs, and
 //! removes the node it leaves behind when it detaches the device.
 
-use crate::common::agent::{exception, nats_settings, Director, Launch, TestAgent};
+use crate::common::agent::{exception, Director, Launch, TestAgent};
 use crate::common::certs::TestPki;
 use crate::common::loopdev::{devices_available, sh, DEVICES};
 use crate::common::nats_server::{NatsServer, NatsServerOptions};
+use crate::common::settings::nats_settings;
 use bosh_agent::dirs::Dirs;
 use bosh_agent::platform::disks::{self, mount, prepare};
 use serde_json::{json, Value};

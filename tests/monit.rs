@@ -2,10 +2,11 @@
 //! sees through a whole lifecycle, and the 2 s bound on `status` (and so on `get_state`) when monit is
 //! gone or hangs.
 
-use crate::common::agent::{nats_settings, value, Director, Launch, TestAgent};
+use crate::common::agent::{value, Director, Launch, TestAgent};
 use crate::common::certs::TestPki;
 use crate::common::monit_daemon::{alive, MonitDaemon};
 use crate::common::nats_server::{NatsServer, NatsServerOptions};
+use crate::common::settings::nats_settings;
 use crate::common::wait_until;
 use bosh_agent::supervisor::monit::{MonitOptions, MonitSupervisor, MonitTimings};
 use bosh_agent::supervisor::JobSupervisor;

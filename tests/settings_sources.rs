@@ -7,11 +7,12 @@
 //! here, and the agent's HTTP client (timeouts, headers, the IMDSv2 PUT) is part of what is tested,
 //! so the bytes must cross a socket. It speaks just enough HTTP/1.1: one request per connection.
 
-use crate::common::agent::{nats_settings, Director, Launch, TestAgent};
+use crate::common::agent::{Director, Launch, TestAgent};
 use crate::common::certs::TestPki;
 use crate::common::fixture;
 use crate::common::http_listener::HttpListener;
 use crate::common::nats_server::{NatsServer, NatsServerOptions};
+use crate::common::settings::nats_settings;
 use bosh_agent::config::{HttpSourceConfig, SourceConfig};
 use bosh_agent::dirs::Dirs;
 use bosh_agent::settings::service::{Overrides, SettingsService};

@@ -5,9 +5,10 @@
 //! Real-user tests act on the live `/etc/passwd` with unique `bosh_t...` names and remove every user
 //! (and any group) they created, even when they fail.
 
-use crate::common::agent::{nats_settings, Director, TestAgent};
+use crate::common::agent::{Director, TestAgent};
 use crate::common::certs::TestPki;
 use crate::common::nats_server::{NatsServer, NatsServerOptions};
+use crate::common::settings::nats_settings;
 use bosh_agent::platform::users::{self, UserRegex};
 use serde_json::{json, Value};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

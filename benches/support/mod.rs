@@ -18,9 +18,13 @@ pub mod certs;
 pub mod nats_server;
 #[path = "../../tests/common/poll.rs"]
 mod poll;
+#[path = "../../tests/common/settings.rs"]
+pub mod settings;
 
 pub use certs::TestPki;
 pub use nats_server::{NatsServer, NatsServerOptions};
+/// Settings as a director-created VM gets them; benches add to them (blobstore, `env.bosh.parallel`).
+pub use settings::nats_settings;
 
 use bosh_agent::client::{Nats, Transport};
 use serde_json::{json, Value};
@@ -370,21 +374,6 @@ pub struct Memory {
     pub threads: u64,
     /// Anonymous (heap and stacks) part of the RSS; the rest is the binary's and libc's pages.
     pub anon_kib: u64,
-}
-
-/// Settings as a director-created VM gets them: the NATS URL, the bus certificate and a manual
-/// network. Benches add to the returned object (blobstore, `env.bosh.parallel`) before starting.
-pub fn agent_settings(pki: &TestPki, agent_id: &str, url: &str) -> Value {
-    let (cert, key) = pki.client(&format!("{agent_id}.bootstrap.agent.bosh-internal"));
-    json!({
-        "agent_id": agent_id,
-        "mbus": url,
-        "env": {"bosh": {"mbus": {"cert": {"ca": pki.ca_pem, "certificate": cert, "private_key": key}}}},
-        "networks": {"default": {"type": "manual", "ip": "10.0.0.5", "netmask": "255.255.255.0",
-            "default": ["dns", "gateway"]}},
-        "vm": {"name": "vm-bench"},
-        "disks": {"persistent": {"disk-1": "/dev/sdc"}}
-    })
 }
 
 /// The release agent, started as a stemcell starts it, on the dummy platform with a 30 s heartbeat.

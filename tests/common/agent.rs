@@ -2,6 +2,7 @@
 //! File settings source) in a scratch base directory, and a director-side client to talk to it.
 
 use super::certs::TestPki;
+use super::settings::nats_settings;
 use super::wait_until;
 use bosh_agent::client::{Nats, Transport};
 use bosh_agent::mbus::nats::{Message, NatsConnection, NatsOptions};
@@ -20,19 +21,6 @@ pub struct TestAgent {
     /// The agent id, unique per test.
     pub agent_id: String,
     args: Vec<String>,
-}
-
-/// Settings for an agent on NATS with the bootstrap certificate the director would generate.
-pub fn nats_settings(pki: &TestPki, agent_id: &str, url: &str) -> Value {
-    let (cert, key) = pki.client(&format!("{agent_id}.bootstrap.agent.bosh-internal"));
-    json!({
-        "agent_id": agent_id,
-        "mbus": url,
-        "env": {"bosh": {"mbus": {"cert": {"ca": pki.ca_pem, "certificate": cert, "private_key": key}}}},
-        "networks": {"default": {"type": "manual", "ip": "10.0.0.5", "netmask": "255.255.255.0", "default": ["dns", "gateway"]}},
-        "vm": {"name": "vm-test"},
-        "disks": {"persistent": {"disk-1": "/dev/sdc"}}
-    })
 }
 
 impl TestAgent {

@@ -9,6 +9,7 @@ pub mod loopdev;
 pub mod monit_daemon;
 pub mod nats_server;
 mod poll;
+pub mod settings;
 pub mod tarball;
 
 pub use poll::wait_until;
