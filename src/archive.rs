@@ -41,7 +41,7 @@ const MODE_MASK: u32 = 0o777;
 pub struct Unpack<'a> {
     /// Only entries under this top-level directory (a job's name in the rendered-templates archive),
     /// with that directory stripped; `None` = everything. It exists because the director sends one
-    /// archive for all jobs and each job is installed into its own directory (go-agent.md §6.1).
+    /// archive for all jobs and each job is installed into its own directory (as the Go agent's `agent/applier` installs them).
     pub subdir: Option<&'a str>,
 }
 
@@ -77,7 +77,7 @@ pub fn unpack(archive: &Path, dest: &Path, opts: &Unpack) -> Result<(), String> 
 /// Writes `dir`'s contents (relative paths "./...", modes kept, symlinks as links) as a tar stream to
 /// `out`, for the caller to compress.
 ///
-/// This is the compiled-package format (go-agent.md §3.5): `tar cf - -C dir .` in effect (the
+/// This is the compiled-package format (the Go agent's `agent/compiler`): `tar cf - -C dir .` in effect (the
 /// compiler gzips it on several cores). Entries are written depth-first in sorted name order and with
 /// zero uid/gid, so the same tree always gives the same bytes (and the same digest). `dir` itself may
 /// be a symlink (the install target `packages/<name>` is one); links below it are stored, never
@@ -568,7 +568,7 @@ fn header(meta: &Metadata, kind: EntryType, size: u64) -> Header {
 }
 
 /// Writes headers with names exactly as given: the tar crate's own path setters drop the "./"
-/// prefix that compiled packages carry (go-agent.md §6.1 auto-detects it on the way in).
+/// prefix that compiled packages carry (the Go agent's installer detects it on the way in).
 struct Packer<'w> {
     builder: tar::Builder<&'w mut dyn Write>,
 }

@@ -52,7 +52,7 @@ pub enum SourceConfig {
     },
 }
 
-/// The `HTTP` source's fields (go-agent.md §5.1). Empty paths mean "not configured", except the
+/// The `HTTP` source's fields (the Go agent's `infrastructure` options in `app/config.go`). Empty paths mean "not configured", except the
 /// user-data path, which defaults to EC2's so a bare `{"Type":"HTTP","URI":...}` still works.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HttpSourceConfig {

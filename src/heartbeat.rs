@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Builds the heartbeat payload (clients.md §3.2): no `id` (the HM deduplicates by id) and vitals
+/// Builds the heartbeat payload (as the health monitor's `instance_manager.rb` reads it): no `id` (the HM deduplicates by id) and vitals
 /// string-typed as the CLI and HM decode them.
 pub fn payload(ctx: &Context) -> Value {
     let applied = spec::load(&ctx.dirs).unwrap_or_else(|e| {

@@ -8,6 +8,9 @@
 // Nothing outside tests may unwrap: input from the network, disks or the director must never panic
 // the agent. The lint makes that mechanical; tests keep their unwraps.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+// Every public item says what it is for; with the `internals` feature (the tests' and benchmarks'
+// build) that is every module's items, not only the binary's surface.
+#![warn(missing_docs)]
 
 // The public surface is what the binary needs: the command line, the agent, the `call` client, and
 // process-wide logging and memory set-up.

@@ -1,5 +1,5 @@
 //! `compile_package` and `compile_package_with_signed_url`: the director's two ways of asking a
-//! compilation VM to compile a source package (clients.md §2.1). This module only binds and checks
+//! compilation VM to compile a source package (the director's `agent_client.rb`). This module only binds and checks
 //! the arguments, which differ between the two forms; the compile itself is
 //! [`crate::jobs::compiler`], shared by both so they cannot drift apart.
 //!

@@ -1,4 +1,4 @@
-//! The disk actions (go-agent.md §3.7): the director tells the agent where a newly attached disk is
+//! The disk actions (the Go agent's `agent/action/*_disk.go`): the director tells the agent where a newly attached disk is
 //! (`add_persistent_disk`), has it mounted, migrated and unmounted, and asks which disks are mounted
 //! (`list_disk`, which must match the director's own record or it raises `AgentDiskOutOfSync`). The
 //! work happens in `platform::disks`; these types only bind arguments and pick the disk.

@@ -1,6 +1,6 @@
 //! The job lifecycle: `prepare`, `apply`, `start`, `stop`, `drain`, `run_script` and `run_errand`.
 //! A VM that was never applied answers all of them as no-ops, because the director sends pre-stop,
-//! drain and stop before the first apply (clients.md §6.2).
+//! drain and stop before the first apply (the director's `stages/setup_stage.rb` and update steps).
 
 use crate::error::Context as _;
 use crate::sync::lock;

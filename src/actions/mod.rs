@@ -1,7 +1,7 @@
 //! The actions the director and bosh-cli can invoke, and the registry that names them.
 //!
 //! Each action is a small type that binds its own typed arguments ([`Action::bind`]) and runs with a
-//! [`Call`]. The [`REGISTRY`] table (`registry.rs`) shows at a glance which actions are asynchronous,
+//! [`Call`]. The [`registry::REGISTRY`] table shows at a glance which actions are asynchronous,
 //! cancelable, persistent and loggable; the dispatcher reads nothing else.
 
 mod agent;

@@ -1,5 +1,5 @@
 //! `prepare_network_change`: sent by the director before it moves a VM to other networks (a CPI that
-//! re-creates the NIC). As the original agent did (seed-ruby-agent.md §3.4, §4.5), it forgets the
+//! re-creates the NIC). As the original Ruby agent did, it forgets the
 //! udev rule that pinned the old NIC's MAC to `eth0`, so the new NIC gets the same name on the next
 //! boot, and answers `true`. Deleting a file that is already gone is success, so a retry is harmless;
 //! the dummy platform has no NICs and only answers (the work is the platform's).

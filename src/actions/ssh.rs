@@ -1,6 +1,6 @@
 //! `ssh ["setup", {...}]` and `ssh ["cleanup", {...}]`: the temporary users behind `bosh ssh`, `bosh
-//! scp` and `bosh logs --director` (go-agent.md §3.3). Synchronous because the director and bosh-cli
-//! read the value straight from the reply, with no task polling (clients.md §2).
+//! scp` and `bosh logs --director` (the Go agent's `agent/action/ssh.go`). Synchronous because the director and bosh-cli
+//! read the value straight from the reply, with no task polling (the director's `agent_client.rb`, bosh-cli's `agentclient`).
 //!
 //! The answer is computed (default IP, host key) *before* the user is created, so a VM that cannot
 //! answer does not keep a half-made user around. On the dummy platform nothing is created: the

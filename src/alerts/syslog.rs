@@ -1,4 +1,4 @@
-//! SSH login and logout alerts (seed-ruby-agent.md §5.4): the stemcell's rsyslog forwards the `auth`
+//! SSH login and logout alerts (the Ruby agent's syslog monitor): the stemcell's rsyslog forwards the `auth`
 //! and `authpriv` facilities over TCP (`@@127.0.0.1:33331`) to the agent, which turns each sshd
 //! "Accepted publickey for" line into an `SSH Login` alert and each "disconnected by user" line into
 //! an `SSH Logout` alert for the health monitor. Operators rely on these to audit `bosh ssh` sessions.

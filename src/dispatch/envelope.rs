@@ -1,4 +1,4 @@
-//! The JSON envelope shared by both buses (clients.md §0.1): requests carry `protocol` (NATS only),
+//! The JSON envelope shared by both buses (as the director's `nats_rpc.rb` and bosh-cli's `agentclient/http` send it): requests carry `protocol` (NATS only),
 //! `method`, `arguments` and `reply_to`; replies are exactly `{"value":...}` or
 //! `{"exception":{"message":...}}`, never empty, because the director cannot merge an empty reply.
 

@@ -1,6 +1,6 @@
 //! Installing what an apply spec names: compiled packages under `data/packages/<name>/<hash>`, jobs
 //! (from the rendered-templates archive) under `data/jobs/<name>/<hash>`, with `packages/<name>` and
-//! `jobs/<name>` symlinks switched atomically (go-agent.md §6.2). `prepare` downloads and unpacks in
+//! `jobs/<name>` symlinks switched atomically (the Go agent's layout). `prepare` downloads and unpacks in
 //! parallel without switching anything; `apply` does the same, then switches the links, removes what
 //! the spec no longer names, and records the spec. A bundle that is already installed is skipped, so
 //! applying the same spec twice is cheap.

@@ -1,5 +1,5 @@
 //! Compiling a source package on a compilation VM (`compile_package` and
-//! `compile_package_with_signed_url`, go-agent.md §3.5, seed-ruby-agent.md §4.14).
+//! `compile_package_with_signed_url`, the Go agent's `agent/action/compile_package.go`, the Ruby agent's `compile_package`).
 //!
 //! The steps, and why each is done this way:
 //!

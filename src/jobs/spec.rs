@@ -1,4 +1,4 @@
-//! The apply spec (go-agent.md §6.1): what the director wants installed. It is persisted verbatim in
+//! The apply spec (the director's `ApplySpec`, `instance_spec.rb`): what the director wants installed. It is persisted verbatim in
 //! `spec.json` (so `get_state` echoes what the director sent) and read through typed views here.
 
 use crate::error::Context as _;

@@ -9,7 +9,7 @@
 //!   directory, or a filter like `../../etc/*`, therefore cannot get anything outside the directory
 //!   into a bundle. Sockets, FIFOs and devices are skipped too (reading a FIFO would hang).
 //! - **Streaming with bounded memory.** Files are read with fixed buffers into a tar stream, the tar
-//!   stream goes through a multi-threaded gzip writer ([`gzip`]) into a temp file; the archive is
+//!   stream goes through a multi-threaded gzip writer ([`crate::gzip`]) into a temp file; the archive is
 //!   never held in memory, so a VM with gigabytes of logs can still bundle them.
 //! - **Logs are live files.** A log that grows while being read is cut at the size seen when its
 //!   header was written; one that shrinks (rotated or truncated) is padded with zeros and a warning is

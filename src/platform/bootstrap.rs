@@ -1,5 +1,5 @@
 //! Configuring the VM at agent start (`-c`, and always on `-P ubuntu|linux`): the steps of the Go
-//! agent's Linux bootstrap (go-agent.md §7.2) that a stemcell needs before jobs can run — vcap's keys
+//! agent's Linux bootstrap (`agent/bootstrap.go`) that a stemcell needs before jobs can run — vcap's keys
 //! and passwords, hostname, network files, the data directory layout, NTP servers and trusted CAs.
 //!
 //! Every step is idempotent (the agent restarts often; a second run must change nothing) and writes

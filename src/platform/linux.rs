@@ -110,7 +110,7 @@ impl Platform for Linux {
         true
     }
     /// Forgets the udev rule that pinned the old NIC's MAC to `eth0`, so the new NIC gets the same
-    /// name on the next boot, as the original agent did (seed-ruby-agent.md §3.4, §4.5).
+    /// name on the next boot, as the original Ruby agent's `prepare_network_change` did.
     fn prepare_network_change(&self) -> Result<(), String> {
         network::remove_persistent_net_rules(&self.dirs)
     }

@@ -1,5 +1,6 @@
-//! Network configuration files from the director's `networks` settings (go-agent.md §5.2, §7.2 step
-//! 7): systemd-networkd `.network` files and `resolv.conf`. Pure functions from settings to file
+//! Network configuration files from the director's `networks` settings (the Go agent's
+//! `settings/settings.go`; step 7 of its `agent/bootstrap.go`): systemd-networkd `.network` files and
+//! `resolv.conf`. Pure functions from settings to file
 //! contents, so the rendering is tested without touching a NIC; the bootstrap decides where to write
 //! them and whether networking may be restarted.
 //!

@@ -1,4 +1,4 @@
-//! The director's settings for this VM (go-agent.md §5.2) and the overrides that `update_settings`
+//! The director's settings for this VM (the Go agent's `settings/settings.go`) and the overrides that `update_settings`
 //! layers on top. Typed where the agent acts on a field; every other key is carried through untouched
 //! so nothing the director sent is lost when settings are cached.
 

@@ -1,7 +1,7 @@
 //! TLS server configuration for the HTTPS bus, and the self-signed certificate of the embedded default.
 //!
-//! bosh-cli speaks TLS 1.2 or 1.3 and offers ALPN `http/1.1` only (clients.md §5.1), so the server offers
-//! exactly that. Client certificates are never asked for: bosh-cli authenticates with Basic auth inside
+//! bosh-cli speaks TLS 1.2 or 1.3 and offers ALPN `http/1.1` only (its `agentclient/http`), so the
+//! server offers exactly that. Client certificates are never asked for: bosh-cli authenticates with Basic auth inside
 //! the TLS channel. The self-signed path exists because the agent's embedded default mode must come up
 //! with nothing configured; bosh-cli without `cert.ca` skips verification anyway.
 

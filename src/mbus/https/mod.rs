@@ -1,5 +1,5 @@
 //! The HTTPS bus for `bosh create-env`: bosh-cli POSTs agent requests to `/agent` and uploads blobs to
-//! `/blobs/<prefix>/<id>` (wire contract: clients.md §5.1–5.3, go-agent.md §2.7).
+//! `/blobs/<prefix>/<id>` (the wire contract of bosh-cli's `agentclient/http` and dav blobstore, and of the Go agent's `mbus/https_handler.go`).
 //!
 //! The surface: [`HttpsServer::start`] listens with a rustls server config and hands every `POST /agent`
 //! body to an [`AgentEndpoint`], whose returned bytes are the 200 reply; blobs are streamed to and from

@@ -1,4 +1,4 @@
-//! The ephemeral disk (go-agent.md §7.2 step 9): swap plus the `data` filesystem on a disk the IaaS
+//! The ephemeral disk (step 9 of the Go agent's `agent/bootstrap.go`): swap plus the `data` filesystem on a disk the IaaS
 //! hands out blank with every VM.
 //!
 //! Layout this agent makes on a blank disk (GPT, with `sfdisk`):

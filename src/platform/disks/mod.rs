@@ -1,4 +1,4 @@
-//! Persistent and dynamic disks (go-agent.md §3.7, §5.3, §7.1, §7.2 step 21).
+//! Persistent and dynamic disks (the Go agent's disk actions in `agent/action` and `platform/linux_platform.go`).
 //!
 //! The director attaches a disk through the CPI, tells the agent where to find it
 //! (`add_persistent_disk`), then asks it to mount it (`mount_disk`), to move the data to a bigger disk

@@ -1,5 +1,5 @@
 //! The BOSH registry: `GET <endpoint>/instances/<id>/settings` answering
-//! `{"status":"ok","settings":"<settings as a JSON string>"}` (seed-ruby-agent.md §2.3).
+//! `{"status":"ok","settings":"<settings as a JSON string>"}` (as the Ruby agent's infrastructures read it).
 //!
 //! Why still here: VMs created by older CPIs, and the Ruby agent's `-I aws` and `-I openstack`, put
 //! only a registry pointer in user data. The endpoint may carry `user:password@`; those credentials

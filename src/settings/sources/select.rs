@@ -90,7 +90,7 @@ pub const METADATA_URL_ENV: &str = "BOSH_AGENT_TEST_METADATA_URL";
 /// EC2's (and OpenStack's) metadata service.
 pub const EC2_METADATA_URL: &str = "http://169.254.169.254";
 
-/// The sources the Ruby agent's `-I <infrastructure>` implied (seed-ruby-agent.md §2.3), for a
+/// The sources the Ruby agent's `-I <infrastructure>` implied (its `lib/bosh_agent/infrastructure/<name>.rb`), for a
 /// stemcell started without `-C`. `metadata_url` replaces the link-local metadata address (tests).
 pub fn infrastructure_configs(
     name: &str,
