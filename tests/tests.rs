@@ -54,6 +54,11 @@ mod monit;
 // The NATS client against a real nats-server: mutual TLS, auth, reconnects, max_payload.
 mod nats_client;
 
+// ---- The house itself ----
+
+// The layer list of ARCHITECTURE.md holds for every `crate::` path in `src/`.
+mod layers;
+
 // ---- A whole VM (ignored: `scripts/stemcell-test` builds the stemcell and runs it) ----
 
 // The stemcell booted in qemu and driven as the director drives it.
