@@ -600,7 +600,7 @@ fn text(rng: &mut XorShift, size: usize) -> Vec<u8> {
     while out.len() < size {
         let r = rng.next();
         out.extend_from_slice(WORDS[(r & 31) as usize].as_bytes());
-        out.push(if (r >> 8) % 12 == 0 { b'\n' } else { b' ' });
+        out.push(if (r >> 8).is_multiple_of(12) { b'\n' } else { b' ' });
     }
     out.truncate(size);
     out
