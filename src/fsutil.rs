@@ -5,7 +5,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Atomically replaces `path` with `data`, creating parent directories; `mode` applies to the new file
 /// (0600 for anything that may hold secrets).
@@ -44,6 +44,45 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Opti
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// A file that is removed when dropped unless kept: temp files on the data disk (downloads, bundles)
+/// that an error path anywhere in a caller must not leak.
+#[derive(Debug)]
+pub struct TempFile {
+    path: PathBuf,
+    armed: bool,
+    what: &'static str,
+}
+
+impl TempFile {
+    /// Takes charge of `path`; `what` names it in the log line when removing it fails.
+    pub fn new(path: PathBuf, what: &'static str) -> TempFile {
+        TempFile { path, armed: true, what }
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Leaves the file in place and returns its path; the caller now owns its removal.
+    pub fn keep(mut self) -> PathBuf {
+        self.armed = false;
+        std::mem::take(&mut self.path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = fs::remove_file(&self.path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!("removing {} {}: {e}", self.what, self.path.display());
+                }
+            }
+        }
     }
 }
 

@@ -29,6 +29,7 @@ pub mod signed;
 pub use digest::MultiDigest;
 
 use crate::error::Context as _;
+use crate::fsutil::TempFile;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fmt;
@@ -139,10 +140,7 @@ pub fn copy_stream(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<u64> {
 /// A verified blob in a temp file; the file is removed on drop (unless a test calls `keep()`),
 /// so an error path anywhere in a caller cannot leak blobs on the data disk.
 #[derive(Debug)]
-pub struct FetchedBlob {
-    path: PathBuf,
-    armed: bool,
-}
+pub struct FetchedBlob(TempFile);
 
 impl FetchedBlob {
     /// A fresh, empty, owner-only temp file under `dir` (created if missing).
@@ -150,31 +148,18 @@ impl FetchedBlob {
         fs::create_dir_all(dir)?;
         let path = dir.join(format!(".blob-{}.tmp", crate::ids::uuid_v4()));
         let file = OpenOptions::new().write(true).create_new(true).mode(TMP_MODE).open(&path)?;
-        Ok((FetchedBlob { path, armed: true }, file))
+        Ok((FetchedBlob(TempFile::new(path, "temp blob")), file))
     }
 
     /// Where the verified bytes are.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 
     /// Keeps the temp file and hands its path to the caller, who now owns its removal.
     #[cfg(feature = "internals")]
-    pub fn keep(mut self) -> PathBuf {
-        self.armed = false;
-        std::mem::take(&mut self.path)
-    }
-}
-
-impl Drop for FetchedBlob {
-    fn drop(&mut self) {
-        if self.armed {
-            if let Err(e) = fs::remove_file(&self.path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    log::warn!("removing temp blob {}: {e}", self.path.display());
-                }
-            }
-        }
+    pub fn keep(self) -> PathBuf {
+        self.0.keep()
     }
 }
 

@@ -29,6 +29,7 @@ mod glob;
 
 use crate::error::Context as _;
 use crate::dirs::Dirs;
+use crate::fsutil::TempFile;
 use flate2::Compression;
 use glob::Glob;
 use std::ffi::{CString, OsStr};
@@ -200,8 +201,7 @@ fn walk(root: &Path, filters: &[Glob], prefix: &[u8], files: &mut Vec<LogFile>) 
 /// leave tarballs filling the data disk.
 #[derive(Debug)]
 pub struct Bundle {
-    path: PathBuf,
-    armed: bool,
+    file: TempFile,
     /// Entries written.
     pub files: usize,
     /// Uncompressed bytes of file data.
@@ -213,25 +213,12 @@ pub struct Bundle {
 impl Bundle {
     /// Where the tarball is.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Leaves the tarball in place and returns its path; the caller now owns its removal.
-    pub fn keep(mut self) -> PathBuf {
-        self.armed = false;
-        std::mem::take(&mut self.path)
-    }
-}
-
-impl Drop for Bundle {
-    fn drop(&mut self) {
-        if self.armed {
-            if let Err(e) = fs::remove_file(&self.path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    log::warn!("Removing log bundle {}: {e}", self.path.display());
-                }
-            }
-        }
+    pub fn keep(self) -> PathBuf {
+        self.file.keep()
     }
 }
 
@@ -249,19 +236,19 @@ pub fn bundle(dirs: &Dirs, request: &Request, owner: Option<(u32, u32)>) -> Resu
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .with_context(|| format!("Creating {}", path.display()))?;
-    let mut bundle = Bundle { path, armed: true, files: 0, bytes: 0, compressed: 0 };
+    let mut bundle = Bundle { file: TempFile::new(path, "log bundle"), files: 0, bytes: 0, compressed: 0 };
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-            .with_context(|| format!("Changing owner of {}", bundle.path.display()))?;
+            .with_context(|| format!("Changing owner of {}", bundle.path().display()))?;
     }
     let (count, bytes, compressed) = write_tgz(&files, file, Compression::new(LEVEL), crate::gzip::threads())
-        .with_context(|| format!("Creating log bundle {}", bundle.path.display()))?;
+        .with_context(|| format!("Creating log bundle {}", bundle.path().display()))?;
     bundle.files = count;
     bundle.bytes = bytes;
     bundle.compressed = compressed;
     log::info!(
         "Bundled {count} log files ({bytes} bytes, {compressed} compressed) into {}",
-        bundle.path.display()
+        bundle.path().display()
     );
     Ok(bundle)
 }
