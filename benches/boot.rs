@@ -13,12 +13,13 @@ mod support;
 
 use bosh_agent::mbus::nats::{NatsConnection, NatsOptions};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::http_listener::read_head;
 use support::{agent_binary, interleave, nats_settings, AgentProcess, NatsServer, Report, Samples, TestPki};
 
 /// Boots per source: the median of 9 is stable enough on a noisy 2-core machine.
@@ -195,26 +196,10 @@ impl MetadataServer {
 fn handle(stream: TcpStream, user_data: &Mutex<String>) -> std::io::Result<()> {
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
-    let (mut token, mut length) = (None, 0u64);
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let Some((k, v)) = line.trim_end().split_once(':') else { break };
-        if k.eq_ignore_ascii_case("x-aws-ec2-metadata-token") {
-            token = Some(v.trim().to_string());
-        } else if k.eq_ignore_ascii_case("content-length") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-    }
-    std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink())?;
-    let authorised = token.as_deref() == Some(TOKEN);
-    let (status, body) = match (method.as_str(), path.as_str()) {
+    let Some(head) = read_head(&mut reader)? else { return Ok(()) };
+    std::io::copy(&mut (&mut reader).take(head.content_length()), &mut std::io::sink())?;
+    let authorised = head.header("x-aws-ec2-metadata-token") == Some(TOKEN);
+    let (status, body) = match (head.method.as_str(), head.target.as_str()) {
         ("PUT", "/latest/api/token") => (200, TOKEN.to_string()),
         (_, _) if !authorised => (401, String::new()),
         ("GET", "/latest/user-data") => (200, user_data.lock().unwrap_or_else(|e| e.into_inner()).clone()),

@@ -10,7 +10,7 @@
 use crate::common::agent::{Director, Launch, TestAgent};
 use crate::common::certs::TestPki;
 use crate::common::fixture;
-use crate::common::http_listener::HttpListener;
+use crate::common::http_listener::{read_head, HttpListener};
 use crate::common::nats_server::{NatsServer, NatsServerOptions};
 use crate::common::settings::nats_settings;
 use bosh_agent::config::{HttpSourceConfig, SourceConfig};
@@ -22,7 +22,7 @@ use bosh_agent::settings::sources::{FileSource, SettingsSource};
 use bosh_agent::settings::Settings;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -93,24 +93,9 @@ impl MetaServer {
 fn serve(st: &MetaState, stream: TcpStream) -> std::io::Result<()> {
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        match line.trim_end().split_once(':') {
-            Some((k, v)) => headers.push((k.trim().to_string(), v.trim().to_string())),
-            None => break,
-        }
-    }
-    let seen = Seen { method, path, headers };
-    let len = seen.header("content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink())?;
+    let Some(head) = read_head(&mut reader)? else { return Ok(()) };
+    std::io::copy(&mut (&mut reader).take(head.content_length()), &mut std::io::sink())?;
+    let seen = Seen { method: head.method, path: head.target, headers: head.headers };
     st.seen.lock().unwrap().push(seen.clone());
     if st.hang {
         st.held.lock().unwrap().push(out);

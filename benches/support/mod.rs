@@ -1,7 +1,7 @@
 //! Fixtures shared by the end-to-end benchmarks (`benches/*.rs`): the release agent as a child
 //! process with its memory read from `/proc`, director connections, interleaved sampling and the
-//! report table; the throw-away PKI and the mutual-TLS nats-server are the integration tests' own
-//! (`tests/common/certs.rs`, `nats_server.rs`), included by path.
+//! report table; the throw-away PKI, the mutual-TLS nats-server, the director-style settings and the
+//! HTTP request reader are the integration tests' own (`tests/common`), included by path.
 //!
 //! Why a module of its own: every benchmark must start the agent, the server and the certificates in
 //! exactly the same way, or their figures would not describe the same agent; one copy keeps them
@@ -14,6 +14,8 @@
 
 #[path = "../../tests/common/certs.rs"]
 pub mod certs;
+#[path = "../../tests/common/http_listener.rs"]
+pub mod http_listener;
 #[path = "../../tests/common/nats_server.rs"]
 pub mod nats_server;
 #[path = "../../tests/common/poll.rs"]

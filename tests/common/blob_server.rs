@@ -8,7 +8,7 @@
 //! query string is ignored for storage, as with signed URLs). Tests can require Basic auth or a header,
 //! inspect every request, and make the next N requests fail with 500.
 
-use super::http_listener::HttpListener;
+use super::http_listener::{read_head, HttpListener};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -112,29 +112,10 @@ fn handle(state: &State, stream: TcpStream) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let (method, target) = match (parts.next(), parts.next()) {
-        (Some(m), Some(t)) => (m.to_string(), t.to_string()),
-        _ => return respond(&mut out, 400, b""),
-    };
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let path = target.split_once('?').map_or(target.as_str(), |(p, _)| p).to_string();
-    let req = RecordedRequest { method, path, headers };
+    let Some(head) = read_head(&mut reader)? else { return respond(&mut out, 400, b"") };
+    let path = head.target.split_once('?').map_or(head.target.as_str(), |(p, _)| p).to_string();
+    let headers = head.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+    let req = RecordedRequest { method: head.method, path, headers };
     state.requests.lock().unwrap_or_else(|e| e.into_inner()).push(req.clone());
 
     let expect_continue = req.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
