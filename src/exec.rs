@@ -7,6 +7,7 @@
 //! reads, so waiting for its exit before reading hangs it until the deadline, and then reports a
 //! command that finished its work as "timed out" (issue 11).
 
+use crate::error::Context as _;
 use std::io::{Read, Write};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -47,7 +48,7 @@ pub fn output(cmd: &mut Command, input: Option<&[u8]>, limit: Option<Duration>) 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running {desc}: {e}"))?;
+        .with_context(|| format!("running {desc}"))?;
     if let (Some(data), Some(mut pipe)) = (input, child.stdin.take()) {
         let data = data.to_vec();
         // Dropping the pipe at the end closes the command's stdin.

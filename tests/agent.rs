@@ -6,7 +6,9 @@ use crate::common::certs::TestPki;
 use crate::common::nats_server::{free_port, MappedUser, NatsServer, NatsServerOptions};
 use crate::common::settings::nats_settings;
 use crate::common::wait_until;
+use bosh_agent::mbus::nats::{NatsConnection, NatsOptions};
 use serde_json::{json, Value};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 struct Env {
@@ -313,6 +315,94 @@ fn update_settings_rotates_the_certificate_and_stays_answerable() {
     let log = env.agent.log();
     assert!(!log.contains(&key_body[..40]), "private key leaked into the log");
     assert!(!log.contains("PRIVATE KEY"), "private key leaked into the log");
+}
+
+/// Make-before-break: while the certificate rotates, a steady stream of requests (each sent once,
+/// never retried, as the assertion is that none is lost) is answered exactly once each, including a
+/// `get_task` for the rotation's own task. Runs under the per-agent permissions nats-sync writes, so
+/// the old and the new identity really are different NATS users.
+#[test]
+fn rotation_loses_no_request_and_answers_each_once() {
+    let pki = TestPki::new();
+    let id = unique_id("stream");
+    let opts = NatsServerOptions { mapped_users: Some(bosh_users(&id, true)), ..Default::default() };
+    let nats = NatsServer::start(&pki, opts);
+    let agent = TestAgent::start(&nats_settings(&pki, &id, &nats.url()), &[]);
+    let mut d = Director::connect(&pki, &nats.url(), &id);
+    assert!(d.wait_ready(Duration::from_secs(15)), "agent never answered:\n{}", agent.log());
+
+    let (tx, replies) = mpsc::channel();
+    let inbox = format!("director.{}", bosh_agent::ids::uuid_v4());
+    let stream = NatsConnection::start(
+        NatsOptions {
+            urls: vec![nats.url()],
+            tls: Some(pki.nats_tls("director.bosh-internal")),
+            subscriptions: vec![format!("{inbox}.>")],
+            name: "stream".into(),
+        },
+        tx,
+    );
+    assert!(stream.wait_connected(Duration::from_secs(10)) && stream.flush(Duration::from_secs(5)));
+
+    let (cert, key) = pki.client(&format!("{id}.agent.bosh-internal"));
+    let update = json!([{"trusted_certs": "", "mbus": {"cert": {"ca": pki.ca_pem, "certificate": cert, "private_key": key}}}]);
+    let task =
+        d.send("update_settings", update)["value"]["agent_task_id"].as_str().expect("task id").to_string();
+
+    // Publish until the agent has switched connections, then a little longer.
+    let mut sent: Vec<(String, &str)> = Vec::new();
+    let started = Instant::now();
+    let mut switched_at: Option<Instant> = None;
+    while switched_at.is_none_or(|t| t.elapsed() < Duration::from_millis(500)) {
+        assert!(started.elapsed() < Duration::from_secs(60), "no switch logged:\n{}", agent.log());
+        let n = sent.len();
+        let (method, args) = if n % 5 == 4 { ("get_task", json!([task])) } else { ("ping", json!([])) };
+        let reply_to = format!("{inbox}.{id}.{n}");
+        let body = json!({"protocol": 3, "method": method, "arguments": args, "reply_to": reply_to});
+        stream.publish(&format!("agent.{id}"), body.to_string().as_bytes()).expect("publish");
+        sent.push((reply_to, method));
+        std::thread::sleep(Duration::from_millis(5));
+        if switched_at.is_none() && agent.log().contains("switched to the new connection") {
+            switched_at = Some(Instant::now());
+        }
+    }
+
+    let mut answers: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    let all_in = wait_until(Duration::from_secs(60), || {
+        while let Ok(m) = replies.try_recv() {
+            answers
+                .entry(m.subject)
+                .or_default()
+                .push(serde_json::from_slice(&m.payload).expect("JSON reply"));
+        }
+        sent.iter().all(|(r, _)| answers.contains_key(r))
+    });
+    // A second copy would come right behind the first: give it a moment to show up.
+    std::thread::sleep(Duration::from_secs(1));
+    while let Ok(m) = replies.try_recv() {
+        answers.entry(m.subject).or_default().push(serde_json::from_slice(&m.payload).expect("JSON reply"));
+    }
+    stream.shutdown();
+    let missing: Vec<&str> =
+        sent.iter().filter(|(r, _)| !answers.contains_key(r)).map(|(r, _)| r.as_str()).collect();
+    assert!(
+        all_in && missing.is_empty(),
+        "{} of {} requests unanswered: {missing:?}\n{}",
+        missing.len(),
+        sent.len(),
+        agent.log()
+    );
+    for (reply_to, method) in &sent {
+        let got = &answers[reply_to];
+        assert_eq!(got.len(), 1, "{method} {reply_to} answered {} times: {got:?}", got.len());
+        match *method {
+            "ping" => assert_eq!(got[0], json!({"value": "pong"})),
+            _ => assert!(got[0]["value"] == "ok" || got[0]["value"]["state"] == "running", "{}", got[0]),
+        }
+    }
+    assert!(sent.len() >= 20, "the stream covered the switch with {} requests", sent.len());
+    assert_eq!(d.wait_task(&task, Duration::from_secs(20)), json!({"value": "ok"}));
+    assert!(!nats.log().contains("Permissions Violation"), "{}", nats.log());
 }
 
 #[test]

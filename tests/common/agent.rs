@@ -186,9 +186,24 @@ impl Director {
         self.nats.request(method, &args, Instant::now() + timeout)
     }
 
-    /// One request that must be answered.
+    /// One request that must be answered. Like the director (its agent client), `get_task`,
+    /// `get_state` and `upload_blob` are sent again with a new `reply_to` when no reply came in time
+    /// (4, 2 and 3 times); nothing else is.
     pub fn send(&mut self, method: &str, args: Value) -> Value {
-        self.request(method, args).unwrap_or_else(|e| panic!("{method}: {e}"))
+        let retries = match method {
+            "get_task" => 4,
+            "get_state" => 2,
+            "upload_blob" => 3,
+            _ => 0,
+        };
+        let mut attempt = 0;
+        loop {
+            match self.request(method, args.clone()) {
+                Ok(reply) => return reply,
+                Err(e) if attempt < retries && e.contains("timed out") => attempt += 1,
+                Err(e) => panic!("{method}: {e}"),
+            }
+        }
     }
 
     /// Retries `ping` until the agent answers (it connects in the background).

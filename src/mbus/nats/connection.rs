@@ -61,6 +61,8 @@ pub(crate) struct State {
     pub(crate) pings_sent: u64,
     /// PONGs received on the current connection.
     pub(crate) pongs_received: u64,
+    /// Subscriptions (sids `1..=subscribed`) on the current connection, so they can be withdrawn.
+    pub(crate) subscribed: u64,
 }
 
 impl State {
@@ -335,6 +337,7 @@ fn serve(
         state.connection_id += 1;
         state.pings_sent = 0;
         state.pongs_received = 0;
+        state.subscribed = sids;
         shared.changed.notify_all();
         log::info!(
             "NATS: connected to {url} (server {} {}, tls {}, {} subscription(s), {flushed} buffered message(s) sent)",
@@ -467,6 +470,7 @@ mod tests {
             connection_id: 0,
             pings_sent: 0,
             pongs_received: 0,
+            subscribed: 0,
         }
     }
 

@@ -8,9 +8,12 @@
 //! The surface: [`NatsConnection::start`] spawns the connection thread, which delivers every MSG on
 //! its subscriptions to an mpsc inbox; [`NatsConnection::publish`] refuses payloads over the server's
 //! max_payload (nothing sent, connection kept) and, while disconnected, buffers a bounded number of
-//! messages that are sent after the next connect; [`NatsConnection::reconfigure`] drops the connection
-//! and reconnects with new options (certificate rotation); [`NatsConnection::flush`] is a PING/PONG
-//! round trip proving the server has processed everything sent before it.
+//! messages that are sent after the next connect; `NatsConnection::reconfigure` drops the connection
+//! and reconnects with new options; [`NatsConnection::retire`] withdraws a connection's subscriptions
+//! and closes it once everything routed to it has been read, so a replacement started beside it
+//! (certificate rotation, make-before-break) takes over without losing a message;
+//! [`NatsConnection::flush`] is a PING/PONG round trip proving the server has processed everything
+//! sent before it.
 //!
 //! Behaviour worth knowing (details in `connection.rs`): reconnects start after 0.5 s and double up
 //! to 10 s, reset after a successful connect; host names are re-resolved on every attempt; an
@@ -42,7 +45,7 @@ pub const PENDING_MAX_MESSAGES: usize = 256;
 /// Byte bound of the disconnected buffer (see [`PENDING_MAX_MESSAGES`]).
 pub const PENDING_MAX_BYTES: usize = 4 * 1024 * 1024;
 
-/// What to connect to and how; replaced wholesale by [`NatsConnection::reconfigure`].
+/// What to connect to and how; given once to [`NatsConnection::start`].
 #[derive(Clone)]
 pub struct NatsOptions {
     /// `nats://[user:pass@]host:port` URLs, tried in turn (cluster members or repeated retries).
@@ -149,6 +152,7 @@ impl NatsConnection {
                 connection_id: 0,
                 pings_sent: 0,
                 pongs_received: 0,
+                subscribed: 0,
             }),
             changed: Condvar::new(),
         });
@@ -194,7 +198,13 @@ impl NatsConnection {
             }
             state.wire.clone()
         };
-        let frame = protocol::encode_pub(subject, reply, payload);
+        self.write(wire, protocol::encode_pub(subject, reply, payload));
+        Ok(())
+    }
+
+    /// Writes one encoded frame on `wire` (the live connection when this was read), or buffers it
+    /// while disconnected.
+    fn write(&self, wire: Option<Arc<wire::Wire>>, frame: Vec<u8>) {
         match wire {
             Some(wire) => {
                 if let Err(e) = wire.send(&frame) {
@@ -205,7 +215,42 @@ impl NatsConnection {
             }
             None => lock(&self.shared.state).buffer(frame),
         }
-        Ok(())
+    }
+
+    /// Sends publishes another connection had buffered (see [`NatsConnection::retire`]), in order.
+    pub fn send_frames(&self, frames: Vec<Vec<u8>>) {
+        for frame in frames {
+            let wire = lock(&self.shared.state).wire.clone();
+            self.write(wire, frame);
+        }
+    }
+
+    /// Retires this connection after its replacement has subscribed (make-before-break): withdraws
+    /// its subscriptions and waits (up to `timeout`) for the server's PONG, so every message the
+    /// server routed here before the UNSUB has been handed to the inbox; then shuts down. Returns the
+    /// publishes still buffered (when it was disconnected) so the caller can send them on the
+    /// replacement instead of losing them.
+    pub fn retire(&self, timeout: Duration) -> Vec<Vec<u8>> {
+        let unsubscribed = {
+            let state = lock(&self.shared.state);
+            match &state.wire {
+                Some(wire) => {
+                    let unsubs: Vec<u8> = (1..=state.subscribed).flat_map(protocol::encode_unsub).collect();
+                    unsubs.is_empty() || wire.send(&unsubs).is_ok()
+                }
+                None => false,
+            }
+        };
+        if unsubscribed && !self.flush(timeout) {
+            log::warn!("NATS: the retiring connection did not confirm its unsubscribe; closing it anyway");
+        }
+        let pending: Vec<Vec<u8>> = {
+            let mut state = lock(&self.shared.state);
+            state.pending_bytes = 0;
+            state.pending.drain(..).collect()
+        };
+        self.shutdown();
+        pending
     }
 
     /// Round-trips a PING to the server and waits for its PONG: true once the server has processed
@@ -270,7 +315,9 @@ impl NatsConnection {
 
     /// Drops the current connection and reconnects with `opts` right away (used to hot-swap the
     /// client certificate after `update_settings`, since the bootstrap identity is about to be
-    /// revoked). Buffered publishes are kept and sent on the new connection.
+    /// revoked). Buffered publishes are kept and sent on the new connection. Only the client's tests
+    /// call it since rotation became make-before-break (a second connection beside the first).
+    #[cfg(feature = "internals")]
     pub fn reconfigure(&self, opts: NatsOptions) {
         let mut state = lock(&self.shared.state);
         log::info!("NATS: reconfiguring ({opts:?})");

@@ -248,6 +248,11 @@ pub fn encode_sub(subject: &str, sid: u64) -> Vec<u8> {
     format!("SUB {subject} {sid}\r\n").into_bytes()
 }
 
+/// Encodes `UNSUB <sid>\r\n`: the server stops delivering on that subscription once it has read it.
+pub fn encode_unsub(sid: u64) -> Vec<u8> {
+    format!("UNSUB {sid}\r\n").into_bytes()
+}
+
 /// Encodes `PUB <subject> [reply] <#bytes>\r\n<payload>\r\n` as one buffer so it goes out in one
 /// write.
 pub fn encode_pub(subject: &str, reply: Option<&str>, payload: &[u8]) -> Vec<u8> {
