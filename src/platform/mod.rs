@@ -79,6 +79,11 @@ pub trait Platform: Send + Sync {
     fn setup_ssh_user(&self, user: &str, password: Option<&str>, public_key: &str) -> Result<(), String>;
     /// Removes the `bosh ssh` users `regex` matches; returns their names.
     fn cleanup_ssh_users(&self, regex: &UserRegex) -> Result<Vec<String>, String>;
+    /// The uid and gid that give `user` (the `bosh ssh` user bosh-cli set up to copy it) a
+    /// `bundle_logs` tarball.
+    fn bundle_owner(&self, user: &str) -> Result<(u32, u32), String> {
+        users::lookup_user(user)
+    }
 }
 
 /// The `/etc/hosts` text: the local names first, then one line per record.
