@@ -76,6 +76,8 @@ pub fn wait_ready(t: &mut Nats, what: &str, agent: &mut AgentProcess) {
         if matches!(t.request("ping", &[], attempt), Ok(v) if v == json!({"value": "pong"})) {
             return;
         }
+        // Not subscribed yet: the server says so at once ("no reply"), so pace the retries.
+        std::thread::sleep(Duration::from_millis(50));
     }
     panic!("{what} did not answer ping within 30 s\n--- agent log ---\n{}", agent.log());
 }

@@ -212,10 +212,10 @@ impl Director {
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
             let args: Vec<Value> = Vec::new();
-            if let Ok(v) = self.nats.request("ping", &args, Instant::now() + left) {
-                if v == json!({"value": "pong"}) {
-                    return true;
-                }
+            match self.nats.request("ping", &args, Instant::now() + left) {
+                Ok(v) if v == json!({"value": "pong"}) => return true,
+                // Not subscribed yet: the server says so at once ("no reply"), so pace the retries.
+                _ => std::thread::sleep(Duration::from_millis(50)),
             }
         }
         false
