@@ -31,11 +31,13 @@ pub const CPU_WINDOW: Duration = Duration::from_secs(10);
 pub fn run(opts: Options) -> Result<(), String> {
     let signals = signals::block()?;
     let dirs = Dirs::new(&opts.base, &opts.root);
-    std::fs::create_dir_all(dirs.bosh()).with_context(|| format!("creating {}", dirs.bosh().display()))?;
+    log::info!("bosh-agent {} starting on stemcell {}", env!("CARGO_PKG_VERSION"), stemcell_version(&dirs));
+    // The configuration first: a bad -C must fail before anything is created on disk.
     let config = match &opts.config {
         Some(path) => AgentConfig::load(path)?,
         None => AgentConfig::default(),
     };
+    std::fs::create_dir_all(dirs.bosh()).with_context(|| format!("creating {}", dirs.bosh().display()))?;
     let configured = opts.config.as_ref().map(|_| config.sources.as_slice());
     let srcs = sources::select(configured, opts.infrastructure.as_deref(), &dirs)?;
     let overrides = Overrides {
@@ -99,13 +101,25 @@ pub fn run(opts: Options) -> Result<(), String> {
     } else {
         None
     };
+    let source = ctx.settings.source();
     let _heartbeat =
         Heartbeat::start(ctx, notifier, opts.heartbeat_interval).context("starting heartbeat")?;
     crate::memory::trim_code_pages();
-    log::info!("agent {} ready", effective.settings.agent_id);
+    log::info!("agent {} ready (settings from {source})", effective.settings.agent_id);
     let signal = signals::wait(&signals);
     log::info!("received signal {signal}: stopping");
     Ok(())
+}
+
+/// The stemcell's version as its builder recorded it, or why it is unknown (a dev box has none).
+fn stemcell_version(dirs: &Dirs) -> String {
+    let path = dirs.stemcell_version();
+    match std::fs::read_to_string(&path) {
+        Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
+        Ok(_) => format!("unknown ({} is empty)", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("unknown (no {})", path.display()),
+        Err(e) => format!("unknown ({}: {e})", path.display()),
+    }
 }
 
 fn monit_options(config: &AgentConfig, dirs: &Dirs) -> MonitOptions {

@@ -76,7 +76,15 @@ impl Dispatcher {
         };
         let body = response.encode(limit);
         incoming.reply.send(Some(&request.reply_to), body);
-        log::info!(
+        // A poll of a task that is still running says nothing new: only the answer that ends it is
+        // worth an INFO line (one per task, not one per second).
+        let level = if request.method == "get_task" && outcome == "task" {
+            log::Level::Debug
+        } else {
+            log::Level::Info
+        };
+        log::log!(
+            level,
             "request method={} reply_to={} protocol={} outcome={} duration={:.1}ms",
             request.method,
             request.reply_to,
