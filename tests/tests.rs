@@ -32,6 +32,8 @@ mod logs;
 // Settings sources against real metadata services, config drives and CD-ROMs; the agent booting
 // from one.
 mod settings_sources;
+// What an operator sees: log lines, `bosh-agent call`'s errors, bad configuration refused at start.
+mod operator;
 // `ssh` users, `prepare_network_change`, and SSH login alerts from syslog.
 mod ssh;
 
