@@ -317,3 +317,44 @@ fn apply_fetches_from_an_http_blobstore_and_from_signed_urls() {
     let log = env.agent.log();
     assert!(!log.contains("s3cret") && !log.contains("secret-sig"), "credentials leaked into the log");
 }
+
+#[test]
+fn drain_shutdown_with_an_empty_spec_gives_both_states_as_integers() {
+    let mut env = start("drain-states");
+    let archive = env.templates("#!/bin/sh\n");
+    let mut spec = env.spec(&[], archive, "h1");
+    // bosh-cli's create-env spec has no persistent_disk key at all.
+    spec.as_object_mut().unwrap().remove("persistent_disk");
+    assert_eq!(env.d.run_task("apply", json!([spec])), json!({"value": "applied"}));
+    assert_eq!(env.d.run_task("drain", json!(["shutdown", {}])), json!({"value": 0}));
+    assert_eq!(env.d.run_task("drain", json!(["shutdown"])), json!({"value": 0}));
+    let args = std::fs::read_to_string(env.scratch.path().join("drain.args")).unwrap();
+    let states: Vec<&str> = args.lines().filter(|l| l.starts_with("STATE=")).collect();
+    assert_eq!(
+        states,
+        [r#"STATE={"persistent_disk":0} NEXT={"persistent_disk":0}"#, r#"STATE={"persistent_disk":0} NEXT="#],
+        "{args}"
+    );
+}
+
+#[test]
+fn cancelling_an_errand_reaches_its_foreground_child_and_runs_its_trap() {
+    let mut env = start("cancel-fg");
+    let started = env.scratch.path().join("errand.started");
+    // The shell runs its trap only once its foreground `sleep` is gone: TERM must reach the group.
+    let errand = format!(
+        "#!/bin/sh\ntrap 'echo got-term; exit 143' TERM\ntouch {}\nsleep 1000\necho not-reached\n",
+        started.display()
+    );
+    let archive = env.templates(&errand);
+    let spec = env.spec(&[], archive, "h1");
+    assert_eq!(env.d.run_task("apply", json!([spec])), json!({"value": "applied"}));
+    let first = env.d.send("run_errand", json!(["web"]));
+    let id = first["value"]["agent_task_id"].as_str().unwrap().to_string();
+    assert!(wait_until(Duration::from_secs(10), || started.exists()), "errand never started");
+    assert_eq!(env.d.send("cancel_task", json!([id])), json!({"value": "canceled"}));
+    // Within the 10 s grace: KILL after it would mean exit 137 and no trap output.
+    let r = env.d.wait_task(&id, Duration::from_secs(60));
+    assert_eq!(r["value"]["exit_code"], 143, "{r}");
+    assert_eq!(r["value"]["stdout"], "got-term\n", "{r}");
+}

@@ -19,6 +19,9 @@ mod agent;
 mod blobs_dns;
 // compile_package and its signed-URL form, over NATS and the HTTPS bus.
 mod compile;
+// bosh-cli's and the director's conversation as real runs had it: list_disk after a CPI changed the
+// settings, digest mismatches, cpu vitals from the first heartbeat.
+mod conversation;
 // A whole deploy under real monit: apply, start, failing jobs and alerts, update, monit gone.
 mod deploy;
 // Persistent disks on loop devices: mount, migrate, unmount, remount at boot.

@@ -304,6 +304,15 @@ mod tests {
     }
 
     #[test]
+    fn an_exit_is_announced_without_being_reaped() {
+        let mut child = sh("exit 7").spawn().unwrap();
+        let notice = exit_notice(child.id()).expect("watcher thread");
+        notice.recv_timeout(Duration::from_secs(60)).expect("the exit is announced");
+        // WNOWAIT: the exit status is still there for `Child::wait`, so the group id stayed reserved.
+        assert_eq!(child.try_wait().unwrap().and_then(|s| s.code()), Some(7));
+    }
+
+    #[test]
     fn summary_names_failed_and_successful_jobs() {
         let r = vec![("a".to_string(), Err("exit 1".to_string())), ("b".to_string(), Ok(()))];
         let e = summarize("pre-start scripts", &r).unwrap_err();

@@ -78,6 +78,11 @@ impl TestAgent {
         self.base.clone()
     }
 
+    /// The settings file its File source reads: rewrite it to play a CPI changing the settings.
+    pub fn settings_path(&self) -> PathBuf {
+        self.dir.path().join("settings.json")
+    }
+
     /// Everything the agent logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
