@@ -26,6 +26,7 @@ pub mod settings;
 pub use certs::TestPki;
 pub use nats_server::{NatsServer, NatsServerOptions};
 /// Settings as a director-created VM gets them; benches add to them (blobstore, `env.bosh.parallel`).
+#[allow(unused_imports, reason = "benches/polls.rs drives an HTTPS agent and needs no NATS settings")]
 pub use settings::nats_settings;
 
 use bosh_agent::client::{Nats, Transport};
