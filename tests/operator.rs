@@ -202,3 +202,91 @@ fn bad_configuration_fails_fast_naming_the_value() {
     assert_eq!(err.matches("no-such-agent.json").count(), 1, "the error, once:\n{err}");
     assert!(!base.exists(), "{} was created", base.display());
 }
+
+/// The README's commands are typed as a user types them (`target/release/bosh-agent`, never a bare
+/// `bosh-agent` that is on no PATH), and each one parses with the agent's own command line.
+#[test]
+fn the_readme_commands_are_the_ones_a_user_types() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    let mut pending = String::new();
+    for line in readme.lines() {
+        match line.trim() {
+            "```sh" => in_sh = true,
+            "```" => in_sh = false,
+            text if in_sh => {
+                let text = text.split(" # ").next().unwrap_or("").trim_end();
+                pending.push_str(text.trim_end_matches('\\'));
+                pending.push(' ');
+                if !text.ends_with('\\') {
+                    commands.push(std::mem::take(&mut pending));
+                }
+            }
+            _ => {}
+        }
+    }
+    let agent: Vec<&String> = commands.iter().filter(|c| c.contains("bosh-agent")).collect();
+    assert!(agent.len() >= 6, "{commands:?}");
+    for command in agent {
+        let words = shell_words(command);
+        assert_eq!(words[0], "target/release/bosh-agent", "{command}");
+        let parsed = bosh_agent::cli::parse(words[1..].iter().map(std::ffi::OsString::from).collect());
+        assert!(parsed.is_ok(), "{command}: {parsed:?}");
+    }
+}
+
+/// Splits a command line as sh does for the README's simple commands: blanks, and single quotes.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                word.get_or_insert_with(String::new);
+            }
+            ' ' if !quoted => words.extend(word.take()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    words
+}
+
+/// The README's recipe for a second agent: its own state directory and port, each reached by `call`.
+#[test]
+fn two_embedded_agents_side_by_side_as_the_readme_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let mut agents: Vec<std::process::Child> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            agent_bin()
+                .current_dir(dir.path())
+                .args([
+                    "-b",
+                    &format!("./agent-data-{i}"),
+                    "-n",
+                    &format!("https://bosh:bosh@127.0.0.1:{port}"),
+                ])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for port in ports {
+        let mbus = format!("https://bosh:bosh@127.0.0.1:{port}");
+        let pong = wait_until(Duration::from_secs(20), || {
+            String::from_utf8_lossy(&call(&["--mbus", &mbus, "ping"]).stdout).trim() == r#"{"value":"pong"}"#
+        });
+        assert!(pong, "no pong on {port}");
+    }
+    assert!(dir.path().join("agent-data-0/bosh").is_dir() && dir.path().join("agent-data-1/bosh").is_dir());
+    for agent in &mut agents {
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+}
