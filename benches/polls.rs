@@ -153,7 +153,7 @@ fn main() {
         POLL_DELAY.as_secs()
     );
     println!();
-    let header = ["step", "polls per round", "median time", "target", "verdict"];
+    let header = ["step", "polls per round", "median time", "target", "verdict"].map(String::from);
     let mut rows: Vec<[String; 5]> = Vec::new();
     let mut missed = Vec::new();
     let mut checked = 0;
@@ -194,23 +194,14 @@ fn main() {
         "-".into(),
         "-".into(),
     ]);
-    print_table(&header, &rows);
+    support::print_table(&header, &rows);
     println!();
     println!(
         "Sequence wall time per round: {} (each poll beyond the first would add {} s).",
         totals.iter().map(|t| ms(*t)).collect::<Vec<_>>().join(", "),
         POLL_DELAY.as_secs()
     );
-    let met = checked - missed.len();
-    if missed.is_empty() {
-        println!("SUMMARY: all {met}/{checked} targets met ({:.0} s)", started.elapsed().as_secs_f64());
-    } else {
-        println!(
-            "SUMMARY: {met}/{checked} targets met; missed: {} ({:.0} s)",
-            missed.join(", "),
-            started.elapsed().as_secs_f64()
-        );
-    }
+    support::print_summary(checked, &missed, started.elapsed());
     agent.stop();
 }
 
@@ -235,27 +226,4 @@ fn median(samples: &[Duration]) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn print_table(header: &[&str; 5], rows: &[[String; 5]]) {
-    let mut widths = header.map(str::len);
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let line = |cells: [&str; 5]| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .enumerate()
-            .map(|(i, (c, w))| if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") })
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
-    line(*header);
-    println!("{}", "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
-    for r in rows {
-        line([&r[0], &r[1], &r[2], &r[3], &r[4]]);
-    }
 }
