@@ -1,5 +1,6 @@
 //! The task table behind `get_task` and `cancel_task`: one mutex around a map, never held while an
-//! action runs, so status polls are answered at once however many tasks run. Finished results are
+//! action runs, so status polls are answered however many tasks run (a poll of a running task may
+//! wait up to [`POLL_WAIT`] for it to finish, on a condvar beside the mutex). Finished results are
 //! kept for a bounded time and count. Tasks of persistent actions are also recorded in `tasks.json`
 //! (the Go agent's format) so they can be resumed after a restart; that file is written and fsynced
 //! under the mutex, so it always matches the table, at the cost of a poll waiting out one write
