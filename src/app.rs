@@ -49,6 +49,10 @@ pub fn run(opts: Options) -> Result<(), String> {
     platform.bootstrap(&effective, opts.configure)?;
     // The persistent disk comes back before any job can look for it; a vanished disk is logged.
     platform::disks::remount_last_disk(platform.as_ref(), &dirs, &effective);
+    // The jobs' run directories are gone after a reboot (a tmpfs) before monit starts them.
+    if let Err(e) = (crate::jobs::applier::Layout { dirs: &dirs }).restore_job_dirs() {
+        log::warn!("restoring the jobs' directories: {e}");
+    }
     let supervisor: Arc<dyn JobSupervisor> = match opts.supervisor {
         SupervisorKind::Dummy => Arc::new(DummySupervisor::default()),
         SupervisorKind::Monit => {

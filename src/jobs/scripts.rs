@@ -7,9 +7,9 @@ use crate::sync::lock;
 use crate::cancel::CancelToken;
 use crate::dirs::Dirs;
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -64,7 +64,8 @@ pub fn run_captured(
     Ok(Outcome { exit_code: exit_code(status), stdout: collect(out, cap), stderr: collect(err, cap) })
 }
 
-/// Runs `cmd` with stdout and stderr appended to log files (created 0640 in a 0750 directory).
+/// Runs `cmd` with stdout and stderr appended to log files (created 0640; their directory 0750 when
+/// it is missing, while an existing one, a job's `root:vcap` 0770 log directory, is left as it is).
 pub fn run_logged(
     mut cmd: Command,
     stdout_log: &Path,
@@ -73,8 +74,7 @@ pub fn run_logged(
 ) -> Result<i32, String> {
     let open = |p: &Path| -> Result<File, String> {
         if let Some(dir) = p.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o750));
+            crate::owner::ensure_dir(dir, 0o750)?;
         }
         OpenOptions::new()
             .create(true)
