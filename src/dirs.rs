@@ -244,4 +244,20 @@ impl Dirs {
     pub fn dynamic_disks(&self) -> PathBuf {
         self.data().join("dynamic_disks")
     }
+    /// `data/root_tmp`: bind-mounted over `/tmp` and `/var/tmp` when `data` is a disk.
+    pub fn root_tmp(&self) -> PathBuf {
+        self.data().join("root_tmp")
+    }
+    /// `data/root_log`: bind-mounted over `/var/log` when `data` is a disk.
+    pub fn root_log(&self) -> PathBuf {
+        self.data().join("root_log")
+    }
+    /// `data/root_opt`: bind-mounted over `/opt` when `data` is a disk.
+    pub fn root_opt(&self) -> PathBuf {
+        self.data().join("root_opt")
+    }
+    /// `data/root_var_opt`: bind-mounted over `/var/opt` when `data` is a disk.
+    pub fn root_var_opt(&self) -> PathBuf {
+        self.data().join("root_var_opt")
+    }
 }

@@ -35,9 +35,11 @@ pub struct Outcome {
     pub stderr: String,
 }
 
-/// A base command for a job script: its own process group, the scripts' PATH plus `env`.
+/// A base command for a job script: its own process group, the agent's environment (with `TMPDIR`,
+/// see [`crate::exec::child_env`]) and the scripts' PATH plus `env`.
 pub fn command(script: &Path, args: &[String], env: &BTreeMap<String, String>) -> Command {
     let mut cmd = Command::new(script);
+    crate::exec::child_env(&mut cmd);
     cmd.args(args).env("PATH", SCRIPT_PATH).envs(env).stdin(Stdio::null()).process_group(0);
     if let Some(dir) = script.parent().and_then(Path::parent) {
         cmd.current_dir(dir);

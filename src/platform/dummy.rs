@@ -40,7 +40,7 @@ impl Platform for Dummy {
             log::info!("bootstrap: skipped on the dummy platform without -c");
             return Ok(());
         }
-        bootstrap::run(&self.dirs, settings, self, Machine { live: false, devices: false })
+        bootstrap::run(&self.dirs, settings, self, Machine { live: false, devices: false, default_tmp_dir: true })
     }
     fn offers_test_actions(&self) -> bool {
         true

@@ -37,10 +37,16 @@ impl PlatformKind {
     }
 }
 
-/// Builds the platform for `-P`.
+/// Builds the platform for `-P` with `agent.json`'s defaults (tests; the agent passes its options).
+#[cfg(feature = "internals")]
 pub fn new(kind: PlatformKind, dirs: &Dirs) -> Box<dyn Platform> {
+    with_options(kind, dirs, &serde_json::Value::Null)
+}
+
+/// Builds the platform for `-P` with `agent.json`'s `Platform.Linux` options (`UseDefaultTmpDir`).
+pub fn with_options(kind: PlatformKind, dirs: &Dirs, linux_options: &serde_json::Value) -> Box<dyn Platform> {
     match kind {
-        PlatformKind::Ubuntu | PlatformKind::Linux => Box::new(linux::Linux::new(dirs)),
+        PlatformKind::Ubuntu | PlatformKind::Linux => Box::new(linux::Linux::new(dirs, linux_options)),
         PlatformKind::Dummy => Box::new(dummy::Dummy::new(dirs)),
     }
 }

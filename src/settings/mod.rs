@@ -102,6 +102,29 @@ pub struct BoshEnv {
     /// Blobstore overrides; the first wins over the top-level `blobstore`.
     #[serde(deserialize_with = "null_as_default")]
     pub blobstores: Vec<Blobstore>,
+    /// `job_dir`: a tmpfs on `data/jobs` and `data/sensitive_blobs`, so rendered templates (and their
+    /// credentials) never reach a disk.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub job_dir: TmpfsDir,
+    /// `run_dir`: the size of the `data/sys/run` tmpfs.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub run_dir: TmpfsDir,
+    /// Keys not interpreted here.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `env.bosh.job_dir` and `env.bosh.run_dir`: whether a directory is a tmpfs, and its size (the
+/// `size=` option of `mount -t tmpfs`, e.g. `16m`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TmpfsDir {
+    /// Mount a tmpfs (`job_dir` only: `run_dir` always is one).
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub tmpfs: bool,
+    /// Its size; the Go agent's default when empty.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub tmpfs_size: String,
     /// Keys not interpreted here.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -386,6 +409,13 @@ mod tests {
         assert_eq!(v["networks"]["n"]["cloud_properties"]["k"], 1);
         assert!(v["networks"]["n"].get("mac").is_none(), "empty fields are not written out");
         assert!(serde_json::from_value::<Settings>(json!({"env": {"bosh": {"swap_size": "1"}}})).is_err());
+        let s: Settings = serde_json::from_value(json!({"env": {"bosh": {
+            "job_dir": {"tmpfs": true, "tmpfs_size": "64m"}, "run_dir": {"tmpfs_size": "8m", "x": 1}}}}))
+        .unwrap();
+        let env = &s.env.bosh;
+        assert_eq!((env.job_dir.tmpfs, env.job_dir.tmpfs_size.as_str()), (true, "64m"));
+        assert_eq!((env.run_dir.tmpfs, env.run_dir.tmpfs_size.as_str()), (false, "8m"));
+        assert_eq!(serde_json::to_value(&s).unwrap()["env"]["bosh"]["run_dir"], json!({"tmpfs_size": "8m", "x": 1}));
     }
 
     #[test]

@@ -126,6 +126,11 @@ impl TestAgent {
 impl Drop for TestAgent {
     fn drop(&mut self) {
         self.kill();
+        // On the Linux platform the agent mounts (a tmpfs on data/sys/run, binds under `-r`).
+        let root = self.args.iter().position(|a| a == "-r").and_then(|i| self.args.get(i + 1));
+        let mut dirs = vec![self.dir.path(), self.base.as_path()];
+        dirs.extend(root.map(Path::new));
+        super::mounts::unmount_under(&dirs);
         if std::thread::panicking() {
             eprintln!("--- agent log ---\n{}", self.log());
         }
