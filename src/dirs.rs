@@ -153,6 +153,10 @@ impl Dirs {
     pub fn dns_records_json(&self) -> PathBuf {
         self.instance().join("dns").join("records.json")
     }
+    /// `{"state":"<job state>"}`, rewritten on every heartbeat (bosh-dns health checks read it).
+    pub fn health_json(&self) -> PathBuf {
+        self.instance().join("health.json")
+    }
     /// `<base>/monit`: `monit.user`, the installed job configurations and the stopped marker.
     pub fn monit(&self) -> PathBuf {
         self.base.join("monit")
