@@ -51,9 +51,18 @@ impl Dirs {
     pub fn sync_time(&self) -> PathBuf {
         self.bosh_bin().join("sync-time")
     }
+    /// The stemcell's script run after the job logs' rotation is written (the official stemcells'
+    /// cron schedule for logrotate).
+    pub fn setup_logrotate(&self) -> PathBuf {
+        self.bosh_bin().join("setup-logrotate.sh")
+    }
     /// `<base>/bosh/log`: the agent's own logs, as `bosh logs --agent` collects them.
     pub fn bosh_log(&self) -> PathBuf {
         self.bosh().join("log")
+    }
+    /// The agent's own log as the stemcell's service writes it (`bosh/log/current`).
+    pub fn agent_log(&self) -> PathBuf {
+        self.bosh_log().join("current")
     }
     /// Cached settings, re-read when every settings source fails.
     pub fn settings_json(&self) -> PathBuf {
@@ -263,5 +272,16 @@ impl Dirs {
     /// `data/root_var_opt`: bind-mounted over `/var/opt` when `data` is a disk.
     pub fn root_var_opt(&self) -> PathBuf {
         self.data().join("root_var_opt")
+    }
+
+    // ---- system files under the root dir ----
+
+    /// `/etc/logrotate.d/vcap`: the rotation of the jobs' logs, written after every apply.
+    pub fn logrotate_vcap(&self) -> PathBuf {
+        self.under_root("/etc/logrotate.d/vcap")
+    }
+    /// `/etc/logrotate.d/bosh-agent`: the rotation of the agent's own log, where the stemcell has none.
+    pub fn logrotate_agent(&self) -> PathBuf {
+        self.under_root("/etc/logrotate.d/bosh-agent")
     }
 }

@@ -88,6 +88,11 @@ impl Action for Apply {
             if let (Some(b), Some(a)) = (&blobs, self.spec.archive()) {
                 b.forget_local(&a.blobstore_id);
             }
+            let size = crate::platform::logrotate::max_log_file_size(
+                self.raw.pointer("/properties/logging/max_log_file_size").and_then(Value::as_str),
+                ctx.settings.get().settings.env.bosh.max_log_file_size.as_deref(),
+            );
+            ctx.platform.setup_logrotate(&size).context("Setting up logrotate")?;
         }
         spec::save(&ctx.dirs, &self.raw)?;
         write_instance_files(&ctx.dirs.instance(), &self.spec)?;

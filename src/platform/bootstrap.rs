@@ -2,7 +2,7 @@
 //! agent's Linux bootstrap (`agent/bootstrap.go`) that a stemcell needs before jobs can run — vcap's keys
 //! and passwords, hostname, network files, the ephemeral disk, the mounts and modes jobs expect
 //! (shared memory, `/var/log`, `/opt`, the data directory layout, `/tmp`, `/home`: one module each
-//! below), NTP servers and trusted CAs, in the Go agent's order.
+//! below), NTP servers, the agent log's rotation and trusted CAs, in the Go agent's order.
 //!
 //! Every step is idempotent (the agent restarts often; a second run must change nothing) and writes
 //! only under the root dir (`-r`) or the base dir (`-b`), so tests run it against a scratch root.
@@ -57,6 +57,7 @@ pub fn run(dirs: &Dirs, settings: &Effective, platform: &dyn Platform, machine: 
     step("data dir", || b.data_dirs())?;
     step("tmp dir", || b.tmp_dir())?;
     step("home dir", || b.home_dir())?;
+    step("agent log rotation", || if b.devices { super::logrotate::write_agent_rotation(dirs) } else { Ok(()) })?;
     step("trusted certificates", || {
         let certs = &settings.update.trusted_certs;
         if certs.trim().is_empty() {

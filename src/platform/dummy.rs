@@ -87,6 +87,10 @@ impl Platform for Dummy {
             m.insert(user.to_string(), public_key.to_string());
         })
     }
+    /// Nothing to rotate on the dummy platform.
+    fn setup_logrotate(&self, _size: &str) -> Result<(), String> {
+        Ok(())
+    }
     fn cleanup_ssh_users(&self, regex: &UserRegex) -> Result<Vec<String>, String> {
         let mut removed = Vec::new();
         self.record_ssh_users(|m| {

@@ -129,4 +129,7 @@ impl Platform for Linux {
     fn cleanup_ssh_users(&self, regex: &UserRegex) -> Result<Vec<String>, String> {
         users::cleanup_ssh_users(regex)
     }
+    fn setup_logrotate(&self, size: &str) -> Result<(), String> {
+        super::logrotate::write_vcap(&self.dirs, size)
+    }
 }

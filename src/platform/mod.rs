@@ -6,6 +6,7 @@ pub mod bootstrap;
 mod dummy;
 pub mod disks;
 mod linux;
+pub mod logrotate;
 pub mod network;
 pub mod users;
 
@@ -85,6 +86,8 @@ pub trait Platform: Send + Sync {
     fn setup_ssh_user(&self, user: &str, password: Option<&str>, public_key: &str) -> Result<(), String>;
     /// Removes the `bosh ssh` users `regex` matches; returns their names.
     fn cleanup_ssh_users(&self, regex: &UserRegex) -> Result<Vec<String>, String>;
+    /// Rotates the jobs' logs past `size` ([`logrotate`]), after an apply that installed jobs.
+    fn setup_logrotate(&self, size: &str) -> Result<(), String>;
 }
 
 /// The `/etc/hosts` text: the local names first, then one line per record.

@@ -109,6 +109,10 @@ pub struct BoshEnv {
     /// `run_dir`: the size of the `data/sys/run` tmpfs.
     #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
     pub run_dir: TmpfsDir,
+    /// The size at which job logs are rotated (`50M` when absent; the apply spec's
+    /// `properties.logging.max_log_file_size` wins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_log_file_size: Option<String>,
     /// Keys not interpreted here.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -410,11 +414,13 @@ mod tests {
         assert!(v["networks"]["n"].get("mac").is_none(), "empty fields are not written out");
         assert!(serde_json::from_value::<Settings>(json!({"env": {"bosh": {"swap_size": "1"}}})).is_err());
         let s: Settings = serde_json::from_value(json!({"env": {"bosh": {
-            "job_dir": {"tmpfs": true, "tmpfs_size": "64m"}, "run_dir": {"tmpfs_size": "8m", "x": 1}}}}))
+            "job_dir": {"tmpfs": true, "tmpfs_size": "64m"}, "run_dir": {"tmpfs_size": "8m", "x": 1},
+            "max_log_file_size": "10M"}}}))
         .unwrap();
         let env = &s.env.bosh;
         assert_eq!((env.job_dir.tmpfs, env.job_dir.tmpfs_size.as_str()), (true, "64m"));
         assert_eq!((env.run_dir.tmpfs, env.run_dir.tmpfs_size.as_str()), (false, "8m"));
+        assert_eq!(env.max_log_file_size.as_deref(), Some("10M"));
         assert_eq!(serde_json::to_value(&s).unwrap()["env"]["bosh"]["run_dir"], json!({"tmpfs_size": "8m", "x": 1}));
     }
 
