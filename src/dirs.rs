@@ -127,6 +127,10 @@ impl Dirs {
     pub fn dummy_ssh_users_json(&self) -> PathBuf {
         self.bosh().join("dummy_ssh_users.json")
     }
+    /// The disk association names the dummy platform records (the Go dummy's file name).
+    pub fn dummy_disk_associations_json(&self) -> PathBuf {
+        self.bosh().join("disk_associations.json")
+    }
 
     // ---- installed jobs and packages ----
 
@@ -165,6 +169,14 @@ impl Dirs {
     /// `{"state":"<job state>"}`, rewritten on every heartbeat (bosh-dns health checks read it).
     pub fn health_json(&self) -> PathBuf {
         self.instance().join("health.json")
+    }
+    /// `<base>/instance/disks`: one link per associated persistent disk.
+    pub fn instance_disks(&self) -> PathBuf {
+        self.instance().join("disks")
+    }
+    /// `<base>/instance/disks/<name>`: the link for the disk associated under `name`.
+    pub fn instance_disk(&self, name: &str) -> PathBuf {
+        self.instance_disks().join(name)
     }
     /// `<base>/monit`: `monit.user`, the installed job configurations and the stopped marker.
     pub fn monit(&self) -> PathBuf {

@@ -132,4 +132,12 @@ impl Platform for Linux {
     fn setup_logrotate(&self, size: &str) -> Result<(), String> {
         super::logrotate::write_vcap(&self.dirs, size)
     }
+    /// Links to the resolved block device (e.g. `/dev/sdc`), as the Go agent does, rather than to
+    /// where the disk is mounted: the link names the disk even while it is not mounted.
+    fn associate_disk(&self, name: &str, disk: &disks::DiskSettings) -> Result<(), String> {
+        super::check_association_name(name)?;
+        let device = disks::resolve::resolve(disk, &self.dirs)?;
+        crate::owner::ensure_dir(&self.dirs.instance_disks(), 0o755)?;
+        crate::fsutil::switch_link(&self.dirs.instance_disk(name), &device)
+    }
 }

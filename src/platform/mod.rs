@@ -88,6 +88,16 @@ pub trait Platform: Send + Sync {
     fn cleanup_ssh_users(&self, regex: &UserRegex) -> Result<Vec<String>, String>;
     /// Rotates the jobs' logs past `size` ([`logrotate`]), after an apply that installed jobs.
     fn setup_logrotate(&self, size: &str) -> Result<(), String>;
+    /// Links `instance/disks/<name>` to `disk`'s device (`update_settings`' `disk_associations`).
+    fn associate_disk(&self, name: &str, disk: &disks::DiskSettings) -> Result<(), String>;
+}
+
+/// Checks a disk association's name, which becomes a file name under `instance/disks`.
+pub fn check_association_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(format!("invalid disk association name '{}'", name.escape_debug()));
+    }
+    Ok(())
 }
 
 /// The `/etc/hosts` text: the local names first, then one line per record.
