@@ -136,14 +136,23 @@ impl Bootstrap<'_> {
         })
     }
 
+    /// vcap's `authorized_keys`: `env.bosh.authorized_keys` first, then the infrastructure's key (a
+    /// metadata service's or config drive's), replacing the file, as the Go agent's two writes leave
+    /// it. Left alone when there are neither.
     fn authorized_keys(&self) -> Result<(), String> {
-        let keys: Vec<&str> =
-            self.settings.settings.env.bosh.authorized_keys.iter().map(|k| k.trim()).collect();
-        if keys.is_empty() {
-            return Ok(());
-        }
+        let settings = &self.settings.settings;
+        let mut keys: Vec<&str> = settings.env.bosh.authorized_keys.iter().map(|k| k.trim()).collect();
         if keys.iter().any(|k| k.is_empty() || k.contains(['\n', '\r', '\0'])) {
             return Err("env.bosh.authorized_keys holds an empty or multi-line key".into());
+        }
+        let iaas = settings.iaas_public_key.as_deref().unwrap_or_default();
+        if iaas.chars().any(|c| c.is_control() && !c.is_ascii_whitespace()) {
+            log::warn!("bootstrap: the infrastructure's SSH key holds control characters; not installed");
+        } else {
+            keys.extend(iaas.lines().map(str::trim).filter(|k| !k.is_empty()));
+        }
+        if keys.is_empty() {
+            return Ok(());
         }
         let (home, ids) = self.vcap()?;
         let owner = ids.filter(|_| owner::is_root());

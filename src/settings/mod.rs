@@ -33,6 +33,11 @@ pub struct Settings {
     /// Every key the agent does not interpret.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// The infrastructure's OpenSSH key for `vcap`, from the source that gave these settings (a
+    /// metadata service's `SSHKeysPath`, a config drive's meta-data); not the director's, so never
+    /// cached in `settings.json`: settings read from the cache have none.
+    #[serde(skip)]
+    pub iaas_public_key: Option<String>,
 }
 
 /// A blobstore provider and its options.
