@@ -27,7 +27,9 @@ impl Action for UpdateSettingsAction {
         for a in &self.update.disk_associations {
             let disk = crate::platform::disks::find_disk(&ctx.dirs, &ctx.settings.get(), &a.cid)
                 .context("Fetching disk settings")?;
-            ctx.platform.associate_disk(&a.name, &disk).with_context(|| format!("Associating disk {}", a.name))?;
+            ctx.platform
+                .associate_disk(&a.name, &disk)
+                .with_context(|| format!("Associating disk {}", a.name))?;
         }
         ctx.platform
             .update_trusted_certs(&self.update.trusted_certs)

@@ -156,8 +156,7 @@ impl Installer<'_> {
             install_parent(&bundle.dir, 0o750, vcap)?;
             archive::unpack(blob.path(), &bundle.dir, &Unpack { subdir: Some(&job.name) })
                 .with_context(|| format!("Installing job {}", job.name))?;
-            fix_job_permissions(&bundle.dir, vcap)
-                .with_context(|| format!("Installing job {}", job.name))?;
+            fix_job_permissions(&bundle.dir, vcap).with_context(|| format!("Installing job {}", job.name))?;
         }
         Ok(())
     }
@@ -221,7 +220,8 @@ impl Layout<'_> {
         let spec = ApplySpec::from_value(&super::spec::load(self.dirs)?)?;
         let vcap = Group::vcap(self.dirs);
         for job in spec.jobs() {
-            self.create_job_dirs(&job.name, vcap).with_context(|| format!("directories of job {}", job.name))?;
+            self.create_job_dirs(&job.name, vcap)
+                .with_context(|| format!("directories of job {}", job.name))?;
         }
         Ok(())
     }
@@ -318,7 +318,9 @@ mod tests {
         let outside = dir.path().join("outside");
         fs::write(&outside, "secret").unwrap();
         owner::set_mode(&outside, 0o600).unwrap();
-        for (rel, mode) in [("bin/ctl", 0o644), ("bin/sub/helper", 0o600), ("config/x.sh", 0o755), ("monit", 0o600)] {
+        for (rel, mode) in
+            [("bin/ctl", 0o644), ("bin/sub/helper", 0o600), ("config/x.sh", 0o755), ("monit", 0o600)]
+        {
             let p = job.join(rel);
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(&p, "x").unwrap();

@@ -44,7 +44,8 @@ pub struct Machine {
 /// platform decides whether it runs at all (see [`Platform::bootstrap`]).
 pub fn run(dirs: &Dirs, settings: &Effective, platform: &dyn Platform, machine: Machine) -> Result<(), String> {
     let live = machine.live;
-    let b = Bootstrap { dirs, settings, live, devices: machine.devices, default_tmp_dir: machine.default_tmp_dir };
+    let (devices, default_tmp_dir) = (machine.devices, machine.default_tmp_dir);
+    let b = Bootstrap { dirs, settings, live, devices, default_tmp_dir };
     step("authorized keys", || b.authorized_keys())?;
     step("passwords", || b.passwords())?;
     step("hostname", || b.hostname())?;
@@ -57,7 +58,7 @@ pub fn run(dirs: &Dirs, settings: &Effective, platform: &dyn Platform, machine: 
     step("data dir", || b.data_dirs())?;
     step("tmp dir", || b.tmp_dir())?;
     step("home dir", || b.home_dir())?;
-    step("agent log rotation", || if b.devices { super::logrotate::write_agent_rotation(dirs) } else { Ok(()) })?;
+    step("agent log rotation", || b.agent_log_rotation())?;
     step("trusted certificates", || {
         let certs = &settings.update.trusted_certs;
         if certs.trim().is_empty() {
@@ -93,7 +94,6 @@ fn write_if_changed(path: &Path, data: &[u8], mode: u32) -> Result<bool, String>
     Ok(true)
 }
 
-
 /// The crypted passwords to set: vcap always, root unless `keep_root_password`; `*` (no password
 /// login) when the director sent none.
 pub fn password_plan(settings: &Effective) -> Vec<(&'static str, String)> {
@@ -120,6 +120,14 @@ impl Bootstrap<'_> {
             return false;
         }
         true
+    }
+
+    /// The agent's own log's rotation, on the Linux platform ([`super::logrotate`]).
+    fn agent_log_rotation(&self) -> Result<(), String> {
+        if !self.devices {
+            return Ok(());
+        }
+        super::logrotate::write_agent_rotation(self.dirs)
     }
 
     /// Whether `data` is a disk of its own (mounted), so system paths may move onto it.
@@ -355,7 +363,8 @@ mod tests {
             let dirs = Dirs::new(root.path().join("base"), root.path());
             let result = crate::platform::new(kind, &dirs).bootstrap(&settings, false);
             // As root the bootstrap mounted a tmpfs on data/sys/run: undo it before the asserts.
-            for m in mount::mounts().unwrap().iter().rev().filter(|m| m.mount_point.starts_with(root.path())) {
+            let table = mount::mounts().unwrap();
+            for m in table.iter().rev().filter(|m| m.mount_point.starts_with(root.path())) {
                 mount::unmount(&m.mount_point).unwrap();
             }
             result.unwrap();

@@ -40,7 +40,8 @@ impl Platform for Dummy {
             log::info!("bootstrap: skipped on the dummy platform without -c");
             return Ok(());
         }
-        bootstrap::run(&self.dirs, settings, self, Machine { live: false, devices: false, default_tmp_dir: true })
+        let machine = Machine { live: false, devices: false, default_tmp_dir: true };
+        bootstrap::run(&self.dirs, settings, self, machine)
     }
     fn offers_test_actions(&self) -> bool {
         true

@@ -426,7 +426,8 @@ mod tests {
         assert_eq!((env.job_dir.tmpfs, env.job_dir.tmpfs_size.as_str()), (true, "64m"));
         assert_eq!((env.run_dir.tmpfs, env.run_dir.tmpfs_size.as_str()), (false, "8m"));
         assert_eq!(env.max_log_file_size.as_deref(), Some("10M"));
-        assert_eq!(serde_json::to_value(&s).unwrap()["env"]["bosh"]["run_dir"], json!({"tmpfs_size": "8m", "x": 1}));
+        let run_dir = &serde_json::to_value(&s).unwrap()["env"]["bosh"]["run_dir"];
+        assert_eq!(run_dir, &json!({"tmpfs_size": "8m", "x": 1}));
     }
 
     #[test]

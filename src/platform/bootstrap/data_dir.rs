@@ -53,8 +53,10 @@ fn data_dirs(dirs: &Dirs) -> [(PathBuf, u32, bool, Kind); 9] {
 impl Bootstrap<'_> {
     pub(super) fn data_dirs(&self) -> Result<(), String> {
         let env = &self.settings.settings.env.bosh;
-        let run_size = mounts::tmpfs_size(&env.run_dir.tmpfs_size, RUN_DIR_SIZE, "env.bosh.run_dir.tmpfs_size")?;
-        let job_size = mounts::tmpfs_size(&env.job_dir.tmpfs_size, JOB_DIR_SIZE, "env.bosh.job_dir.tmpfs_size")?;
+        let run_size =
+            mounts::tmpfs_size(&env.run_dir.tmpfs_size, RUN_DIR_SIZE, "env.bosh.run_dir.tmpfs_size")?;
+        let job_size =
+            mounts::tmpfs_size(&env.job_dir.tmpfs_size, JOB_DIR_SIZE, "env.bosh.job_dir.tmpfs_size")?;
         let vcap = Group::vcap(self.dirs);
         for (path, mode, vcap_group, kind) in data_dirs(self.dirs) {
             owner::ensure_dir(&path, mode)?;

@@ -66,7 +66,8 @@ impl Bootstrap<'_> {
         owner::ensure_dir(&dir, 0o700)?;
         owner::set_mode(&dir, 0o700)?;
         if owner::is_root() {
-            let gid = owner::group_gid(&self.dirs.under_root(owner::GROUP_FILE), "_chrony").unwrap_or(chrony.gid);
+            let gid =
+                owner::group_gid(&self.dirs.under_root(owner::GROUP_FILE), "_chrony").unwrap_or(chrony.gid);
             std::os::unix::fs::lchown(&dir, Some(chrony.uid), Some(gid))
                 .with_context(|| format!("chown _chrony {}", dir.display()))?;
         }
