@@ -164,9 +164,12 @@ fn make_dirs_writable(dir: &Path) {
 fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let from_c = std::ffi::CString::new(from.as_os_str().as_bytes())?;
     let to_c = std::ffi::CString::new(to.as_os_str().as_bytes())?;
-    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
+    // The raw system call: musl (the static release binary's C library) has no renameat2 wrapper.
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call; the arguments
+    // are renameat2's (dirfd, path, dirfd, path, flags).
     let rc = unsafe {
-        libc::renameat2(
+        libc::syscall(
+            libc::SYS_renameat2,
             libc::AT_FDCWD,
             from_c.as_ptr(),
             libc::AT_FDCWD,
