@@ -186,8 +186,8 @@ impl Layout<'_> {
                 keep_jobs.insert(b.dir);
             }
         }
-        keep_only(&self.dirs.data_packages(), &self.dirs.packages(), &keep_packages)?;
-        keep_only(&self.dirs.data_jobs(), &self.dirs.jobs(), &keep_jobs)?;
+        keep_only(&self.dirs.data_packages(), &self.dirs.packages(), &keep_packages);
+        keep_only(&self.dirs.data_jobs(), &self.dirs.jobs(), &keep_jobs);
         switch_link(&self.dirs.sys(), &self.dirs.data_sys())
     }
 
@@ -253,9 +253,12 @@ pub fn switch_link(link: &Path, target: &Path) -> Result<(), String> {
     })
 }
 
-/// Removes every `<data_root>/<name>/<hash>` not in `keep`, and every `<link_root>/<name>` link that no
-/// longer points into `keep`.
-fn keep_only(data_root: &Path, link_root: &Path, keep: &BTreeSet<PathBuf>) -> Result<(), String> {
+/// Removes every `<data_root>/<name>/<hash>` not in `keep` (and the staging directories an unpack
+/// killed mid-way left beside them), and every `<link_root>/<name>` link that no longer points into
+/// `keep`. Only what the applier creates is touched: a file, or a directory not named like a bundle,
+/// is left alone (and logged), and a removal that fails is logged, never failing the apply, so one
+/// stray entry cannot break every later apply.
+fn keep_only(data_root: &Path, link_root: &Path, keep: &BTreeSet<PathBuf>) {
     if let Ok(links) = fs::read_dir(link_root) {
         for l in links.flatten() {
             let path = l.path();
@@ -266,22 +269,41 @@ fn keep_only(data_root: &Path, link_root: &Path, keep: &BTreeSet<PathBuf>) -> Re
             }
         }
     }
-    let Ok(names) = fs::read_dir(data_root) else { return Ok(()) };
+    let Ok(names) = fs::read_dir(data_root) else { return };
     for name in names.flatten() {
+        if !name.file_type().is_ok_and(|t| t.is_dir()) {
+            log::warn!("pruning: leaving {} alone (not a bundle directory)", name.path().display());
+            continue;
+        }
         let Ok(versions) = fs::read_dir(name.path()) else { continue };
         let mut left = 0;
         for v in versions.flatten() {
-            if keep.contains(&v.path()) {
+            let path = v.path();
+            let ours = v.file_type().is_ok_and(|t| t.is_dir()) && is_bundle_dir_name(&v.file_name());
+            if keep.contains(&path) || !ours {
                 left += 1;
-            } else {
-                fs::remove_dir_all(v.path()).with_context(|| format!("removing {}", v.path().display()))?;
+                if !ours {
+                    log::warn!("pruning: leaving {} alone (not a bundle)", path.display());
+                }
+            } else if let Err(e) = fs::remove_dir_all(&path) {
+                left += 1;
+                log::warn!("pruning: removing {}: {e}", path.display());
             }
         }
         if left == 0 {
             let _ = fs::remove_dir(name.path());
         }
     }
-    Ok(())
+}
+
+/// A bundle directory (`<40 hex>`, see [`bundle_hash`]) or the staging directory of its unpack
+/// (`<40 hex>.unpack-<uuid>`, left behind when the agent was killed mid-way).
+fn is_bundle_dir_name(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    let (hash, rest) = name.split_at(name.len().min(40));
+    hash.len() == 40
+        && hash.bytes().all(|b| b.is_ascii_hexdigit())
+        && (rest.is_empty() || rest.starts_with(".unpack-"))
 }
 
 #[cfg(test)]
@@ -299,17 +321,35 @@ mod tests {
     fn links_switch_atomically_and_keep_only_prunes() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data/packages");
-        let a = data.join("foo/aaa");
-        let b = data.join("foo/bbb");
+        let a = data.join("foo").join(bundle_hash("1", "a"));
+        let b = data.join("foo").join(bundle_hash("2", "b"));
         fs::create_dir_all(&a).unwrap();
         fs::create_dir_all(&b).unwrap();
         let link = dir.path().join("packages/foo");
         switch_link(&link, &a).unwrap();
         switch_link(&link, &b).unwrap();
         assert_eq!(fs::read_link(&link).unwrap(), b);
-        keep_only(&data, &dir.path().join("packages"), &BTreeSet::from([b.clone()])).unwrap();
+        keep_only(&data, &dir.path().join("packages"), &BTreeSet::from([b.clone()]));
         assert!(!a.exists() && b.exists() && link.exists());
-        keep_only(&data, &dir.path().join("packages"), &BTreeSet::new()).unwrap();
+        keep_only(&data, &dir.path().join("packages"), &BTreeSet::new());
         assert!(!b.exists() && fs::symlink_metadata(&link).is_err() && !data.join("foo").exists());
+    }
+
+    /// What the applier did not create survives pruning, and does not make it fail.
+    #[test]
+    fn pruning_skips_what_it_did_not_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data/packages");
+        let stale = data.join("foo").join(bundle_hash("1", "a"));
+        let staging = data.join("foo").join(format!("{}.unpack-x", bundle_hash("3", "c")));
+        let foreign = data.join("foo/operator-notes");
+        for d in [&stale, &staging, &foreign] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(data.join("stray-file"), b"x").unwrap();
+        fs::write(data.join("foo/stray"), b"x").unwrap();
+        keep_only(&data, &dir.path().join("packages"), &BTreeSet::new());
+        assert!(!stale.exists() && !staging.exists(), "our bundles and staging dirs go");
+        assert!(foreign.is_dir() && data.join("stray-file").is_file() && data.join("foo/stray").is_file());
     }
 }
