@@ -47,6 +47,9 @@ pub fn run(opts: Options) -> Result<(), String> {
     let effective = settings.load().context("loading settings")?;
     let platform: Arc<dyn Platform> = platform::new(opts.platform, &dirs).into();
     platform.bootstrap(&effective, opts.configure)?;
+    // On the data disk the bootstrap mounted, before anything can use it.
+    crate::jobs::startup::clean_temp_area(&dirs);
+    crate::jobs::startup::repair_links(&dirs);
     // The persistent disk comes back before any job can look for it; a vanished disk is logged.
     platform::disks::remount_last_disk(platform.as_ref(), &dirs, &effective);
     let supervisor: Arc<dyn JobSupervisor> = match opts.supervisor {
