@@ -23,6 +23,9 @@ mod compile;
 mod deploy;
 // Persistent disks on loop devices: mount, migrate, unmount, remount at boot.
 mod disks;
+// Hostile input, floods and crashes: traversal, fuzzed envelopes and arguments, archive bombs,
+// stop signals, kills during apply, task floods.
+mod hostile;
 // The HTTPS bus as `bosh create-env` uses it: no protocol field, Basic auth, `/blobs`.
 mod https_agent;
 // The job lifecycle with real tarballs: apply, scripts, drain, errands, cancel, hostile tarballs.

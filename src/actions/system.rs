@@ -19,8 +19,8 @@ impl Action for Shutdown {
 
 /// `remove_file [path]`: removes one file (bosh-cli removes the `bundle_logs` tarball it was given
 /// with it); a path that is already gone is not an error. Refused: anything but an absolute path
-/// without `.` or `..` components, `/`, the base dir and its ancestors, and directories, so no
-/// argument can take the agent's own state (or the VM's) with it.
+/// without `.` or `..` components, `/`, the base dir and its ancestors, directories, and anything not
+/// under the base dir, so no argument can take the agent's own state (or the VM's) with it.
 pub struct RemoveFile {
     path: String,
 }
@@ -49,6 +49,15 @@ impl Action for RemoveFile {
         let base = absolute(&call.ctx.dirs.base);
         if base.starts_with(&p) {
             return Err(format!("refusing to remove {}: the base dir or one of its ancestors", self.path));
+        }
+        // Inside the base dir only (where `bundle_logs` leaves its tarballs), checked on the real
+        // directory, so a symlinked parent cannot lead outside.
+        let parent = p.parent().map(std::fs::canonicalize);
+        let base_real = std::fs::canonicalize(&base).unwrap_or(base);
+        match parent {
+            Some(Ok(dir)) if dir.starts_with(&base_real) => {}
+            Some(Err(e)) if e.kind() == ErrorKind::NotFound => return Ok(json!(self.path)),
+            _ => return Err(format!("refusing to remove {}: not under the base dir", self.path)),
         }
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => Err(format!("refusing to remove {}: it is a directory", self.path)),
