@@ -655,3 +655,14 @@ fn archive_bombs_stop_above_the_reserve() {
     zero_bomb(&fits, 4, 4 << 20);
     unpack(&fits, &disk.path().join("f"), &Unpack::default()).expect("16 MiB fit on 64 MiB");
 }
+
+/// Item 10: SIGKILLed at points spread across applies, the agent restarts with the recorded spec and
+/// the links in agreement (the soak with 100 kills is `benches/hostile.rs`).
+#[test]
+fn killed_applies_leave_the_spec_and_the_links_in_agreement() {
+    let mut env = start("killapply");
+    let kills = crate::common::crash::kill_during_apply(&mut env, 8, 2 << 20);
+    assert_eq!(kills.tried, 8);
+    assert!(kills.disagreed.is_empty(), "{:#?}", kills.disagreed);
+    eprintln!("kill loop: {kills:?}");
+}
