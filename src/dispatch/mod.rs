@@ -2,9 +2,9 @@
 //!
 //! Listener threads push [`Incoming`] requests onto one channel; a fixed pool of workers ([`pool`])
 //! takes them off and calls [`Dispatcher::handle`]. Synchronous actions run on the worker; asynchronous
-//! ones get a task id, their reply is sent first, and then their body runs on a task thread (reused, never
-//! queued behind another task), so a long task never occupies a worker and `ping`, `get_state` and `get_task` are answered at once however
-//! many tasks run.
+//! ones get a task id, their reply is sent first, and then their body runs on a task thread (reused;
+//! at most [`pool::MAX_TASK_THREADS`] at once, the rest queued), so a long task never occupies a
+//! worker and `ping`, `get_state` and `get_task` are answered at once however many tasks run.
 
 mod envelope;
 pub mod pool;
