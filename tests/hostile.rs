@@ -136,8 +136,21 @@ fn package(env: &AgentEnv, name: &str, version: &str, filler: usize) -> Value {
 
 /// Names a release can never have, each of which would have become a path segment.
 const HOSTILE_NAMES: &[&str] = &[
-    "..", ".", "", "../../../victim", "../x", "a/../../b", "/abs", "x/..", "a\nb", "a\0b", "..\\x", " ",
-    "name with space", "*", "$(touch pwned)",
+    "..",
+    ".",
+    "",
+    "../../../victim",
+    "../x",
+    "a/../../b",
+    "/abs",
+    "x/..",
+    "a\nb",
+    "a\0b",
+    "..\\x",
+    " ",
+    "name with space",
+    "*",
+    "$(touch pwned)",
 ];
 
 /// Item 1: every name that would become a path segment, in apply and prepare, as package, job and
@@ -242,11 +255,19 @@ fn reply_to_longer_than_a_control_line_keeps_the_connection() {
     let raw = Raw::connect(&env);
     for len in [4_100, 8_000, 70_000] {
         let reply_to = format!("{}.{}", raw.inbox, "a".repeat(len));
-        raw.send(json!({"protocol": 3, "method": "ping", "arguments": [], "reply_to": reply_to}).to_string().as_bytes());
+        raw.send(
+            json!({"protocol": 3, "method": "ping", "arguments": [], "reply_to": reply_to})
+                .to_string()
+                .as_bytes(),
+        );
     }
     let mut answered = 0;
     for _ in 0..100 {
-        if env.d.request_within("ping", json!([]), Duration::from_secs(5)).is_ok_and(|v| v == json!({"value": "pong"})) {
+        if env
+            .d
+            .request_within("ping", json!([]), Duration::from_secs(5))
+            .is_ok_and(|v| v == json!({"value": "pong"}))
+        {
             answered += 1;
         }
     }
@@ -290,7 +311,9 @@ fn logs_are_bounded_escaped_and_redacted() {
     let raw = Raw::connect(&env);
     // CR/LF in reply_to would forge a line; a 900 KB method would write a 900 KB line.
     let forged = format!("{}.x\r\nINFO forged line", raw.inbox);
-    raw.send(json!({"protocol": 3, "method": "ping", "arguments": [], "reply_to": forged}).to_string().as_bytes());
+    raw.send(
+        json!({"protocol": 3, "method": "ping", "arguments": [], "reply_to": forged}).to_string().as_bytes(),
+    );
     let method = "m".repeat(900_000);
     let r = raw.request(1, &method, &json!([]));
     assert!(exception(&r).contains("unknown message"));
@@ -338,11 +361,27 @@ fn fuzzed_envelopes_always_get_a_reply_when_reply_to_is_readable() {
     let raw = Raw::connect(&env);
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let hostile_values = [
-        "1e400", "-1e400", "\"\\ud800\"", "\"\\udfff\\ud800\"", "18446744073709551616", "-0", "null", "true",
-        "{}", "[]", "\"\"", "[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]", "{\"a\":1e400}", "0.0000001e-400",
-        "\"..\"", "\"/\"", "\"\\u0000\"", "\"\\r\\nINFO x\"",
+        "1e400",
+        "-1e400",
+        "\"\\ud800\"",
+        "\"\\udfff\\ud800\"",
+        "18446744073709551616",
+        "-0",
+        "null",
+        "true",
+        "{}",
+        "[]",
+        "\"\"",
+        "[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]",
+        "{\"a\":1e400}",
+        "0.0000001e-400",
+        "\"..\"",
+        "\"/\"",
+        "\"\\u0000\"",
+        "\"\\r\\nINFO x\"",
     ];
-    let methods: Vec<&str> = ["ping", "get_state", "get_task", "apply", "remove_file", "nope", "", "cancel_task"].to_vec();
+    let methods: Vec<&str> =
+        ["ping", "get_state", "get_task", "apply", "remove_file", "nope", "", "cancel_task"].to_vec();
     let (mut expected, mut garbage) = (Vec::new(), 0);
     const ROUNDS: usize = 600;
     for n in 0..ROUNDS {
@@ -351,16 +390,30 @@ fn fuzzed_envelopes_always_get_a_reply_when_reply_to_is_readable() {
         let v = |rng: &mut Rng| hostile_values[rng.below(hostile_values.len())];
         let body = match rng.below(6) {
             // A hostile value as the one argument.
-            0 => format!(r#"{{"protocol":3,"method":"{method}","arguments":[{}],"reply_to":"{reply_to}"}}"#, v(&mut rng)),
+            0 => format!(
+                r#"{{"protocol":3,"method":"{method}","arguments":[{}],"reply_to":"{reply_to}"}}"#,
+                v(&mut rng)
+            ),
             // A hostile value as the method or the protocol.
-            1 => format!(r#"{{"protocol":3,"method":{},"arguments":[],"reply_to":"{reply_to}"}}"#, v(&mut rng)),
-            2 => format!(r#"{{"protocol":{},"method":"{method}","arguments":[],"reply_to":"{reply_to}"}}"#, v(&mut rng)),
+            1 => {
+                format!(r#"{{"protocol":3,"method":{},"arguments":[],"reply_to":"{reply_to}"}}"#, v(&mut rng))
+            }
+            2 => format!(
+                r#"{{"protocol":{},"method":"{method}","arguments":[],"reply_to":"{reply_to}"}}"#,
+                v(&mut rng)
+            ),
             // A hostile value as `arguments`, or an unknown member holding one.
             3 => format!(r#"{{"reply_to":"{reply_to}","method":"{method}","arguments":{}}}"#, v(&mut rng)),
-            4 => format!(r#"{{"reply_to":"{reply_to}","method":"{method}","x":{},"arguments":[]}}"#, v(&mut rng)),
+            4 => format!(
+                r#"{{"reply_to":"{reply_to}","method":"{method}","x":{},"arguments":[]}}"#,
+                v(&mut rng)
+            ),
             // Bytes flipped, cut or inserted anywhere: no reply owed.
             _ => {
-                let mut b = format!(r#"{{"protocol":3,"method":"{method}","arguments":[1],"reply_to":"{reply_to}"}}"#).into_bytes();
+                let mut b = format!(
+                    r#"{{"protocol":3,"method":"{method}","arguments":[1],"reply_to":"{reply_to}"}}"#
+                )
+                .into_bytes();
                 for _ in 0..1 + rng.below(4) {
                     let i = rng.below(b.len());
                     match rng.below(3) {
@@ -491,7 +544,11 @@ fn a_task_flood_is_bounded_and_every_result_is_kept() {
     let pid = env.agent.pid().unwrap();
     let threads = || -> usize {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
     };
     let idle_threads = threads();
     // 300 long sleeps: far more than may run at once.
@@ -619,7 +676,8 @@ fn archive_bombs_stop_above_the_reserve() {
         h.set_mode(0o644);
         h.set_entry_type(tar::EntryType::Regular);
         h.set_cksum();
-        let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&one).unwrap(), flate2::Compression::fast());
+        let mut gz =
+            flate2::write::GzEncoder::new(std::fs::File::create(&one).unwrap(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, h.as_bytes()).unwrap();
         std::io::Write::write_all(&mut gz, &vec![0u8; 1 << 20]).unwrap();
         gz.finish().unwrap();

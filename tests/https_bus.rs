@@ -497,7 +497,7 @@ impl SlowConn {
     fn tick(&mut self) -> bool {
         self.sock.set_nonblocking(true).ok();
         let mut probe = [0u8; 1024];
-        let closed = matches!(self.sock.read(&mut probe), Ok(0)) ;
+        let closed = matches!(self.sock.read(&mut probe), Ok(0));
         self.sock.set_nonblocking(false).ok();
         if closed {
             return false;
@@ -577,7 +577,9 @@ fn slowloris_does_not_lock_out_legitimate_requests() {
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
             (tried, answered, attack.join().unwrap())
         });
-        eprintln!("slowloris {kind:?}: {answered} of {tried} pings answered, {opened} slow connections opened");
+        eprintln!(
+            "slowloris {kind:?}: {answered} of {tried} pings answered, {opened} slow connections opened"
+        );
         report.push((kind, tried, answered, opened));
     }
     for (kind, tried, answered, opened) in report {

@@ -34,7 +34,8 @@ fn spec(env: &AgentEnv, tag: &str, filler: usize) -> Value {
         let id = bosh_agent::ids::uuid_v4();
         std::fs::copy(&path, env.blobs.path().join(&id)).expect("blob");
         let (_, sha256) = digests(&path);
-        packages.insert(name.clone(), json!({"name": name, "version": tag, "sha1": sha256, "blobstore_id": id}));
+        packages
+            .insert(name.clone(), json!({"name": name, "version": tag, "sha1": sha256, "blobstore_id": id}));
     }
     json!({"configuration_hash": format!("hash-{tag}"), "deployment": "d", "packages": packages})
 }
@@ -84,10 +85,15 @@ pub fn kill_during_apply(env: &mut AgentEnv, kills: usize, filler: usize) -> Kil
         std::thread::sleep(Duration::from_millis((i as u64 * 37) % 500));
         env.agent.restart();
         out.tried += 1;
-        assert!(env.d.wait_ready(Duration::from_secs(20)), "the agent did not come back:\n{}", env.agent.log());
+        assert!(
+            env.d.wait_ready(Duration::from_secs(20)),
+            "the agent did not come back:\n{}",
+            env.agent.log()
+        );
         let base = env.agent.base();
-        let recorded: Value = serde_json::from_slice(&std::fs::read(base.join("bosh/spec.json")).unwrap_or_default())
-            .unwrap_or(Value::Null);
+        let recorded: Value =
+            serde_json::from_slice(&std::fs::read(base.join("bosh/spec.json")).unwrap_or_default())
+                .unwrap_or(Value::Null);
         if recorded["configuration_hash"] != next["configuration_hash"] {
             out.mid_apply += 1;
         }
