@@ -117,6 +117,34 @@ fn snapshot(dir: &Path, skip: &[PathBuf]) -> BTreeMap<PathBuf, (u64, u32, bool)>
     out
 }
 
+/// What lies beside the agent's base dir (its scratch dir, with a planted `victim/file`), to show
+/// that nothing outside the base dir was created or changed.
+struct Outside {
+    scratch: PathBuf,
+    skip: [PathBuf; 2],
+    before: BTreeMap<PathBuf, (u64, u32, bool)>,
+}
+
+impl Outside {
+    fn watch(env: &AgentEnv) -> Outside {
+        let scratch = env.agent.base().parent().unwrap().to_path_buf();
+        std::fs::create_dir_all(scratch.join("victim")).unwrap();
+        std::fs::write(scratch.join("victim/file"), b"precious").unwrap();
+        let skip = [env.agent.base(), scratch.join("agent.log")];
+        let before = snapshot(&scratch, &skip);
+        Outside { scratch, skip, before }
+    }
+
+    fn assert_unchanged(&self) {
+        assert_eq!(std::fs::read(self.scratch.join("victim/file")).unwrap(), b"precious");
+        assert_eq!(
+            snapshot(&self.scratch, &self.skip),
+            self.before,
+            "something outside the base dir changed"
+        );
+    }
+}
+
 fn start(tag: &str) -> AgentEnv {
     AgentEnv::start(tag, NatsServerOptions::default(), None)
 }
@@ -159,12 +187,7 @@ const HOSTILE_NAMES: &[&str] = &[
 #[test]
 fn hostile_names_are_refused_and_nothing_outside_the_base_dir_changes() {
     let mut env = start("names");
-    let scratch = env.agent.base().parent().unwrap().to_path_buf();
-    let victim = scratch.join("victim");
-    std::fs::create_dir_all(&victim).unwrap();
-    std::fs::write(victim.join("file"), b"precious").unwrap();
-    let skip = [env.agent.base(), scratch.join("agent.log")];
-    let before = snapshot(&scratch, &skip);
+    let outside = Outside::watch(&env);
     let good = package(&env, "good", "1", 10);
     let mut tried = 0;
     for name in HOSTILE_NAMES {
@@ -188,8 +211,7 @@ fn hostile_names_are_refused_and_nothing_outside_the_base_dir_changes() {
         }
     }
     assert_eq!(tried, 2 * (3 * HOSTILE_NAMES.len() - 1));
-    assert_eq!(std::fs::read(victim.join("file")).unwrap(), b"precious");
-    assert_eq!(snapshot(&scratch, &skip), before, "something outside the base dir changed");
+    outside.assert_unchanged();
     // The agent still applies a good spec afterwards.
     let ok = env.d.run_task("apply", json!([{"configuration_hash": "h", "packages": {"good": good}}]));
     assert_eq!(value(&ok), "applied");
@@ -486,12 +508,7 @@ fn hostile_args() -> Vec<Value> {
 fn every_action_survives_hostile_arguments() {
     let mut env = start("fuzzargs");
     let raw = Raw::connect(&env);
-    let scratch = env.agent.base().parent().unwrap().to_path_buf();
-    let victim = scratch.join("victim");
-    std::fs::create_dir_all(&victim).unwrap();
-    std::fs::write(victim.join("file"), b"precious").unwrap();
-    let skip = [env.agent.base(), scratch.join("agent.log")];
-    let before = snapshot(&scratch, &skip);
+    let outside = Outside::watch(&env);
     let args = hostile_args();
     let mut n = 0;
     let mut tasks = Vec::new();
@@ -529,9 +546,7 @@ fn every_action_survives_hostile_arguments() {
     }
     assert!(n > 1500, "only {n} requests");
     assert!(env.agent.alive() && env.d.wait_ready(Duration::from_secs(10)));
-    assert_eq!(std::fs::read(victim.join("file")).unwrap(), b"precious");
-    let after = snapshot(&scratch, &skip);
-    assert_eq!(after, before, "something outside the base dir changed");
+    outside.assert_unchanged();
 }
 
 /// Items 7 and 8: a flood of tasks runs on a bounded number of threads while `ping` and `get_task`
