@@ -11,6 +11,7 @@ mod common {
     pub mod agent;
     pub mod certs;
     pub mod crash;
+    pub mod mounts;
     pub mod nats_server;
     mod poll;
     pub mod settings;
