@@ -45,7 +45,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     let settings = SettingsService::new(dirs.clone(), srcs, overrides);
     let effective = settings.load().context("loading settings")?;
-    let platform: Arc<dyn Platform> = platform::new(opts.platform, &dirs).into();
+    let platform: Arc<dyn Platform> = platform::new_with(opts.platform, &dirs, &config.linux)?.into();
     platform.bootstrap(&effective, opts.configure)?;
     // The persistent disk comes back before any job can look for it; a vanished disk is logged.
     platform::disks::remount_last_disk(platform.as_ref(), &dirs, &effective);

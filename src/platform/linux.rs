@@ -2,7 +2,7 @@
 //! devices, users and services it manages.
 
 use super::bootstrap::{self, Machine};
-use super::disks::{self, DiskManager as _, LinuxDisks};
+use super::disks::{self, DiskConfig, DiskManager as _, LinuxDisks};
 use super::users::{self, UserRegex};
 use super::{hosts_file, network, write_cert_files, Platform};
 use crate::dirs::Dirs;
@@ -20,8 +20,8 @@ pub struct Linux {
 }
 
 impl Linux {
-    pub(super) fn new(dirs: &Dirs) -> Linux {
-        Linux { dirs: dirs.clone(), disks: LinuxDisks::new(dirs.clone()) }
+    pub(super) fn new(dirs: &Dirs, disk: DiskConfig) -> Linux {
+        Linux { dirs: dirs.clone(), disks: LinuxDisks::new(dirs.clone(), disk) }
     }
 
     /// Whether this is the live system (root `/`) rather than a scratch root in tests.

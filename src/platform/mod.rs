@@ -9,6 +9,7 @@ mod linux;
 pub mod network;
 pub mod users;
 
+use crate::config::LinuxOptions;
 use crate::dirs::Dirs;
 use crate::error::Context as _;
 use crate::settings::Effective;
@@ -37,12 +38,23 @@ impl PlatformKind {
     }
 }
 
-/// Builds the platform for `-P`.
+/// Builds the platform for `-P` with `agent.json`'s defaults (tests).
+#[cfg(any(test, feature = "internals"))]
 pub fn new(kind: PlatformKind, dirs: &Dirs) -> Box<dyn Platform> {
     match kind {
-        PlatformKind::Ubuntu | PlatformKind::Linux => Box::new(linux::Linux::new(dirs)),
+        PlatformKind::Ubuntu | PlatformKind::Linux => Box::new(linux::Linux::new(dirs, disks::DiskConfig::default())),
         PlatformKind::Dummy => Box::new(dummy::Dummy::new(dirs)),
     }
+}
+
+/// Builds the platform for `-P` as `agent.json`'s `Platform.Linux` says; fails on an option no
+/// platform can honour (an unknown `PartitionerType`).
+pub fn new_with(kind: PlatformKind, dirs: &Dirs, linux: &LinuxOptions) -> Result<Box<dyn Platform>, String> {
+    let disk = disks::DiskConfig::from_linux(linux)?;
+    Ok(match kind {
+        PlatformKind::Ubuntu | PlatformKind::Linux => Box::new(linux::Linux::new(dirs, disk)),
+        PlatformKind::Dummy => Box::new(dummy::Dummy::new(dirs)),
+    })
 }
 
 /// Platform operations the agent needs.

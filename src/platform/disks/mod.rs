@@ -13,13 +13,19 @@
 
 mod dummy;
 pub mod ephemeral;
+pub mod grow;
+pub mod iscsi;
 mod linux;
 pub mod mount;
+pub mod options;
 pub mod prepare;
 pub mod resolve;
+pub mod root;
+pub mod table;
 
 pub use dummy::DummyDisks;
 pub use linux::LinuxDisks;
+pub use options::DiskConfig;
 
 use crate::error::Context as _;
 use crate::sync::lock;
@@ -71,7 +77,7 @@ pub struct DiskSettings {
     /// Device path, e.g. `/dev/sdc`.
     #[serde(rename = "Path")]
     pub path: String,
-    /// iSCSI connection (not supported here).
+    /// iSCSI connection (`DevicePathResolutionType: iscsi`).
     #[serde(rename = "ISCSISettings")]
     pub iscsi: IscsiSettings,
     /// `ext4` (default) or `xfs`.
@@ -286,6 +292,9 @@ pub trait DiskManager: Send + Sync {
     fn add_dynamic(&self, disk: &DiskSettings) -> Result<(), String>;
     /// Removes that link.
     fn remove_dynamic(&self, cid: &str) -> Result<(), String>;
+    /// Boot: raw ephemeral disks, swap and `data` on the ephemeral disk or the root disk's free
+    /// space, the root partition grown (see `ephemeral`); `data` is at least a directory after it.
+    fn setup_ephemeral(&self, settings: &Effective) -> Result<(), String>;
 }
 
 /// Boot step 21: remounts the disk named in `managed_disk_settings.json` on store.
