@@ -45,10 +45,14 @@ mod archive;
 mod blobstore;
 // The Linux bootstrap against a scratch root: the files it writes, idempotence, named failures.
 mod bootstrap;
-// The ephemeral disk in the bootstrap, on loop devices: swap and data, kept on a second boot.
+// The ephemeral disk in the bootstrap, on loop devices: swap and data, kept on a second boot;
+// foreign disks repartitioned, PartitionerType, SkipDiskSetup, raw ephemeral disks.
 mod ephemeral;
 // The HTTPS bus server over real TLS, including clients that misbehave.
 mod https_bus;
+// The root disk in the bootstrap, on a loop-backed root disk mounted as the root dir: swap and
+// data after the root partition, the root partition and filesystem grown.
+mod root_disk;
 // The monit supervisor against a real monit: job states, lifecycle, the 2 s bound on status.
 mod monit;
 // The NATS client against a real nats-server: mutual TLS, auth, reconnects, max_payload.
