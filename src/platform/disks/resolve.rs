@@ -145,7 +145,9 @@ impl Resolver {
 
     fn virtio(&self, disk: &DiskSettings, patient: bool) -> Result<PathBuf, String> {
         let cid = &disk.id;
-        if patient && self.udev {
+        // Only a disk with a name to look for under by-id is worth waking udev for (the ephemeral
+        // disk has none: its path is all there is).
+        if patient && self.udev && (!cid.is_empty() || !disk.device_id.is_empty()) {
             for args in [&["trigger"][..], &["settle"][..]] {
                 if let Err(e) = exec::run(Command::new("udevadm").args(args), None, Duration::from_secs(120)) {
                     log::info!("udevadm {}: {e}", args.join(" "));
