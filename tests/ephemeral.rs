@@ -43,6 +43,19 @@ impl Loop {
         prepare::partition_path_n(&self.dev, n)
     }
 
+    /// Makes the disk `mb` bigger and tells the kernel, as an IaaS growing a disk leaves it.
+    pub fn grow(&self, mb: u64) {
+        let img = self._dir.path().join("disk.img");
+        let len = std::fs::metadata(&img).expect("image").len();
+        std::fs::File::options()
+            .write(true)
+            .open(&img)
+            .expect("image")
+            .set_len(len + (mb << 20))
+            .expect("grow");
+        sh(Command::new("losetup").arg("-c").arg(&self.dev));
+    }
+
     pub fn unmount_all(&self) {
         for n in [self.part(1), self.part(2), self.part(3), self.dev.clone()] {
             if let (Ok(num), Ok(table)) = (mount::device_number(&n), mount::mounts()) {

@@ -30,9 +30,18 @@ struct RootDisk {
 
 impl RootDisk {
     fn new(disk_mb: u64, root_mb: u64, fs: &str, more: &str) -> RootDisk {
+        RootDisk::with_label("dos", disk_mb, 0, root_mb, fs, more)
+    }
+
+    /// A root disk of `disk_mb` with a `label` table, grown by `grow_mb` after the table was
+    /// written (the IaaS made the disk bigger than the image).
+    fn with_label(label: &str, disk_mb: u64, grow_mb: u64, root_mb: u64, fs: &str, more: &str) -> RootDisk {
         let disk = Loop::new(disk_mb);
-        let script = format!("label: dos\\nstart=1MiB, size={root_mb}MiB, type=L\\n{more}");
+        let script = format!("label: {label}\\nstart=1MiB, size={root_mb}MiB, type=L\\n{more}");
         sh(Command::new("sh").arg("-c").arg(format!("printf '{script}' | sfdisk -q {}", disk.dev.display())));
+        if grow_mb > 0 {
+            disk.grow(grow_mb);
+        }
         prepare::sync_partitions(&disk.dev).expect("partition nodes");
         let p1 = disk.part(1);
         match fs {
@@ -127,6 +136,27 @@ fn free_space_after_root_becomes_swap_and_data_and_is_kept_on_the_next_boot() {
     assert_eq!(layout(&r.disk.dev).1, parts);
     assert_eq!((blkid(&r.disk.part(2), "UUID"), blkid(&r.disk.part(3), "UUID")), uuids);
     assert_eq!(r.data_mounted_from(), Some(data));
+}
+
+#[test]
+fn a_gpt_root_disk_grown_past_its_image_gets_swap_and_data_up_to_its_new_end() {
+    let _g = lock();
+    if !devices_available("a_gpt_root_disk_grown_past_its_image_gets_swap_and_data_up_to_its_new_end", TOOLS)
+    {
+        return;
+    }
+    // The image's GPT ends at 512 MiB (its backup there); the disk is 2 GiB.
+    let r = RootDisk::with_label("gpt", 512, 1536, 300, "ext4", "");
+    r.bootstrap(&on(), None).expect("bootstrap");
+    let (label, parts) = layout(&r.disk.dev);
+    assert_eq!(label, "gpt");
+    assert_eq!(parts.len(), 3, "{parts:?}");
+    // The free space counts to the disk's new end (less GPT's backup), not the image's: swap is half.
+    let free = 2048 * MIB - 33 * 512 - 301 * MIB;
+    assert_eq!(parts[1].2, (free / 2) / MIB * MIB);
+    let data = parts[2].2;
+    assert!(data > free - parts[1].2 - 2 * MIB, "data stops short of the new end: {} MiB", data / MIB);
+    assert_eq!(r.data_mounted_from(), Some(mount::device_number(&r.disk.part(3)).expect("p3")));
 }
 
 #[test]

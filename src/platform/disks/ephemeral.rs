@@ -458,7 +458,6 @@ mod tests {
                     name: name.to_string(),
                 })
                 .collect(),
-            usable_end: None,
         }
     }
 

@@ -86,9 +86,16 @@ pub fn find(root_dir: &Path) -> Result<RootDisk, String> {
 pub fn free_space(root: &RootDisk) -> Result<u64, String> {
     let t = table::read(&root.disk)?.ok_or_else(|| format!("{} has no partition table", root.disk.display()))?;
     let part = root_part(&t.parts, root)?;
-    let size = super::prepare::size_of(&root.disk)?;
-    let end = t.usable_end.unwrap_or(size).min(size);
-    Ok(end.saturating_sub(part.end()))
+    Ok(usable_end(&t, super::prepare::size_of(&root.disk)?).saturating_sub(part.end()))
+}
+
+/// Where partitions must end on a disk of `size` bytes: before GPT's backup (33 sectors at the
+/// disk's end, where it will be once moved there), or the end itself.
+fn usable_end(t: &table::Table, size: u64) -> u64 {
+    match t.label {
+        Label::Gpt => size.saturating_sub(33 * 512),
+        _ => size,
+    }
 }
 
 fn root_part<'a>(parts: &'a [Part], root: &RootDisk) -> Result<&'a Part, String> {
@@ -118,6 +125,10 @@ pub fn prepare(root: &RootDisk, plan: &Plan) -> Result<Ephemeral, String> {
             start += size;
         }
         log::info!("root disk {d}: adding {} after partition {}", plan.describe(), rp.number);
+        if t.label == Label::Gpt {
+            // A disk the IaaS made bigger than the image still has its GPT backup at the image's end.
+            table::relocate_backup(&root.disk)?;
+        }
         table::append(&root.disk, &new)?;
         super::prepare::sync_partitions(&root.disk)?;
         let t = table::read(&root.disk)?.ok_or_else(|| format!("{d} lost its partition table"))?;

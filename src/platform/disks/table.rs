@@ -62,10 +62,8 @@ impl Part {
 pub struct Table {
     /// Its kind.
     pub label: Label,
-    /// The partitions, by start.
+    /// The partitions, by number.
     pub parts: Vec<Part>,
-    /// The last byte a partition may use plus one (GPT keeps its backup at the end), as sfdisk sees it.
-    pub usable_end: Option<u64>,
 }
 
 /// The table on `dev`, or `None` when sfdisk finds none.
@@ -107,9 +105,8 @@ pub fn parse(json: &str) -> Result<Table, String> {
             name: p["name"].as_str().unwrap_or_default().to_string(),
         });
     }
-    parts.sort_by_key(|p| p.start);
-    let usable_end = t["lastlba"].as_u64().map(|l| (l + 1) * sector);
-    Ok(Table { label, parts, usable_end })
+    parts.sort_by_key(|p| p.number);
+    Ok(Table { label, parts })
 }
 
 /// A partition to create: where, how big, what type and, on GPT, its name. Starts and sizes are
@@ -170,14 +167,20 @@ pub fn append(dev: &Path, parts: &[NewPart]) -> Result<(), String> {
 /// what `growpart` does, with sfdisk alone.
 pub fn grow_to_end(dev: &Path, table: &Table, number: u32) -> Result<(), String> {
     if table.label == Label::Gpt {
-        log::info!("sfdisk --relocate gpt-bak-std {}", dev.display());
-        exec::run(
-            Command::new("sfdisk").args(["-q", "--no-reread", "--relocate", "gpt-bak-std"]).arg(dev),
-            None,
-            LIMIT,
-        )?;
+        relocate_backup(dev)?;
     }
     sfdisk(dev, &["-N", &number.to_string()], ", +\n")
+}
+
+/// Moves a GPT's backup header to the end of a disk that grew, so the space after it can be used.
+pub fn relocate_backup(dev: &Path) -> Result<(), String> {
+    log::info!("sfdisk --relocate gpt-bak-std {}", dev.display());
+    exec::run(
+        Command::new("sfdisk").args(["-q", "--no-reread", "--relocate", "gpt-bak-std"]).arg(dev),
+        None,
+        LIMIT,
+    )
+    .map(|_| ())
 }
 
 /// Room after partition `number` up to the usable end of the disk, in bytes; `None` when another
@@ -246,7 +249,6 @@ mod tests {
     fn parses_sfdisk_json_into_bytes() {
         let t = parse(GPT).unwrap();
         assert_eq!(t.label, Label::Gpt);
-        assert_eq!(t.usable_end, Some(614367 * 512));
         assert_eq!(
             t.parts[0],
             Part { number: 1, start: MIB, size: 100 * MIB, kind: GPT_SWAP.into(), name: "bosh-partition-a-0".into() }
@@ -255,7 +257,7 @@ mod tests {
         let dos = r#"{"partitiontable": {"label": "dos", "sectorsize": 4096, "partitions": [
             {"node": "/dev/sda1", "start": 256, "size": 2560, "type": "83"}]}}"#;
         let t = parse(dos).unwrap();
-        assert_eq!((t.label, t.parts[0].start, t.parts[0].size, t.usable_end), (Label::Dos, MIB, 10 * MIB, None));
+        assert_eq!((t.label, t.parts[0].start, t.parts[0].size), (Label::Dos, MIB, 10 * MIB));
         assert!(parse("not json").is_err());
         let bad = r#"{"partitiontable": {"label": "dos", "partitions": [{"node": "/dev/sda", "start": 1}]}}"#;
         assert!(parse(bad).unwrap_err().contains("no number"));
