@@ -10,7 +10,7 @@
 
 use crate::common::agent::{exception, Director, Launch, TestAgent};
 use crate::common::certs::TestPki;
-use crate::common::loopdev::{devices_available, sh, DEVICES};
+use crate::common::loopdev::{devices_available, sh, turn, DEVICES};
 use crate::common::nats_server::{NatsServer, NatsServerOptions};
 use crate::common::settings::nats_settings;
 use bosh_agent::dirs::Dirs;
@@ -494,10 +494,9 @@ fn warden_directory_disks_are_bind_mounted_listed_migrated_and_remounted() {
 
 #[test]
 fn preformatted_disks_are_mounted_as_given_and_never_formatted() {
-    if !devices_available("preformatted_disks_are_mounted_as_given_and_never_formatted", TOOLS) {
+    let Some(_turn) = turn("preformatted_disks_are_mounted_as_given_and_never_formatted", TOOLS) else {
         return;
-    }
-    let _turn = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    };
     let linux = json!({"UsePreformattedPersistentDisk": true});
     let mut env = start_with("disk-preformatted", "linux", Opts { linux, ..Opts::default() });
     let whole = LoopDisk::new(64).with_whole_device_data();
@@ -531,7 +530,6 @@ fn grow_loop(disk: &LoopDisk, mb: u64) {
 }
 
 fn resized_disk_grows_on_mount(fs: &'static str, mb: u64) {
-    let _turn = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
     let mut env = start_with(&format!("disk-resize-{fs}"), "linux", Opts { fs: Some(fs), ..Opts::default() });
     let disk = LoopDisk::new(mb);
     env.ok("add_persistent_disk", json!(["disk-r", disk.dev()]));
@@ -561,9 +559,8 @@ fn resized_disk_grows_on_mount(fs: &'static str, mb: u64) {
 
 #[test]
 fn a_resized_ext4_disk_grows_on_mount() {
-    if !devices_available("a_resized_ext4_disk_grows_on_mount", &[TOOLS, &["resize2fs", "e2fsck"]].concat()) {
-        return;
-    }
+    let tools = [TOOLS, &["resize2fs", "e2fsck"]].concat();
+    let Some(_turn) = turn("a_resized_ext4_disk_grows_on_mount", &tools) else { return };
     resized_disk_grows_on_mount("ext4", 200);
 }
 
@@ -591,10 +588,7 @@ fn fake_scsi_disk(root: &Path, addr: &str, name: &str, dev: &Path) {
 
 #[test]
 fn scsi_disks_appear_after_the_rescan_the_agent_triggers() {
-    if !devices_available("scsi_disks_appear_after_the_rescan_the_agent_triggers", TOOLS) {
-        return;
-    }
-    let _turn = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(_turn) = turn("scsi_disks_appear_after_the_rescan_the_agent_triggers", TOOLS) else { return };
     let linux = json!({"DevicePathResolutionType": "scsi"});
     let mut env = start_with("disk-scsi", "linux", Opts { linux, ..Opts::default() });
     let disk = LoopDisk::new(64);
@@ -628,10 +622,7 @@ fn scsi_disks_appear_after_the_rescan_the_agent_triggers() {
 
 #[test]
 fn virtio_disks_are_found_by_their_cid_under_by_id() {
-    if !devices_available("virtio_disks_are_found_by_their_cid_under_by_id", TOOLS) {
-        return;
-    }
-    let _turn = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(_turn) = turn("virtio_disks_are_found_by_their_cid_under_by_id", TOOLS) else { return };
     let linux = json!({"DevicePathResolutionType": "virtio"});
     let mut env = start_with("disk-virtio", "linux", Opts { linux, ..Opts::default() });
     let disk = LoopDisk::new(64);
@@ -684,14 +675,11 @@ fn fake_iscsi_tools(bin: &Path, root: &Path, lun: &Path, wwid: &str, calls: &Pat
 
 #[test]
 fn iscsi_disks_are_logged_in_and_found_as_multipath_maps() {
-    if !devices_available("iscsi_disks_are_logged_in_and_found_as_multipath_maps", TOOLS) {
-        return;
-    }
+    let Some(_turn) = turn("iscsi_disks_are_logged_in_and_found_as_multipath_maps", TOOLS) else { return };
     eprintln!(
         "\n!!!!!!!! iscsi test: iscsiadm and dmsetup are FAKE scripts on PATH and the LUN is a loop device \
          (no iSCSI target or device-mapper here) !!!!!!!!\n"
     );
-    let _turn = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
     let disk = LoopDisk::new(64);
     let bin = tempfile::tempdir().unwrap();
     let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());

@@ -8,7 +8,7 @@
 //! The bootstrap runs against a scratch root (`-r`), so it skips `swapon` (the host's swap is not
 //! the test's to change) but does everything else to the device.
 
-use crate::common::loopdev::{devices_available, sh, DEVICES};
+use crate::common::loopdev::{sh, turn};
 use bosh_agent::config::LinuxOptions;
 use bosh_agent::dirs::Dirs;
 use bosh_agent::platform::disks::{mount, prepare};
@@ -179,10 +179,6 @@ fn mounted_at(dir: &Path) -> Option<(u64, u64)> {
     mount::device_at(&mount::mounts().expect("mounts"), dir)
 }
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    DEVICES.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// An ext4 filesystem on `target` holding `hello.txt`.
 fn put_file(target: &Path) {
     sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(target));
@@ -201,10 +197,9 @@ const MIB: u64 = 1 << 20;
 
 #[test]
 fn blank_disk_gets_named_gpt_swap_and_data_and_a_second_boot_keeps_them() {
-    let _g = lock();
-    if !devices_available("blank_disk_gets_named_gpt_swap_and_data_and_a_second_boot_keeps_them", TOOLS) {
+    let Some(_g) = turn("blank_disk_gets_named_gpt_swap_and_data_and_a_second_boot_keeps_them", TOOLS) else {
         return;
-    }
+    };
     let f = Fixture::new(96);
     f.bootstrap(None).expect("first bootstrap");
     // The Go agent's parted layout: GPT, partitions named after the agent id.
@@ -242,10 +237,7 @@ fn blank_disk_gets_named_gpt_swap_and_data_and_a_second_boot_keeps_them() {
 
 #[test]
 fn swap_size_zero_gives_one_data_partition() {
-    let _g = lock();
-    if !devices_available("swap_size_zero_gives_one_data_partition", TOOLS) {
-        return;
-    }
+    let Some(_g) = turn("swap_size_zero_gives_one_data_partition", TOOLS) else { return };
     let f = Fixture::new(64);
     f.bootstrap(Some(0)).expect("bootstrap");
     assert_eq!(names(f.dev()), ["bosh-partition-agent-eph-0"]);
@@ -256,10 +248,9 @@ fn swap_size_zero_gives_one_data_partition() {
 
 #[test]
 fn explicit_swap_size_is_honoured_and_too_big_a_swap_is_refused() {
-    let _g = lock();
-    if !devices_available("explicit_swap_size_is_honoured_and_too_big_a_swap_is_refused", TOOLS) {
+    let Some(_g) = turn("explicit_swap_size_is_honoured_and_too_big_a_swap_is_refused", TOOLS) else {
         return;
-    }
+    };
     let f = Fixture::new(64);
     let e = f.bootstrap(Some(60)).expect_err("swap leaves no room");
     assert!(e.contains("does not fit"), "{e}");
@@ -271,10 +262,7 @@ fn explicit_swap_size_is_honoured_and_too_big_a_swap_is_refused() {
 
 #[test]
 fn foreign_disks_are_repartitioned_as_the_go_agent_does() {
-    let _g = lock();
-    if !devices_available("foreign_disks_are_repartitioned_as_the_go_agent_does", TOOLS) {
-        return;
-    }
+    let Some(_g) = turn("foreign_disks_are_repartitioned_as_the_go_agent_does", TOOLS) else { return };
     let check = |f: &Fixture, what: &str| {
         f.bootstrap(Some(16)).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(names(f.dev()), ["bosh-partition-agent-eph-0", "bosh-partition-agent-eph-1"], "{what}");
@@ -315,10 +303,10 @@ fn foreign_disks_are_repartitioned_as_the_go_agent_does() {
 
 #[test]
 fn an_old_filesystem_where_the_data_partition_starts_is_not_mounted_as_data() {
-    let _g = lock();
-    if !devices_available("an_old_filesystem_where_the_data_partition_starts_is_not_mounted_as_data", TOOLS) {
+    let Some(_g) = turn("an_old_filesystem_where_the_data_partition_starts_is_not_mounted_as_data", TOOLS)
+    else {
         return;
-    }
+    };
     // An msdos disk whose second partition starts exactly where the new data partition will
     // (1 MiB + 16 MiB of swap): the Go agent would find that ext4 and mount it as data.
     let f = Fixture::new(64);
@@ -333,10 +321,7 @@ fn an_old_filesystem_where_the_data_partition_starts_is_not_mounted_as_data() {
 
 #[test]
 fn a_half_set_up_disk_is_finished_not_redone() {
-    let _g = lock();
-    if !devices_available("a_half_set_up_disk_is_finished_not_redone", TOOLS) {
-        return;
-    }
+    let Some(_g) = turn("a_half_set_up_disk_is_finished_not_redone", TOOLS) else { return };
     // This agent's table was written and swap made, then the agent stopped before mkfs.
     let f = Fixture::new(64);
     sfdisk_script(
@@ -355,10 +340,7 @@ fn a_half_set_up_disk_is_finished_not_redone() {
 
 #[test]
 fn a_foreign_disk_in_use_is_refused_and_untouched() {
-    let _g = lock();
-    if !devices_available("a_foreign_disk_in_use_is_refused_and_untouched", TOOLS) {
-        return;
-    }
+    let Some(_g) = turn("a_foreign_disk_in_use_is_refused_and_untouched", TOOLS) else { return };
     let f = Fixture::new(64);
     put_file(f.dev());
     let uuid = blkid(f.dev(), "UUID");
@@ -373,10 +355,7 @@ fn a_foreign_disk_in_use_is_refused_and_untouched() {
 
 #[test]
 fn partitioner_type_sfdisk_makes_an_msdos_layout_and_keeps_it() {
-    let _g = lock();
-    if !devices_available("partitioner_type_sfdisk_makes_an_msdos_layout_and_keeps_it", TOOLS) {
-        return;
-    }
+    let Some(_g) = turn("partitioner_type_sfdisk_makes_an_msdos_layout_and_keeps_it", TOOLS) else { return };
     let sfdisk = LinuxOptions { partitioner_type: "sfdisk".into(), ..LinuxOptions::default() };
     let f = Fixture::new(96);
     // This agent's GPT layout is foreign to the sfdisk layout: repartitioned.
@@ -401,10 +380,7 @@ fn partitioner_type_sfdisk_makes_an_msdos_layout_and_keeps_it() {
 
 #[test]
 fn skip_disk_setup_leaves_every_disk_alone() {
-    let _g = lock();
-    if !devices_available("skip_disk_setup_leaves_every_disk_alone", TOOLS) {
-        return;
-    }
+    let Some(_g) = turn("skip_disk_setup_leaves_every_disk_alone", TOOLS) else { return };
     let skip = LinuxOptions { skip_disk_setup: true, ..LinuxOptions::default() };
     let f = Fixture::new(64);
     let raw = Loop::new(32);
@@ -417,10 +393,7 @@ fn skip_disk_setup_leaves_every_disk_alone() {
 
 #[test]
 fn raw_ephemeral_disks_get_one_named_partition_once() {
-    let _g = lock();
-    if !devices_available("raw_ephemeral_disks_get_one_named_partition_once", TOOLS) {
-        return;
-    }
+    let Some(_g) = turn("raw_ephemeral_disks_get_one_named_partition_once", TOOLS) else { return };
     let f = Fixture::new(64);
     let (a, b) = (Loop::new(32), Loop::new(32));
     put_file(&b.dev);

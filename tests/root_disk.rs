@@ -6,7 +6,7 @@
 //!
 //! These tests need root and loop devices (loud skip outside CI, failure under `CI=true`).
 
-use crate::common::loopdev::{devices_available, sh, DEVICES};
+use crate::common::loopdev::{sh, turn};
 use crate::ephemeral::{blkid, layout, Loop};
 use bosh_agent::config::LinuxOptions;
 use bosh_agent::dirs::Dirs;
@@ -90,10 +90,6 @@ impl Drop for RootDisk {
     }
 }
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    DEVICES.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn on() -> LinuxOptions {
     LinuxOptions { create_partition_if_no_ephemeral_disk: true, ..LinuxOptions::default() }
 }
@@ -108,10 +104,10 @@ fn can_resize_ext4_online() -> bool {
 
 #[test]
 fn free_space_after_root_becomes_swap_and_data_and_is_kept_on_the_next_boot() {
-    let _g = lock();
-    if !devices_available("free_space_after_root_becomes_swap_and_data_and_is_kept_on_the_next_boot", TOOLS) {
+    let Some(_g) = turn("free_space_after_root_becomes_swap_and_data_and_is_kept_on_the_next_boot", TOOLS)
+    else {
         return;
-    }
+    };
     let r = RootDisk::new(2048, 300, "ext4", "");
     r.bootstrap(&on(), None).expect("bootstrap");
     let (label, parts) = layout(&r.disk.dev);
@@ -140,11 +136,10 @@ fn free_space_after_root_becomes_swap_and_data_and_is_kept_on_the_next_boot() {
 
 #[test]
 fn a_gpt_root_disk_grown_past_its_image_gets_swap_and_data_up_to_its_new_end() {
-    let _g = lock();
-    if !devices_available("a_gpt_root_disk_grown_past_its_image_gets_swap_and_data_up_to_its_new_end", TOOLS)
-    {
+    let Some(_g) = turn("a_gpt_root_disk_grown_past_its_image_gets_swap_and_data_up_to_its_new_end", TOOLS)
+    else {
         return;
-    }
+    };
     // The image's GPT ends at 512 MiB (its backup there); the disk is 2 GiB.
     let r = RootDisk::with_label("gpt", 512, 1536, 300, "ext4", "");
     r.bootstrap(&on(), None).expect("bootstrap");
@@ -161,10 +156,7 @@ fn a_gpt_root_disk_grown_past_its_image_gets_swap_and_data_up_to_its_new_end() {
 
 #[test]
 fn swap_size_zero_puts_only_data_after_root() {
-    let _g = lock();
-    if !devices_available("swap_size_zero_puts_only_data_after_root", TOOLS) {
-        return;
-    }
+    let Some(_g) = turn("swap_size_zero_puts_only_data_after_root", TOOLS) else { return };
     let r = RootDisk::new(2048, 300, "ext4", "");
     r.bootstrap(&on(), Some(0)).expect("bootstrap");
     let (_, parts) = layout(&r.disk.dev);
@@ -175,10 +167,9 @@ fn swap_size_zero_puts_only_data_after_root() {
 
 #[test]
 fn partitions_after_root_that_are_not_the_agents_are_never_touched() {
-    let _g = lock();
-    if !devices_available("partitions_after_root_that_are_not_the_agents_are_never_touched", TOOLS) {
+    let Some(_g) = turn("partitions_after_root_that_are_not_the_agents_are_never_touched", TOOLS) else {
         return;
-    }
+    };
     let r = RootDisk::new(2048, 300, "ext4", "size=100MiB, type=L\\n");
     let before = layout(&r.disk.dev);
     let e = r.bootstrap(&on(), None).expect_err("must refuse");
@@ -188,10 +179,9 @@ fn partitions_after_root_that_are_not_the_agents_are_never_touched() {
 
 #[test]
 fn root_partition_and_ext4_grow_to_the_disk_when_nothing_follows_them() {
-    let _g = lock();
-    if !devices_available("root_partition_and_ext4_grow_to_the_disk_when_nothing_follows_them", TOOLS) {
+    let Some(_g) = turn("root_partition_and_ext4_grow_to_the_disk_when_nothing_follows_them", TOOLS) else {
         return;
-    }
+    };
     // No ephemeral disk named and CreatePartitionIfNoEphemeralDisk off: data stays on root, which grows.
     let r = RootDisk::new(1024, 300, "ext4", "");
     let before = r.root_fs_bytes();
@@ -220,13 +210,10 @@ fn root_partition_and_ext4_grow_to_the_disk_when_nothing_follows_them() {
 
 #[test]
 fn root_partition_and_xfs_grow_with_too_little_space_for_swap_and_data() {
-    let _g = lock();
-    if !devices_available(
-        "root_partition_and_xfs_grow_with_too_little_space_for_swap_and_data",
-        &[TOOLS, &["mkfs.xfs", "xfs_growfs"]].concat(),
-    ) {
+    let xfs = [TOOLS, &["mkfs.xfs", "xfs_growfs"]].concat();
+    let Some(_g) = turn("root_partition_and_xfs_grow_with_too_little_space_for_swap_and_data", &xfs) else {
         return;
-    }
+    };
     // CreatePartitionIfNoEphemeralDisk with less than 1 GiB after root: no swap, data on root, and
     // root takes the space instead.
     let r = RootDisk::new(1200, 320, "xfs", "");

@@ -21,7 +21,9 @@ mod blobs_dns;
 mod compile;
 // A whole deploy under real monit: apply, start, failing jobs and alerts, update, monit gone.
 mod deploy;
-// Persistent disks on loop devices: mount, migrate, unmount, remount at boot.
+// Persistent disks on loop devices: mount, migrate, unmount, remount at boot; per IaaS option
+// (warden directories, preformatted, resize on mount, SCSI rescan on a fake sysfs, virtio by-id,
+// iSCSI with fake iscsiadm/dmsetup).
 mod disks;
 // The HTTPS bus as `bosh create-env` uses it: no protocol field, Basic auth, `/blobs`.
 mod https_agent;

@@ -35,3 +35,10 @@ pub fn devices_available(test: &str, tools: &[&str]) -> bool {
     assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} cannot run under CI: {why}");
     false
 }
+
+/// This test's turn with the loop devices (taken in order with every other real-device test), if
+/// the machine can run it: `None` when [`devices_available`] says it cannot.
+pub fn turn(test: &str, tools: &[&str]) -> Option<std::sync::MutexGuard<'static, ()>> {
+    let g = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    devices_available(test, tools).then_some(g)
+}

@@ -2,10 +2,16 @@
 //!
 //! The director attaches a disk through the CPI, tells the agent where to find it
 //! (`add_persistent_disk`), then asks it to mount it (`mount_disk`), to move the data to a bigger disk
-//! (`migrate_disk`) and to let go of it (`unmount_disk`). The one rule above all others here: a disk
-//! that holds anything is never partitioned or formatted — losing a customer's persistent data is the
-//! one mistake an agent cannot take back. So `prepare` formats only a disk that `blkid` finds nothing
-//! on *and* whose first and last MiB are zeros.
+//! (`migrate_disk`) and to let go of it (`unmount_disk`). The one rule above all others here: a
+//! persistent disk that holds anything is never partitioned or formatted — losing a customer's
+//! persistent data is the one mistake an agent cannot take back. So `prepare` formats only a disk
+//! that `blkid` finds nothing on *and* whose first and last MiB are zeros. The ephemeral disk is the
+//! IaaS's scratch space and follows the Go agent's rules instead (`ephemeral`).
+//!
+//! How the agent finds, lays out and grows disks follows `agent.json`'s `Platform.Linux`
+//! (`options`): the resolution type of each IaaS (`resolve`, `iscsi`), the ephemeral layout, the
+//! root disk (`root`), warden's directory disks. Partition tables are read and written in one place
+//! (`table`), growth in another (`grow`).
 //!
 //! The real work is in [`LinuxDisks`]; [`DummyDisks`] records the same decisions in a JSON file so the
 //! director conversation runs on any machine (`-P dummy`). Both sit behind [`DiskManager`], which the
