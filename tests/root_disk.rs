@@ -155,6 +155,28 @@ fn a_gpt_root_disk_grown_past_its_image_gets_swap_and_data_up_to_its_new_end() {
 }
 
 #[test]
+fn a_stale_filesystem_in_the_free_space_does_not_become_data() {
+    let Some(_g) = turn("a_stale_filesystem_in_the_free_space_does_not_become_data", TOOLS) else { return };
+    // An ext4 with a file where the data partition will start (root 1 + 300 MiB, swap half of the
+    // 1747 MiB free), left behind by a partition deleted from the table.
+    let r = RootDisk::new(2048, 300, "ext4", "start=1174MiB, size=200MiB, type=L\\n");
+    let stale = r.disk.part(2);
+    sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&stale));
+    let mnt = tempfile::tempdir().expect("mnt");
+    sh(Command::new("mount").arg(&stale).arg(mnt.path()));
+    std::fs::write(mnt.path().join("hello.txt"), "stale").expect("write");
+    sh(Command::new("umount").arg(mnt.path()));
+    sh(Command::new("sfdisk").args(["-q", "--no-reread", "--delete"]).arg(&r.disk.dev).arg("2"));
+    prepare::sync_partitions(&r.disk.dev).expect("sync");
+    assert_eq!(layout(&r.disk.dev).1.len(), 1);
+
+    r.bootstrap(&on(), None).expect("bootstrap");
+    assert_eq!(layout(&r.disk.dev).1.len(), 3);
+    assert!(!r.dirs().data().join("hello.txt").exists(), "the stale filesystem was mounted as data");
+    assert!(r.dirs().data().join("jobs").is_dir());
+}
+
+#[test]
 fn swap_size_zero_puts_only_data_after_root() {
     let Some(_g) = turn("swap_size_zero_puts_only_data_after_root", TOOLS) else { return };
     let r = RootDisk::new(2048, 300, "ext4", "");

@@ -11,8 +11,8 @@
 //! Swap and data after the root partition, as the Go agent lays them out: the space after the
 //! root partition (at least 1 GiB, else nothing is made) is split into swap (`swap_size`, or
 //! min(RAM, space/2)) and data, appended after the last partition on 1 MiB boundaries, without
-//! names. On later boots partitions after the root one that match those sizes within 20 MiB are
-//! used as they are. Nothing on the root disk is ever deleted or rewritten: other partitions after
+//! names, the first and last MiB of each zeroed first. On later boots partitions after the root one
+//! that match those sizes within 20 MiB are used as they are. Nothing on the root disk is ever deleted or rewritten: other partitions after
 //! the root partition are an error naming them.
 //!
 //! Growth: only when the root partition is the disk's last (no swap and data after it), so growing
@@ -117,18 +117,22 @@ pub fn prepare(root: &RootDisk, plan: &Plan) -> Result<Ephemeral, String> {
     after.sort_by_key(|p| p.start);
     let wanted = plan.sizes();
     let numbers: Vec<u32> = if after.is_empty() {
-        let mut start = table::round_up(rp.end(), MIB);
-        let mut new = Vec::new();
-        for (i, (size, kind)) in wanted.iter().enumerate() {
-            let last = i + 1 == wanted.len();
-            new.push(NewPart { start, size: (!last).then_some(*size), kind, name: String::new() });
-            start += size;
-        }
-        log::info!("root disk {d}: adding {} after partition {}", plan.describe(), rp.number);
         if t.label == Label::Gpt {
             // A disk the IaaS made bigger than the image still has its GPT backup at the image's end.
             table::relocate_backup(&root.disk)?;
         }
+        let mut start = table::round_up(rp.end(), MIB);
+        let mut new = Vec::new();
+        let end = usable_end(&t, super::prepare::size_of(&root.disk)?);
+        for (i, (size, kind)) in wanted.iter().enumerate() {
+            let last = i + 1 == wanted.len();
+            // Whatever the image or an earlier life left in the free space must not show through
+            // the new partitions (a stray superblock would be mounted as data).
+            table::zero_edges_of(&root.disk, start, if last { end.saturating_sub(start) } else { *size })?;
+            new.push(NewPart { start, size: (!last).then_some(*size), kind, name: String::new() });
+            start += size;
+        }
+        log::info!("root disk {d}: adding {} after partition {}", plan.describe(), rp.number);
         table::append(&root.disk, &new)?;
         super::prepare::sync_partitions(&root.disk)?;
         let t = table::read(&root.disk)?.ok_or_else(|| format!("{d} lost its partition table"))?;
