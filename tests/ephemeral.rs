@@ -8,7 +8,7 @@
 //! The bootstrap runs against a scratch root (`-r`), so it skips `swapon` (the host's swap is not
 //! the test's to change) but does everything else to the device.
 
-use crate::common::loopdev::{sh, turn};
+use crate::common::loopdev::{sh, turn, LoopDevice};
 use bosh_agent::config::LinuxOptions;
 use bosh_agent::dirs::Dirs;
 use bosh_agent::platform::disks::{mount, prepare};
@@ -22,78 +22,20 @@ use std::process::Command;
 /// The tools these tests drive.
 const TOOLS: &[&str] = &["sfdisk", "mkfs.ext4", "mkswap", "blkid", "partx", "wipefs"];
 
-/// A loop device on a sparse image; on drop: unmounts whatever is mounted from it (lazily),
-/// detaches it and removes partition nodes the kernel no longer backs (made by mknod in udev-less
-/// containers).
-pub struct Loop {
-    _dir: tempfile::TempDir,
-    pub dev: PathBuf,
-}
-
-impl Loop {
-    pub fn new(mb: u64) -> Loop {
-        let dir = tempfile::tempdir().expect("image dir");
-        let img = dir.path().join("disk.img");
-        std::fs::File::create(&img).expect("image").set_len(mb << 20).expect("size");
-        let dev = sh(Command::new("losetup").args(["-f", "--show", "-P"]).arg(&img));
-        Loop { _dir: dir, dev: PathBuf::from(dev.trim()) }
-    }
-
-    pub fn part(&self, n: usize) -> PathBuf {
-        prepare::partition_path_n(&self.dev, n)
-    }
-
-    /// Makes the disk `mb` bigger and tells the kernel, as an IaaS growing a disk leaves it.
-    pub fn grow(&self, mb: u64) {
-        let img = self._dir.path().join("disk.img");
-        let len = std::fs::metadata(&img).expect("image").len();
-        std::fs::File::options()
-            .write(true)
-            .open(&img)
-            .expect("image")
-            .set_len(len + (mb << 20))
-            .expect("grow");
-        sh(Command::new("losetup").arg("-c").arg(&self.dev));
-    }
-
-    pub fn unmount_all(&self) {
-        for n in [self.part(1), self.part(2), self.part(3), self.dev.clone()] {
-            if let (Ok(num), Ok(table)) = (mount::device_number(&n), mount::mounts()) {
-                for p in mount::mount_points_of(&table, num).iter().rev() {
-                    let _ = Command::new("umount").arg("-l").arg(p).status();
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        self.unmount_all();
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-        for n in 1..=4 {
-            let p = self.part(n);
-            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            if p.exists() && !Path::new("/sys/class/block").join(name).exists() {
-                let _ = std::fs::remove_file(&p);
-            }
-        }
-    }
-}
-
-/// A scratch root and an ephemeral loop disk.
+/// A scratch root and an ephemeral loop disk; on drop the bootstrap's mounts under the root are
+/// undone before the device goes.
 struct Fixture {
     root: tempfile::TempDir,
-    disk: Loop,
+    disk: LoopDevice,
 }
 
 impl Fixture {
     fn new(mb: u64) -> Fixture {
-        Fixture { root: tempfile::tempdir().expect("root"), disk: Loop::new(mb) }
+        Fixture { root: tempfile::tempdir().expect("root"), disk: LoopDevice::new(mb) }
     }
 
     fn dev(&self) -> &Path {
-        &self.disk.dev
+        self.disk.path()
     }
 
     fn dirs(&self) -> Dirs {
@@ -130,13 +72,13 @@ impl Fixture {
         }))
         .expect("settings");
         let effective = Effective { settings: s, update: Default::default() };
-        platform::new_with(PlatformKind::Linux, &self.dirs(), linux)?.bootstrap(&effective, false)
+        platform::with_options(PlatformKind::Linux, &self.dirs(), linux)?.bootstrap(&effective, false)
     }
 }
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        // Anything mounted under the scratch root (data) goes before the root is removed.
+        crate::common::mounts::unmount_under(&[self.root.path()]);
         self.disk.unmount_all();
     }
 }
@@ -221,10 +163,13 @@ fn blank_disk_gets_named_gpt_swap_and_data_and_a_second_boot_keeps_them() {
     assert!(!uuid.is_empty() && !swap_uuid.is_empty());
     std::fs::write(f.data().join("jobs/kept.txt"), "survives").expect("write");
 
-    // Agent restart: mounted already, nothing changes.
+    // Agent restart: mounted already, nothing changes (the binds of data/root_* over system paths
+    // are the same filesystem at other mount points).
+    let mounted = mount::mount_points_of(&mount::mounts().expect("mounts"), data_dev);
     f.bootstrap(None).expect("second bootstrap");
     assert_eq!((blkid(&f.part(1), "UUID"), blkid(&f.part(2), "UUID")), (swap_uuid.clone(), uuid.clone()));
-    assert_eq!(mount::mount_points_of(&mount::mounts().expect("mounts"), data_dev).len(), 1);
+    assert_eq!(mount::mount_points_of(&mount::mounts().expect("mounts"), data_dev), mounted);
+    assert_eq!(mounted.iter().filter(|p| **p == f.data()).count(), 1, "{mounted:?}");
 
     // VM reboot: not mounted any more; the layout is kept and mounted again.
     f.disk.unmount_all();
@@ -383,10 +328,10 @@ fn skip_disk_setup_leaves_every_disk_alone() {
     let Some(_g) = turn("skip_disk_setup_leaves_every_disk_alone", TOOLS) else { return };
     let skip = LinuxOptions { skip_disk_setup: true, ..LinuxOptions::default() };
     let f = Fixture::new(64);
-    let raw = Loop::new(32);
-    f.bootstrap_with(None, &skip, json!(f.dev()), json!([{"path": raw.dev}])).expect("bootstrap");
+    let raw = LoopDevice::new(32);
+    f.bootstrap_with(None, &skip, json!(f.dev()), json!([{"path": raw.path()}])).expect("bootstrap");
     assert_eq!(blkid(f.dev(), "PTTYPE"), "");
-    assert_eq!(blkid(&raw.dev, "PTTYPE"), "");
+    assert_eq!(blkid(raw.path(), "PTTYPE"), "");
     assert_eq!(mounted_at(&f.data()), None);
     assert!(f.data().join("jobs").is_dir(), "data is a directory");
 }
@@ -395,18 +340,18 @@ fn skip_disk_setup_leaves_every_disk_alone() {
 fn raw_ephemeral_disks_get_one_named_partition_once() {
     let Some(_g) = turn("raw_ephemeral_disks_get_one_named_partition_once", TOOLS) else { return };
     let f = Fixture::new(64);
-    let (a, b) = (Loop::new(32), Loop::new(32));
-    put_file(&b.dev);
-    let raw = json!([{"path": a.dev}, b.dev]);
+    let (a, b) = (LoopDevice::new(32), LoopDevice::new(32));
+    put_file(b.path());
+    let raw = json!([{"path": a.path()}, b.path()]);
     f.bootstrap_with(Some(0), &LinuxOptions::default(), json!(f.dev()), raw.clone()).expect("bootstrap");
     for (i, d) in [&a, &b].iter().enumerate() {
-        let (label, parts) = layout(&d.dev);
+        let (label, parts) = layout(d.path());
         assert_eq!(label, "gpt");
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].1, format!("raw-ephemeral-{i}"));
         assert_eq!(blkid(&d.part(1), "TYPE"), "", "a raw disk is left unformatted");
     }
-    assert_eq!(blkid(&b.dev, "TYPE"), "", "the old whole-disk filesystem is gone");
+    assert_eq!(blkid(b.path(), "TYPE"), "", "the old whole-disk filesystem is gone");
     // Jobs put data on them; the next boot leaves them alone.
     put_file(&a.part(1));
     let uuid = blkid(&a.part(1), "UUID");
@@ -425,7 +370,7 @@ fn no_ephemeral_disk_follows_the_go_agent_unless_none_was_named() {
         Effective { settings: s, update: Default::default() }
     };
     let run = |eph: Value, linux: &LinuxOptions| {
-        platform::new_with(PlatformKind::Linux, &dirs, linux).unwrap().bootstrap(&settings(eph), false)
+        platform::with_options(PlatformKind::Linux, &dirs, linux).unwrap().bootstrap(&settings(eph), false)
     };
     let off = LinuxOptions::default();
     let e = run(json!("/dev/no-such-ephemeral-disk"), &off).expect_err("named but missing");

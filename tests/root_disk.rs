@@ -6,8 +6,8 @@
 //!
 //! These tests need root and loop devices (loud skip outside CI, failure under `CI=true`).
 
-use crate::common::loopdev::{sh, turn};
-use crate::ephemeral::{blkid, layout, Loop};
+use crate::common::loopdev::{sh, turn, LoopDevice};
+use crate::ephemeral::{blkid, layout};
 use bosh_agent::config::LinuxOptions;
 use bosh_agent::dirs::Dirs;
 use bosh_agent::platform::disks::{mount, prepare};
@@ -24,7 +24,7 @@ const MIB: u64 = 1 << 20;
 /// scratch dir that serves as the root dir. On drop everything under it is unmounted (innermost
 /// first) before the loop device goes.
 struct RootDisk {
-    disk: Loop,
+    disk: LoopDevice,
     root: tempfile::TempDir,
 }
 
@@ -36,13 +36,15 @@ impl RootDisk {
     /// A root disk of `disk_mb` with a `label` table, grown by `grow_mb` after the table was
     /// written (the IaaS made the disk bigger than the image).
     fn with_label(label: &str, disk_mb: u64, grow_mb: u64, root_mb: u64, fs: &str, more: &str) -> RootDisk {
-        let disk = Loop::new(disk_mb);
+        let disk = LoopDevice::new(disk_mb);
         let script = format!("label: {label}\\nstart=1MiB, size={root_mb}MiB, type=L\\n{more}");
-        sh(Command::new("sh").arg("-c").arg(format!("printf '{script}' | sfdisk -q {}", disk.dev.display())));
+        sh(Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '{script}' | sfdisk -q {}", disk.path().display())));
         if grow_mb > 0 {
             disk.grow(grow_mb);
         }
-        prepare::sync_partitions(&disk.dev).expect("partition nodes");
+        prepare::sync_partitions(disk.path()).expect("partition nodes");
         let p1 = disk.part(1);
         match fs {
             "xfs" => sh(Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&p1)),
@@ -67,7 +69,7 @@ impl RootDisk {
         }))
         .expect("settings");
         let effective = Effective { settings: s, update: Default::default() };
-        platform::new_with(PlatformKind::Linux, &self.dirs(), linux)?.bootstrap(&effective, false)
+        platform::with_options(PlatformKind::Linux, &self.dirs(), linux)?.bootstrap(&effective, false)
     }
 
     fn data_mounted_from(&self) -> Option<(u64, u64)> {
@@ -82,10 +84,20 @@ impl RootDisk {
     }
 }
 
+impl RootDisk {
+    /// A reboot as far as mounts go: everything the bootstrap mounted under the root dir (data,
+    /// its tmpfs, the binds over system paths) is gone; the root filesystem stays.
+    fn reboot(&self) {
+        let root = self.root.path();
+        for p in crate::common::mounts::under(root).iter().rev().filter(|p| p.as_path() != root) {
+            let _ = Command::new("umount").arg("-l").arg(p).status();
+        }
+    }
+}
+
 impl Drop for RootDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dirs().data()).status();
-        let _ = Command::new("umount").arg("-l").arg(self.root.path()).status();
+        crate::common::mounts::unmount_under(&[self.root.path()]);
         self.disk.unmount_all();
     }
 }
@@ -110,7 +122,7 @@ fn free_space_after_root_becomes_swap_and_data_and_is_kept_on_the_next_boot() {
     };
     let r = RootDisk::new(2048, 300, "ext4", "");
     r.bootstrap(&on(), None).expect("bootstrap");
-    let (label, parts) = layout(&r.disk.dev);
+    let (label, parts) = layout(r.disk.path());
     assert_eq!(label, "dos");
     assert_eq!(parts.len(), 3, "{parts:?}");
     assert_eq!(parts[0].2, 300 * MIB, "the root partition must not grow when swap and data follow it");
@@ -127,9 +139,10 @@ fn free_space_after_root_becomes_swap_and_data_and_is_kept_on_the_next_boot() {
     let uuids = (blkid(&r.disk.part(2), "UUID"), blkid(&r.disk.part(3), "UUID"));
 
     // Reboot: data unmounted; the partitions are found again, nothing is rewritten.
-    sh(Command::new("umount").arg(r.dirs().data()));
+    r.reboot();
+    assert_eq!(r.data_mounted_from(), None);
     r.bootstrap(&on(), None).expect("second bootstrap");
-    assert_eq!(layout(&r.disk.dev).1, parts);
+    assert_eq!(layout(r.disk.path()).1, parts);
     assert_eq!((blkid(&r.disk.part(2), "UUID"), blkid(&r.disk.part(3), "UUID")), uuids);
     assert_eq!(r.data_mounted_from(), Some(data));
 }
@@ -143,7 +156,7 @@ fn a_gpt_root_disk_grown_past_its_image_gets_swap_and_data_up_to_its_new_end() {
     // The image's GPT ends at 512 MiB (its backup there); the disk is 2 GiB.
     let r = RootDisk::with_label("gpt", 512, 1536, 300, "ext4", "");
     r.bootstrap(&on(), None).expect("bootstrap");
-    let (label, parts) = layout(&r.disk.dev);
+    let (label, parts) = layout(r.disk.path());
     assert_eq!(label, "gpt");
     assert_eq!(parts.len(), 3, "{parts:?}");
     // The free space counts to the disk's new end (less GPT's backup), not the image's: swap is half.
@@ -166,12 +179,12 @@ fn a_stale_filesystem_in_the_free_space_does_not_become_data() {
     sh(Command::new("mount").arg(&stale).arg(mnt.path()));
     std::fs::write(mnt.path().join("hello.txt"), "stale").expect("write");
     sh(Command::new("umount").arg(mnt.path()));
-    sh(Command::new("sfdisk").args(["-q", "--no-reread", "--delete"]).arg(&r.disk.dev).arg("2"));
-    prepare::sync_partitions(&r.disk.dev).expect("sync");
-    assert_eq!(layout(&r.disk.dev).1.len(), 1);
+    sh(Command::new("sfdisk").args(["-q", "--no-reread", "--delete"]).arg(r.disk.path()).arg("2"));
+    prepare::sync_partitions(r.disk.path()).expect("sync");
+    assert_eq!(layout(r.disk.path()).1.len(), 1);
 
     r.bootstrap(&on(), None).expect("bootstrap");
-    assert_eq!(layout(&r.disk.dev).1.len(), 3);
+    assert_eq!(layout(r.disk.path()).1.len(), 3);
     assert!(!r.dirs().data().join("hello.txt").exists(), "the stale filesystem was mounted as data");
     assert!(r.dirs().data().join("jobs").is_dir());
 }
@@ -181,7 +194,7 @@ fn swap_size_zero_puts_only_data_after_root() {
     let Some(_g) = turn("swap_size_zero_puts_only_data_after_root", TOOLS) else { return };
     let r = RootDisk::new(2048, 300, "ext4", "");
     r.bootstrap(&on(), Some(0)).expect("bootstrap");
-    let (_, parts) = layout(&r.disk.dev);
+    let (_, parts) = layout(r.disk.path());
     assert_eq!(parts.len(), 2, "{parts:?}");
     assert_eq!(parts[1].0, "83");
     assert_eq!(r.data_mounted_from(), Some(mount::device_number(&r.disk.part(2)).expect("p2")));
@@ -193,10 +206,10 @@ fn partitions_after_root_that_are_not_the_agents_are_never_touched() {
         return;
     };
     let r = RootDisk::new(2048, 300, "ext4", "size=100MiB, type=L\\n");
-    let before = layout(&r.disk.dev);
+    let before = layout(r.disk.path());
     let e = r.bootstrap(&on(), None).expect_err("must refuse");
     assert!(e.contains("partitions after the root partition") && e.contains("2 of 100 MiB"), "{e}");
-    assert_eq!(layout(&r.disk.dev), before);
+    assert_eq!(layout(r.disk.path()), before);
 }
 
 #[test]
@@ -208,7 +221,7 @@ fn root_partition_and_ext4_grow_to_the_disk_when_nothing_follows_them() {
     let r = RootDisk::new(1024, 300, "ext4", "");
     let before = r.root_fs_bytes();
     r.bootstrap(&LinuxOptions::default(), None).expect("bootstrap");
-    let (_, parts) = layout(&r.disk.dev);
+    let (_, parts) = layout(r.disk.path());
     assert_eq!(parts.len(), 1);
     assert_eq!(parts[0].2, 1023 * MIB, "the root partition did not grow to the end of the disk");
     assert_eq!(
@@ -227,7 +240,7 @@ fn root_partition_and_ext4_grow_to_the_disk_when_nothing_follows_them() {
     }
     // A second boot finds nothing to grow.
     r.bootstrap(&LinuxOptions::default(), None).expect("second bootstrap");
-    assert_eq!(layout(&r.disk.dev).1, parts);
+    assert_eq!(layout(r.disk.path()).1, parts);
 }
 
 #[test]
@@ -241,7 +254,7 @@ fn root_partition_and_xfs_grow_with_too_little_space_for_swap_and_data() {
     let r = RootDisk::new(1200, 320, "xfs", "");
     let before = r.root_fs_bytes();
     r.bootstrap(&on(), None).expect("bootstrap");
-    let (_, parts) = layout(&r.disk.dev);
+    let (_, parts) = layout(r.disk.path());
     assert_eq!(parts.len(), 1, "{parts:?}");
     assert_eq!(parts[0].2, 1199 * MIB);
     assert!(r.root_fs_bytes() > before + 700 * MIB, "xfs was not grown: {} -> {}", before, r.root_fs_bytes());

@@ -6,6 +6,7 @@ pub mod bootstrap;
 mod dummy;
 pub mod disks;
 mod linux;
+pub mod logrotate;
 pub mod network;
 pub mod users;
 
@@ -38,21 +39,25 @@ impl PlatformKind {
     }
 }
 
-/// Builds the platform for `-P` with `agent.json`'s defaults (tests).
-#[cfg(any(test, feature = "internals"))]
+/// Builds the platform for `-P` with `agent.json`'s defaults (tests; the agent passes its options).
+#[cfg(feature = "internals")]
 pub fn new(kind: PlatformKind, dirs: &Dirs) -> Box<dyn Platform> {
     match kind {
-        PlatformKind::Ubuntu | PlatformKind::Linux => Box::new(linux::Linux::new(dirs, disks::DiskConfig::default())),
+        PlatformKind::Ubuntu | PlatformKind::Linux => {
+            Box::new(linux::Linux::new(dirs, false, disks::DiskConfig::default()))
+        }
         PlatformKind::Dummy => Box::new(dummy::Dummy::new(dirs)),
     }
 }
 
-/// Builds the platform for `-P` as `agent.json`'s `Platform.Linux` says; fails on an option no
-/// platform can honour (an unknown `PartitionerType`).
-pub fn new_with(kind: PlatformKind, dirs: &Dirs, linux: &LinuxOptions) -> Result<Box<dyn Platform>, String> {
-    let disk = disks::DiskConfig::from_linux(linux)?;
+/// Builds the platform for `-P` as `agent.json`'s `Platform.Linux` says (`UseDefaultTmpDir`, the
+/// disk keys); fails on an option no platform can honour (an unknown `PartitionerType`).
+pub fn with_options(kind: PlatformKind, dirs: &Dirs, options: &LinuxOptions) -> Result<Box<dyn Platform>, String> {
+    let disk = disks::DiskConfig::from_linux(options)?;
     Ok(match kind {
-        PlatformKind::Ubuntu | PlatformKind::Linux => Box::new(linux::Linux::new(dirs, disk)),
+        PlatformKind::Ubuntu | PlatformKind::Linux => {
+            Box::new(linux::Linux::new(dirs, options.use_default_tmp_dir, disk))
+        }
         PlatformKind::Dummy => Box::new(dummy::Dummy::new(dirs)),
     })
 }
@@ -91,6 +96,18 @@ pub trait Platform: Send + Sync {
     fn setup_ssh_user(&self, user: &str, password: Option<&str>, public_key: &str) -> Result<(), String>;
     /// Removes the `bosh ssh` users `regex` matches; returns their names.
     fn cleanup_ssh_users(&self, regex: &UserRegex) -> Result<Vec<String>, String>;
+    /// Rotates the jobs' logs past `size` ([`logrotate`]), after an apply that installed jobs.
+    fn setup_logrotate(&self, size: &str) -> Result<(), String>;
+    /// Links `instance/disks/<name>` to `disk`'s device (`update_settings`' `disk_associations`).
+    fn associate_disk(&self, name: &str, disk: &disks::DiskSettings) -> Result<(), String>;
+}
+
+/// Checks a disk association's name, which becomes a file name under `instance/disks`.
+pub fn check_association_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(format!("invalid disk association name '{}'", name.escape_debug()));
+    }
+    Ok(())
 }
 
 /// The `/etc/hosts` text: the local names first, then one line per record.

@@ -45,14 +45,18 @@ use super::DiskSettings;
 use crate::dirs::Dirs;
 use crate::error::Context as _;
 use crate::exec;
+use crate::owner;
 use crate::settings::Effective;
 use serde_json::Value;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 const TOOL_LIMIT: Duration = Duration::from_secs(600);
+/// `data` as a plain directory on the root filesystem: as open as mkfs leaves a disk's root, so
+/// jobs running as vcap reach their packages through it.
+const DATA_DIR_MODE: u32 = 0o755;
 /// The data partition must get at least this much.
 const MIN_DATA: u64 = 8 * MIB;
 /// A partition of the msdos layout within this of its wanted size is taken as made by this agent
@@ -255,13 +259,9 @@ pub fn swapon(part: &Path) -> Result<(), String> {
     exec::run(Command::new("swapon").arg(part), None, TOOL_LIMIT).map(|_| ())
 }
 
-fn mkdir_mode(path: &Path, mode: u32) -> Result<(), String> {
-    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {mode:o} {}", path.display()))
-}
-
-/// Mounts `part` on `data` unless it already is; refuses to hide another filesystem there.
+/// Mounts `part` on `data` unless it already is; refuses to hide another filesystem there. The
+/// mount point is made 0750, as the Go agent makes it; the disk's own root keeps the mode mkfs gave
+/// it (0755), which jobs running as vcap need to reach their packages.
 fn mount_data(part: &Path, data: &Path) -> Result<(), String> {
     let number = mount::device_number(part)?;
     match mount::device_at(&mount::mounts()?, data) {
@@ -276,6 +276,7 @@ fn mount_data(part: &Path, data: &Path) -> Result<(), String> {
             ))
         }
         None => {
+            owner::ensure_dir(data, 0o750)?;
             mount::mount(part, data, &[])?;
             log::info!("mounted {} on {}", part.display(), data.display());
         }
@@ -303,10 +304,9 @@ pub fn setup(
     live: bool,
 ) -> Result<(), String> {
     let data = dirs.data();
-    mkdir_mode(&data, 0o750)?;
     if config.skip_setup {
         log::info!("SkipDiskSetup: no disk setup; {} is a directory", data.display());
-        return Ok(());
+        return owner::ensure_dir(&data, DATA_DIR_MODE);
     }
     let s = &settings.settings;
     raw_ephemeral(&s.disks.raw_ephemeral, resolver)?;
@@ -364,7 +364,8 @@ pub fn setup(
         }
         format_data(&p.data)?;
         mount_data(&p.data, &data)?;
-        mkdir_mode(&data, 0o750)?;
+    } else {
+        owner::ensure_dir(&data, DATA_DIR_MODE)?;
     }
     if on_root {
         log::info!("root partition not grown: swap and data use the space after it");

@@ -53,6 +53,11 @@ impl LinuxDisks {
         LinuxDisks { dirs, config, resolver, live, lock: Mutex::new(()) }
     }
 
+    /// The device of `disk`, as `DevicePathResolutionType` finds it (rescanning and waiting).
+    pub fn device(&self, disk: &DiskSettings) -> Result<PathBuf, String> {
+        self.resolver.resolve(disk)
+    }
+
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
         lock(&self.lock)
     }
