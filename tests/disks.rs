@@ -573,6 +573,12 @@ fn a_resized_xfs_disk_grows_on_mount() {
     resized_disk_grows_on_mount("xfs", 320);
 }
 
+/// An agent with `DevicePathResolutionType` `kind`, and a blank loop disk for it to find.
+fn resolving(kind: &str) -> (Env, LoopDisk) {
+    let linux = json!({ "DevicePathResolutionType": kind });
+    (start_with(&format!("disk-{kind}"), "linux", Opts { linux, ..Opts::default() }), LoopDisk::new(64))
+}
+
 /// A fake SCSI device in a fake sysfs under `root`: `devices/.../<addr>/block/<name>` plus the bus
 /// link, as the kernel lays it out, and `/dev/<name>` under the root leading to a real loop device.
 /// (No test can make the kernel grow a SCSI host; the loop device stands in for the disk.)
@@ -589,9 +595,7 @@ fn fake_scsi_disk(root: &Path, addr: &str, name: &str, dev: &Path) {
 #[test]
 fn scsi_disks_appear_after_the_rescan_the_agent_triggers() {
     let Some(_turn) = turn("scsi_disks_appear_after_the_rescan_the_agent_triggers", TOOLS) else { return };
-    let linux = json!({"DevicePathResolutionType": "scsi"});
-    let mut env = start_with("disk-scsi", "linux", Opts { linux, ..Opts::default() });
-    let disk = LoopDisk::new(64);
+    let (mut env, disk) = resolving("scsi");
     // FAKE SYSFS: two SCSI hosts whose `scan` files record what the agent writes.
     let root = env.root.path().to_path_buf();
     for host in ["host0", "host2"] {
@@ -623,9 +627,7 @@ fn scsi_disks_appear_after_the_rescan_the_agent_triggers() {
 #[test]
 fn virtio_disks_are_found_by_their_cid_under_by_id() {
     let Some(_turn) = turn("virtio_disks_are_found_by_their_cid_under_by_id", TOOLS) else { return };
-    let linux = json!({"DevicePathResolutionType": "virtio"});
-    let mut env = start_with("disk-virtio", "linux", Opts { linux, ..Opts::default() });
-    let disk = LoopDisk::new(64);
+    let (mut env, disk) = resolving("virtio");
     // FAKE UDEV: KVM's by-id link, the serial cut to 20 characters, to a real loop device.
     let cid = "6f2b1c3a-9d4e-4f5a-8b7c-0d1e2f3a4b5c";
     let by_id = env.root.path().join("dev/disk/by-id");

@@ -489,12 +489,18 @@ mod tests {
         Resolver::new(&dirs, &DiskConfig { resolution: kind, waits, ..DiskConfig::default() }, false)
     }
 
+    /// A fake udev `by-id` directory under `root`.
+    fn by_id_dir(root: &Path) -> PathBuf {
+        let dir = root.join("dev/disk/by-id");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn resolves_paths_and_by_id_links_and_refuses_the_rest() {
         let root = tempfile::tempdir().unwrap();
         let r = resolver(root.path(), Resolution::Identity);
-        let by_id = root.path().join("dev/disk/by-id");
-        std::fs::create_dir_all(&by_id).unwrap();
+        let by_id = by_id_dir(root.path());
         std::os::unix::fs::symlink("/dev/null", by_id.join("virtio-abc123")).unwrap();
         // /dev/null is a character device: found, then rejected for what it is.
         assert!(r.resolve(&hint(json!({"id": "abc123"}))).unwrap_err().contains("not a block device"));
@@ -528,8 +534,7 @@ mod tests {
     fn virtio_finds_the_cid_under_by_id_and_refuses_two_devices() {
         let root = tempfile::tempdir().unwrap();
         let r = resolver(root.path(), Resolution::Virtio);
-        let by_id = root.path().join("dev/disk/by-id");
-        std::fs::create_dir_all(&by_id).unwrap();
+        let by_id = by_id_dir(root.path());
         let cid = "vol-0123456789abcdefghij-long";
         let d = DiskSettings { id: cid.into(), ..DiskSettings::default() };
         let e = r.resolve(&d).unwrap_err();
@@ -622,8 +627,7 @@ mod tests {
         std::os::unix::fs::symlink("/dev/null", root.path().join("dev/sdx")).unwrap();
         assert!(r.resolve(&d).unwrap_err().contains("/dev/null (disk d) is not a block device"));
         // A device id: by-id, dashes removed.
-        let by_id = root.path().join("dev/disk/by-id");
-        std::fs::create_dir_all(&by_id).unwrap();
+        let by_id = by_id_dir(root.path());
         std::os::unix::fs::symlink("/dev/zero", by_id.join("scsi-36000c29abcdef")).unwrap();
         assert!(r.resolve(&hint(json!({"id": "6000c29a-bcdef"}))).unwrap_err().contains("/dev/zero"));
         let e = r.resolve(&hint(json!({"lun": "2"}))).unwrap_err();
