@@ -31,11 +31,13 @@ pub const CPU_WINDOW: Duration = Duration::from_secs(10);
 pub fn run(opts: Options) -> Result<(), String> {
     let signals = signals::block()?;
     let dirs = Dirs::new(&opts.base, &opts.root);
-    std::fs::create_dir_all(dirs.bosh()).with_context(|| format!("creating {}", dirs.bosh().display()))?;
+    log::info!("bosh-agent {} starting on stemcell {}", env!("CARGO_PKG_VERSION"), stemcell_version(&dirs));
+    // The configuration first: a bad -C must fail before anything is created on disk.
     let config = match &opts.config {
         Some(path) => AgentConfig::load(path)?,
         None => AgentConfig::default(),
     };
+    std::fs::create_dir_all(dirs.bosh()).with_context(|| format!("creating {}", dirs.bosh().display()))?;
     let configured = opts.config.as_ref().map(|_| config.sources.as_slice());
     let srcs = sources::select(configured, opts.infrastructure.as_deref(), &dirs)?;
     let overrides = Overrides {
@@ -45,8 +47,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     let settings = SettingsService::new(dirs.clone(), srcs, overrides);
     let effective = settings.load().context("loading settings")?;
-    let platform: Arc<dyn Platform> =
-        platform::with_options(opts.platform, &dirs, &config.linux_options).into();
+    let platform: Arc<dyn Platform> = platform::with_options(opts.platform, &dirs, &config.linux)?.into();
     platform.bootstrap(&effective, opts.configure)?;
     // On the data disk the bootstrap mounted, before anything can use it.
     crate::jobs::startup::clean_temp_area(&dirs);
@@ -104,20 +105,32 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     if monit {
         // After alerts.monitrc exists: the stemcell's monitrc includes it.
-        ctx.platform.start_monit(uses_systemd(&config));
+        ctx.platform.start_monit(config.linux.uses_systemd());
     }
     let _syslog = if ctx.platform.forwards_syslog() && !opts.no_alerts && _https.is_none() {
         alerts::start_login_alerts(notifier.clone())
     } else {
         None
     };
+    let source = ctx.settings.source();
     let _heartbeat =
         Heartbeat::start(ctx, notifier, opts.heartbeat_interval).context("starting heartbeat")?;
     crate::memory::trim_code_pages();
-    log::info!("agent {} ready", effective.settings.agent_id);
+    log::info!("agent {} ready (settings from {source})", effective.settings.agent_id);
     let signal = signals::wait(&signals);
     log::info!("received signal {signal}: stopping");
     Ok(())
+}
+
+/// The stemcell's version as its builder recorded it, or why it is unknown (a dev box has none).
+fn stemcell_version(dirs: &Dirs) -> String {
+    let path = dirs.stemcell_version();
+    match std::fs::read_to_string(&path) {
+        Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
+        Ok(_) => format!("unknown ({} is empty)", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("unknown (no {})", path.display()),
+        Err(e) => format!("unknown ({}: {e})", path.display()),
+    }
 }
 
 fn monit_options(config: &AgentConfig, dirs: &Dirs) -> MonitOptions {
@@ -134,13 +147,6 @@ fn monit_options(config: &AgentConfig, dirs: &Dirs) -> MonitOptions {
             }
         }),
     }
-}
-
-/// Whether `agent.json` says the stemcell's service manager is systemd (else runit).
-fn uses_systemd(config: &AgentConfig) -> bool {
-    crate::config::get_ci(&config.linux_options, "ServiceManager")
-        .and_then(serde_json::Value::as_str)
-        .is_some_and(|m| m.eq_ignore_ascii_case("systemd"))
 }
 
 /// Signals are blocked in every thread and taken synchronously by the main thread, so no handler runs
