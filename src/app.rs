@@ -47,9 +47,11 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     let settings = SettingsService::new(dirs.clone(), srcs, overrides);
     let effective = settings.load().context("loading settings")?;
-    let platform: Arc<dyn Platform> =
-        platform::with_options(opts.platform, &dirs, &config.linux_options).into();
+    let platform: Arc<dyn Platform> = platform::with_options(opts.platform, &dirs, &config.linux)?.into();
     platform.bootstrap(&effective, opts.configure)?;
+    // On the data disk the bootstrap mounted, before anything can use it.
+    crate::jobs::startup::clean_temp_area(&dirs);
+    crate::jobs::startup::repair_links(&dirs);
     // Every child from now on gets the data disk's temp dir, as the Go agent exports TMPDIR at boot.
     if dirs.data_tmp().is_dir() {
         crate::exec::set_child_tmpdir(dirs.data_tmp());
@@ -103,7 +105,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     if monit {
         // After alerts.monitrc exists: the stemcell's monitrc includes it.
-        ctx.platform.start_monit(uses_systemd(&config));
+        ctx.platform.start_monit(config.linux.uses_systemd());
     }
     let _syslog = if ctx.platform.forwards_syslog() && !opts.no_alerts && _https.is_none() {
         alerts::start_login_alerts(notifier.clone())
@@ -145,13 +147,6 @@ fn monit_options(config: &AgentConfig, dirs: &Dirs) -> MonitOptions {
             }
         }),
     }
-}
-
-/// Whether `agent.json` says the stemcell's service manager is systemd (else runit).
-fn uses_systemd(config: &AgentConfig) -> bool {
-    crate::config::get_ci(&config.linux_options, "ServiceManager")
-        .and_then(serde_json::Value::as_str)
-        .is_some_and(|m| m.eq_ignore_ascii_case("systemd"))
 }
 
 /// Signals are blocked in every thread and taken synchronously by the main thread, so no handler runs

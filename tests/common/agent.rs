@@ -21,6 +21,7 @@ pub struct TestAgent {
     /// The agent id, unique per test.
     pub agent_id: String,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl TestAgent {
@@ -48,7 +49,7 @@ impl TestAgent {
         args.extend(["-C".into(), path(&dir.path().join("agent.json"))]);
         args.extend(["-b".into(), path(&base)]);
         args.extend(how.extra.iter().map(|s| s.to_string()));
-        let mut agent = TestAgent { child: None, dir, base, agent_id, args };
+        let mut agent = TestAgent { child: None, dir, base, agent_id, args, env: how.env };
         agent.spawn();
         agent
     }
@@ -69,6 +70,7 @@ impl TestAgent {
             std::fs::File::options().create(true).append(true).open(self.log_path()).expect("agent log");
         let child = Command::new(env!("CARGO_BIN_EXE_bosh-agent"))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -108,6 +110,11 @@ impl TestAgent {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the process is still running.
@@ -157,6 +164,8 @@ pub struct Launch<'a> {
     pub agent_json: Option<Value>,
     /// More command-line arguments.
     pub extra: &'a [&'a str],
+    /// Environment variables set for the agent (e.g. a `PATH` with fake tools first).
+    pub env: Vec<(String, String)>,
 }
 
 fn path(p: &Path) -> String {
