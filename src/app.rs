@@ -8,7 +8,7 @@ use crate::bus::{BusControl, Notifier, Silent};
 use crate::cli::Options;
 use crate::config::AgentConfig;
 use crate::dirs::Dirs;
-use crate::dispatch::{pool, Dispatcher, Incoming};
+use crate::dispatch::{pool, Dispatcher};
 use crate::error::Context as _;
 use crate::heartbeat::Heartbeat;
 use crate::mbus::{agent_https, agent_nats::NatsBus};
@@ -19,11 +19,9 @@ use crate::supervisor::monit::{MonitOptions, MonitSupervisor, MonitTimings};
 use crate::supervisor::{DummySupervisor, JobSupervisor, SupervisorKind};
 use crate::tasks::TaskTable;
 use crate::vitals::CpuSampler;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Request workers: enough that a slow synchronous action never holds up `ping` or `get_task`.
-pub const WORKERS: usize = 4;
 /// CPU vitals window (the Go agent samples every 10 s).
 pub const CPU_WINDOW: Duration = Duration::from_secs(10);
 
@@ -68,16 +66,16 @@ pub fn run(opts: Options) -> Result<(), String> {
             Arc::new(MonitSupervisor::new(monit_options(&config, &dirs), MonitTimings::default())?)
         }
     };
-    let (tx, rx) = mpsc::channel::<Incoming>();
+    let requests = pool::Requests::new();
     let first_url = effective.mbus_urls().into_iter().next().unwrap_or_default();
     let log_url = crate::url::redact(&first_url);
     let (bus, notifier, _https): (Arc<dyn BusControl>, Arc<dyn Notifier>, _) =
         if first_url.starts_with("https://") {
-            let server = agent_https::start(&effective, &dirs, tx)?;
+            let server = agent_https::start(&effective, &dirs, requests.clone())?;
             log::info!("HTTPS bus listening on {} ({log_url})", server.local_addr());
             (Arc::new(agent_https::HttpsControl), Arc::new(Silent), Some(server))
         } else {
-            let nats = Arc::new(NatsBus::start(&effective, tx)?);
+            let nats = Arc::new(NatsBus::start(&effective, requests.clone())?);
             log::info!("NATS bus connecting to {log_url} as agent {}", effective.settings.agent_id);
             (nats.clone(), nats, None)
         };
@@ -95,7 +93,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     });
     let dispatcher = Arc::new(Dispatcher::new(ctx.clone()));
     dispatcher.resume_persisted();
-    pool::start(WORKERS, rx, dispatcher).context("starting workers")?;
+    requests.start(dispatcher);
     // Monit mails its alerts; on the HTTPS bus there is no health monitor to tell.
     let monit = opts.supervisor == SupervisorKind::Monit;
     let _alerts = if monit && !opts.no_alerts && _https.is_none() {
@@ -115,7 +113,6 @@ pub fn run(opts: Options) -> Result<(), String> {
     let source = ctx.settings.source();
     let _heartbeat =
         Heartbeat::start(ctx, notifier, opts.heartbeat_interval).context("starting heartbeat")?;
-    crate::memory::trim_code_pages();
     log::info!("agent {} ready (settings from {source})", effective.settings.agent_id);
     let signal = signals::wait(&signals);
     log::info!("received signal {signal}: stopping");

@@ -243,6 +243,11 @@ impl TaskTable {
         }
     }
 
+    /// Whether `id` is a task that is still running.
+    pub fn is_running(&self, id: &str) -> bool {
+        lock(&self.inner).tasks.get(id).is_some_and(|t| t.state == Stored::Running)
+    }
+
     /// How many tasks are still running.
     pub fn running(&self) -> usize {
         lock(&self.inner).tasks.values().filter(|t| t.state == Stored::Running).count()

@@ -21,7 +21,7 @@ mod system;
 mod tasks;
 
 pub use args::bind;
-pub use registry::{lookup, ActionSpec, Bound};
+pub use registry::{lookup, ActionSpec, Bound, Quick};
 /// Every action, for the tests that drive each of them (the argument fuzz).
 #[cfg(feature = "internals")]
 pub use registry::REGISTRY;

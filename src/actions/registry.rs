@@ -15,6 +15,18 @@ pub enum Mode {
     AsyncFromProtocol3,
 }
 
+/// Whether a listener's own thread may answer the action (see `Dispatcher::accept`): it takes
+/// microseconds and never waits, so handing it to a worker would cost more than running it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quick {
+    /// It may block: a worker answers it.
+    No,
+    /// Always quick.
+    Yes,
+    /// `get_task`: quick unless the task is still running (a poll then waits for it a little).
+    UnlessTaskRunning,
+}
+
 /// An action bound to its arguments, ready to run.
 pub type Bound = Box<dyn FnOnce(&Call, bool) -> Result<Value, String> + Send>;
 
@@ -32,6 +44,8 @@ pub struct ActionSpec {
     pub loggable: bool,
     /// Only offered on the dummy platform (test and benchmark helpers).
     pub dummy_only: bool,
+    /// Whether the listener's thread may answer it.
+    pub quick: Quick,
     bind: fn(&[Value]) -> Result<Bound, String>,
 }
 
@@ -61,7 +75,7 @@ const fn row(
     [cancelable, persistent, loggable]: [bool; 3],
     bind: fn(&[Value]) -> Result<Bound, String>,
 ) -> ActionSpec {
-    ActionSpec { name, mode, cancelable, persistent, loggable, dummy_only: false, bind }
+    ActionSpec { name, mode, cancelable, persistent, loggable, dummy_only: false, quick: Quick::No, bind }
 }
 
 const NO: bool = false;
@@ -70,13 +84,16 @@ use Mode::{Async, AsyncFromProtocol3, Sync as Synchronous};
 
 /// Every action the agent answers. Columns after the mode: cancelable, persistent, loggable.
 pub static REGISTRY: &[ActionSpec] = &[
-    row("ping", Synchronous, [NO, NO, YES], binder::<agent::Ping>),
-    row("noop", Synchronous, [NO, NO, YES], binder::<agent::Noop>),
-    row("info", Synchronous, [NO, NO, YES], binder::<agent::Info>),
+    ActionSpec { quick: Quick::Yes, ..row("ping", Synchronous, [NO, NO, YES], binder::<agent::Ping>) },
+    ActionSpec { quick: Quick::Yes, ..row("noop", Synchronous, [NO, NO, YES], binder::<agent::Noop>) },
+    ActionSpec { quick: Quick::Yes, ..row("info", Synchronous, [NO, NO, YES], binder::<agent::Info>) },
     row("get_state", Synchronous, [NO, NO, YES], binder::<agent::GetState>),
     row("state", Synchronous, [NO, NO, YES], binder::<agent::GetState>),
-    row("get_task", Synchronous, [NO, NO, YES], binder::<tasks::GetTask>),
-    row("cancel_task", Synchronous, [NO, NO, YES], binder::<tasks::CancelTask>),
+    ActionSpec {
+        quick: Quick::UnlessTaskRunning,
+        ..row("get_task", Synchronous, [NO, NO, YES], binder::<tasks::GetTask>)
+    },
+    ActionSpec { quick: Quick::Yes, ..row("cancel_task", Synchronous, [NO, NO, YES], binder::<tasks::CancelTask>) },
     row("list_disk", AsyncFromProtocol3, [NO, NO, YES], binder::<disks::ListDisk>),
     row("remove_file", Synchronous, [NO, NO, YES], binder::<system::RemoveFile>),
     row("shutdown", Synchronous, [NO, NO, YES], binder::<system::Shutdown>),
@@ -139,6 +156,8 @@ mod tests {
         assert_eq!(flags("sync_dns"), (false, false, false, false, true));
         assert_eq!(flags("bundle_logs"), (false, false, false, false, true));
         assert_eq!(flags("run_errand"), (true, true, true, false, true));
+        let quick: Vec<_> = REGISTRY.iter().filter(|s| s.quick != Quick::No).map(|s| s.name).collect();
+        assert_eq!(quick, ["ping", "noop", "info", "get_task", "cancel_task"], "only lookups answer on a listener");
         assert!(lookup("dummy_sleep", false).is_none());
         assert!(lookup("no_such", true).is_none());
         let mut names: Vec<_> = REGISTRY.iter().map(|s| s.name).collect();

@@ -10,7 +10,7 @@
 mod envelope;
 pub mod pool;
 
-use crate::actions::{lookup, ActionSpec, Bound, Call, Context};
+use crate::actions::{lookup, ActionSpec, Bound, Call, Context, Quick};
 use crate::cancel::CancelToken;
 use crate::tasks::PersistedTask;
 use base64::Engine;
@@ -36,6 +36,23 @@ pub struct Incoming {
     pub reply: Box<dyn ReplySink>,
 }
 
+/// A parsed request waiting for a worker (see [`Dispatcher::accept`]).
+pub struct Deferred {
+    request: Request,
+    spec: Option<&'static ActionSpec>,
+    reply: Box<dyn ReplySink>,
+    limit: Option<usize>,
+    started: Instant,
+}
+
+impl Deferred {
+    /// Answers with an exception instead of running the action (no worker could take it).
+    pub fn refuse(self, message: String) {
+        let body = Response::exception(message).encode(self.limit);
+        self.reply.send(Some(&self.request.reply_to), body);
+    }
+}
+
 /// Work to do after the reply has been sent (starting an async task's thread).
 pub type AfterReply = Box<dyn FnOnce() + Send>;
 
@@ -51,22 +68,63 @@ impl Dispatcher {
         Dispatcher { ctx, runner: pool::TaskRunner::default() }
     }
 
-    /// Parses, dispatches, replies and logs one request. Never panics on input: a malformed envelope
-    /// gets an exception naming the problem (when there is somewhere to send it).
+    /// Parses, dispatches, replies and logs one request, all on this thread. Never panics on input:
+    /// a malformed envelope gets an exception naming the problem (when there is somewhere to send it).
     pub fn handle(&self, incoming: Incoming) {
+        if let Some(deferred) = self.accept(incoming) {
+            self.answer(deferred);
+        }
+    }
+
+    /// Parses a request and answers it at once when that is quick: a malformed envelope, an unknown
+    /// method, and the actions the registry marks quick (`ping`, `info`, `get_task` of a task that
+    /// is not running...). Anything else comes back to be [answered](Dispatcher::answer) on a worker,
+    /// so a listener thread calling this never blocks on an action.
+    pub fn accept(&self, incoming: Incoming) -> Option<Deferred> {
         let started = Instant::now();
         let limit = incoming.reply.limit();
         let request = match Request::parse(&incoming.body) {
             Ok(r) => r,
             Err(e) => {
-                let reply_to = e.reply_to.as_deref().map(|r| loggable(r, MAX_LOGGED_FIELD));
-                log::warn!("rejected request: {} (reply_to={})", loggable(&e.message, 400), reply_to.unwrap_or_default());
+                let reply_to = e.reply_to.as_deref().unwrap_or_default();
+                log::warn!(
+                    "rejected request: {} (reply_to={})",
+                    loggable(&e.message, 400),
+                    loggable(reply_to, MAX_LOGGED_FIELD)
+                );
                 let body = Response::exception(e.message).encode(limit);
                 incoming.reply.send(e.reply_to.as_deref(), body);
-                return;
+                return None;
             }
         };
         let spec = lookup(&request.method, self.ctx.platform.offers_test_actions());
+        let deferred = Deferred { request, spec, reply: incoming.reply, limit, started };
+        if self.is_quick(&deferred) {
+            self.answer(deferred);
+            return None;
+        }
+        Some(deferred)
+    }
+
+    /// Whether answering `d` takes microseconds and never waits.
+    fn is_quick(&self, d: &Deferred) -> bool {
+        let Some(spec) = d.spec else {
+            return true; // an exception naming the unknown method
+        };
+        match spec.quick {
+            Quick::No => false,
+            Quick::Yes => true,
+            // A poll of a running task may wait for it (tasks::POLL_WAIT); any other answer is a
+            // lookup. A task never starts running again once it has ended.
+            Quick::UnlessTaskRunning => {
+                d.request.arguments.first().and_then(serde_json::Value::as_str).is_none_or(|id| !self.ctx.tasks.is_running(id))
+            }
+        }
+    }
+
+    /// Dispatches, replies and logs a request [`Dispatcher::accept`] left for a worker.
+    pub fn answer(&self, deferred: Deferred) {
+        let Deferred { request, spec, reply, limit, started } = deferred;
         if spec.is_none_or(|s| s.loggable) && log::log_enabled!(log::Level::Debug) {
             log::debug!(
                 "request {} arguments {}",
@@ -81,7 +139,7 @@ impl Dispatcher {
             Response::Exception(_) => "exception",
         };
         let body = response.encode(limit);
-        incoming.reply.send(Some(&request.reply_to), body);
+        reply.send(Some(&request.reply_to), body);
         // A poll of a task that is still running says nothing new: only the answer that ends it is
         // worth an INFO line (one per task, not one per second).
         let level = if request.method == "get_task" && outcome == "task" {
@@ -99,7 +157,11 @@ impl Dispatcher {
             started.elapsed().as_secs_f64() * 1000.0
         );
         if let Response::Exception(m) = &response {
-            log::info!("request {} failed: {}", loggable(&request.method, MAX_LOGGED_FIELD), loggable(first_line(m), 300));
+            log::info!(
+                "request {} failed: {}",
+                loggable(&request.method, MAX_LOGGED_FIELD),
+                loggable(first_line(m), 300)
+            );
         }
         if let Some(after) = after {
             after();
@@ -276,21 +338,36 @@ pub fn redacted(v: &serde_json::Value) -> serde_json::Value {
 const MAX_LOGGED_FIELD: usize = 200;
 
 /// `s` as one safe log field: control characters escaped (a CR or LF cannot forge a log line) and at
-/// most `max` characters, the cut marked with the full length.
-pub fn loggable(s: &str, max: usize) -> String {
-    let mut out = String::with_capacity(s.len().min(max) + 16);
-    for (i, c) in s.chars().enumerate() {
-        if i == max {
-            out.push_str(&format!("...[{} bytes]", s.len()));
-            break;
+/// most `max` characters, the cut marked with the full length. Formats straight into the line.
+pub fn loggable(s: &str, max: usize) -> Loggable<'_> {
+    Loggable { s, max }
+}
+
+/// A log field that escapes itself as it is written; see [`loggable`].
+pub struct Loggable<'a> {
+    s: &'a str,
+    max: usize,
+}
+
+impl std::fmt::Display for Loggable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let safe = self.s.len() <= self.max && !self.s.chars().any(char::is_control);
+        if safe {
+            return f.write_str(self.s);
         }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
+        for (i, c) in self.s.chars().enumerate() {
+            if i == self.max {
+                return write!(f, "...[{} bytes]", self.s.len());
+            }
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
         }
+        Ok(())
     }
-    out
 }
 
 fn first_line(s: &str) -> &str {
@@ -328,10 +405,11 @@ mod tests {
 
     #[test]
     fn log_fields_are_bounded_and_cannot_forge_lines() {
-        let forged = loggable("director.x\r\nINFO request method=apply", 200);
+        let forged = loggable("director.x\r\nINFO request method=apply", 200).to_string();
         assert!(!forged.contains('\n') && !forged.contains('\r') && forged.contains("\\r\\n"), "{forged}");
-        let long = loggable(&"x".repeat(900_000), 200);
+        let long = loggable(&"x".repeat(900_000), 200).to_string();
         assert!(long.len() < 250 && long.ends_with("...[900000 bytes]"), "{}", long.len());
-        assert_eq!(loggable("director.a.b.c", 200), "director.a.b.c");
+        assert_eq!(loggable("director.a.b.c", 200).to_string(), "director.a.b.c");
+        assert_eq!(loggable("ab\tcd", 3).to_string(), "ab\\t...[5 bytes]");
     }
 }

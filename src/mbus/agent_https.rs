@@ -1,8 +1,9 @@
-//! The agent's side of the HTTPS bus: `POST /agent` bodies go onto the same request channel as NATS
-//! messages, and the connection thread waits for the worker's reply.
+//! The agent's side of the HTTPS bus: `POST /agent` bodies go to the dispatcher as NATS messages do
+//! (quick ones answered on the connection thread, the rest by a worker), and the connection thread
+//! waits for the reply.
 
+use crate::dispatch::pool::Requests;
 use crate::error::Context as _;
-use crate::sync::lock;
 use super::https::{AgentEndpoint, HttpsOptions, HttpsServer};
 use super::url::MbusUrl;
 use crate::bus::BusControl;
@@ -11,22 +12,18 @@ use crate::dispatch::Response;
 use crate::dispatch::{Incoming, ReplySink};
 use crate::settings::Effective;
 use std::sync::mpsc::{self, Sender};
-use std::sync::Mutex;
 
 /// How many HTTPS connections are served at once; bosh-cli uses one at a time.
 pub const MAX_CONNECTIONS: usize = 32;
 
 struct Endpoint {
-    requests: Mutex<Sender<Incoming>>,
+    requests: Requests,
 }
 
 impl AgentEndpoint for Endpoint {
     fn handle(&self, body: Vec<u8>) -> Vec<u8> {
         let (tx, rx) = mpsc::channel();
-        let sender = lock(&self.requests).clone();
-        if sender.send(Incoming { body, reply: Box::new(HttpReply(tx)) }).is_err() {
-            return Response::exception("agent is shutting down").encode(None);
-        }
+        self.requests.submit(Incoming { body, reply: Box::new(HttpReply(tx)) });
         rx.recv().unwrap_or_else(|_| Response::exception("request was dropped by the agent").encode(None))
     }
 }
@@ -44,7 +41,7 @@ impl ReplySink for HttpReply {
 
 /// Starts the HTTPS listener on the mbus URL's host and port, with the certificate from
 /// `env.bosh.mbus.cert` and Basic-auth credentials from the URL.
-pub fn start(settings: &Effective, dirs: &Dirs, requests: Sender<Incoming>) -> Result<HttpsServer, String> {
+pub fn start(settings: &Effective, dirs: &Dirs, requests: Requests) -> Result<HttpsServer, String> {
     let url_text = settings.mbus_urls().into_iter().next().unwrap_or_default();
     let url = MbusUrl::parse(&url_text)?;
     let cert = settings.mbus_cert();
@@ -61,7 +58,7 @@ pub fn start(settings: &Effective, dirs: &Dirs, requests: Sender<Incoming>) -> R
         blobs_dir: dirs.blobs(),
         max_connections: MAX_CONNECTIONS,
     };
-    let endpoint = std::sync::Arc::new(Endpoint { requests: Mutex::new(requests) });
+    let endpoint = std::sync::Arc::new(Endpoint { requests });
     HttpsServer::start(opts, endpoint).with_context(|| format!("listening on {listen}"))
 }
 

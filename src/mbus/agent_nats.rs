@@ -1,17 +1,19 @@
-//! The agent's side of NATS: subscribe to `agent.<agent_id>`, hand each message to the dispatcher's
-//! channel, publish replies to the request's `reply_to`, and publish health-monitor events. The NATS
-//! client underneath knows nothing about BOSH.
+//! The agent's side of NATS: subscribe to `agent.<agent_id>`, hand each message to the dispatcher
+//! right on the connection thread (quick requests are answered there, the rest queue for a worker:
+//! no thread hop of our own between the socket and the dispatcher), publish replies to the request's
+//! `reply_to`, and publish health-monitor events. The NATS client underneath knows nothing about BOSH.
 
-use super::nats::{Message, NatsConnection, NatsOptions};
+use super::nats::{Inbox, Message, NatsConnection, NatsOptions};
 use crate::bus::{BusControl, HmTopic, Notifier};
+use crate::dispatch::pool::Requests;
 use crate::dispatch::{Incoming, ReplySink};
 use crate::error::Context as _;
 use crate::settings::Effective;
 use crate::sync::{lock, read, write};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// The most a reply may carry even when the server allows more: the director's own NATS limit.
@@ -36,7 +38,7 @@ type Live = Arc<RwLock<NatsConnection>>;
 /// The running NATS bus.
 pub struct NatsBus {
     live: Live,
-    inbox: Sender<Message>,
+    inbox: Arc<AgentInbox>,
     agent_id: String,
     rotation: Arc<Mutex<Rotation>>,
     dedup: Arc<Dedup>,
@@ -85,27 +87,13 @@ fn fingerprint(settings: &Effective) -> String {
 }
 
 impl NatsBus {
-    /// Connects (in the background, retrying forever) and forwards requests to `requests`.
-    pub fn start(settings: &Effective, requests: Sender<Incoming>) -> Result<NatsBus, String> {
+    /// Connects (in the background, retrying forever) and hands requests to `requests`.
+    pub fn start(settings: &Effective, requests: Requests) -> Result<NatsBus, String> {
         let opts = options(settings)?;
-        let (inbox, messages) = mpsc::channel::<Message>();
-        let live: Live = Arc::new(RwLock::new(NatsConnection::start(opts, inbox.clone())));
         let dedup = Arc::new(Dedup::default());
-        let (bridge_live, bridge_dedup) = (live.clone(), dedup.clone());
-        std::thread::Builder::new()
-            .name("nats-listener".into())
-            .spawn(move || {
-                for msg in messages {
-                    if !bridge_dedup.first_delivery(&msg) {
-                        continue;
-                    }
-                    let reply = Box::new(NatsReply { live: bridge_live.clone() });
-                    if requests.send(Incoming { body: msg.payload, reply }).is_err() {
-                        break;
-                    }
-                }
-            })
-            .context("starting NATS listener thread")?;
+        let inbox = Arc::new(AgentInbox { live: OnceLock::new(), dedup: dedup.clone(), requests });
+        let live: Live = Arc::new(RwLock::new(NatsConnection::start(opts, inbox.clone())));
+        let _ = inbox.live.set(live.clone());
         let rotation = Rotation { fingerprint: fingerprint(settings), generation: 0, candidate: None };
         Ok(NatsBus {
             live,
@@ -114,6 +102,33 @@ impl NatsBus {
             rotation: Arc::new(Mutex::new(rotation)),
             dedup,
         })
+    }
+}
+
+/// What every connection of the bus (the live one, and a rotation's candidate beside it) hands its
+/// messages to, on its own thread: the duplicate check, then the dispatcher.
+struct AgentInbox {
+    /// Set right after the first connection is started (it is built with this inbox).
+    live: OnceLock<Live>,
+    dedup: Arc<Dedup>,
+    requests: Requests,
+}
+
+impl Inbox for AgentInbox {
+    fn deliver(&self, msg: Message) -> bool {
+        if !self.dedup.first_delivery(&msg) {
+            return true;
+        }
+        let live = loop {
+            match self.live.get() {
+                Some(live) => break live.clone(),
+                // A message arrives only after a TLS handshake, long after `start` has set this;
+                // should it ever come first, it waits the moment rather than being lost.
+                None => std::thread::yield_now(),
+            }
+        };
+        self.requests.submit(Incoming { body: msg.payload, reply: Box::new(NatsReply { live }) });
+        true
     }
 }
 

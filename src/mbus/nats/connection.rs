@@ -10,11 +10,10 @@ use super::protocol::{self, ConnectInfo, Parser, ServerInfo, ServerOp};
 use super::url::NatsUrl;
 use super::wire::{self, Reader, Wire};
 use crate::sync::{lock, wait_timeout};
-use super::{Message, NatsOptions, PENDING_MAX_BYTES, PENDING_MAX_MESSAGES};
+use super::{Inbox, Message, NatsOptions, PENDING_MAX_BYTES, PENDING_MAX_MESSAGES};
 use std::collections::VecDeque;
 use std::io;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -122,7 +121,7 @@ struct Established {
 }
 
 /// The connection thread's body.
-pub(crate) fn run(shared: &Shared, inbox: &Sender<Message>) {
+pub(crate) fn run(shared: &Shared, inbox: &dyn Inbox) {
     let mut backoff = BACKOFF_INITIAL;
     let mut attempt: usize = 0;
     let mut inbox_gone_logged = false;
@@ -326,7 +325,7 @@ fn serve(
     generation: u64,
     url: &NatsUrl,
     conn: Established,
-    inbox: &Sender<Message>,
+    inbox: &dyn Inbox,
     inbox_gone_logged: &mut bool,
 ) -> Option<String> {
     let Established { wire, mut reader, mut parser, info, sids } = conn;
@@ -405,7 +404,7 @@ fn serve(
                     continue;
                 }
                 let message = Message { subject, reply, payload, status };
-                if inbox.send(message).is_err() && !*inbox_gone_logged {
+                if !inbox.deliver(message) && !*inbox_gone_logged {
                     *inbox_gone_logged = true;
                     log::warn!("NATS: inbox receiver dropped; incoming messages are discarded");
                 }

@@ -5,8 +5,9 @@
 //! threaded: one connection thread per [`NatsConnection`] connects, reads and reconnects forever;
 //! publishers write straight to the socket from their own thread so replies leave without a hop.
 //!
-//! The surface: [`NatsConnection::start`] spawns the connection thread, which delivers every MSG on
-//! its subscriptions to an mpsc inbox; [`NatsConnection::publish`] refuses payloads over the server's
+//! The surface: [`NatsConnection::start`] spawns the connection thread, which hands every MSG on its
+//! subscriptions to an [`Inbox`] on that same thread (an mpsc `Sender` is one; the agent's own inbox
+//! answers quick requests right there, so a ping costs no thread hop); [`NatsConnection::publish`] refuses payloads over the server's
 //! max_payload (nothing sent, connection kept) and, while disconnected, buffers a bounded number of
 //! messages that are sent after the next connect; `NatsConnection::reconfigure` drops the connection
 //! and reconnects with new options; [`NatsConnection::retire`] withdraws a connection's subscriptions
@@ -92,6 +93,28 @@ pub struct Message {
     pub status: Option<u16>,
 }
 
+/// Where a connection hands each message it receives. Called on the connection thread, between
+/// reads: whatever it does before returning delays the next message and the PONG to the server's
+/// PING, so an inbox does only quick work there and hands anything that may block to another thread.
+/// It must never wait for this connection's own reads (a [`NatsConnection::flush`] of it would).
+pub trait Inbox: Send + Sync + 'static {
+    /// Takes one message; false when nobody listens any more (the connection logs it once and
+    /// drops later messages).
+    fn deliver(&self, message: Message) -> bool;
+}
+
+impl Inbox for Sender<Message> {
+    fn deliver(&self, message: Message) -> bool {
+        self.send(message).is_ok()
+    }
+}
+
+impl<T: Inbox + ?Sized> Inbox for Arc<T> {
+    fn deliver(&self, message: Message) -> bool {
+        (**self).deliver(message)
+    }
+}
+
 /// Why a publish was refused. Transient disconnection is not an error: the message is buffered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishError {
@@ -148,10 +171,10 @@ impl fmt::Debug for NatsConnection {
 }
 
 impl NatsConnection {
-    /// Spawns the connection thread; it connects and reconnects forever, delivering MSGs to `inbox`.
+    /// Spawns the connection thread; it connects and reconnects forever, handing MSGs to `inbox`.
     /// The thread runs until [`NatsConnection::shutdown`], even if every handle is dropped. Never fails: an unreachable server, bad URL or rejected certificate are logged and retried,
     /// because the agent must keep trying until the director's NATS accepts it.
-    pub fn start(opts: NatsOptions, inbox: Sender<Message>) -> NatsConnection {
+    pub fn start(opts: NatsOptions, inbox: impl Inbox) -> NatsConnection {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 opts,
