@@ -63,11 +63,9 @@ impl Heartbeat {
                 ),
                 Ok(()) => {}
             }
-            // Between beats the agent is usually idle: hand back freed heap and code pages faulted in
-            // by the last burst of requests.
+            // Between beats the agent is usually idle: hand back heap freed by the last burst.
             crate::memory::release_free();
-            crate::memory::trim_code_pages();
-            match stopped.recv_timeout(interval) {
+                    match stopped.recv_timeout(interval) {
                 Err(RecvTimeoutError::Timeout) => continue,
                 _ => break,
             }

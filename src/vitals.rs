@@ -12,9 +12,8 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The vitals object exactly as the Go agent serialises it; optional parts are omitted when unknown,
 /// because the health monitor and bosh-cli tolerate a missing field but not a wrongly typed one.
@@ -105,57 +104,51 @@ pub struct CpuPercent {
 /// (guest time is already inside user, so it is not counted twice).
 type CpuTimes = [u64; 8];
 
-/// Background CPU sampler. CPU use is only meaningful as a difference between two /proc/stat readings, and a
-/// heartbeat must not sleep to get one, so a named thread samples every window and keeps the latest result.
-/// Clones are cheap; the thread exits once every clone is dropped.
+/// CPU use since the previous reading. CPU use is only meaningful as a difference between two
+/// /proc/stat readings; rather than a thread that samples every few seconds (a thread and a wakeup
+/// per window for every agent, even an idle one), each call reads /proc/stat and reports the share
+/// of each kind of time since the previous reading, as long as that was at least `min_window` ago;
+/// a call sooner gets the previous figure again. The first window runs from boot, so the first
+/// heartbeat and an early `get_state ["full"]` carry cpu too. Clones share the readings.
 #[derive(Clone)]
 pub struct CpuSampler {
-    latest: Arc<Mutex<Option<CpuPercent>>>,
-    _stop: Sender<()>,
+    state: Arc<Mutex<CpuState>>,
+    min_window: Duration,
+}
+
+struct CpuState {
+    /// The previous reading and when it was taken (`None` while /proc/stat is unreadable).
+    previous: Option<(CpuTimes, Instant)>,
+    latest: Option<CpuPercent>,
 }
 
 impl CpuSampler {
-    /// Starts sampling. Until the first window completes (about 1 s after start) the value is the
-    /// share since boot, so the first heartbeat and an early `get_state ["full"]` carry cpu too;
-    /// then one result per `window`. If the thread cannot be spawned the value stays the one since boot.
-    pub fn start(window: Duration) -> CpuSampler {
-        let (stop, stopped) = mpsc::channel();
+    /// Takes the first reading; windows are at least `min_window` long.
+    pub fn start(min_window: Duration) -> CpuSampler {
         let first = read_cpu_times();
-        let latest = Arc::new(Mutex::new(first.and_then(|now| cpu_percent(&[0; 8], &now))));
-        let shared = Arc::clone(&latest);
-        let spawned = std::thread::Builder::new()
-            .name("vitals-cpu".into())
-            .spawn(move || sample_loop(&shared, &stopped, window, first));
-        if let Err(e) = spawned {
-            log::warn!("vitals: cannot start cpu sampler thread: {e}");
-        }
-        CpuSampler { latest, _stop: stop }
+        let latest = first.and_then(|now| cpu_percent(&[0; 8], &now));
+        let previous = first.map(|times| (times, Instant::now()));
+        CpuSampler { state: Arc::new(Mutex::new(CpuState { previous, latest })), min_window }
     }
 
-    /// The percentages of the most recent window, or `None` before the first one completes.
+    /// The percentages since the previous reading (or of the previous window, when that ended less
+    /// than `min_window` ago); `None` while /proc/stat cannot be read.
     pub fn latest(&self) -> Option<CpuPercent> {
-        *lock(&self.latest)
-    }
-}
-
-/// The sampling thread: read, wait, read, publish the delta; log a failing /proc/stat once per outage.
-fn sample_loop(
-    latest: &Mutex<Option<CpuPercent>>,
-    stopped: &Receiver<()>,
-    window: Duration,
-    first: Option<CpuTimes>,
-) {
-    let mut prev = first;
-    let mut pause = window.min(Duration::from_secs(1));
-    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(pause) {
-        pause = window;
+        let mut state = lock(&self.state);
+        if state.previous.is_some_and(|(_, at)| at.elapsed() < self.min_window) {
+            return state.latest;
+        }
         let now = read_cpu_times();
-        if now.is_none() && prev.is_some() {
+        if now.is_none() && state.previous.is_some() {
             log::warn!("vitals: cannot read cpu times from /proc/stat; cpu left out");
         }
-        let pct = prev.zip(now).and_then(|(a, b)| cpu_percent(&a, &b));
-        *lock(latest) = pct;
-        prev = now;
+        let window = state.previous.zip(now).and_then(|((a, _), b)| cpu_percent(&a, &b));
+        // A window too short for a jiffy to pass keeps the previous figure.
+        if window.is_some() || now.is_none() {
+            state.latest = window;
+            state.previous = now.map(|times| (times, Instant::now()));
+        }
+        state.latest
     }
 }
 
@@ -387,11 +380,30 @@ mod tests {
 
     #[test]
     fn cpu_is_known_from_the_start() {
-        // A window of an hour: whatever the sampler thread does, the first window is far away, so
-        // the value read at once is the share since boot.
+        // Windows of an hour: the value read at once is the share since boot, and reading again
+        // neither takes a new reading nor changes the figure.
         let sampler = CpuSampler::start(Duration::from_secs(3600));
         let first = sampler.latest().expect("cpu share since boot, before the first window");
         assert!((0.0..=100.0).contains(&(first.user + first.sys + first.wait)), "{first:?}");
+        let taken = lock(&sampler.state).previous.map(|(_, at)| at);
+        assert_eq!(sampler.latest(), Some(first));
+        assert_eq!(lock(&sampler.state).previous.map(|(_, at)| at), taken);
+    }
+
+    #[test]
+    fn a_reading_after_the_window_starts_the_next_one() {
+        let sampler = CpuSampler::start(Duration::ZERO);
+        let (first_times, first_at) = lock(&sampler.state).previous.expect("a first reading");
+        // The jiffy counters move with time (idle time counts), so a later reading finds a window.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&sampler.state).previous.is_some_and(|(_, at)| at == first_at) {
+            assert!(Instant::now() < deadline, "no new window after 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+            let pct = sampler.latest().expect("cpu");
+            assert!((0.0..=100.0).contains(&(pct.user + pct.sys + pct.wait)), "{pct:?}");
+        }
+        let (times, _) = lock(&sampler.state).previous.expect("a reading");
+        assert!(times.iter().sum::<u64>() > first_times.iter().sum::<u64>());
     }
 
     #[test]
