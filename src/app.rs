@@ -18,11 +18,12 @@ use crate::settings::sources;
 use crate::supervisor::monit::{MonitOptions, MonitSupervisor, MonitTimings};
 use crate::supervisor::{DummySupervisor, JobSupervisor, SupervisorKind};
 use crate::tasks::TaskTable;
-use crate::vitals::CpuSampler;
+use crate::vitals::Sampler;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// CPU vitals window (the Go agent samples every 10 s).
+/// The shortest CPU vitals window: cpu is the share since the previous reading, at least this long
+/// ago (the Go agent samples every 10 s).
 pub const CPU_WINDOW: Duration = Duration::from_secs(10);
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -86,7 +87,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         platform,
         supervisor,
         tasks,
-        cpu: CpuSampler::start(CPU_WINDOW),
+        vitals: Sampler::start(CPU_WINDOW),
         bus,
         notifier: notifier.clone(),
         jobs_lock: Default::default(),

@@ -19,7 +19,7 @@ pub fn payload(ctx: &Context) -> Value {
         json!({})
     });
     let vitals = crate::vitals::collect(
-        &ctx.cpu,
+        &ctx.vitals,
         &spec::disk_paths(&ctx.dirs),
         ctx.platform.vitals_require_mount_points(),
     );

@@ -2,6 +2,12 @@
 //! library so tests and benchmarks reach the same code.
 
 use bosh_agent::cli::{self, Command};
+
+/// On musl (the static release binary) dlmalloc, not musl's allocator, which maps and unmaps pages
+/// for every few requests (see ARCHITECTURE.md, memory notes).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

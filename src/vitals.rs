@@ -2,13 +2,12 @@
 //!
 //! The health monitor turns these into metrics and bosh-cli decodes them strictly, so the JSON matches the
 //! Go agent's: every leaf a string except the integer `uptime.secs`. Values come from /proc and statvfs via
-//! stack buffers, so a collection is cheap; CPU needs two readings apart in time, hence [`CpuSampler`].
+//! stack buffers, so a collection is cheap; CPU needs two readings apart in time, hence [`Sampler`].
 //! Nothing read from the system may crash the agent: a missing source drops its field and logs a line.
 
 use crate::sync::lock;
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -104,41 +103,54 @@ pub struct CpuPercent {
 /// (guest time is already inside user, so it is not counted twice).
 type CpuTimes = [u64; 8];
 
-/// CPU use since the previous reading. CPU use is only meaningful as a difference between two
-/// /proc/stat readings; rather than a thread that samples every few seconds (a thread and a wakeup
-/// per window for every agent, even an idle one), each call reads /proc/stat and reports the share
-/// of each kind of time since the previous reading, as long as that was at least `min_window` ago;
-/// a call sooner gets the previous figure again. The first window runs from boot, so the first
-/// heartbeat and an early `get_state ["full"]` carry cpu too. Clones share the readings.
+/// What vitals keep between collections: the cpu window, and the /proc files, kept open.
+///
+/// CPU use is only meaningful as a difference between two /proc/stat readings; rather than a thread
+/// that samples every few seconds (a thread and a wakeup per window for every agent, even an idle
+/// one), each collection reads /proc/stat and reports the share of each kind of time since the
+/// previous reading, as long as that was at least `min_window` ago; a collection sooner gets the
+/// previous figure again. The first window runs from boot, so the first heartbeat and an early
+/// `get_state ["full"]` carry cpu too.
+///
+/// /proc/stat and /proc/meminfo stay open and are read again from offset 0 (the kernel generates
+/// their text afresh for each read from the start): a reading costs one `pread`, not an open, reads
+/// and a close. Clones share the readings and the files.
 #[derive(Clone)]
-pub struct CpuSampler {
-    state: Arc<Mutex<CpuState>>,
+pub struct Sampler {
+    cpu: Arc<Mutex<CpuState>>,
+    meminfo: Arc<Mutex<ProcFile>>,
     min_window: Duration,
 }
 
 struct CpuState {
+    stat: ProcFile,
     /// The previous reading and when it was taken (`None` while /proc/stat is unreadable).
     previous: Option<(CpuTimes, Instant)>,
     latest: Option<CpuPercent>,
 }
 
-impl CpuSampler {
-    /// Takes the first reading; windows are at least `min_window` long.
-    pub fn start(min_window: Duration) -> CpuSampler {
-        let first = read_cpu_times();
+impl Sampler {
+    /// Takes the first cpu reading; windows are at least `min_window` long.
+    pub fn start(min_window: Duration) -> Sampler {
+        let mut stat = ProcFile::new("/proc/stat");
+        let first = read_cpu_times(&mut stat);
         let latest = first.and_then(|now| cpu_percent(&[0; 8], &now));
         let previous = first.map(|times| (times, Instant::now()));
-        CpuSampler { state: Arc::new(Mutex::new(CpuState { previous, latest })), min_window }
+        Sampler {
+            cpu: Arc::new(Mutex::new(CpuState { stat, previous, latest })),
+            meminfo: Arc::new(Mutex::new(ProcFile::new("/proc/meminfo"))),
+            min_window,
+        }
     }
 
-    /// The percentages since the previous reading (or of the previous window, when that ended less
-    /// than `min_window` ago); `None` while /proc/stat cannot be read.
-    pub fn latest(&self) -> Option<CpuPercent> {
-        let mut state = lock(&self.state);
+    /// The cpu percentages since the previous reading (or of the previous window, when that ended
+    /// less than `min_window` ago); `None` while /proc/stat cannot be read.
+    pub fn cpu(&self) -> Option<CpuPercent> {
+        let mut state = lock(&self.cpu);
         if state.previous.is_some_and(|(_, at)| at.elapsed() < self.min_window) {
             return state.latest;
         }
-        let now = read_cpu_times();
+        let now = read_cpu_times(&mut state.stat);
         if now.is_none() && state.previous.is_some() {
             log::warn!("vitals: cannot read cpu times from /proc/stat; cpu left out");
         }
@@ -150,12 +162,54 @@ impl CpuSampler {
         }
         state.latest
     }
+
+    /// Memory and swap in use, from /proc/meminfo.
+    fn memory(&self) -> (Option<MemVitals>, Option<MemVitals>) {
+        let mut buf = [0u8; 4096];
+        lock(&self.meminfo).read_head(&mut buf).map(parse_meminfo).unwrap_or_default()
+    }
+}
+
+/// A /proc file kept open, read from offset 0 each time; reopened after an error.
+struct ProcFile {
+    path: &'static str,
+    file: Option<std::fs::File>,
+}
+
+impl ProcFile {
+    fn new(path: &'static str) -> ProcFile {
+        ProcFile { path, file: None }
+    }
+
+    /// Up to `buf.len()` bytes of the file as it is now; logs and returns `None` on error.
+    fn read_head<'a>(&mut self, buf: &'a mut [u8]) -> Option<&'a str> {
+        use std::os::unix::fs::FileExt as _;
+        if self.file.is_none() {
+            self.file = std::fs::File::open(self.path).map_err(|e| log::warn!("vitals: cannot open {}: {e}", self.path)).ok();
+        }
+        let file = self.file.as_ref()?;
+        let mut len = 0;
+        while len < buf.len() {
+            match file.read_at(&mut buf[len..], len as u64) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) => {
+                    log::warn!("vitals: cannot read {}: {e}", self.path);
+                    self.file = None;
+                    return None;
+                }
+            }
+        }
+        // Proc files are ASCII; should a head end mid-character anyway, keep the valid prefix.
+        let valid = std::str::from_utf8(&buf[..len]).map_or_else(|e| e.valid_up_to(), str::len);
+        std::str::from_utf8(&buf[..valid]).ok()
+    }
 }
 
 /// The cumulative cpu times since boot. The aggregate line comes first in /proc/stat, so a small
 /// head of the file suffices.
-fn read_cpu_times() -> Option<CpuTimes> {
-    parse_proc_stat(read_head("/proc/stat", &mut [0; 512])?)
+fn read_cpu_times(stat: &mut ProcFile) -> Option<CpuTimes> {
+    parse_proc_stat(stat.read_head(&mut [0; 512])?)
 }
 
 /// Parses the aggregate `cpu ` line of /proc/stat; old kernels give only the first four fields.
@@ -185,13 +239,17 @@ fn cpu_percent(a: &CpuTimes, b: &CpuTimes) -> Option<CpuPercent> {
 /// Parses /proc/meminfo into (mem, swap). Mem is "actual used" = MemTotal − MemFree − Buffers − Cached
 /// (sigar's figure, which is what the health monitor has always graphed); swap is SwapTotal − SwapFree.
 fn parse_meminfo(text: &str) -> (Option<MemVitals>, Option<MemVitals>) {
-    const KEYS: &str = "MemTotal: MemFree: Buffers: Cached: SwapTotal: SwapFree:";
+    const KEYS: [&str; 6] = ["MemTotal", "MemFree", "Buffers", "Cached", "SwapTotal", "SwapFree"];
     let mut v = [None::<u64>; 6];
+    let mut found = 0;
     for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let key = words.next().unwrap_or_default();
-        if let Some(i) = KEYS.split(' ').position(|k| k == key) {
-            v[i] = words.next().and_then(|w| w.parse().ok());
+        let Some((key, value)) = line.split_once(':') else { continue };
+        if let Some(i) = KEYS.iter().position(|k| *k == key) {
+            v[i] = value.trim_start().split(' ').next().and_then(|w| w.parse().ok());
+            found += 1;
+            if found == KEYS.len() {
+                break;
+            }
         }
     }
     let [total, free, buffers, cached, swap_total, swap_free] = v;
@@ -202,40 +260,43 @@ fn parse_meminfo(text: &str) -> (Option<MemVitals>, Option<MemVitals>) {
     (mem, swap)
 }
 
-/// Parses the three load averages from /proc/loadavg.
-fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
-    let mut words = text.split_whitespace().map(|w| w.parse::<f64>().ok());
-    Some([words.next()??, words.next()??, words.next()??])
+/// The 1, 5 and 15 minute load averages as /proc/loadavg prints them (2 decimals), from one
+/// `sysinfo(2)` call instead of opening and reading that file.
+fn load_averages() -> Option<Vec<String>> {
+    // SAFETY: sysinfo is plain data; the call only fills it in.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable sysinfo struct.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        log::warn!("vitals: sysinfo: {}", std::io::Error::last_os_error());
+        return None;
+    }
+    Some(info.loads.iter().map(|&raw| load_text(raw as u64)).collect())
 }
 
-/// Parses whole seconds of uptime (the first number of /proc/uptime, truncated).
-fn parse_uptime(text: &str) -> Option<u64> {
-    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then_some(secs as u64)
+/// One load average from sysinfo's fixed point (16 fraction bits), rounded as the kernel rounds
+/// for /proc/loadavg: its own fixed point has 11 fraction bits, plus 1/200 before truncating to
+/// hundredths.
+fn load_text(raw: u64) -> String {
+    let avenrun = (raw >> 5) + 2048 / 200;
+    format!("{}.{:02}", avenrun >> 11, ((avenrun & 2047) * 100) >> 11)
+}
+
+/// Whole seconds since boot, from the clock /proc/uptime reads (CLOCK_BOOTTIME, suspend included).
+fn uptime_secs() -> Option<u64> {
+    // SAFETY: timespec is plain data; clock_gettime fills it in.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid out pointer and CLOCK_BOOTTIME a valid clock.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        log::warn!("vitals: reading the boot-time clock: {}", std::io::Error::last_os_error());
+        return None;
+    }
+    u64::try_from(ts.tv_sec).ok()
 }
 
 /// `part / total` in percent with `decimals` decimals, as Go's `%.Nf`; 0 for a zero total (no swap, /proc).
 fn percent(part: u64, total: u64, decimals: usize) -> String {
     let pct = part.min(total) as f64 * 100.0 / total.max(1) as f64;
     format!("{pct:.decimals$}")
-}
-
-/// Reads up to `buf.len()` bytes of a (proc) file without heap allocation; logs and returns `None` on error.
-fn read_head<'a>(path: &str, buf: &'a mut [u8]) -> Option<&'a str> {
-    let read = std::fs::File::open(path).and_then(|mut file| {
-        let mut len = 0;
-        loop {
-            // A full buffer reads as 0 bytes, like end of file.
-            match file.read(&mut buf[len..])? {
-                0 => return Ok(len),
-                n => len += n,
-            }
-        }
-    });
-    let len = read.map_err(|e| log::warn!("vitals: cannot read {path}: {e}")).ok()?;
-    // Proc files are ASCII; should a head end mid-character anyway, keep the valid prefix.
-    let valid = std::str::from_utf8(&buf[..len]).map_or_else(|e| e.valid_up_to(), str::len);
-    std::str::from_utf8(&buf[..valid]).ok()
 }
 
 /// Where the agent's three disks live; a plain struct so the Linux and dummy platforms can point it anywhere.
@@ -252,16 +313,10 @@ pub struct DiskPaths {
 /// Collects the vitals now. `require_mount_points` is true on Linux, where an unmounted `data` or `store`
 /// directory would report the root disk under the wrong name; the dummy platform (false) has no mounts
 /// and reports any existing path. Missing sources leave fields out and log; this never fails.
-pub fn collect(cpu: &CpuSampler, disks: &DiskPaths, require_mount_points: bool) -> Vitals {
-    let mut buf = [0u8; 4096];
-    let (mem, swap) = read_head("/proc/meminfo", &mut buf).map(parse_meminfo).unwrap_or_default();
-    let load = read_head("/proc/loadavg", &mut buf)
-        .and_then(parse_loadavg)
-        .map(|l| l.iter().map(|x| format!("{x:.2}")).collect())
-        .unwrap_or_default();
-    let uptime = read_head("/proc/uptime", &mut buf).and_then(parse_uptime).map(|secs| UptimeVitals { secs });
+pub fn collect(sampler: &Sampler, disks: &DiskPaths, require_mount_points: bool) -> Vitals {
+    let (mem, swap) = sampler.memory();
     Vitals {
-        cpu: cpu.latest().map(|c| CpuVitals {
+        cpu: sampler.cpu().map(|c| CpuVitals {
             sys: format!("{:.1}", c.sys),
             user: format!("{:.1}", c.user),
             wait: format!("{:.1}", c.wait),
@@ -271,10 +326,10 @@ pub fn collect(cpu: &CpuSampler, disks: &DiskPaths, require_mount_points: bool) 
             persistent: optional_disk(&disks.persistent, require_mount_points),
             system: disk_usage(&disks.system),
         },
-        load,
+        load: load_averages().unwrap_or_default(),
         mem,
         swap,
-        uptime,
+        uptime: uptime_secs().map(|secs| UptimeVitals { secs }),
     }
 }
 
@@ -359,11 +414,17 @@ mod tests {
 
     #[test]
     fn loadavg_uptime_and_percent_formats() {
-        let load = parse_loadavg("2.36 1.20 0.53 2/345 6789\n");
-        assert_eq!(load, Some([2.36, 1.2, 0.53]));
-        assert_eq!(parse_loadavg("2.36\n"), None);
-        assert_eq!(parse_uptime("4887.93 19000.10\n"), Some(4887));
-        assert_eq!(parse_uptime(""), None);
+        // sysinfo's fixed point is the kernel's (11 fraction bits) shifted by 5.
+        let raw = |avenrun: u64| avenrun << 5;
+        assert_eq!(load_text(raw(0)), "0.00");
+        assert_eq!(load_text(raw(2048)), "1.00");
+        assert_eq!(load_text(raw(4833)), "2.36");
+        assert_eq!(load_text(raw(2047)), "1.00", "rounded as /proc/loadavg rounds");
+        assert_eq!(load_averages().map(|l| l.len()), Some(3));
+        // The boot-time clock is the one /proc/uptime prints (a second may pass between them).
+        let proc_uptime: f64 = std::fs::read_to_string("/proc/uptime").unwrap().split(' ').next().unwrap().parse().unwrap();
+        let secs = uptime_secs().expect("boot-time clock");
+        assert!(secs.abs_diff(proc_uptime as u64) <= 1, "{secs} vs {proc_uptime}");
         assert_eq!(percent(1, 3, 0), "33");
         assert_eq!(percent(2, 3, 1), "66.7");
         assert_eq!(percent(5, 0, 0), "0");
@@ -382,27 +443,27 @@ mod tests {
     fn cpu_is_known_from_the_start() {
         // Windows of an hour: the value read at once is the share since boot, and reading again
         // neither takes a new reading nor changes the figure.
-        let sampler = CpuSampler::start(Duration::from_secs(3600));
-        let first = sampler.latest().expect("cpu share since boot, before the first window");
+        let sampler = Sampler::start(Duration::from_secs(3600));
+        let first = sampler.cpu().expect("cpu share since boot, before the first window");
         assert!((0.0..=100.0).contains(&(first.user + first.sys + first.wait)), "{first:?}");
-        let taken = lock(&sampler.state).previous.map(|(_, at)| at);
-        assert_eq!(sampler.latest(), Some(first));
-        assert_eq!(lock(&sampler.state).previous.map(|(_, at)| at), taken);
+        let taken = lock(&sampler.cpu).previous.map(|(_, at)| at);
+        assert_eq!(sampler.cpu(), Some(first));
+        assert_eq!(lock(&sampler.cpu).previous.map(|(_, at)| at), taken);
     }
 
     #[test]
     fn a_reading_after_the_window_starts_the_next_one() {
-        let sampler = CpuSampler::start(Duration::ZERO);
-        let (first_times, first_at) = lock(&sampler.state).previous.expect("a first reading");
+        let sampler = Sampler::start(Duration::ZERO);
+        let (first_times, first_at) = lock(&sampler.cpu).previous.expect("a first reading");
         // The jiffy counters move with time (idle time counts), so a later reading finds a window.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while lock(&sampler.state).previous.is_some_and(|(_, at)| at == first_at) {
+        while lock(&sampler.cpu).previous.is_some_and(|(_, at)| at == first_at) {
             assert!(Instant::now() < deadline, "no new window after 10 s");
             std::thread::sleep(Duration::from_millis(5));
-            let pct = sampler.latest().expect("cpu");
+            let pct = sampler.cpu().expect("cpu");
             assert!((0.0..=100.0).contains(&(pct.user + pct.sys + pct.wait)), "{pct:?}");
         }
-        let (times, _) = lock(&sampler.state).previous.expect("a reading");
+        let (times, _) = lock(&sampler.cpu).previous.expect("a reading");
         assert!(times.iter().sum::<u64>() > first_times.iter().sum::<u64>());
     }
 
@@ -416,7 +477,7 @@ mod tests {
                 other => assert!(other.is_string(), "{at} is {other}"),
             }
         }
-        let sampler = CpuSampler::start(Duration::from_millis(50));
+        let sampler = Sampler::start(Duration::from_millis(50));
         std::thread::sleep(Duration::from_millis(150));
         let dir = tempfile::tempdir().expect("tempdir");
         let paths = DiskPaths {

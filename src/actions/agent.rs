@@ -48,10 +48,11 @@ impl Action for GetState {
     }
     fn run(self, call: &Call) -> Result<Value, String> {
         let ctx = call.ctx;
-        let settings = ctx.settings.get();
+        let (agent_id, vm_name, default_networks) = ctx.settings.with(|s| {
+            (s.settings.agent_id.clone(), s.settings.vm.name.clone(), json!(s.settings.networks))
+        });
         let mut state = spec::load(&ctx.dirs)?;
         let obj = state.as_object_mut().ok_or("applied spec is not a JSON object")?;
-        let default_networks = json!(settings.settings.networks);
         for (key, default) in [
             ("deployment", json!("")),
             ("job", json!({"name": null, "templates": null})),
@@ -66,13 +67,13 @@ impl Action for GetState {
             }
         }
         let jobs = ctx.supervisor.status();
-        obj.insert("agent_id".into(), json!(settings.settings.agent_id));
+        obj.insert("agent_id".into(), json!(agent_id));
         obj.insert("job_state".into(), json!(jobs.state));
         obj.insert("processes".into(), serde_json::to_value(jobs.processes).map_err(|e| e.to_string())?);
-        obj.insert("vm".into(), json!({ "name": settings.settings.vm.name }));
+        obj.insert("vm".into(), json!({ "name": vm_name }));
         if self.full {
             let vitals = crate::vitals::collect(
-                &ctx.cpu,
+                &ctx.vitals,
                 &spec::disk_paths(&ctx.dirs),
                 ctx.platform.vitals_require_mount_points(),
             );

@@ -33,7 +33,7 @@ use crate::platform::Platform;
 use crate::settings::service::SettingsService;
 use crate::supervisor::JobSupervisor;
 use crate::tasks::TaskTable;
-use crate::vitals::CpuSampler;
+use crate::vitals::Sampler;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 
@@ -49,8 +49,8 @@ pub struct Context {
     pub supervisor: Arc<dyn JobSupervisor>,
     /// The task table, for `get_task` and `cancel_task`.
     pub tasks: TaskTable,
-    /// CPU sampler feeding vitals.
-    pub cpu: CpuSampler,
+    /// What vitals keep between collections (the cpu window, open /proc files).
+    pub vitals: Sampler,
     /// The bus, told about settings changes.
     pub bus: Arc<dyn BusControl>,
     /// Health-monitor events (the shutdown notice of `drain shutdown`).

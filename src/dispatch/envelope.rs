@@ -2,7 +2,7 @@
 //! `method`, `arguments` and `reply_to`; replies are exactly `{"value":...}` or
 //! `{"exception":{"message":...}}`, never empty, because the director cannot merge an empty reply.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// A request after envelope checks; arguments are still untyped JSON, each action binds its own.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,19 +103,29 @@ impl Response {
         Response::Exception(message.into())
     }
 
-    /// The reply as JSON.
-    pub fn to_json(&self) -> Value {
-        match self {
-            Response::Value(v) => json!({ "value": v }),
-            Response::Exception(m) => json!({ "exception": { "message": m } }),
+    /// The reply as JSON text: `{"value":...}` or `{"exception":{"message":...}}`, written straight
+    /// from the value (no copy of it into an envelope first).
+    fn to_bytes(&self) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        enum Envelope<'a> {
+            #[serde(rename = "value")]
+            Value(&'a Value),
+            #[serde(rename = "exception")]
+            Exception { message: &'a str },
         }
+        let envelope = match self {
+            Response::Value(v) => Envelope::Value(v),
+            Response::Exception(m) => Envelope::Exception { message: m },
+        };
+        // A Value or a string always serialises (its map keys are strings).
+        serde_json::to_vec(&envelope).unwrap_or_default()
     }
 
     /// Serialises the reply, keeping it within `limit` bytes: an oversized exception keeps the head and
     /// tail of its message, anything else becomes an exception saying the reply was too long. Going over
     /// the NATS server's max_payload would otherwise cost the connection.
     pub fn encode(&self, limit: Option<usize>) -> Vec<u8> {
-        let full = self.to_json().to_string().into_bytes();
+        let full = self.to_bytes();
         let Some(limit) = limit else { return full };
         if full.len() <= limit {
             return full;
@@ -127,7 +137,7 @@ impl Response {
                 let head = floor_char(message, budget / 2);
                 let tail = ceil_char(message, message.len() - (budget - budget / 2));
                 let cut = format!("{}{TRUNCATED}{}", &message[..head], &message[tail..]);
-                let encoded = Response::Exception(cut).to_json().to_string().into_bytes();
+                let encoded = Response::Exception(cut).to_bytes();
                 if encoded.len() <= limit {
                     return encoded;
                 }
@@ -135,7 +145,7 @@ impl Response {
                 budget = budget.saturating_sub((encoded.len() - limit).max(16));
             }
         }
-        Response::exception("Response exceeded maximum allowed length").to_json().to_string().into_bytes()
+        Response::exception("Response exceeded maximum allowed length").to_bytes()
     }
 }
 
@@ -157,6 +167,7 @@ fn ceil_char(s: &str, mut i: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn parses_director_and_cli_envelopes() {

@@ -80,6 +80,11 @@ impl SettingsService {
         read(&self.current).clone()
     }
 
+    /// Runs `f` on the current settings without copying them (for a reader that needs a few fields).
+    pub fn with<R>(&self, f: impl FnOnce(&Effective) -> R) -> R {
+        f(&read(&self.current))
+    }
+
     /// Merges what `update_settings` sent (the Go agent's rules: certs and disk associations always
     /// replaced, mbus and blobstores only when given and different), persists it atomically, and
     /// returns the new effective settings.
