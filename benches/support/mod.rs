@@ -18,6 +18,7 @@ pub mod certs;
 pub mod http_listener;
 #[path = "../../tests/common/nats_server.rs"]
 pub mod nats_server;
+pub mod peers;
 #[path = "../../tests/common/poll.rs"]
 mod poll;
 #[path = "../../tests/common/settings.rs"]
@@ -25,6 +26,7 @@ pub mod settings;
 
 pub use certs::TestPki;
 pub use nats_server::{NatsServer, NatsServerOptions};
+pub use peers::Peer;
 /// Settings as a director-created VM gets them; benches add to them (blobstore, `env.bosh.parallel`).
 #[allow(unused_imports, reason = "benches/polls.rs drives an HTTPS agent and needs no NATS settings")]
 pub use settings::nats_settings;
@@ -47,15 +49,16 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const TARGET_HWM_BYTES: u64 = 20_000_000;
 use tempfile::TempDir;
 
-/// `target/release/bosh-agent`, or `BOSH_AGENT_BIN`; a missing binary is an error, not a skip,
-/// because silently benchmarking nothing would look like a pass.
+/// The release artifact, the static binary `target/x86_64-unknown-linux-musl/release/bosh-agent`, or
+/// `BOSH_AGENT_BIN`; a missing binary is an error, not a skip, because silently benchmarking nothing
+/// would look like a pass.
 pub fn agent_binary() -> PathBuf {
-    let path = std::env::var_os("BOSH_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/bosh-agent"));
+    let path = std::env::var_os("BOSH_AGENT_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-unknown-linux-musl/release/bosh-agent")
+    });
     assert!(
         path.is_file(),
-        "{} not found: run `cargo build --release` first (scripts/bench does)",
+        "{} not found: run scripts/release first (scripts/bench does), or set BOSH_AGENT_BIN",
         path.display()
     );
     path
@@ -69,7 +72,7 @@ pub fn director(pki: &TestPki, url: &str, id: &str) -> Nats {
 }
 
 /// Pings until `what` answers (the agent connects in the background after start).
-pub fn wait_ready(t: &mut Nats, what: &str, agent: &mut AgentProcess) {
+pub fn wait_ready(t: &mut Nats, what: &str, agent: &mut impl Peer) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         agent.check_alive();
@@ -366,6 +369,19 @@ impl DataBench {
 pub struct ChildGuard(Option<Child>);
 
 impl ChildGuard {
+    pub fn new(child: Child) -> ChildGuard {
+        ChildGuard(Some(child))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("process running").id()
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.0.take() {
             let _ = child.kill();
@@ -380,14 +396,75 @@ impl Drop for ChildGuard {
     }
 }
 
-/// The agent's resident memory as the kernel reports it.
+/// A process's memory as the kernel reports it.
 pub struct Memory {
     pub rss_kib: u64,
     /// The peak of the RSS since the process started: what a fresh agent needed at most.
     pub hwm_kib: u64,
     pub threads: u64,
-    /// Anonymous (heap and stacks) part of the RSS; the rest is the binary's and libc's pages.
+    /// Anonymous (heap and stacks) part of the RSS, from smaps_rollup; the rest is the binary's and
+    /// libc's pages.
     pub anon_kib: u64,
+    /// `RssAnon` of /proc/<pid>/status: resident anonymous memory, what the process alone costs.
+    pub rss_anon_kib: u64,
+    /// Proportional set size: shared pages (the binary's code, shared by every agent on a host)
+    /// counted in shares. The figure that adds up across processes.
+    pub pss_kib: u64,
+}
+
+/// Reads [`Memory`] of process `pid`; `None` once it is gone.
+pub fn memory_of(pid: u32) -> Option<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    Some(Memory {
+        rss_kib: field(&status, "VmRSS:"),
+        hwm_kib: field(&status, "VmHWM:"),
+        threads: field(&status, "Threads:"),
+        anon_kib: field(&rollup, "Anonymous:"),
+        rss_anon_kib: field(&status, "RssAnon:"),
+        pss_kib: field(&rollup, "Pss:"),
+    })
+}
+
+/// The CPU time process `pid` has used so far, all its threads (exited ones too), to the
+/// nanosecond: the kernel's process CPU clock.
+pub fn cpu_time(pid: u32) -> Duration {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is a valid out pointer; the call only looks the process up.
+    let rc = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+    assert_eq!(rc, 0, "no CPU clock for process {pid} (error {rc})");
+    // SAFETY: timespec is plain data; clock_gettime fills it in.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `clock` came from clock_getcpuclockid and `ts` is a valid out pointer.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(rc, 0, "reading process {pid}'s CPU clock: {}", std::io::Error::last_os_error());
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Context switches (voluntary and not) of the threads process `pid` has now: each is the thread
+/// going to sleep or being preempted, so between requests it counts wakeups.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 /// The release agent, started as a stemcell starts it, on the dummy platform with a 30 s heartbeat.
@@ -417,6 +494,17 @@ impl AgentProcess {
         sources: Option<Value>,
         level: &str,
     ) -> AgentProcess {
+        AgentProcess::start_configured(binary, settings, sources, level, HEARTBEAT_SECS)
+    }
+
+    /// The most general start: settings source, log level and heartbeat interval (seconds).
+    pub fn start_configured(
+        binary: &Path,
+        settings: &Value,
+        sources: Option<Value>,
+        level: &str,
+        heartbeat_secs: u64,
+    ) -> AgentProcess {
         let dir = tempfile::tempdir().expect("agent directory");
         let p = |name: &str| dir.path().join(name).to_str().expect("UTF-8 temp path").to_string();
         std::fs::create_dir_all(dir.path().join("base/bosh")).expect("base dir");
@@ -427,14 +515,14 @@ impl AgentProcess {
         std::fs::write(p("agent.json"), config.to_string()).expect("agent.json");
         let log = File::create(p("agent.log")).expect("agent log");
         let child = Command::new(binary)
-            .args(["-P", "dummy", "-M", "dummy", "-l", level, "-h", &HEARTBEAT_SECS.to_string()])
+            .args(["-P", "dummy", "-M", "dummy", "-l", level, "-h", &heartbeat_secs.to_string()])
             .args(["-C", &p("agent.json"), "-b", &p("base")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
-        AgentProcess { child: ChildGuard(Some(child)), dir }
+        AgentProcess { child: ChildGuard::new(child), dir }
     }
 
     /// The agent's `-b` base directory (`packages/`, `data/`, `bosh/` live here).
@@ -447,36 +535,32 @@ impl AgentProcess {
     }
 
     pub fn check_alive(&mut self) {
-        if let Some(status) = self.child.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+        if let Some(status) = self.child.exited() {
             panic!("agent exited ({status})\n--- agent log ---\n{}", self.log());
         }
     }
 
-    /// VmRSS, VmHWM and Threads from /proc/<pid>/status.
+    /// Its memory and threads now (see [`Memory`]).
     pub fn memory(&mut self) -> Memory {
         self.check_alive();
-        let pid = self.child.0.as_ref().expect("agent running").id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc status");
-        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("{name} missing from /proc/{pid}/status"))
-        };
-        let anon_kib = rollup
-            .lines()
-            .find_map(|l| l.strip_prefix("Anonymous:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        Memory { rss_kib: field("VmRSS:"), hwm_kib: field("VmHWM:"), threads: field("Threads:"), anon_kib }
+        let pid = self.child.pid();
+        memory_of(pid).unwrap_or_else(|| panic!("reading /proc/{pid}: the agent is gone"))
     }
 
     pub fn stop(&mut self) {
         self.child.stop();
+    }
+}
+
+impl Peer for AgentProcess {
+    fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+    fn check_alive(&mut self) {
+        AgentProcess::check_alive(self)
+    }
+    fn log(&self) -> String {
+        AgentProcess::log(self)
     }
 }
 

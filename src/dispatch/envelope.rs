@@ -43,15 +43,16 @@ impl Request {
             message: format!("malformed request: body is not valid JSON: {e}"),
             reply_to: readable_reply_to(body),
         })?;
-        let Value::Object(obj) = value else {
+        let Value::Object(mut obj) = value else {
             return Err(EnvelopeError {
                 message: "malformed request: body must be a JSON object".into(),
                 reply_to: None,
             });
         };
-        let reply_to = match obj.get("reply_to") {
+        // Fields are moved out of the parsed object, not copied.
+        let reply_to = match obj.remove("reply_to") {
             None | Some(Value::Null) => String::new(),
-            Some(Value::String(s)) => s.clone(),
+            Some(Value::String(s)) => s,
             Some(_) => {
                 return Err(EnvelopeError {
                     message: "malformed request: 'reply_to' must be a string".into(),
@@ -63,8 +64,8 @@ impl Request {
             message: format!("malformed request: {m}"),
             reply_to: Some(reply_to.clone()).filter(|r| !r.is_empty()),
         };
-        let method = match obj.get("method") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        let method = match obj.remove("method") {
+            Some(Value::String(s)) if !s.is_empty() => s,
             Some(Value::String(_)) => return Err(fail("'method' is empty")),
             None | Some(Value::Null) => return Err(fail("'method' is missing")),
             Some(_) => return Err(fail("'method' must be a string")),
@@ -73,9 +74,9 @@ impl Request {
             None | Some(Value::Null) => 0,
             Some(v) => v.as_u64().ok_or_else(|| fail("'protocol' must be a non-negative integer"))?,
         };
-        let arguments = match obj.get("arguments") {
+        let arguments = match obj.remove("arguments") {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a.clone(),
+            Some(Value::Array(a)) => a,
             Some(_) => return Err(fail("'arguments' must be an array")),
         };
         Ok(Request { protocol, method, arguments, reply_to })

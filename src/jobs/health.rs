@@ -7,11 +7,16 @@
 use crate::dirs::Dirs;
 use serde_json::json;
 
-/// Writes the state (0644, atomically). A failure is logged, never passed on: a heartbeat or a
-/// `start` must not fail because of this file.
+/// Writes the state (0644, atomically) unless the file already says it: an unchanged state costs
+/// a read, not a write with its two fsyncs (which put the heartbeat thread to sleep on the disk
+/// every beat). A failure is logged, never passed on: a heartbeat or a `start` must not fail
+/// because of this file.
 pub fn record(dirs: &Dirs, state: &str) {
     let path = dirs.health_json();
     let body = json!({ "state": state }).to_string();
+    if std::fs::read(&path).is_ok_and(|current| current == body.as_bytes()) {
+        return;
+    }
     if let Err(e) = crate::fsutil::write_atomic(&path, body.as_bytes(), 0o644) {
         log::warn!("writing {}: {e}", path.display());
     }
@@ -20,15 +25,19 @@ pub fn record(dirs: &Dirs, state: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn one_compact_state_key_readable_by_all() {
         let dir = tempfile::tempdir().unwrap();
         let dirs = Dirs::new(dir.path(), "/");
         record(&dirs, "running");
-        record(&dirs, "failing");
         let path = dirs.health_json();
+        let written = std::fs::metadata(&path).unwrap().ino();
+        record(&dirs, "running");
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), written, "an unchanged state is not written again");
+        record(&dirs, "failing");
+        assert_ne!(std::fs::metadata(&path).unwrap().ino(), written);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), r#"{"state":"failing"}"#);
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
     }

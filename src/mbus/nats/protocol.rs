@@ -223,7 +223,9 @@ pub fn validate_subject(subject: &str) -> Result<(), String> {
     if subject.len() > SERVER_MAX_CONTROL_LINE {
         return Err(format!("subject of {} bytes is longer than a control line may be", subject.len()));
     }
-    if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    // Subjects are ASCII in practice: printable ASCII passes without decoding a character.
+    let printable_ascii = subject.bytes().all(|b| b.is_ascii_graphic());
+    if !printable_ascii && subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
         let shown: String = subject.chars().take(100).collect();
         return Err(format!("subject {shown:?} contains whitespace or control characters"));
     }
@@ -297,12 +299,16 @@ pub fn encode_unsub(sid: u64) -> Vec<u8> {
 /// Encodes `PUB <subject> [reply] <#bytes>\r\n<payload>\r\n` as one buffer so it goes out in one
 /// write.
 pub fn encode_pub(subject: &str, reply: Option<&str>, payload: &[u8]) -> Vec<u8> {
-    let header = match reply {
-        Some(reply) => format!("PUB {subject} {reply} {}\r\n", payload.len()),
-        None => format!("PUB {subject} {}\r\n", payload.len()),
-    };
-    let mut out = Vec::with_capacity(header.len() + payload.len() + 2);
-    out.extend_from_slice(header.as_bytes());
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(pub_line_len(subject, reply, payload.len()) + payload.len() + 2);
+    out.extend_from_slice(b"PUB ");
+    out.extend_from_slice(subject.as_bytes());
+    if let Some(reply) = reply {
+        out.push(b' ');
+        out.extend_from_slice(reply.as_bytes());
+    }
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, " {}\r\n", payload.len());
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\r\n");
     out
@@ -506,6 +512,8 @@ mod tests {
         assert!(validate_subject("a\tb").is_err());
         assert!(validate_subject("a\r\nPUB x 1").is_err());
         assert!(validate_subject(&"a".repeat(SERVER_MAX_CONTROL_LINE + 1)).is_err());
+        assert!(validate_subject("agent.\u{e9}t\u{e9}").is_ok(), "non-ASCII letters are fine");
+        assert!(validate_subject("a\u{2028}b").is_err() && validate_subject("a\u{a0}b").is_err());
         let line = encode_pub("sub", Some("rep"), b"12345");
         assert_eq!(pub_line_len("sub", Some("rep"), 5), line.len() - 5 - 2);
     }
