@@ -270,13 +270,13 @@ fn load_averages() -> Option<Vec<String>> {
         log::warn!("vitals: sysinfo: {}", std::io::Error::last_os_error());
         return None;
     }
-    Some(info.loads.iter().map(|&raw| load_text(raw as u64)).collect())
+    Some(info.loads.iter().map(|&raw| load_text(raw)).collect())
 }
 
 /// One load average from sysinfo's fixed point (16 fraction bits), rounded as the kernel rounds
 /// for /proc/loadavg: its own fixed point has 11 fraction bits, plus 1/200 before truncating to
 /// hundredths.
-fn load_text(raw: u64) -> String {
+fn load_text(raw: libc::c_ulong) -> String {
     let avenrun = (raw >> 5) + 2048 / 200;
     format!("{}.{:02}", avenrun >> 11, ((avenrun & 2047) * 100) >> 11)
 }
@@ -415,7 +415,7 @@ mod tests {
     #[test]
     fn loadavg_uptime_and_percent_formats() {
         // sysinfo's fixed point is the kernel's (11 fraction bits) shifted by 5.
-        let raw = |avenrun: u64| avenrun << 5;
+        let raw = |avenrun: libc::c_ulong| avenrun << 5;
         assert_eq!(load_text(raw(0)), "0.00");
         assert_eq!(load_text(raw(2048)), "1.00");
         assert_eq!(load_text(raw(4833)), "2.36");

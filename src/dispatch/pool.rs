@@ -14,11 +14,11 @@
 //! the listener's own thread, the rest queue for a request worker.
 
 use super::{Deferred, Dispatcher, Incoming, Response};
-use crate::sync::{lock, wait_timeout};
+use crate::sync::{lock, wait, wait_timeout};
 use std::collections::VecDeque;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How long a surplus idle thread (one beside another idle one) lingers before exiting.
@@ -148,7 +148,7 @@ impl<T: Send + 'static> Pool<T> {
             s.idle += 1;
             let timed_out = if s.idle == 1 {
                 // The only idle thread waits for the next item without waking up meanwhile.
-                s = inner.wake.wait(s).unwrap_or_else(PoisonError::into_inner);
+                s = wait(&inner.wake, s);
                 false
             } else {
                 let (guard, timed_out) = wait_timeout(&inner.wake, s, LINGER);
