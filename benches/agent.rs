@@ -71,7 +71,7 @@ const TARGET_BINARY_BYTES: u64 = 3_500_000;
 fn main() {
     run_role_if_asked();
     let started = Instant::now();
-    let load_before = loadavg();
+    let machine_before = support::machine();
     let agent_bin = agent_binary();
     let go_bin = go_agent_binary();
     let pki = TestPki::new();
@@ -257,7 +257,7 @@ fn main() {
              soak {SOAK}, idle {}s",
             IDLE.as_secs()
         ),
-        format!("machine: {} cores; load average before {load_before}, after {}", cores(), loadavg()),
+        format!("machine: {machine_before} before, {} after", support::machine()),
     ];
     table.print(&title, started.elapsed());
     drop((to_agent, to_echo, to_go));
@@ -440,16 +440,6 @@ fn fmt_opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
 
 fn memory(peer: &impl Peer) -> Memory {
     memory_of(peer.pid()).expect("the process is gone")
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// `per_client` pings from each of `clients` at once (one thread each, each waiting for its reply

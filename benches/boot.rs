@@ -11,12 +11,12 @@
 
 mod support;
 
-use bosh_agent::mbus::nats::{NatsConnection, NatsOptions};
+use bosh_agent::mbus::nats::NatsConnection;
 use serde_json::{json, Value};
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::http_listener::read_head;
@@ -126,16 +126,7 @@ struct HealthMonitor {
 
 impl HealthMonitor {
     fn connect(pki: &TestPki, url: &str) -> HealthMonitor {
-        let (tx, rx) = mpsc::channel();
-        let opts = NatsOptions {
-            urls: vec![url.to_string()],
-            tls: Some(pki.nats_tls("default.hm.bosh-internal")),
-            subscriptions: vec!["hm.agent.heartbeat.*".into()],
-            name: "hm".into(),
-        };
-        let conn = NatsConnection::start(opts, tx);
-        assert!(conn.wait_connected(Duration::from_secs(10)), "health monitor connects");
-        assert!(conn.flush(Duration::from_secs(5)), "subscription registered");
+        let (conn, rx) = support::subscriber(pki, url, "default.hm.bosh-internal", "hm.agent.heartbeat.*");
         HealthMonitor { conn, rx }
     }
 

@@ -11,7 +11,7 @@
 
 mod support;
 
-use bosh_agent::mbus::nats::{Message, NatsConnection, NatsOptions};
+use bosh_agent::mbus::nats::{Message, NatsConnection};
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::mpsc;
@@ -154,7 +154,7 @@ fn main() {
 
     println!();
     println!("bosh-agent density: {wanted} agents wanted on one nats-server ({})", binary.display());
-    println!("machine: {} cores; load average now {}", cores(), loadavg());
+    println!("machine: {}", support::machine());
     println!();
     let header = ["figure", "value", "target", "verdict"].map(String::from);
     print_table(&header, &rows);
@@ -175,18 +175,7 @@ struct Sweeper {
 
 impl Sweeper {
     fn connect(pki: &TestPki, url: &str) -> Sweeper {
-        let (tx, replies) = mpsc::channel();
-        let opts = NatsOptions {
-            urls: vec![url.to_string()],
-            tls: Some(pki.nats_tls("director.bosh-internal")),
-            subscriptions: vec!["director.density.>".into()],
-            name: "density-director".into(),
-        };
-        let conn = NatsConnection::start(opts, tx);
-        assert!(
-            conn.wait_connected(Duration::from_secs(15)) && conn.flush(Duration::from_secs(15)),
-            "director connection"
-        );
+        let (conn, replies) = support::subscriber(pki, url, "director.bosh-internal", "director.density.>");
         Sweeper { conn, replies }
     }
 
@@ -252,14 +241,4 @@ fn host_limits() -> String {
         read("/proc/sys/kernel/pid_max"),
         read("/proc/sys/kernel/threads-max"),
     )
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }

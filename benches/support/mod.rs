@@ -32,6 +32,7 @@ pub use peers::Peer;
 pub use settings::nats_settings;
 
 use bosh_agent::client::{Nats, Transport};
+use bosh_agent::mbus::nats::{Message, NatsConnection, NatsOptions};
 use serde_json::{json, Value};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -335,6 +336,38 @@ pub fn seconds(d: Duration) -> String {
 /// Bytes as decimal megabytes, as the issues' targets are written.
 pub fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// The machine as the benches' titles describe it: cores and load average.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    format!("{cores} cores, load average {load}")
+}
+
+/// A NATS connection subscribed to `subject` as the client `cn` of the PKI, connected and its
+/// subscription confirmed; what arrives goes to the receiver.
+pub fn subscriber(
+    pki: &TestPki,
+    url: &str,
+    cn: &str,
+    subject: &str,
+) -> (NatsConnection, std::sync::mpsc::Receiver<Message>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opts = NatsOptions {
+        urls: vec![url.to_string()],
+        tls: Some(pki.nats_tls(cn)),
+        subscriptions: vec![subject.to_string()],
+        name: cn.to_string(),
+    };
+    let conn = NatsConnection::start(opts, tx);
+    assert!(
+        conn.wait_connected(Duration::from_secs(15)) && conn.flush(Duration::from_secs(15)),
+        "{cn} could not connect and subscribe to {subject}"
+    );
+    (conn, rx)
 }
 
 /// Flushes dirty pages, so writeback of one phase's files does not land in the next phase's time.

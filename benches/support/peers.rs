@@ -67,44 +67,60 @@ pub fn go_agent_binary() -> Option<PathBuf> {
     Some(path)
 }
 
-/// The bare echo responder in a process of its own: answers every request on `agent.<id>` with
-/// `{"value":"pong"}` on the NATS connection thread, parsing nothing but `reply_to`.
-pub struct EchoProcess {
+/// A process the bench started, with its stderr in `<dir>/<log>`; what the echo responder and the
+/// Go agent are.
+pub struct Helper {
+    what: &'static str,
     child: ChildGuard,
     dir: TempDir,
+    log: &'static str,
 }
 
-impl EchoProcess {
-    pub fn start(pki: &TestPki, url: &str, id: &str) -> EchoProcess {
-        let dir = tempfile::tempdir().expect("echo directory");
-        let (cert, key) = pki.client("echo.bosh-internal");
-        for (name, text) in [("ca.pem", pki.ca_pem.as_str()), ("cert.pem", &cert), ("key.pem", &key)] {
-            std::fs::write(dir.path().join(name), text).expect("echo PKI files");
-        }
-        let log = std::fs::File::create(dir.path().join("echo.log")).expect("echo log");
-        let child = Command::new(std::env::current_exe().expect("the bench binary"))
-            .env("BENCH_ROLE", "echo")
-            .env("BENCH_ECHO", format!("{url} {id} {}", dir.path().display()))
+impl Helper {
+    /// Spawns `command` with its stderr in `<dir>/<log>`.
+    fn spawn(what: &'static str, mut command: Command, dir: TempDir, log: &'static str) -> Helper {
+        let file = std::fs::File::create(dir.path().join(log)).unwrap_or_else(|e| panic!("{what} log: {e}"));
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
+            .stderr(Stdio::from(file))
             .spawn()
-            .expect("spawning the echo responder");
-        EchoProcess { child: ChildGuard::new(child), dir }
+            .unwrap_or_else(|e| panic!("spawning the {what}: {e}"));
+        Helper { what, child: ChildGuard::new(child), dir, log }
     }
 }
 
-impl Peer for EchoProcess {
+impl Peer for Helper {
     fn pid(&self) -> u32 {
         self.child.pid()
     }
     fn check_alive(&mut self) {
         if let Some(status) = self.child.exited() {
-            panic!("echo responder exited ({status}):\n{}", self.log());
+            panic!("{} exited ({status}):\n{}", self.what, self.log());
         }
     }
+    /// The last 40 lines (the Go agent's DEBUG log is long; its end says why it stopped).
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("echo.log")).unwrap_or_default()
+        let log = std::fs::read_to_string(self.dir.path().join(self.log)).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// The bare echo responder in a process of its own: answers every request on `agent.<id>` with
+/// `{"value":"pong"}` on the NATS connection thread, parsing nothing but `reply_to`.
+pub struct EchoProcess;
+
+impl EchoProcess {
+    pub fn start(pki: &TestPki, url: &str, id: &str) -> Helper {
+        let dir = tempfile::tempdir().expect("echo directory");
+        let (cert, key) = pki.client("echo.bosh-internal");
+        for (name, text) in [("ca.pem", pki.ca_pem.as_str()), ("cert.pem", &cert), ("key.pem", &key)] {
+            std::fs::write(dir.path().join(name), text).expect("echo PKI files");
+        }
+        let mut command = Command::new(std::env::current_exe().expect("the bench binary"));
+        command.env("BENCH_ROLE", "echo").env("BENCH_ECHO", format!("{url} {id} {}", dir.path().display()));
+        Helper::spawn("echo responder", command, dir, "echo.log")
     }
 }
 
@@ -166,13 +182,10 @@ fn run_sink() {
 /// The Go bosh-agent, started as its stemcell starts it on the dummy platform (`-P dummy -M dummy
 /// -b <base> -C agent.json` with a File settings source), with the same settings and certificates
 /// as ours; its log (DEBUG, on stderr: it has no level flag) goes to a file.
-pub struct GoAgent {
-    child: ChildGuard,
-    dir: TempDir,
-}
+pub struct GoAgent;
 
 impl GoAgent {
-    pub fn start(binary: &Path, pki: &TestPki, url: &str, id: &str) -> GoAgent {
+    pub fn start(binary: &Path, pki: &TestPki, url: &str, id: &str) -> Helper {
         let dir = tempfile::tempdir().expect("Go agent directory");
         let p = |name: &str| dir.path().join(name);
         std::fs::create_dir_all(p("base/bosh")).expect("Go agent base");
@@ -183,7 +196,6 @@ impl GoAgent {
         let config = json!({"Platform": {"Linux": {}},
             "Infrastructure": {"Settings": {"Sources": [{"Type": "File", "SettingsPath": p("settings.json")}]}}});
         std::fs::write(p("agent.json"), config.to_string()).expect("Go agent agent.json");
-        let log = std::fs::File::create(p("agent.log")).expect("Go agent log");
         // In a mount namespace of its own: a tmpfs on /run with the sink at /run/syslog (Go's syslog
         // package dials /var/run/syslog, which is /run/syslog), then exec, so the pid is the agent's.
         let script = r#"set -e
@@ -192,7 +204,8 @@ BENCH_ROLE=syslog-sink "$0" /run/syslog </dev/null >/dev/null 2>&1 &
 i=0; while [ ! -S /run/syslog ] && [ $i -lt 250 ]; do sleep 0.02; i=$((i+1)); done
 cd "$1"; shift
 exec "$@""#;
-        let child = Command::new("unshare")
+        let mut command = Command::new("unshare");
+        command
             .args(["-m", "--propagation", "private", "--", "/bin/sh", "-c", script])
             .arg(std::env::current_exe().expect("the bench binary"))
             .arg(p("base"))
@@ -200,29 +213,7 @@ exec "$@""#;
             .args(["-P", "dummy", "-M", "dummy", "-b"])
             .arg(p("base"))
             .arg("-C")
-            .arg(p("agent.json"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawning the Go agent through unshare");
-        GoAgent { child: ChildGuard::new(child), dir }
-    }
-}
-
-impl Peer for GoAgent {
-    fn pid(&self) -> u32 {
-        self.child.pid()
-    }
-    fn check_alive(&mut self) {
-        if let Some(status) = self.child.exited() {
-            panic!("Go agent exited ({status}):\n{}", self.log());
-        }
-    }
-    fn log(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
-        // Its DEBUG log is long: the end says why it stopped.
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            .arg(p("agent.json"));
+        Helper::spawn("Go agent", command, dir, "agent.log")
     }
 }
