@@ -92,7 +92,8 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     if monit {
         // After alerts.monitrc exists: the stemcell's monitrc includes it.
-        ctx.platform.start_monit(uses_systemd(&config));
+        let how = platform::monit_service::MonitStart::from_linux_options(&config.linux_options);
+        ctx.platform.start_monit(&how).context("Starting monit")?;
     }
     let _syslog = if ctx.platform.forwards_syslog() && !opts.no_alerts && _https.is_none() {
         alerts::start_login_alerts(notifier.clone())
@@ -122,13 +123,6 @@ fn monit_options(config: &AgentConfig, dirs: &Dirs) -> MonitOptions {
             }
         }),
     }
-}
-
-/// Whether `agent.json` says the stemcell's service manager is systemd (else runit).
-fn uses_systemd(config: &AgentConfig) -> bool {
-    crate::config::get_ci(&config.linux_options, "ServiceManager")
-        .and_then(serde_json::Value::as_str)
-        .is_some_and(|m| m.eq_ignore_ascii_case("systemd"))
 }
 
 /// Signals are blocked in every thread and taken synchronously by the main thread, so no handler runs

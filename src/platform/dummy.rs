@@ -48,7 +48,9 @@ impl Platform for Dummy {
     fn forwards_syslog(&self) -> bool {
         false
     }
-    fn start_monit(&self, _systemd: bool) {}
+    fn start_monit(&self, _how: &super::monit_service::MonitStart) -> Result<(), String> {
+        Ok(())
+    }
     fn save_dns_records(&self, records: &[(String, String)], _agent_id: &str) -> Result<(), String> {
         let text: String = records.iter().map(|(ip, name)| format!("{ip} {name}\n")).collect();
         let path = self.dirs.dummy_etc_hosts();

@@ -5,7 +5,9 @@
 pub mod bootstrap;
 mod dummy;
 pub mod disks;
+pub mod firewall;
 mod linux;
+pub mod monit_service;
 pub mod network;
 pub mod users;
 
@@ -54,9 +56,11 @@ pub trait Platform: Send + Sync {
     fn offers_test_actions(&self) -> bool;
     /// Whether the machine's rsyslog forwards sshd's lines to the agent, for SSH login alerts.
     fn forwards_syslog(&self) -> bool;
-    /// Starts monit through the service manager (`systemd`, else runit), or reloads a running one,
-    /// once the files its monitrc includes exist (the Go agent's `StartMonit`); failures are logged.
-    fn start_monit(&self, systemd: bool);
+    /// Starts monit through the stemcell's service manager, retried ([`monit_service`]), once the
+    /// files its monitrc includes exist; a running monit is left alone. The monit firewall is made
+    /// first ([`firewall`], best effort) unless `how` says the stemcell's iptables rules do that. An
+    /// error means monit could not be started (the Go agent's `SetupFirewall` and `StartMonit`).
+    fn start_monit(&self, how: &monit_service::MonitStart) -> Result<(), String>;
     /// Powers the VM off.
     fn shutdown(&self) -> Result<(), String>;
     /// Replaces the agent-managed trusted CA certificates with the blocks in `pem_bundle`.

@@ -69,6 +69,12 @@ impl MonitDaemon {
     /// Like [`start`](Self::start), plus top-level monitrc text (e.g. an `alerts.monitrc`) made from
     /// the monit dir and installed as `<monit_dir>/extra.monitrc`.
     pub fn start_with(jobs: &[&str], extra: impl FnOnce(&Path) -> String) -> MonitDaemon {
+        MonitDaemon::start_with_file(jobs, "extra.monitrc", extra)
+    }
+
+    /// Like [`start_with`](Self::start_with), with the extra text in `<monit_dir>/<name>` (e.g. a
+    /// stemcell's `alerts.monitrc`).
+    pub fn start_with_file(jobs: &[&str], name: &str, extra: impl FnOnce(&Path) -> String) -> MonitDaemon {
         let binary = monit_binary();
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
@@ -88,7 +94,7 @@ impl MonitDaemon {
             let file = monit_dir.join("job").join(format!("{i:04}_{name}.monitrc"));
             fs::write(file, daemon.job_snippet(name)).expect("job monitrc");
         }
-        fs::write(monit_dir.join("extra.monitrc"), extra(&monit_dir)).expect("extra monitrc");
+        fs::write(monit_dir.join(name), extra(&monit_dir)).expect("extra monitrc");
         let r = root.display();
         let control = format!(
             "set daemon 1\nset logfile {r}/monit.log\nset pidfile {r}/monit.pid\nset idfile {r}/monit.id\n\
