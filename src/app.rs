@@ -109,6 +109,13 @@ pub fn run(opts: Options) -> Result<(), String> {
     Ok(())
 }
 
+/// `bosh-enable-monit-access`: lets the calling bpm job, or else vcap, reach monit
+/// ([`platform::firewall`]); returns what it did.
+pub fn enable_monit_access(opts: &crate::cli::MonitAccessOptions) -> Result<String, String> {
+    let passwd = Dirs::new("/var/vcap", &opts.root).under_root(platform::users::SYSTEM_PASSWD);
+    platform::firewall::enable_monit_access(&passwd).map(|done| done.to_string())
+}
+
 fn monit_options(config: &AgentConfig, dirs: &Dirs) -> MonitOptions {
     let bundled = dirs.bundled_monit();
     MonitOptions {

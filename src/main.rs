@@ -5,8 +5,14 @@ use bosh_agent::cli::{self, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let command = match cli::parse(std::env::args_os().skip(1).collect()) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let monit_access = argv.first().is_some_and(|p| cli::is_enable_monit_access(p));
+    let command = match cli::parse_invocation(argv) {
         Ok(c) => c,
+        Err(e) if monit_access => {
+            eprintln!("{}: {e}", cli::ENABLE_MONIT_ACCESS);
+            return ExitCode::from(1);
+        }
         Err(e) => {
             eprintln!("bosh-agent: {e}");
             return ExitCode::from(2);
@@ -32,6 +38,16 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("bosh-agent call: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::EnableMonitAccess(opts) => match bosh_agent::app::enable_monit_access(&opts) {
+            Ok(done) => {
+                eprintln!("{}: {done}", cli::ENABLE_MONIT_ACCESS);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", cli::ENABLE_MONIT_ACCESS);
                 ExitCode::from(1)
             }
         },

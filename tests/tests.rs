@@ -51,6 +51,12 @@ mod ephemeral;
 mod https_bus;
 // The monit supervisor against a real monit: job states, lifecycle, the 2 s bound on status.
 mod monit;
+// Starting monit through runit (a real runsvdir) and systemd (a stand-in systemctl), and monit's
+// alerts reaching the health monitor across agent restarts.
+mod monit_start;
+// The monit firewall with real nft in throw-away network namespaces: the agent's table and the
+// binary run as bosh-enable-monit-access.
+mod monit_firewall;
 // The NATS client against a real nats-server: mutual TLS, auth, reconnects, max_payload.
 mod nats_client;
 
