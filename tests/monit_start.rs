@@ -13,7 +13,7 @@
 //!   reach the health monitor before and after, through the stemcell's `alerts.monitrc` as shipped
 //!   (no credentials) or, where the stemcell has none, the agent's own.
 
-use crate::common::agent::{Director, HealthMonitor, Launch, TestAgent};
+use crate::common::agent::{Director, HealthMonitor, TestAgent};
 use crate::common::certs::TestPki;
 use crate::common::monit_daemon::{alive, free_port, monit_binary, MonitDaemon};
 use crate::common::nats_server::{NatsServer, NatsServerOptions};
@@ -21,7 +21,6 @@ use crate::common::settings::nats_settings;
 use crate::common::wait_until;
 use bosh_agent::dirs::Dirs;
 use bosh_agent::platform::monit_service::{MonitService, ServiceManager};
-use serde_json::json;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -250,17 +249,7 @@ fn alerts_survive_an_agent_restart(stemcell_ships_one: bool) {
     let shipped = fs::read(&alerts_file).ok();
     let id = format!("alerts-{}", &bosh_agent::ids::uuid_v4()[..8]);
     let settings = nats_settings(&pki, &id, &nats.url());
-    let monit_cfg = json!({"Monit": {"Address": monit.address(), "ControlFile": monit.control_file(), "Binary": monit_binary()}});
-    let smtp_arg = smtp.to_string();
-    let mut agent = TestAgent::launch(
-        &settings,
-        Launch {
-            base: Some(monit.dir()),
-            supervisor: Some("monit"),
-            agent_json: Some(monit_cfg),
-            extra: &["-t", &smtp_arg],
-        },
-    );
+    let mut agent = TestAgent::under_monit(&settings, &monit, smtp);
     let hm = HealthMonitor::connect(&pki, &nats.url(), &id);
     let mut d = Director::connect(&pki, &nats.url(), &id);
     assert!(d.wait_ready(Duration::from_secs(15)), "agent never answered:\n{}", agent.log());

@@ -108,6 +108,15 @@ impl Steps {
     }
 }
 
+impl Drop for Steps {
+    /// A failed assertion ends the run early: the table as far as it got.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print();
+        }
+    }
+}
+
 /// The qemu process; killed on drop.
 struct Vm {
     child: Child,
@@ -632,28 +641,23 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
     hm.drain();
     let alert_subject = format!("hm.agent.alert.{id}");
     let alert = steps.time("job killed until its alert (monit to the restarted agent)", || {
-        assert_eq!(d.run_task("run_errand", json!(["crash"]))["value"]["exit_code"], 0);
+        let crash = d.run_task("run_errand", json!(["crash"]));
+        if crash["value"]["exit_code"] != 0 {
+            return Err(format!("the crash errand found no process to kill: {crash}"));
+        }
+        let is_it = |a: &Value| {
+            a["title"].as_str().is_some_and(|t| t.starts_with("tiny ") && t.contains("Does not exist"))
+        };
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match hm.next(&alert_subject, left) {
-                Some(a)
-                    if a["title"]
-                        .as_str()
-                        .is_some_and(|t| t.starts_with("tiny ") && t.contains("Does not exist")) =>
-                {
-                    break Some(a)
-                }
+            match hm.next(&alert_subject, deadline.saturating_duration_since(Instant::now())) {
+                Some(a) if is_it(&a) => break Ok(a["title"].to_string()),
                 Some(_) => continue,
-                None => break None,
+                None => break Err("no alert in 90 s".to_string()),
             }
         }
     });
-    steps.check(
-        "alert from monit after the agent's restart",
-        alert.is_some(),
-        alert.map_or("no alert in 90 s".into(), |a| a["title"].to_string()),
-    );
+    steps.check("alert from monit after the agent's restart", alert.is_ok(), alert.unwrap_or_else(|e| e));
     let mut state = Value::Null;
     let again_running = wait_until(Duration::from_secs(90), || {
         state = d.send("get_state", json!([]));
