@@ -110,7 +110,7 @@ pub fn run(opts: Options) -> Result<(), String> {
 }
 
 /// `bosh-enable-monit-access`: lets the calling bpm job, or else vcap, reach monit
-/// ([`platform::firewall`]); returns what it did.
+/// (`platform::firewall`); returns what it did.
 pub fn enable_monit_access(opts: &crate::cli::MonitAccessOptions) -> Result<String, String> {
     let passwd = Dirs::new("/var/vcap", &opts.root).under_root(platform::users::SYSTEM_PASSWD);
     platform::firewall::enable_monit_access(&passwd).map(|done| done.to_string())
