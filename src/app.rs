@@ -45,10 +45,19 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     let settings = SettingsService::new(dirs.clone(), srcs, overrides);
     let effective = settings.load().context("loading settings")?;
-    let platform: Arc<dyn Platform> = platform::new(opts.platform, &dirs).into();
+    let platform: Arc<dyn Platform> =
+        platform::with_options(opts.platform, &dirs, &config.linux_options).into();
     platform.bootstrap(&effective, opts.configure)?;
+    // Every child from now on gets the data disk's temp dir, as the Go agent exports TMPDIR at boot.
+    if dirs.data_tmp().is_dir() {
+        crate::exec::set_child_tmpdir(dirs.data_tmp());
+    }
     // The persistent disk comes back before any job can look for it; a vanished disk is logged.
     platform::disks::remount_last_disk(platform.as_ref(), &dirs, &effective);
+    // The jobs' run directories are gone after a reboot (a tmpfs) before monit starts them.
+    if let Err(e) = (crate::jobs::applier::Layout { dirs: &dirs }).restore_job_dirs() {
+        log::warn!("restoring the jobs' directories: {e}");
+    }
     let supervisor: Arc<dyn JobSupervisor> = match opts.supervisor {
         SupervisorKind::Dummy => Arc::new(DummySupervisor::default()),
         SupervisorKind::Monit => {

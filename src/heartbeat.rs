@@ -52,6 +52,8 @@ impl Heartbeat {
         let (stop, stopped) = mpsc::channel::<()>();
         std::thread::Builder::new().name("heartbeat".into()).spawn(move || loop {
             let beat = payload(&ctx);
+            // Before the send, so it is written even when the bus is down (as the Go agent does).
+            crate::jobs::health::record(&ctx.dirs, beat["job_state"].as_str().unwrap_or("unknown"));
             if let Err(e) = notifier.notify(HmTopic::Heartbeat, &beat) {
                 log::warn!("sending heartbeat: {e}");
             }

@@ -34,6 +34,9 @@ mod logs;
 mod settings_sources;
 // `ssh` users, `prepare_network_change`, and SSH login alerts from syslog.
 mod ssh;
+// What a release job assumes of its VM: mounts, owners and modes on a data disk, a job running as
+// vcap, health.json, log rotation, disk associations, the infrastructure's SSH key.
+mod vm_layout;
 
 // ---- One part of the library against real outside parties ----
 

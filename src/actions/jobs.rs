@@ -88,6 +88,11 @@ impl Action for Apply {
             if let (Some(b), Some(a)) = (&blobs, self.spec.archive()) {
                 b.forget_local(&a.blobstore_id);
             }
+            let size = crate::platform::logrotate::max_log_file_size(
+                self.raw.pointer("/properties/logging/max_log_file_size").and_then(Value::as_str),
+                ctx.settings.get().settings.env.bosh.max_log_file_size.as_deref(),
+            );
+            ctx.platform.setup_logrotate(&size).context("Setting up logrotate")?;
         }
         spec::save(&ctx.dirs, &self.raw)?;
         write_instance_files(&ctx.dirs.instance(), &self.spec)?;
@@ -110,6 +115,21 @@ fn write_instance_files(dir: &Path, spec: &ApplySpec) -> Result<(), String> {
     Ok(())
 }
 
+/// Rewrites `health.json` with the supervisor's state now.
+fn record_health(ctx: &Context) {
+    crate::jobs::health::record(&ctx.dirs, &ctx.supervisor.status().state);
+}
+
+/// Calls [`record_health`] when dropped: at the end of `start` and `stop`, whether or not they
+/// worked, as the Go agent does.
+struct RecordHealth<'a>(&'a Context);
+
+impl Drop for RecordHealth<'_> {
+    fn drop(&mut self) {
+        record_health(self.0);
+    }
+}
+
 /// `start`: installs every job's monit files (jobs in reverse order, as the Go agent numbers them),
 /// reloads the supervisor and starts the services. Synchronous: bosh-cli requires `"started"`.
 pub struct Start;
@@ -119,6 +139,7 @@ impl Action for Start {
     }
     fn run(self, call: &Call) -> Result<Value, String> {
         let ctx = call.ctx;
+        let _health = RecordHealth(ctx);
         let _guard = lock(&ctx.jobs_lock);
         let jobs = current_spec(ctx)?.jobs();
         ctx.supervisor.remove_all_jobs()?;
@@ -148,13 +169,16 @@ impl Action for Start {
     }
 }
 
-/// `stop`: stops every service; with protocol 3 and later waits until they are stopped.
+/// `stop`: stops every service; with protocol 3 and later waits until they are stopped. Unlike the
+/// Go agent, which rewrites `health.json` after a stop only on protocol 2 and earlier, it does on
+/// every protocol: `stopped` is what bosh-dns should see.
 pub struct Stop;
 impl Action for Stop {
     fn bind(args: &[Value]) -> Result<Self, String> {
         bind::<()>(args).map(|_| Stop)
     }
     fn run(self, call: &Call) -> Result<Value, String> {
+        let _health = RecordHealth(call.ctx);
         call.ctx.supervisor.stop(call.protocol > 2)?;
         Ok(json!("stopped"))
     }
@@ -196,6 +220,7 @@ impl Action for Drain {
             }
         };
         ctx.supervisor.unmonitor()?;
+        record_health(ctx);
         let mut env = BTreeMap::new();
         env.insert(
             "BOSH_JOB_STATE".to_string(),

@@ -7,9 +7,9 @@ use crate::sync::lock;
 use crate::cancel::CancelToken;
 use crate::dirs::Dirs;
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -35,9 +35,11 @@ pub struct Outcome {
     pub stderr: String,
 }
 
-/// A base command for a job script: its own process group, the scripts' PATH plus `env`.
+/// A base command for a job script: its own process group, the agent's environment (with `TMPDIR`,
+/// see [`crate::exec::child_env`]) and the scripts' PATH plus `env`.
 pub fn command(script: &Path, args: &[String], env: &BTreeMap<String, String>) -> Command {
     let mut cmd = Command::new(script);
+    crate::exec::child_env(&mut cmd);
     cmd.args(args).env("PATH", SCRIPT_PATH).envs(env).stdin(Stdio::null()).process_group(0);
     if let Some(dir) = script.parent().and_then(Path::parent) {
         cmd.current_dir(dir);
@@ -64,7 +66,8 @@ pub fn run_captured(
     Ok(Outcome { exit_code: exit_code(status), stdout: collect(out, cap), stderr: collect(err, cap) })
 }
 
-/// Runs `cmd` with stdout and stderr appended to log files (created 0640 in a 0750 directory).
+/// Runs `cmd` with stdout and stderr appended to log files (created 0640; their directory 0750 when
+/// it is missing, while an existing one, a job's `root:vcap` 0770 log directory, is left as it is).
 pub fn run_logged(
     mut cmd: Command,
     stdout_log: &Path,
@@ -73,8 +76,7 @@ pub fn run_logged(
 ) -> Result<i32, String> {
     let open = |p: &Path| -> Result<File, String> {
         if let Some(dir) = p.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o750));
+            crate::owner::ensure_dir(dir, 0o750)?;
         }
         OpenOptions::new()
             .create(true)

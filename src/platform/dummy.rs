@@ -40,7 +40,8 @@ impl Platform for Dummy {
             log::info!("bootstrap: skipped on the dummy platform without -c");
             return Ok(());
         }
-        bootstrap::run(&self.dirs, settings, self, Machine { live: false, devices: false })
+        let machine = Machine { live: false, devices: false, default_tmp_dir: true };
+        bootstrap::run(&self.dirs, settings, self, machine)
     }
     fn offers_test_actions(&self) -> bool {
         true
@@ -88,6 +89,23 @@ impl Platform for Dummy {
         self.record_ssh_users(|m| {
             m.insert(user.to_string(), public_key.to_string());
         })
+    }
+    /// Nothing to rotate on the dummy platform.
+    fn setup_logrotate(&self, _size: &str) -> Result<(), String> {
+        Ok(())
+    }
+    /// Records the name in `<base>/bosh/disk_associations.json`, as the Go dummy platform does.
+    fn associate_disk(&self, name: &str, _disk: &disks::DiskSettings) -> Result<(), String> {
+        super::check_association_name(name)?;
+        let path = self.dirs.dummy_disk_associations_json();
+        let mut names: Vec<String> = crate::fsutil::read_json(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .unwrap_or_default();
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+        crate::fsutil::write_json_atomic(&path, &names, 0o644)
+            .with_context(|| format!("writing {}", path.display()))
     }
     fn cleanup_ssh_users(&self, regex: &UserRegex) -> Result<Vec<String>, String> {
         let mut removed = Vec::new();

@@ -81,15 +81,7 @@ pub fn read_passwd(path: &Path) -> Result<Vec<PasswdEntry>, String> {
     }
 }
 
-/// The gid of group `name` in a group file, `None` when absent or unreadable.
-pub fn group_gid(path: &Path, name: &str) -> Option<u32> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find_map(|line| {
-        let mut f = line.split(':');
-        (f.next()? == name).then_some(())?;
-        f.nth(1)?.parse().ok()
-    })
-}
+pub use crate::owner::group_gid;
 
 /// Checks a `bosh ssh` user name: `bosh_` + `[a-z0-9_-]`, at most 32 bytes. Anything else is refused
 /// before it can reach a command line.
@@ -332,19 +324,13 @@ mod tests {
     }
 
     #[test]
-    fn parses_passwd_and_group() {
+    fn parses_passwd() {
         let users = parse_passwd("root:x:0:0:root:/root:/bin/bash\nbad line\nvcap:x:1000:1000::/home/vcap:/bin/bash\nx:x:notanumber:1::/:/bin/sh\n");
         assert_eq!(users.len(), 2);
         assert_eq!(
             users[1],
             PasswdEntry { name: "vcap".into(), uid: 1000, gid: 1000, home: "/home/vcap".into() }
         );
-        let dir = tempfile::tempdir().unwrap();
-        let g = dir.path().join("group");
-        std::fs::write(&g, "root:x:0:\nvcap:x:1000:\nadmin:x:abc:\n").unwrap();
-        assert_eq!(group_gid(&g, "vcap"), Some(1000));
-        assert_eq!(group_gid(&g, "admin"), None);
-        assert_eq!(group_gid(&g, "nope"), None);
     }
 
     #[test]

@@ -94,8 +94,9 @@ impl SettingsService {
             match source.fetch().and_then(|v| {
                 serde_json::from_value::<Settings>(v).context("invalid settings")
             }) {
-                Ok(s) => {
+                Ok(mut s) => {
                     log::info!("settings loaded from {}", source.name());
+                    s.iaas_public_key = source.public_key();
                     return Ok(s);
                 }
                 Err(e) => {
@@ -186,6 +187,31 @@ mod tests {
         assert_eq!(svc.load().unwrap().settings.agent_id, "a1", "cached copy used");
         std::fs::write(&src, r#"{"mbus":"nats://h:1"}"#).unwrap();
         assert_eq!(svc.load().unwrap_err(), "settings lack the mandatory key 'agent_id'");
+    }
+
+    /// A source that answers with settings and the infrastructure's key.
+    struct Keyed;
+    impl SettingsSource for Keyed {
+        fn name(&self) -> String {
+            "Keyed".into()
+        }
+        fn fetch(&self) -> Result<Value, String> {
+            Ok(json!({"agent_id": "a1", "mbus": "nats://h:1"}))
+        }
+        fn public_key(&self) -> Option<String> {
+            Some("ssh-rsa IAAS".into())
+        }
+    }
+
+    #[test]
+    fn the_answering_sources_key_comes_with_the_settings_but_is_never_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(dir.path(), "/");
+        let svc = SettingsService::new(dirs.clone(), vec![Box::new(Keyed)], Overrides::default());
+        assert_eq!(svc.load().unwrap().settings.iaas_public_key.as_deref(), Some("ssh-rsa IAAS"));
+        assert!(!std::fs::read_to_string(dirs.settings_json()).unwrap().contains("IAAS"));
+        let cached = SettingsService::new(dirs, vec![], Overrides::default());
+        assert_eq!(cached.load().unwrap().settings.iaas_public_key, None, "settings.json has no key");
     }
 
     #[test]

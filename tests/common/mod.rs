@@ -1,5 +1,5 @@
 //! Fixtures shared by the integration tests: a throw-away PKI, a real nats-server and monit, the
-//! agent binary and its director, HTTP blob servers, tarballs and loop devices.
+//! agent binary and its director, HTTP blob servers, tarballs, loop devices and mounts.
 
 pub mod agent;
 pub mod blob_server;
@@ -7,6 +7,7 @@ pub mod certs;
 pub mod http_listener;
 pub mod loopdev;
 pub mod monit_daemon;
+pub mod mounts;
 pub mod nats_server;
 mod poll;
 pub mod settings;
