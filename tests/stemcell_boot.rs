@@ -328,7 +328,8 @@ fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
     let probe =
         "#!/bin/sh\npid=$(pidof bosh-agent)\necho pid=$pid\ngrep -E '^(VmRSS|VmHWM)' /proc/$pid/status\n\
                  grep '^/dev/' /proc/swaps\ngrep ' /var/vcap/data ' /proc/mounts\n\
-                 echo errors=$(grep -c '\\[ERROR\\]' /var/vcap/bosh/log/current)\necho monit=$(pidof monit)\n";
+                 echo errors=$(grep -c '\\[ERROR\\]' /var/vcap/bosh/log/current)\n\
+                 grep '\\[ERROR\\]' /var/vcap/bosh/log/current | head -5\necho monit=$(pidof monit)\n";
     let layout = "#!/bin/sh\n\
         s() { printf '%s=%s\\n' \"$1\" \"$(stat -L -c '%U:%G %a' \"$2\" 2>&1)\"; }\n\
         s job-dir /var/vcap/jobs/tiny\ns job-bin /var/vcap/jobs/tiny/bin/ctl\n\
