@@ -31,11 +31,13 @@ pub const CPU_WINDOW: Duration = Duration::from_secs(10);
 pub fn run(opts: Options) -> Result<(), String> {
     let signals = signals::block()?;
     let dirs = Dirs::new(&opts.base, &opts.root);
-    std::fs::create_dir_all(dirs.bosh()).with_context(|| format!("creating {}", dirs.bosh().display()))?;
+    log::info!("bosh-agent {} starting on stemcell {}", env!("CARGO_PKG_VERSION"), stemcell_version(&dirs));
+    // The configuration first: a bad -C must fail before anything is created on disk.
     let config = match &opts.config {
         Some(path) => AgentConfig::load(path)?,
         None => AgentConfig::default(),
     };
+    std::fs::create_dir_all(dirs.bosh()).with_context(|| format!("creating {}", dirs.bosh().display()))?;
     let configured = opts.config.as_ref().map(|_| config.sources.as_slice());
     let srcs = sources::select(configured, opts.infrastructure.as_deref(), &dirs)?;
     let overrides = Overrides {
@@ -45,8 +47,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     let settings = SettingsService::new(dirs.clone(), srcs, overrides);
     let effective = settings.load().context("loading settings")?;
-    let platform: Arc<dyn Platform> =
-        platform::with_options(opts.platform, &dirs, &config.linux_options).into();
+    let platform: Arc<dyn Platform> = platform::with_options(opts.platform, &dirs, &config.linux)?.into();
     platform.bootstrap(&effective, opts.configure)?;
     // Every child from now on gets the data disk's temp dir, as the Go agent exports TMPDIR at boot.
     if dirs.data_tmp().is_dir() {
@@ -101,7 +102,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     if monit {
         // After alerts.monitrc exists: the stemcell's monitrc includes it.
-        let how = platform::monit_service::MonitStart::from_linux_options(&config.linux_options);
+        let how = platform::monit_service::MonitStart::from_config(&config.linux);
         ctx.platform.start_monit(&how).context("Starting monit")?;
     }
     let _syslog = if ctx.platform.forwards_syslog() && !opts.no_alerts && _https.is_none() {
@@ -109,10 +110,11 @@ pub fn run(opts: Options) -> Result<(), String> {
     } else {
         None
     };
+    let source = ctx.settings.source();
     let _heartbeat =
         Heartbeat::start(ctx, notifier, opts.heartbeat_interval).context("starting heartbeat")?;
     crate::memory::trim_code_pages();
-    log::info!("agent {} ready", effective.settings.agent_id);
+    log::info!("agent {} ready (settings from {source})", effective.settings.agent_id);
     let signal = signals::wait(&signals);
     log::info!("received signal {signal}: stopping");
     Ok(())
@@ -123,6 +125,17 @@ pub fn run(opts: Options) -> Result<(), String> {
 pub fn enable_monit_access(opts: &crate::cli::MonitAccessOptions) -> Result<String, String> {
     let passwd = Dirs::new("/var/vcap", &opts.root).under_root(platform::users::SYSTEM_PASSWD);
     platform::firewall::enable_monit_access(&passwd).map(|done| done.to_string())
+}
+
+/// The stemcell's version as its builder recorded it, or why it is unknown (a dev box has none).
+fn stemcell_version(dirs: &Dirs) -> String {
+    let path = dirs.stemcell_version();
+    match std::fs::read_to_string(&path) {
+        Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
+        Ok(_) => format!("unknown ({} is empty)", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("unknown (no {})", path.display()),
+        Err(e) => format!("unknown ({}: {e})", path.display()),
+    }
 }
 
 fn monit_options(config: &AgentConfig, dirs: &Dirs) -> MonitOptions {

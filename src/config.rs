@@ -77,10 +77,111 @@ pub struct HttpSourceConfig {
 pub struct AgentConfig {
     /// Settings sources, tried in order.
     pub sources: Vec<SourceConfig>,
-    /// `Platform.Linux` options, kept raw until the platform layer needs them.
-    pub linux_options: Value,
+    /// `Platform.Linux`, typed.
+    pub linux: LinuxOptions,
     /// Where monit is (an extension of ours; the Go agent hard-codes these).
     pub monit: MonitConfig,
+}
+
+/// `Platform.Linux`: the Go agent's `LinuxOptions` (every key of the official stemcells'
+/// `agent.json` files and the rest of the Go struct). Strings are kept as written (`""` when absent);
+/// what each one does, or why it is deliberately ignored, is for the layer that acts on it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinuxOptions {
+    /// `UseDefaultTmpDir` (warden): leave `/tmp` alone instead of bind-mounting `data/root_tmp`.
+    pub use_default_tmp_dir: bool,
+    /// `UsePreformattedPersistentDisk` (warden): persistent disks are mounted as given, never
+    /// partitioned or formatted.
+    pub use_preformatted_persistent_disk: bool,
+    /// `BindMountPersistentDisk` (warden): persistent disks are directories, bind-mounted.
+    pub bind_mount_persistent_disk: bool,
+    /// `CreatePartitionIfNoEphemeralDisk`: with no ephemeral disk, swap and data go on the root
+    /// disk's free space.
+    pub create_partition_if_no_ephemeral_disk: bool,
+    /// `SkipDiskSetup` (warden): no ephemeral, raw-ephemeral or root disk setup at all.
+    pub skip_disk_setup: bool,
+    /// `ScrubEphemeralDisk` (softlayer): unknown to the Go agent's current `LinuxOptions`.
+    pub scrub_ephemeral_disk: bool,
+    /// `DevicePathResolutionType`: `virtio`, `scsi`, `iscsi`, or `""` (the path as given).
+    pub device_path_resolution_type: String,
+    /// `PartitionerType`: `parted`, or `""` (sfdisk below 2 TiB, parted above).
+    pub partitioner_type: String,
+    /// `ServiceManager`: `systemd`, or `""` (runit).
+    pub service_manager: String,
+    /// `VirtioDevicePrefix` (google): the `/dev/disk/by-id/<prefix>-<id>` prefix older agents used.
+    pub virtio_device_prefix: String,
+    /// `DiskIDTransformPattern`: a regex applied to a disk id before the by-id lookup.
+    pub disk_id_transform_pattern: String,
+    /// `DiskIDTransformReplacement`: what the pattern's match is replaced with.
+    pub disk_id_transform_replacement: String,
+    /// `LunDeviceSymlinkPath`: a directory of per-LUN symlinks tried before the SCSI lookup.
+    pub lun_device_symlink_path: String,
+    /// `InstanceStorageManagedVolumePattern`: NVMe volumes that are not instance storage.
+    pub instance_storage_managed_volume_pattern: String,
+    /// `InstanceStorageDevicePattern`: NVMe devices that may be instance storage.
+    pub instance_storage_device_pattern: String,
+    /// `UseMonitIptablesFirewall`: the stemcell guards monit with iptables, not nftables.
+    pub use_monit_iptables_firewall: bool,
+    /// Keys under `Platform.Linux` that are none of the above, as written.
+    pub unknown: Vec<String>,
+}
+
+impl LinuxOptions {
+    /// Whether the stemcell's service manager is systemd (else runit).
+    pub fn uses_systemd(&self) -> bool {
+        self.service_manager.eq_ignore_ascii_case("systemd")
+    }
+
+    /// Reads `Platform.Linux` (absent or `null`: all defaults). Keys match case-insensitively; a
+    /// value of the wrong JSON type is an error naming the key, as Go's decoder refuses it.
+    pub fn from_value(value: Option<&Value>) -> Result<LinuxOptions, String> {
+        let map = match value {
+            None | Some(Value::Null) => return Ok(LinuxOptions::default()),
+            Some(Value::Object(map)) => map,
+            Some(_) => return Err("Platform.Linux must be an object".into()),
+        };
+        let mut o = LinuxOptions::default();
+        for (key, v) in map {
+            let flag = |field: &mut bool| match v {
+                Value::Null => Ok(()),
+                Value::Bool(b) => {
+                    *field = *b;
+                    Ok(())
+                }
+                _ => Err(format!("Platform.Linux.{key} must be true or false")),
+            };
+            let text = |field: &mut String| match v {
+                Value::Null => Ok(()),
+                Value::String(s) => {
+                    *field = s.clone();
+                    Ok(())
+                }
+                _ => Err(format!("Platform.Linux.{key} must be a string")),
+            };
+            match key.to_ascii_lowercase().as_str() {
+                "usedefaulttmpdir" => flag(&mut o.use_default_tmp_dir)?,
+                "usepreformattedpersistentdisk" => flag(&mut o.use_preformatted_persistent_disk)?,
+                "bindmountpersistentdisk" => flag(&mut o.bind_mount_persistent_disk)?,
+                "createpartitionifnoephemeraldisk" => flag(&mut o.create_partition_if_no_ephemeral_disk)?,
+                "skipdisksetup" => flag(&mut o.skip_disk_setup)?,
+                "scrubephemeraldisk" => flag(&mut o.scrub_ephemeral_disk)?,
+                "usemonitiptablesfirewall" => flag(&mut o.use_monit_iptables_firewall)?,
+                "devicepathresolutiontype" => text(&mut o.device_path_resolution_type)?,
+                "partitionertype" => text(&mut o.partitioner_type)?,
+                "servicemanager" => text(&mut o.service_manager)?,
+                "virtiodeviceprefix" => text(&mut o.virtio_device_prefix)?,
+                "diskidtransformpattern" => text(&mut o.disk_id_transform_pattern)?,
+                "diskidtransformreplacement" => text(&mut o.disk_id_transform_replacement)?,
+                "lundevicesymlinkpath" => text(&mut o.lun_device_symlink_path)?,
+                "instancestoragemanagedvolumepattern" => {
+                    text(&mut o.instance_storage_managed_volume_pattern)?
+                }
+                "instancestoragedevicepattern" => text(&mut o.instance_storage_device_pattern)?,
+                _ => o.unknown.push(key.clone()),
+            }
+        }
+        Ok(o)
+    }
 }
 
 /// `"Monit": {"Address", "ControlFile", "Binary"}`: lets a stemcell or a test run monit on another
@@ -114,8 +215,7 @@ impl AgentConfig {
         if !value.is_object() {
             return Err("agent config must be a JSON object".into());
         }
-        let linux_options =
-            get_ci(value, "Platform").and_then(|p| get_ci(p, "Linux")).cloned().unwrap_or(Value::Null);
+        let linux = LinuxOptions::from_value(get_ci(value, "Platform").and_then(|p| get_ci(p, "Linux")))?;
         let sources = match get_ci(value, "Infrastructure")
             .and_then(|i| get_ci(i, "Settings"))
             .and_then(|s| get_ci(s, "Sources"))
@@ -132,7 +232,7 @@ impl AgentConfig {
             control_file: text("ControlFile").map(PathBuf::from),
             binary: text("Binary").map(PathBuf::from),
         };
-        Ok(AgentConfig { sources, linux_options, monit })
+        Ok(AgentConfig { sources, linux, monit })
     }
 }
 
@@ -241,7 +341,7 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(cfg.linux_options["UseDefaultTmpDir"], true);
+        assert!(cfg.linux.use_default_tmp_dir);
     }
 
     #[test]
@@ -286,5 +386,37 @@ mod tests {
         let unknown = json!({"Infrastructure": {"Settings": {"Sources": [{"Type": "Floppy"}]}}});
         assert_eq!(AgentConfig::from_value(&unknown).unwrap_err(), "Unknown source type 'Floppy'");
         assert!(AgentConfig::from_value(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn reads_every_linux_option_of_the_stemcells() {
+        let cfg = AgentConfig::from_value(&json!({"Platform": {"Linux": {
+            "UseDefaultTmpDir": true, "UsePreformattedPersistentDisk": true, "BindMountPersistentDisk": true,
+            "CreatePartitionIfNoEphemeralDisk": true, "SkipDiskSetup": true, "ScrubEphemeralDisk": true,
+            "DevicePathResolutionType": "virtio", "partitionertype": "parted", "ServiceManager": "systemd",
+            "VirtioDevicePrefix": "google", "DiskIDTransformPattern": "^(disk-.+)$",
+            "DiskIDTransformReplacement": "google-${1}", "LunDeviceSymlinkPath": "/dev/disk/azure/data/by-lun",
+            "InstanceStorageManagedVolumePattern": "EBS", "InstanceStorageDevicePattern": "/dev/nvme*n1",
+            "UseMonitIptablesFirewall": true, "NetworkingType": "systemd", "ScrubEphemeralDisks": null
+        }}}))
+        .unwrap();
+        let l = &cfg.linux;
+        assert!(l.use_default_tmp_dir && l.use_preformatted_persistent_disk && l.bind_mount_persistent_disk);
+        assert!(l.create_partition_if_no_ephemeral_disk && l.skip_disk_setup && l.scrub_ephemeral_disk);
+        assert!(l.use_monit_iptables_firewall && l.uses_systemd());
+        assert_eq!(
+            (l.device_path_resolution_type.as_str(), l.partitioner_type.as_str(), l.virtio_device_prefix.as_str()),
+            ("virtio", "parted", "google")
+        );
+        assert_eq!((l.disk_id_transform_pattern.as_str(), l.disk_id_transform_replacement.as_str()), ("^(disk-.+)$", "google-${1}"));
+        assert_eq!(l.lun_device_symlink_path, "/dev/disk/azure/data/by-lun");
+        assert_eq!((l.instance_storage_managed_volume_pattern.as_str(), l.instance_storage_device_pattern.as_str()), ("EBS", "/dev/nvme*n1"));
+        assert_eq!(l.unknown, vec!["NetworkingType".to_string(), "ScrubEphemeralDisks".to_string()]);
+        assert_eq!(AgentConfig::from_value(&json!({})).unwrap().linux, LinuxOptions::default());
+        assert!(!LinuxOptions::default().uses_systemd());
+        let bad = json!({"Platform": {"Linux": {"SkipDiskSetup": "true"}}});
+        assert_eq!(AgentConfig::from_value(&bad).unwrap_err(), "Platform.Linux.SkipDiskSetup must be true or false");
+        let bad = json!({"Platform": {"Linux": {"PartitionerType": 1}}});
+        assert_eq!(AgentConfig::from_value(&bad).unwrap_err(), "Platform.Linux.PartitionerType must be a string");
     }
 }

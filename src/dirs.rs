@@ -35,6 +35,10 @@ impl Dirs {
     pub fn bosh_etc(&self) -> PathBuf {
         self.bosh().join("etc")
     }
+    /// The stemcell's version, written into the image by the stemcell builder.
+    pub fn stemcell_version(&self) -> PathBuf {
+        self.bosh_etc().join("stemcell_version")
+    }
     /// `<base>/bosh/bin`: the stemcell's helper programs.
     pub fn bosh_bin(&self) -> PathBuf {
         self.bosh().join("bin")

@@ -54,8 +54,14 @@ impl Heartbeat {
             let beat = payload(&ctx);
             // Before the send, so it is written even when the bus is down (as the Go agent does).
             crate::jobs::health::record(&ctx.dirs, beat["job_state"].as_str().unwrap_or("unknown"));
-            if let Err(e) = notifier.notify(HmTopic::Heartbeat, &beat) {
-                log::warn!("sending heartbeat: {e}");
+            match notifier.notify(HmTopic::Heartbeat, &beat) {
+                Err(e) => log::warn!("sending heartbeat: {e}"),
+                Ok(()) if notifier.reaches_health_monitor() => log::info!(
+                    "heartbeat sent: job_state={} processes={}",
+                    beat["job_state"].as_str().unwrap_or("?"),
+                    beat["number_of_processes"]
+                ),
+                Ok(()) => {}
             }
             // Between beats the agent is usually idle: hand back freed heap and code pages faulted in
             // by the last burst of requests.

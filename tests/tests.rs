@@ -19,9 +19,14 @@ mod agent;
 mod blobs_dns;
 // compile_package and its signed-URL form, over NATS and the HTTPS bus.
 mod compile;
+// bosh-cli's and the director's conversation as real runs had it: list_disk after a CPI changed the
+// settings, digest mismatches, cpu vitals from the first heartbeat.
+mod conversation;
 // A whole deploy under real monit: apply, start, failing jobs and alerts, update, monit gone.
 mod deploy;
-// Persistent disks on loop devices: mount, migrate, unmount, remount at boot.
+// Persistent disks on loop devices: mount, migrate, unmount, remount at boot; per IaaS option
+// (warden directories, preformatted, resize on mount, SCSI rescan on a fake sysfs, virtio by-id,
+// iSCSI with fake iscsiadm/dmsetup).
 mod disks;
 // The HTTPS bus as `bosh create-env` uses it: no protocol field, Basic auth, `/blobs`.
 mod https_agent;
@@ -32,6 +37,8 @@ mod logs;
 // Settings sources against real metadata services, config drives and CD-ROMs; the agent booting
 // from one.
 mod settings_sources;
+// What an operator sees: log lines, `bosh-agent call`'s errors, bad configuration refused at start.
+mod operator;
 // `ssh` users, `prepare_network_change`, and SSH login alerts from syslog.
 mod ssh;
 // What a release job assumes of its VM: mounts, owners and modes on a data disk, a job running as
@@ -48,10 +55,14 @@ mod archive;
 mod blobstore;
 // The Linux bootstrap against a scratch root: the files it writes, idempotence, named failures.
 mod bootstrap;
-// The ephemeral disk in the bootstrap, on loop devices: swap and data, kept on a second boot.
+// The ephemeral disk in the bootstrap, on loop devices: swap and data, kept on a second boot;
+// foreign disks repartitioned, PartitionerType, SkipDiskSetup, raw ephemeral disks.
 mod ephemeral;
 // The HTTPS bus server over real TLS, including clients that misbehave.
 mod https_bus;
+// The root disk in the bootstrap, on a loop-backed root disk mounted as the root dir: swap and
+// data after the root partition, the root partition and filesystem grown.
+mod root_disk;
 // The monit supervisor against a real monit: job states, lifecycle, the 2 s bound on status.
 mod monit;
 // Starting monit through runit (a real runsvdir) and systemd (a stand-in systemctl), and monit's

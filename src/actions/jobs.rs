@@ -194,8 +194,9 @@ pub struct Drain {
 impl Action for Drain {
     fn bind(args: &[Value]) -> Result<Self, String> {
         let (kind, next): (String, Option<Value>) = bind(args)?;
+        // `{}` is a spec (bosh-cli sends `["shutdown", {}]`), not the absence of one.
         let next = match next {
-            Some(v) if v.is_object() && v.as_object().is_some_and(|o| !o.is_empty()) => Some(spec_arg(v)?.1),
+            Some(v) if v.is_object() => Some(spec_arg(v)?.1),
             _ => None,
         };
         if !matches!(kind.as_str(), "update" | "shutdown" | "status") {
@@ -222,15 +223,9 @@ impl Action for Drain {
         ctx.supervisor.unmonitor()?;
         record_health(ctx);
         let mut env = BTreeMap::new();
-        env.insert(
-            "BOSH_JOB_STATE".to_string(),
-            json!({"persistent_disk": current.persistent_disk}).to_string(),
-        );
+        env.insert("BOSH_JOB_STATE".to_string(), job_state(&current));
         if let Some(next) = &self.next {
-            env.insert(
-                "BOSH_JOB_NEXT_STATE".to_string(),
-                json!({"persistent_disk": next.persistent_disk}).to_string(),
-            );
+            env.insert("BOSH_JOB_NEXT_STATE".to_string(), job_state(next));
         }
         let mut args = vec![job_change, hash_change];
         args.extend(packages);
@@ -281,6 +276,12 @@ fn drain_one(
         }
         args = vec!["job_check_status".into(), "hash_unchanged".into()];
     }
+}
+
+/// `{"persistent_disk":<size>}` as drain scripts read it: the size in MiB, 0 without a disk (the
+/// Go agent's integer, never `null`).
+fn job_state(spec: &ApplySpec) -> String {
+    json!({ "persistent_disk": spec.persistent_disk.as_u64().unwrap_or(0) }).to_string()
 }
 
 fn job_change(current: &ApplySpec) -> String {
@@ -435,6 +436,15 @@ mod tests {
         assert_eq!(hash_change(&cur, &cur), "hash_unchanged");
         assert_eq!(hash_change(&cur, &next), "hash_changed");
         assert_eq!(updated_packages(&cur, &next), vec!["p2", "p3"]);
+    }
+
+    #[test]
+    fn drain_states_are_integers_and_an_empty_spec_is_a_spec() {
+        assert_eq!(job_state(&spec(json!({}))), r#"{"persistent_disk":0}"#);
+        assert_eq!(job_state(&spec(json!({"persistent_disk": null}))), r#"{"persistent_disk":0}"#);
+        assert_eq!(job_state(&spec(json!({"persistent_disk": 2048}))), r#"{"persistent_disk":2048}"#);
+        assert!(Drain::bind(&[json!("shutdown"), json!({})]).unwrap().next.is_some());
+        assert!(Drain::bind(&[json!("shutdown")]).unwrap().next.is_none());
     }
 
     #[test]

@@ -90,6 +90,20 @@ impl Platform for Dummy {
             m.insert(user.to_string(), public_key.to_string());
         })
     }
+    /// The user's own ids when the system has it; a user that `ssh setup` only recorded gets the
+    /// agent's own ids (root's on a VM), as if the user existed: bosh-cli's `bosh logs --director`
+    /// sets one up and asks for a bundle owned by it.
+    fn bundle_owner(&self, user: &str) -> Result<(u32, u32), String> {
+        users::lookup_user(user).or_else(|e| {
+            let path = self.dirs.dummy_ssh_users_json();
+            let recorded: BTreeMap<String, String> = crate::fsutil::read_json(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .unwrap_or_default();
+            // SAFETY: geteuid and getegid only read the process's credentials.
+            let own = unsafe { (libc::geteuid(), libc::getegid()) };
+            recorded.contains_key(user).then_some(own).ok_or(e)
+        })
+    }
     /// Nothing to rotate on the dummy platform.
     fn setup_logrotate(&self, _size: &str) -> Result<(), String> {
         Ok(())

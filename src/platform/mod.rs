@@ -12,6 +12,7 @@ pub mod monit_service;
 pub mod network;
 pub mod users;
 
+use crate::config::LinuxOptions;
 use crate::dirs::Dirs;
 use crate::error::Context as _;
 use crate::settings::Effective;
@@ -43,15 +44,24 @@ impl PlatformKind {
 /// Builds the platform for `-P` with `agent.json`'s defaults (tests; the agent passes its options).
 #[cfg(feature = "internals")]
 pub fn new(kind: PlatformKind, dirs: &Dirs) -> Box<dyn Platform> {
-    with_options(kind, dirs, &serde_json::Value::Null)
-}
-
-/// Builds the platform for `-P` with `agent.json`'s `Platform.Linux` options (`UseDefaultTmpDir`).
-pub fn with_options(kind: PlatformKind, dirs: &Dirs, linux_options: &serde_json::Value) -> Box<dyn Platform> {
     match kind {
-        PlatformKind::Ubuntu | PlatformKind::Linux => Box::new(linux::Linux::new(dirs, linux_options)),
+        PlatformKind::Ubuntu | PlatformKind::Linux => {
+            Box::new(linux::Linux::new(dirs, false, disks::DiskConfig::default()))
+        }
         PlatformKind::Dummy => Box::new(dummy::Dummy::new(dirs)),
     }
+}
+
+/// Builds the platform for `-P` as `agent.json`'s `Platform.Linux` says (`UseDefaultTmpDir`, the
+/// disk keys); fails on an option no platform can honour (an unknown `PartitionerType`).
+pub fn with_options(kind: PlatformKind, dirs: &Dirs, options: &LinuxOptions) -> Result<Box<dyn Platform>, String> {
+    let disk = disks::DiskConfig::from_linux(options)?;
+    Ok(match kind {
+        PlatformKind::Ubuntu | PlatformKind::Linux => {
+            Box::new(linux::Linux::new(dirs, options.use_default_tmp_dir, disk))
+        }
+        PlatformKind::Dummy => Box::new(dummy::Dummy::new(dirs)),
+    })
 }
 
 /// Platform operations the agent needs.
@@ -90,6 +100,11 @@ pub trait Platform: Send + Sync {
     fn setup_ssh_user(&self, user: &str, password: Option<&str>, public_key: &str) -> Result<(), String>;
     /// Removes the `bosh ssh` users `regex` matches; returns their names.
     fn cleanup_ssh_users(&self, regex: &UserRegex) -> Result<Vec<String>, String>;
+    /// The uid and gid that give `user` (the `bosh ssh` user bosh-cli set up to copy it) a
+    /// `bundle_logs` tarball.
+    fn bundle_owner(&self, user: &str) -> Result<(u32, u32), String> {
+        users::lookup_user(user)
+    }
     /// Rotates the jobs' logs past `size` ([`logrotate`]), after an apply that installed jobs.
     fn setup_logrotate(&self, size: &str) -> Result<(), String>;
     /// Links `instance/disks/<name>` to `disk`'s device (`update_settings`' `disk_associations`).

@@ -17,11 +17,10 @@
 //! Paths are under the root dir (`-r`): `sv` is given the service directory's full path, which it
 //! uses as it is (a bare name would be looked up in `$SVDIR`, `/etc/service` by default).
 
-use crate::config::get_ci;
+use crate::config::LinuxOptions;
 use crate::dirs::Dirs;
 use crate::error::Context as _;
 use crate::exec;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -43,18 +42,17 @@ pub enum ServiceManager {
 }
 
 impl ServiceManager {
-    /// Reads `ServiceManager` from the `Platform.Linux` options of `agent.json` (case-insensitive keys
-    /// and value, as the Go agent matches them); a value that names neither is runit, with a warning.
-    pub fn from_linux_options(linux: &Value) -> ServiceManager {
-        match get_ci(linux, "ServiceManager").and_then(Value::as_str).unwrap_or("") {
-            m if m.eq_ignore_ascii_case("systemd") => ServiceManager::Systemd,
-            "" => ServiceManager::Runit,
-            m if m.eq_ignore_ascii_case("sv") || m.eq_ignore_ascii_case("runit") => ServiceManager::Runit,
-            other => {
-                log::warn!("Platform.Linux.ServiceManager '{}' is unknown: using runit", other.escape_debug());
-                ServiceManager::Runit
-            }
+    /// The manager `Platform.Linux.ServiceManager` names: `systemd` (any case, as the Go agent
+    /// matches it), else runit; a value that names neither is runit with a warning.
+    pub fn from_config(linux: &LinuxOptions) -> ServiceManager {
+        if linux.uses_systemd() {
+            return ServiceManager::Systemd;
         }
+        let name = linux.service_manager.as_str();
+        if !["", "sv", "runit"].iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            log::warn!("Platform.Linux.ServiceManager '{}' is unknown: using runit", name.escape_debug());
+        }
+        ServiceManager::Runit
     }
 
     fn name(self) -> &'static str {
@@ -76,11 +74,11 @@ pub struct MonitStart {
 }
 
 impl MonitStart {
-    /// Reads both options (case-insensitive keys, as the Go agent matches them).
-    pub fn from_linux_options(linux: &Value) -> MonitStart {
+    /// Both options, from `agent.json`'s typed `Platform.Linux`.
+    pub fn from_config(linux: &LinuxOptions) -> MonitStart {
         MonitStart {
-            manager: ServiceManager::from_linux_options(linux),
-            iptables_firewall: get_ci(linux, "UseMonitIptablesFirewall").and_then(Value::as_bool) == Some(true),
+            manager: ServiceManager::from_config(linux),
+            iptables_firewall: linux.use_monit_iptables_firewall,
         }
     }
 }
@@ -217,16 +215,19 @@ mod tests {
 
     #[test]
     fn service_manager_from_agent_json() {
-        let of = |v: Value| ServiceManager::from_linux_options(&v);
-        assert_eq!(of(json!({"ServiceManager": "systemd"})), ServiceManager::Systemd);
-        assert_eq!(of(json!({"servicemanager": "SystemD"})), ServiceManager::Systemd);
-        assert_eq!(of(json!({"ServiceManager": ""})), ServiceManager::Runit);
-        assert_eq!(of(json!({})), ServiceManager::Runit);
-        assert_eq!(of(Value::Null), ServiceManager::Runit);
-        assert_eq!(of(json!({"ServiceManager": "upstart"})), ServiceManager::Runit);
-        let start = MonitStart::from_linux_options(&json!({"ServiceManager": "systemd", "usemonitiptablesfirewall": true}));
+        let of = |linux: serde_json::Value| {
+            let config = crate::config::AgentConfig::from_value(&json!({"Platform": {"Linux": linux}})).unwrap();
+            MonitStart::from_config(&config.linux)
+        };
+        let start = of(json!({"ServiceManager": "systemd", "usemonitiptablesfirewall": true}));
         assert_eq!(start, MonitStart { manager: ServiceManager::Systemd, iptables_firewall: true });
-        assert!(!MonitStart::from_linux_options(&json!({})).iptables_firewall);
+        assert_eq!(of(json!({"servicemanager": "SystemD"})).manager, ServiceManager::Systemd);
+        assert_eq!(of(json!({"ServiceManager": ""})).manager, ServiceManager::Runit);
+        assert_eq!(of(json!({"ServiceManager": "upstart"})).manager, ServiceManager::Runit);
+        assert_eq!(
+            MonitStart::from_config(&LinuxOptions::default()),
+            MonitStart { manager: ServiceManager::Runit, iptables_firewall: false }
+        );
     }
 
     #[test]

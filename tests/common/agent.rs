@@ -21,6 +21,7 @@ pub struct TestAgent {
     /// The agent id, unique per test.
     pub agent_id: String,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl TestAgent {
@@ -48,7 +49,7 @@ impl TestAgent {
         args.extend(["-C".into(), path(&dir.path().join("agent.json"))]);
         args.extend(["-b".into(), path(&base)]);
         args.extend(how.extra.iter().map(|s| s.to_string()));
-        let mut agent = TestAgent { child: None, dir, base, agent_id, args };
+        let mut agent = TestAgent { child: None, dir, base, agent_id, args, env: how.env };
         agent.spawn();
         agent
     }
@@ -72,6 +73,7 @@ impl TestAgent {
                 supervisor: Some("monit"),
                 agent_json: Some(monit_cfg),
                 extra: &["-t", &smtp],
+                ..Launch::default()
             },
         )
     }
@@ -92,6 +94,7 @@ impl TestAgent {
             std::fs::File::options().create(true).append(true).open(self.log_path()).expect("agent log");
         let child = Command::new(env!("CARGO_BIN_EXE_bosh-agent"))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -103,6 +106,11 @@ impl TestAgent {
     /// The base directory (`-b`).
     pub fn base(&self) -> PathBuf {
         self.base.clone()
+    }
+
+    /// The settings file its File source reads: rewrite it to play a CPI changing the settings.
+    pub fn settings_path(&self) -> PathBuf {
+        self.dir.path().join("settings.json")
     }
 
     /// Everything the agent logged so far.
@@ -175,6 +183,8 @@ pub struct Launch<'a> {
     pub agent_json: Option<Value>,
     /// More command-line arguments.
     pub extra: &'a [&'a str],
+    /// Environment variables set for the agent (e.g. a `PATH` with fake tools first).
+    pub env: Vec<(String, String)>,
 }
 
 fn path(p: &Path) -> String {
@@ -244,10 +254,10 @@ impl Director {
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
             let args: Vec<Value> = Vec::new();
-            if let Ok(v) = self.nats.request("ping", &args, Instant::now() + left) {
-                if v == json!({"value": "pong"}) {
-                    return true;
-                }
+            match self.nats.request("ping", &args, Instant::now() + left) {
+                Ok(v) if v == json!({"value": "pong"}) => return true,
+                // Not subscribed yet: the server says so at once ("no reply"), so pace the retries.
+                _ => std::thread::sleep(Duration::from_millis(50)),
             }
         }
         false
