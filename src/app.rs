@@ -49,6 +49,9 @@ pub fn run(opts: Options) -> Result<(), String> {
     let effective = settings.load().context("loading settings")?;
     let platform: Arc<dyn Platform> = platform::with_options(opts.platform, &dirs, &config.linux)?.into();
     platform.bootstrap(&effective, opts.configure)?;
+    // On the data disk the bootstrap mounted, before anything can use it.
+    crate::jobs::startup::clean_temp_area(&dirs);
+    crate::jobs::startup::repair_links(&dirs);
     // Every child from now on gets the data disk's temp dir, as the Go agent exports TMPDIR at boot.
     if dirs.data_tmp().is_dir() {
         crate::exec::set_child_tmpdir(dirs.data_tmp());

@@ -77,14 +77,20 @@ impl Action for Apply {
     fn run(self, call: &Call) -> Result<Value, String> {
         let ctx = call.ctx;
         let _guard = lock(&ctx.jobs_lock);
+        // The order keeps the recorded spec and the links in agreement whenever the agent dies:
+        // links switch before the spec is recorded, and the bundles of the recorded spec are only
+        // pruned after it, so a start after a kill can switch the links back (`Layout::repair`).
         if self.spec.configures() {
+            let layout = Layout { dirs: &ctx.dirs };
             let blobs = installer_blobs(ctx, &self.spec)?;
             if let Some(blobs) = &blobs {
                 Installer { dirs: &ctx.dirs, blobs, parallel: parallelism(ctx) }.install_all(&self.spec)?;
             }
             ctx.supervisor.remove_all_jobs()?;
-            Layout { dirs: &ctx.dirs }.enable(&self.spec)?;
+            layout.enable(&self.spec)?;
             ctx.supervisor.reload()?;
+            spec::save(&ctx.dirs, &self.raw)?;
+            layout.prune(&self.spec);
             if let (Some(b), Some(a)) = (&blobs, self.spec.archive()) {
                 b.forget_local(&a.blobstore_id);
             }
@@ -93,8 +99,9 @@ impl Action for Apply {
                 ctx.settings.get().settings.env.bosh.max_log_file_size.as_deref(),
             );
             ctx.platform.setup_logrotate(&size).context("Setting up logrotate")?;
+        } else {
+            spec::save(&ctx.dirs, &self.raw)?;
         }
-        spec::save(&ctx.dirs, &self.raw)?;
         write_instance_files(&ctx.dirs.instance(), &self.spec)?;
         Ok(json!("applied"))
     }
