@@ -29,7 +29,7 @@ fn start(tag: &str) -> Deploy {
     let blobs = tempfile::tempdir().unwrap();
     let mut settings = nats_settings(&pki, &id, &nats.url());
     settings["blobstore"] = json!({"provider": "local", "options": {"blobstore_path": blobs.path()}});
-    let agent = TestAgent::under_monit(&settings, &monit, free_port());
+    let agent = monit.launch_agent(&settings, free_port());
     let mut d = Director::connect(&pki, &nats.url(), &id);
     assert!(d.wait_ready(Duration::from_secs(15)), "agent never answered:\n{}", agent.log());
     Deploy { pki, nats, monit, agent, blobs, d }

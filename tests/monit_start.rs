@@ -13,7 +13,7 @@
 //!   reach the health monitor before and after, through the stemcell's `alerts.monitrc` as shipped
 //!   (no credentials) or, where the stemcell has none, the agent's own.
 
-use crate::common::agent::{Director, HealthMonitor, TestAgent};
+use crate::common::agent::{Director, HealthMonitor};
 use crate::common::certs::TestPki;
 use crate::common::monit_daemon::{alive, free_port, monit_binary, MonitDaemon};
 use crate::common::nats_server::{NatsServer, NatsServerOptions};
@@ -249,7 +249,7 @@ fn alerts_survive_an_agent_restart(stemcell_ships_one: bool) {
     let shipped = fs::read(&alerts_file).ok();
     let id = format!("alerts-{}", &bosh_agent::ids::uuid_v4()[..8]);
     let settings = nats_settings(&pki, &id, &nats.url());
-    let mut agent = TestAgent::under_monit(&settings, &monit, smtp);
+    let mut agent = monit.launch_agent(&settings, smtp);
     let hm = HealthMonitor::connect(&pki, &nats.url(), &id);
     let mut d = Director::connect(&pki, &nats.url(), &id);
     assert!(d.wait_ready(Duration::from_secs(15)), "agent never answered:\n{}", agent.log());

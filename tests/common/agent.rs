@@ -54,30 +54,6 @@ impl TestAgent {
         agent
     }
 
-    /// Starts the agent with `-M monit` driving `monit` (its directory as the base dir; its address,
-    /// control file and binary in `agent.json`), with monit's alert listener on `smtp_port`.
-    pub fn under_monit(
-        settings: &Value,
-        monit: &super::monit_daemon::MonitDaemon,
-        smtp_port: u16,
-    ) -> TestAgent {
-        let monit_cfg = json!({"Monit": {
-            "Address": monit.address(), "ControlFile": monit.control_file(),
-            "Binary": super::monit_daemon::monit_binary()
-        }});
-        let smtp = smtp_port.to_string();
-        TestAgent::launch(
-            settings,
-            Launch {
-                base: Some(monit.dir()),
-                supervisor: Some("monit"),
-                agent_json: Some(monit_cfg),
-                extra: &["-t", &smtp],
-                ..Launch::default()
-            },
-        )
-    }
-
     fn prepare(dir: &Path, base: &Path, settings: &Value, extra: Option<Value>) {
         std::fs::create_dir_all(base.join("bosh")).expect("base dir");
         std::fs::write(dir.join("settings.json"), settings.to_string()).expect("settings");

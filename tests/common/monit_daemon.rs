@@ -9,6 +9,7 @@
 //! Job processes are shell loops that exit on their own once the temporary directory is gone, so a
 //! test that dies halfway leaves nothing running for long.
 
+use super::agent::{Launch, TestAgent};
 use super::wait_until;
 use bosh_agent::supervisor::monit::MonitOptions;
 use std::fs;
@@ -193,6 +194,25 @@ impl MonitDaemon {
             .call()
             .ok()?;
         resp.body_mut().read_to_string().ok()
+    }
+
+    /// Starts the agent with `-M monit` driving this monit (its directory as the base dir; its
+    /// address, control file and binary in `agent.json`), with monit's alert listener on `smtp_port`.
+    pub fn launch_agent(&self, settings: &serde_json::Value, smtp_port: u16) -> TestAgent {
+        let monit_cfg = serde_json::json!({"Monit": {
+            "Address": self.address(), "ControlFile": self.control_file(), "Binary": monit_binary()
+        }});
+        let smtp = smtp_port.to_string();
+        TestAgent::launch(
+            settings,
+            Launch {
+                base: Some(self.dir()),
+                supervisor: Some("monit"),
+                agent_json: Some(monit_cfg),
+                extra: &["-t", &smtp],
+                ..Launch::default()
+            },
+        )
     }
 
     /// Monit's log so far (for failure messages).
