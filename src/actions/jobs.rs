@@ -76,6 +76,7 @@ impl Action for Apply {
     }
     fn run(self, call: &Call) -> Result<Value, String> {
         let ctx = call.ctx;
+        let raw = super::network::spec_with_dhcp(ctx, self.raw)?;
         let _guard = lock(&ctx.jobs_lock);
         if self.spec.configures() {
             let blobs = installer_blobs(ctx, &self.spec)?;
@@ -89,7 +90,7 @@ impl Action for Apply {
                 b.forget_local(&a.blobstore_id);
             }
         }
-        spec::save(&ctx.dirs, &self.raw)?;
+        spec::save(&ctx.dirs, &raw)?;
         write_instance_files(&ctx.dirs.instance(), &self.spec)?;
         Ok(json!("applied"))
     }

@@ -114,6 +114,12 @@ impl Platform for Linux {
     fn prepare_network_change(&self) -> Result<(), String> {
         network::remove_persistent_net_rules(&self.dirs)
     }
+    fn network_for_settings(&self) {
+        network::setup::dhcp_before_settings(&self.dirs, self.live());
+    }
+    fn resolve_dhcp_networks(&self, networks: &mut std::collections::BTreeMap<String, crate::settings::Network>) {
+        network::routes::fill_dhcp(networks, network::routes::resolve);
+    }
     fn ssh_host_public_key(&self) -> Result<String, String> {
         users::host_public_key(&self.dirs)
     }

@@ -102,6 +102,21 @@ pub struct BoshEnv {
     /// Blobstore overrides; the first wins over the top-level `blobstore`.
     #[serde(deserialize_with = "null_as_default")]
     pub blobstores: Vec<Blobstore>,
+    /// `ipv6.enable`: enable IPv6 in the kernel at boot, whatever the networks.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub ipv6: Ipv6Env,
+    /// Keys not interpreted here.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `env.bosh.ipv6`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Ipv6Env {
+    /// Enable IPv6 in the kernel (the stemcell may have disabled it).
+    #[serde(deserialize_with = "null_as_default")]
+    pub enable: bool,
     /// Keys not interpreted here.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

@@ -54,8 +54,8 @@ impl TestAgent {
         std::fs::write(dir.join("settings.json"), settings.to_string()).expect("settings");
         let mut cfg = json!({"Platform": {"Linux": {}}, "Infrastructure": {"Settings": {"Sources": [
             {"Type": "File", "SettingsPath": path(&dir.join("settings.json"))}]}}});
-        if let (Some(Value::Object(more)), Some(obj)) = (extra, cfg.as_object_mut()) {
-            obj.extend(more);
+        if let Some(more) = extra {
+            merge(&mut cfg, more);
         }
         std::fs::write(dir.join("agent.json"), cfg.to_string()).expect("agent.json");
     }
@@ -139,10 +139,23 @@ pub struct Launch<'a> {
     pub base: Option<&'a Path>,
     /// `-M`; `dummy` when `None`.
     pub supervisor: Option<&'a str>,
-    /// Keys merged into `agent.json` (e.g. `Monit`).
+    /// Keys merged into `agent.json` (e.g. `Monit`), object by object: `{"Infrastructure":
+    /// {"Settings": {"Retry": ..}}}` keeps the File source, `.. {"Sources": [..]}` replaces it.
     pub agent_json: Option<Value>,
     /// More command-line arguments.
     pub extra: &'a [&'a str],
+}
+
+/// Merges `more` into `into`: objects key by key, anything else replaced.
+fn merge(into: &mut Value, more: Value) {
+    match (into, more) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
 }
 
 fn path(p: &Path) -> String {
