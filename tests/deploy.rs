@@ -38,6 +38,7 @@ fn start(tag: &str) -> Deploy {
             supervisor: Some("monit"),
             agent_json: Some(monit_cfg),
             extra: &["-t", &smtp],
+            ..Launch::default()
         },
     );
     let mut d = Director::connect(&pki, &nats.url(), &id);

@@ -3,14 +3,12 @@
 //! loop-mounted disk images, the settings service's order and fallback, bounded retries against a
 //! server that never answers, and the agent binary booting from the HTTP source.
 //!
-//! Why a hand-written server over std::net: the metadata service at 169.254.169.254 cannot exist
-//! here, and the agent's HTTP client (timeouts, headers, the IMDSv2 PUT) is part of what is tested,
-//! so the bytes must cross a socket. It speaks just enough HTTP/1.1: one request per connection.
+//! The metadata service is `common::metadata`'s, in this process (see there why).
 
 use crate::common::agent::{Director, Launch, TestAgent};
 use crate::common::certs::TestPki;
 use crate::common::fixture;
-use crate::common::http_listener::{read_head, HttpListener};
+use crate::common::metadata::{MetaServer, MetaState};
 use crate::common::nats_server::{NatsServer, NatsServerOptions};
 use crate::common::settings::nats_settings;
 use bosh_agent::config::{HttpSourceConfig, SourceConfig};
@@ -21,116 +19,10 @@ use bosh_agent::settings::sources::select::{build, for_infrastructure, infrastru
 use bosh_agent::settings::sources::{FileSource, SettingsSource};
 use bosh_agent::settings::Settings;
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::io::{BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-/// One request as the metadata server saw it.
-#[derive(Clone, Debug)]
-struct Seen {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
-#[derive(Default)]
-struct MetaState {
-    routes: Mutex<HashMap<String, (u16, String)>>,
-    /// IMDSv2: the token handed out on `PUT /latest/api/token`; GETs without it get 401.
-    token: Option<String>,
-    /// A header every request must carry (403 otherwise).
-    required: Option<(String, String)>,
-    /// Accept and read requests but never answer (the connections are kept open).
-    hang: bool,
-    held: Mutex<Vec<TcpStream>>,
-    seen: Mutex<Vec<Seen>>,
-    fail_next: AtomicUsize,
-}
-
-/// A metadata service and registry on `127.0.0.1:<free port>`.
-struct MetaServer {
-    listener: HttpListener,
-    state: Arc<MetaState>,
-}
-
-impl MetaServer {
-    fn start(state: MetaState) -> MetaServer {
-        let state = Arc::new(state);
-        let st = state.clone();
-        let listener = HttpListener::start(move |conn| {
-            let _ = serve(&st, conn);
-        });
-        MetaServer { listener, state }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.listener.addr())
-    }
-
-    fn route(&self, path: &str, status: u16, body: &str) {
-        self.state.routes.lock().unwrap().insert(path.to_string(), (status, body.to_string()));
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.state.seen.lock().unwrap().clone()
-    }
-
-    fn count(&self, path: &str) -> usize {
-        self.seen().iter().filter(|s| s.path == path).count()
-    }
-}
-
-fn serve(st: &MetaState, stream: TcpStream) -> std::io::Result<()> {
-    let mut out = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    let Some(head) = read_head(&mut reader)? else { return Ok(()) };
-    std::io::copy(&mut (&mut reader).take(head.content_length()), &mut std::io::sink())?;
-    let seen = Seen { method: head.method, path: head.target, headers: head.headers };
-    st.seen.lock().unwrap().push(seen.clone());
-    if st.hang {
-        st.held.lock().unwrap().push(out);
-        return Ok(());
-    }
-    let (status, body) = answer(st, &seen);
-    write!(out, "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-    out.flush()
-}
-
-fn answer(st: &MetaState, req: &Seen) -> (u16, String) {
-    if st.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-        return (500, "injected".into());
-    }
-    if let Some((name, value)) = &st.required {
-        if req.header(name) != Some(value.as_str()) {
-            return (403, format!("missing {name}"));
-        }
-    }
-    if let Some(token) = &st.token {
-        if req.method == "PUT" && req.path == "/latest/api/token" {
-            return match req.header("X-aws-ec2-metadata-token-ttl-seconds") {
-                Some(_) => (200, token.clone()),
-                None => (400, "no ttl".into()),
-            };
-        }
-        if req.path.starts_with("/latest/") && req.header("X-aws-ec2-metadata-token") != Some(token) {
-            return (401, "token required".into());
-        }
-    }
-    match (req.method.as_str(), st.routes.lock().unwrap().get(&req.path)) {
-        ("GET", Some((status, body))) => (*status, body.clone()),
-        _ => (404, "not found".into()),
-    }
-}
 
 fn policy() -> RetryPolicy {
     RetryPolicy {

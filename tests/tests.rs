@@ -29,6 +29,9 @@ mod https_agent;
 mod jobs;
 // `bosh logs`: fetch_logs to a blobstore or a signed URL, bundle_logs over HTTPS.
 mod logs;
+// Networks on a real LAN (network namespaces, dnsmasq, systemd-networkd): DHCP before the metadata
+// service, dynamic networks' leases in get_state and apply, several NICs.
+mod networks;
 // Settings sources against real metadata services, config drives and CD-ROMs; the agent booting
 // from one.
 mod settings_sources;

@@ -21,6 +21,7 @@ pub struct TestAgent {
     /// The agent id, unique per test.
     pub agent_id: String,
     args: Vec<String>,
+    wrapper: Vec<String>,
 }
 
 impl TestAgent {
@@ -44,7 +45,8 @@ impl TestAgent {
         args.extend(["-C".into(), path(&dir.path().join("agent.json"))]);
         args.extend(["-b".into(), path(&base)]);
         args.extend(how.extra.iter().map(|s| s.to_string()));
-        let mut agent = TestAgent { child: None, dir, base, agent_id, args };
+        let wrapper = how.wrapper.to_vec();
+        let mut agent = TestAgent { child: None, dir, base, agent_id, args, wrapper };
         agent.spawn();
         agent
     }
@@ -63,7 +65,16 @@ impl TestAgent {
     fn spawn(&mut self) {
         let log =
             std::fs::File::options().create(true).append(true).open(self.log_path()).expect("agent log");
-        let child = Command::new(env!("CARGO_BIN_EXE_bosh-agent"))
+        let binary = env!("CARGO_BIN_EXE_bosh-agent");
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = cmd
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -144,6 +155,9 @@ pub struct Launch<'a> {
     pub agent_json: Option<Value>,
     /// More command-line arguments.
     pub extra: &'a [&'a str],
+    /// A command the agent binary and its arguments are appended to (e.g. entering a network
+    /// namespace); empty: the binary runs directly.
+    pub wrapper: &'a [String],
 }
 
 /// Merges `more` into `into`: objects key by key, anything else replaced.

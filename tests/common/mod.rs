@@ -1,13 +1,15 @@
 //! Fixtures shared by the integration tests: a throw-away PKI, a real nats-server and monit, the
-//! agent binary and its director, HTTP blob servers, tarballs and loop devices.
+//! agent binary and its director, HTTP blob servers, a metadata service, tarballs and loop devices.
 
 pub mod agent;
 pub mod blob_server;
 pub mod certs;
 pub mod http_listener;
 pub mod loopdev;
+pub mod metadata;
 pub mod monit_daemon;
 pub mod nats_server;
+pub mod netns;
 mod poll;
 pub mod settings;
 pub mod tarball;
