@@ -448,3 +448,159 @@ fn captured_settings_of_each_cloud_load_and_survive_the_cache() {
         assert_eq!(serde_json::from_value::<Settings>(cached).expect(cloud), loaded, "{cloud}");
     }
 }
+
+/// A stand-in for VMware Tools (there is no VMware here): a script answering guest RPCs the way
+/// `vmware-rpctool <rpc>` and `vmtoolsd --cmd <rpc>` do, from a `userdata` file in `state`, and
+/// recording every call in `state/calls`. Installed as `bin/<name>` under `state`.
+fn fake_vmware_tool(state: &Path, name: &str) -> std::path::PathBuf {
+    let bin = state.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = format!(
+        "#!/bin/sh\n\
+         # FAKE VMware Tools for tests: no VMware here.\n\
+         [ \"$1\" = --cmd ] && shift\n\
+         echo \"{name} $1\" >>'{state}/calls'\n\
+         case \"$1\" in\n\
+         \"info-get guestinfo.userdata\") cat '{state}/userdata' ;;\n\
+         \"info-set guestinfo.userdata \"*) printf '%s' \"${{1#info-set guestinfo.userdata }}\" >'{state}/userdata' ;;\n\
+         \"info-set guestinfo.userdata.encoding \"*) printf '%s' \"${{1#info-set guestinfo.userdata.encoding }}\" >'{state}/encoding' ;;\n\
+         *) echo 'Unknown command' >&2; exit 1 ;;\n\
+         esac\n",
+        state = state.display()
+    );
+    let path = bin.join(name);
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Base64 of the gzipped settings, as the vSphere CPI sets `guestinfo.userdata`.
+fn guestinfo_value(settings: &Value) -> String {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(settings.to_string().as_bytes()).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap())
+}
+
+/// NO VMWARE HERE: `vmware-rpctool` is a fake script on the agent's PATH (see
+/// [`fake_vmware_tool`]). The agent reads guestinfo once, clears it (the settings hold credentials),
+/// and a restarted agent, finding only `---` there, boots from its cached settings.
+#[test]
+fn vsphere_guest_info_is_read_through_vmware_tools_then_cleared() {
+    eprintln!("NOTE: no VMware here: vmware-rpctool is a fake script on the agent's PATH");
+    let pki = TestPki::new();
+    let nats = NatsServer::start(&pki, NatsServerOptions::default());
+    let id = format!("guestinfo-{}", &bosh_agent::ids::uuid_v4()[..8]);
+    let doc = nats_settings(&pki, &id, &nats.url());
+    let state = tempfile::tempdir().unwrap();
+    fake_vmware_tool(state.path(), "vmware-rpctool");
+    std::fs::write(state.path().join("userdata"), guestinfo_value(&doc)).unwrap();
+    let path =
+        format!("PATH={}:{}", state.path().join("bin").display(), std::env::var("PATH").unwrap_or_default());
+    let wrapper = ["env".to_string(), path];
+    let agent_json = json!({"Infrastructure": {"Settings": {"Sources": [{"Type": "VsphereGuestInfo"}]}}});
+    let mut agent = TestAgent::launch(
+        &doc,
+        Launch { agent_json: Some(agent_json), wrapper: &wrapper, ..Launch::default() },
+    );
+    let mut director = Director::connect(&pki, &nats.url(), &id);
+    assert!(director.wait_ready(Duration::from_secs(20)), "agent never answered:\n{}", agent.log());
+    assert!(agent.log().contains("settings loaded from VsphereGuestInfo(vmware-rpctool)"), "{}", agent.log());
+    let calls = std::fs::read_to_string(state.path().join("calls")).unwrap();
+    assert_eq!(
+        calls,
+        "vmware-rpctool info-get guestinfo.userdata\n\
+         vmware-rpctool info-set guestinfo.userdata ---\n\
+         vmware-rpctool info-set guestinfo.userdata.encoding ''\n"
+    );
+    assert_eq!(std::fs::read_to_string(state.path().join("userdata")).unwrap(), "---");
+
+    agent.restart();
+    let mut director = Director::connect(&pki, &nats.url(), &id);
+    assert!(director.wait_ready(Duration::from_secs(20)), "no restart from the cache:\n{}", agent.log());
+    let log = agent.log();
+    assert!(
+        log.contains("guestinfo.userdata is not base64") && log.contains("using the cached settings.json"),
+        "{log}"
+    );
+}
+
+/// NO VMWARE HERE: both tools are fake scripts. Without a working `vmware-rpctool`, the same RPCs
+/// go through `vmtoolsd --cmd`.
+#[test]
+fn vsphere_guest_info_falls_back_to_vmtoolsd() {
+    let state = tempfile::tempdir().unwrap();
+    let vmtoolsd = fake_vmware_tool(state.path(), "vmtoolsd");
+    std::fs::write(state.path().join("userdata"), guestinfo_value(&settings("a-vmtoolsd"))).unwrap();
+    let (_d, dirs) = scratch();
+    let config = SourceConfig::VsphereGuestInfo {
+        rpc_tool_path: state.path().join("bin/no-such-rpctool").display().to_string(),
+        vmtoolsd_path: vmtoolsd.display().to_string(),
+    };
+    let source = one(config, &dirs);
+    assert_eq!(source.fetch().unwrap(), settings("a-vmtoolsd"));
+    let calls = std::fs::read_to_string(state.path().join("calls")).unwrap();
+    assert!(
+        calls.starts_with("vmtoolsd info-get guestinfo.userdata\nvmtoolsd info-set guestinfo.userdata ---\n"),
+        "{calls}"
+    );
+    let err = source.fetch().unwrap_err();
+    assert!(err.contains("not base64"), "read once: {err}");
+}
+
+/// A CD-ROM that is a real block device (a loop device standing in for `/dev/sr0`): the agent reads
+/// it until it answers, lets udev settle, mounts, reads and unmounts it, and ejects it. There is no
+/// udev daemon and no ejectable drive here, so `udevadm` and `eject` are FAKE recording scripts on
+/// the agent's PATH; the device, the mount and the read are real.
+#[test]
+fn a_cdrom_drive_is_settled_mounted_read_and_ejected() {
+    let work = tempfile::tempdir().unwrap();
+    if !loop_mount_available(work.path()) {
+        return;
+    }
+    let _devices = crate::common::loopdev::DEVICES.lock().unwrap_or_else(|e| e.into_inner());
+    eprintln!("NOTE: no udev daemon or ejectable drive here: udevadm and eject are fake recording scripts");
+    let pki = TestPki::new();
+    let nats = NatsServer::start(&pki, NatsServerOptions::default());
+    let id = format!("cdrom-{}", &bosh_agent::ids::uuid_v4()[..8]);
+    let doc = nats_settings(&pki, &id, &nats.url());
+    let image = disk_image(work.path(), "env", |m| std::fs::write(m.join("env"), doc.to_string()).unwrap());
+    let device =
+        crate::common::loopdev::sh(std::process::Command::new("losetup").args(["-f", "--show", p(&image)]));
+    let device = device.trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(device.clone());
+    let bin = work.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["udevadm", "eject"] {
+        let script = format!(
+            "#!/bin/sh\n# FAKE {tool} for tests\necho \"{tool} $*\" >>'{}/calls'\n",
+            work.path().display()
+        );
+        std::fs::write(bin.join(tool), script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(bin.join(tool), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("PATH={}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let wrapper = ["env".to_string(), path];
+    let agent_json = json!({"Infrastructure": {"Settings": {"Sources": [
+        {"Type": "CDROM", "FileName": "env", "DevicePath": device}]}}});
+    let agent = TestAgent::launch(
+        &doc,
+        Launch { agent_json: Some(agent_json), wrapper: &wrapper, ..Launch::default() },
+    );
+    let mut director = Director::connect(&pki, &nats.url(), &id);
+    assert!(director.wait_ready(Duration::from_secs(20)), "agent never answered:\n{}", agent.log());
+    assert!(agent.log().contains(&format!("settings loaded from CDROM({device}:env)")), "{}", agent.log());
+    let calls = std::fs::read_to_string(work.path().join("calls")).unwrap();
+    assert_eq!(calls, format!("udevadm settle\neject -v {device}\n"));
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.lines().any(|l| l.starts_with(&format!("{device} "))), "left mounted:\n{mounts}");
+}
