@@ -286,7 +286,8 @@ fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
         "packages": {"tinypkg": {"name": "tinypkg", "version": "1", "sha1": psha256, "blobstore_id": pid}},
         "configuration_hash": "tiny-1", "persistent_disk": 0,
         "rendered_templates_archive": {"blobstore_id": rid, "sha1": rsha1},
-        "networks": {"default": {"ip": "10.0.2.15"}}
+        // As the director sends a dynamic network: no address; the agent reports DHCP's.
+        "networks": {"default": {"type": "dynamic", "default": ["dns", "gateway"]}}
     })
 }
 
@@ -358,6 +359,8 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
     assert_eq!(pong, json!({"value": "pong"}));
     let state = steps.time("get_state", || d.send("get_state", json!([])));
     assert_eq!(state["value"]["agent_id"], id.as_str(), "{state}");
+    // The network is dynamic: get_state reports what qemu's user network leased (issue 13).
+    assert_dhcp_lease(&state["value"]["networks"]["default"]);
     // The ephemeral disk became swap and /var/vcap/data during bootstrap.
     let full = d.send("get_state", json!(["full"]));
     let vitals = &full["value"]["vitals"];
@@ -417,6 +420,8 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
         (&state["value"]["deployment"], &state["value"]["job_state"]),
         (&json!("tiny-dep"), &json!("running"))
     );
+    // The applied spec's dynamic network got the lease at apply and keeps it.
+    assert_dhcp_lease(&state["value"]["networks"]["default"]);
 
     let drained = steps.time("drain shutdown", || d.run_task("drain", json!(["shutdown", {}])));
     assert_eq!(drained, json!({"value": 0}));
@@ -482,6 +487,15 @@ impl Phases {
             println!("  boot: {name:<28} at {:>6.2} s", at.as_secs_f64());
         }
     }
+}
+
+/// qemu's user network leases its first client 10.0.2.15/24 with the gateway at 10.0.2.2.
+fn assert_dhcp_lease(network: &Value) {
+    assert_eq!(
+        (&network["ip"], &network["netmask"], &network["gateway"]),
+        (&json!("10.0.2.15"), &json!("255.255.255.0"), &json!("10.0.2.2")),
+        "{network}"
+    );
 }
 
 /// The rest of the probe's output line that starts with `prefix`.
