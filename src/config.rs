@@ -126,11 +126,7 @@ pub struct RetryConfig {
 
 impl RetryConfig {
     fn from_value(value: Option<&Value>) -> Result<RetryConfig, String> {
-        let map = match value {
-            None | Some(Value::Null) => return Ok(RetryConfig::default()),
-            Some(Value::Object(map)) => map,
-            Some(_) => return Err("Infrastructure.Settings.Retry must be an object".into()),
-        };
+        let Some(map) = object(value, "Infrastructure.Settings.Retry")? else { return Ok(RetryConfig::default()) };
         let mut r = RetryConfig::default();
         for (key, v) in map {
             let n = match v {
@@ -206,11 +202,7 @@ impl LinuxOptions {
     /// Reads `Platform.Linux` (absent or `null`: all defaults). Keys match case-insensitively; a
     /// value of the wrong JSON type is an error naming the key, as Go's decoder refuses it.
     pub fn from_value(value: Option<&Value>) -> Result<LinuxOptions, String> {
-        let map = match value {
-            None | Some(Value::Null) => return Ok(LinuxOptions::default()),
-            Some(Value::Object(map)) => map,
-            Some(_) => return Err("Platform.Linux must be an object".into()),
-        };
+        let Some(map) = object(value, "Platform.Linux")? else { return Ok(LinuxOptions::default()) };
         let mut o = LinuxOptions::default();
         for (key, v) in map {
             let flag = |field: &mut bool| match v {
@@ -265,6 +257,15 @@ pub struct MonitConfig {
     pub control_file: Option<PathBuf>,
     /// The monit executable, default `<base>/bosh/bin/monit` if present, else `monit` on PATH.
     pub binary: Option<PathBuf>,
+}
+
+/// The object at `what`: `None` when absent or `null`, an error naming it when not an object.
+fn object<'a>(value: Option<&'a Value>, what: &str) -> Result<Option<&'a serde_json::Map<String, Value>>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(map)) => Ok(Some(map)),
+        Some(_) => Err(format!("{what} must be an object")),
+    }
 }
 
 /// Looks up `key` in a JSON object ignoring ASCII case, the way Go's decoder matches field names.

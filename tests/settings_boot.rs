@@ -17,32 +17,52 @@ use std::time::{Duration, Instant};
 
 const USER_DATA: &str = "/latest/user-data";
 
-fn agent_json(meta: &MetaServer, retry: Value) -> Value {
-    json!({"Infrastructure": {"Settings": {
-        "Sources": [{"Type": "HTTP", "URI": meta.url(), "UserDataPath": USER_DATA}],
-        "Retry": retry
-    }}})
+/// A director's NATS, an agent's settings for it, and a metadata service that serves nothing yet.
+struct Boot {
+    pki: TestPki,
+    nats: NatsServer,
+    id: String,
+    doc: Value,
+    meta: MetaServer,
+}
+
+impl Boot {
+    fn new(tag: &str) -> Boot {
+        let pki = TestPki::new();
+        let nats = NatsServer::start(&pki, NatsServerOptions::default());
+        let id = format!("{tag}-{}", &bosh_agent::ids::uuid_v4()[..8]);
+        let doc = nats_settings(&pki, &id, &nats.url());
+        Boot { pki, nats, id, doc, meta: MetaServer::start(MetaState::default()) }
+    }
+
+    /// The agent on the metadata service's `HTTP` source, with `retry` as its patience.
+    fn agent(&self, retry: Value) -> TestAgent {
+        let agent_json = json!({"Infrastructure": {"Settings": {
+            "Sources": [{"Type": "HTTP", "URI": self.meta.url(), "UserDataPath": USER_DATA}],
+            "Retry": retry
+        }}});
+        TestAgent::launch(&self.doc, Launch { agent_json: Some(agent_json), ..Launch::default() })
+    }
+
+    fn director(&self) -> Director {
+        Director::connect(&self.pki, &self.nats.url(), &self.id)
+    }
 }
 
 #[test]
 fn a_dead_metadata_service_gives_way_to_the_cached_settings_after_one_pass() {
-    let pki = TestPki::new();
-    let nats = NatsServer::start(&pki, NatsServerOptions::default());
-    let id = format!("cache-{}", &bosh_agent::ids::uuid_v4()[..8]);
-    let doc = nats_settings(&pki, &id, &nats.url());
-    let meta = MetaServer::start(MetaState::default());
-    meta.route(USER_DATA, 200, &doc.to_string());
-    let retry = json!({"Attempts": 3, "IntervalMs": 100});
-    let mut agent =
-        TestAgent::launch(&doc, Launch { agent_json: Some(agent_json(&meta, retry)), ..Launch::default() });
-    let mut d = Director::connect(&pki, &nats.url(), &id);
+    let b = Boot::new("cache");
+    let meta = &b.meta;
+    meta.route(USER_DATA, 200, &b.doc.to_string());
+    let mut agent = b.agent(json!({"Attempts": 3, "IntervalMs": 100}));
+    let mut d = b.director();
     assert!(d.wait_ready(Duration::from_secs(20)), "first boot:\n{}", agent.log());
     assert_eq!(meta.count(USER_DATA), 1);
 
     // The service now fails every request (a non-2xx answer is retried, as the Go agent does).
     meta.route(USER_DATA, 503, "down for maintenance");
     agent.restart();
-    let mut d = Director::connect(&pki, &nats.url(), &id);
+    let mut d = b.director();
     assert!(d.wait_ready(Duration::from_secs(20)), "no boot from the cache:\n{}", agent.log());
     let log = agent.log();
     assert_eq!(meta.count(USER_DATA), 1 + 3, "one pass of 3 tries:\n{log}");
@@ -56,15 +76,10 @@ fn a_dead_metadata_service_gives_way_to_the_cached_settings_after_one_pass() {
 
 #[test]
 fn without_a_cache_the_boot_waits_for_a_late_metadata_service() {
-    let pki = TestPki::new();
-    let nats = NatsServer::start(&pki, NatsServerOptions::default());
-    let id = format!("late-{}", &bosh_agent::ids::uuid_v4()[..8]);
-    let doc = nats_settings(&pki, &id, &nats.url());
     // Not there yet: user data is attached later (404 until then).
-    let meta = MetaServer::start(MetaState::default());
-    let retry = json!({"Attempts": 2, "IntervalMs": 50, "PauseMs": 100});
-    let mut agent =
-        TestAgent::launch(&doc, Launch { agent_json: Some(agent_json(&meta, retry)), ..Launch::default() });
+    let b = Boot::new("late");
+    let meta = &b.meta;
+    let mut agent = b.agent(json!({"Attempts": 2, "IntervalMs": 50, "PauseMs": 100}));
     let waited = wait_until(Duration::from_secs(20), || agent.log().contains("waiting for settings: pass 2"));
     assert!(waited, "{}", agent.log());
     assert!(agent.alive(), "the agent must keep waiting, not exit:\n{}", agent.log());
@@ -77,22 +92,18 @@ fn without_a_cache_the_boot_waits_for_a_late_metadata_service() {
         "{log}"
     );
     assert!(log.contains("HTTP 404"), "what it waits for is logged:\n{log}");
-    meta.route(USER_DATA, 200, &doc.to_string());
-    let mut d = Director::connect(&pki, &nats.url(), &id);
+    meta.route(USER_DATA, 200, &b.doc.to_string());
+    let mut d = b.director();
     assert!(d.wait_ready(Duration::from_secs(20)), "no boot once the service answered:\n{}", agent.log());
     assert!(meta.count(USER_DATA) >= 5, "two passes of two tries, then the answer");
 }
 
 #[test]
 fn a_boot_without_settings_gives_up_after_its_patience_but_not_before_its_minimum_run() {
-    let pki = TestPki::new();
-    let id = format!("giveup-{}", &bosh_agent::ids::uuid_v4()[..8]);
-    let doc = nats_settings(&pki, &id, "nats://127.0.0.1:1");
-    let meta = MetaServer::start(MetaState::default());
-    let retry = json!({"Attempts": 1, "PauseMs": 100, "GiveUpMs": 500, "MinFailedRunMs": 2000});
+    let b = Boot::new("giveup");
+    let meta = &b.meta;
     let started = Instant::now();
-    let mut agent =
-        TestAgent::launch(&doc, Launch { agent_json: Some(agent_json(&meta, retry)), ..Launch::default() });
+    let mut agent = b.agent(json!({"Attempts": 1, "PauseMs": 100, "GiveUpMs": 500, "MinFailedRunMs": 2000}));
     assert!(wait_until(Duration::from_secs(20), || !agent.alive()), "never gave up:\n{}", agent.log());
     let lasted = started.elapsed();
     let log = agent.log();

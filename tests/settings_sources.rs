@@ -74,7 +74,7 @@ fn http_source_uses_the_imdsv2_token_custom_headers_and_reads_the_key() {
     assert_eq!(source.fetch().unwrap(), settings("a-imds"), "user-data settings, envelope removed");
     assert_eq!(source.public_key().as_deref(), Some("ssh-rsa AAAA test"));
     let seen = server.seen();
-    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("PUT", "/latest/api/token"));
+    assert_eq!((seen[0].method.as_str(), seen[0].target.as_str()), ("PUT", "/latest/api/token"));
     assert!(seen[0].header("X-aws-ec2-metadata-token-ttl-seconds").is_some());
     for s in &seen[1..] {
         assert_eq!(s.header("X-aws-ec2-metadata-token"), Some("tok-123"), "{s:?}");
@@ -105,7 +105,7 @@ fn http_source_follows_the_registry_with_the_instance_id() {
 
     assert_eq!(source.fetch().unwrap(), settings("a-reg"));
     assert_eq!(source.public_key(), None, "404 on the key path: no key, still settings");
-    let reg_req = server.seen().into_iter().find(|s| s.path.starts_with("/instances/")).unwrap();
+    let reg_req = server.seen().into_iter().find(|s| s.target.starts_with("/instances/")).unwrap();
     use base64::engine::general_purpose::STANDARD;
     assert_eq!(
         reg_req.header("Authorization"),

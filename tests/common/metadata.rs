@@ -5,30 +5,15 @@
 //! IMDSv2 PUT) is part of what is tested, so the bytes must cross a socket. It speaks just enough
 //! HTTP/1.1: one request per connection.
 
-use super::http_listener::{read_head, HttpListener};
+use super::http_listener::{read_head, Head, HttpListener};
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// One request as the metadata server saw it.
-#[derive(Clone, Debug)]
-pub struct Seen {
-    /// `GET`, `PUT`.
-    pub method: String,
-    /// The request target.
-    pub path: String,
-    /// Headers as sent.
-    pub headers: Vec<(String, String)>,
-}
-
-impl Seen {
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
+/// One request as the metadata server saw it (`target` is the path asked for).
+pub type Seen = Head;
 
 /// How the server behaves; `Default`: every route 404 until [`MetaServer::route`] adds it.
 #[derive(Default)]
@@ -90,7 +75,7 @@ impl MetaServer {
 
     /// How many requests asked for `path`.
     pub fn count(&self, path: &str) -> usize {
-        self.seen().iter().filter(|s| s.path == path).count()
+        self.seen().iter().filter(|s| s.target == path).count()
     }
 }
 
@@ -99,7 +84,7 @@ fn serve(st: &MetaState, stream: TcpStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     let Some(head) = read_head(&mut reader)? else { return Ok(()) };
     std::io::copy(&mut (&mut reader).take(head.content_length()), &mut std::io::sink())?;
-    let seen = Seen { method: head.method, path: head.target, headers: head.headers };
+    let seen = head;
     st.seen.lock().unwrap().push(seen.clone());
     if st.hang {
         st.held.lock().unwrap().push(out);
@@ -120,17 +105,17 @@ fn answer(st: &MetaState, req: &Seen) -> (u16, String) {
         }
     }
     if let Some(token) = &st.token {
-        if req.method == "PUT" && req.path == "/latest/api/token" {
+        if req.method == "PUT" && req.target == "/latest/api/token" {
             return match req.header("X-aws-ec2-metadata-token-ttl-seconds") {
                 Some(_) => (200, token.clone()),
                 None => (400, "no ttl".into()),
             };
         }
-        if req.path.starts_with("/latest/") && req.header("X-aws-ec2-metadata-token") != Some(token) {
+        if req.target.starts_with("/latest/") && req.header("X-aws-ec2-metadata-token") != Some(token) {
             return (401, "token required".into());
         }
     }
-    match (req.method.as_str(), st.routes.lock().unwrap().get(&req.path)) {
+    match (req.method.as_str(), st.routes.lock().unwrap().get(&req.target)) {
         ("GET", Some((status, body))) => (*status, body.clone()),
         _ => (404, "not found".into()),
     }
