@@ -2,7 +2,9 @@
 //! the rest of the Go agent's `LinuxOptions` and source options, with what this agent does with
 //! each: honoured (and how), or deliberately ignored (and why). The one place that lists them: at
 //! start the agent logs the treatment of every key its `agent.json` carries, so an operator moving
-//! a stemcell from the Go agent sees what differs.
+//! a stemcell from the Go agent sees what differs. The disk keys are acted on by the disk setup
+//! (`platform::disks`), `UseDefaultTmpDir` by the VM layout, `UseMonitIptablesFirewall` by monit's
+//! start; what those say here must stay what they do.
 
 use super::get_ci;
 use serde_json::Value;
@@ -41,28 +43,28 @@ pub const LINUX: &[(&str, Treatment)] = &[
     (
         "ScrubEphemeralDisk",
         Treatment::Ignored(
-            "not a Go agent option any more (softlayer's files still carry it): the ephemeral disk is never \
-             wiped of files, only partitioned when it holds no filesystem of the agent's",
+            "not a Go agent option any more (softlayer's files still carry it): files on the ephemeral disk \
+             are never scrubbed; a disk whose partitions the agent did not make is repartitioned anyway",
         ),
     ),
     (
         "VirtioDevicePrefix",
-        Treatment::Ignored(
-            "not a Go agent option any more (google's files still carry it): virtio disks are found as \
-             /dev/disk/by-id/*<disk id>, which matches GCE's google-<id> links without the prefix",
+        Treatment::Honoured(
+            "virtio disks are also looked up as /dev/disk/by-id/<prefix>-<first 20 characters of the id> \
+             (the older agents' rule), besides *<id>",
         ),
     ),
-    ("DiskIDTransformPattern", Treatment::Honoured("rewrites a disk id before the by-id lookup")),
-    ("DiskIDTransformReplacement", Treatment::Honoured("what DiskIDTransformPattern's match becomes")),
-    ("LunDeviceSymlinkPath", Treatment::Honoured("per-LUN symlinks tried before the SCSI lookup")),
+    ("DiskIDTransformPattern", Treatment::Ignored("set by no official stemcell; not supported (warned)")),
+    ("DiskIDTransformReplacement", Treatment::Ignored("set by no official stemcell; not supported")),
+    ("LunDeviceSymlinkPath", Treatment::Ignored("set by no official stemcell; not supported (warned)")),
     (
         "InstanceStorageManagedVolumePattern",
-        Treatment::Honoured("NVMe volumes that are not instance storage (raw ephemeral disks)"),
+        Treatment::Ignored("set by no official stemcell; not supported (warned)"),
     ),
-    ("InstanceStorageDevicePattern", Treatment::Honoured("NVMe devices that may be instance storage")),
+    ("InstanceStorageDevicePattern", Treatment::Ignored("set by no official stemcell; not supported (warned)")),
     (
         "UseMonitIptablesFirewall",
-        Treatment::Ignored("the agent installs no firewall rules for monit (monit listens on 127.0.0.1 only)"),
+        Treatment::Honoured("monit's access is left to the stemcell's iptables rules: no nftables rules"),
     ),
 ];
 
