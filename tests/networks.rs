@@ -3,8 +3,9 @@
 //! agent in its own network namespace with a scratch root, reaching a nats-server and a metadata
 //! service on the LAN. What it shows: with no NIC configured the agent brings up DHCP before it asks
 //! the metadata service (which it can reach only then), dynamic networks report the lease in
-//! `get_state` and `apply`, and with two NICs each network lands on the NIC with its MAC, the static
-//! address is really configured and only the default network's NIC gets a default route.
+//! `get_state` and `apply`, and with three NICs each network lands on the NIC with its MAC, the
+//! static address is really configured, only the default network's NIC gets a default route, and
+//! each dynamic network reports its own NIC's lease.
 
 use crate::common::agent::{exception, value, Director, Launch, TestAgent};
 use crate::common::certs::TestPki;
@@ -137,23 +138,24 @@ fn dhcp_comes_up_before_the_metadata_service_and_dynamic_networks_report_the_lea
 }
 
 #[test]
-fn two_nics_get_their_networks_by_mac_and_one_default_route() {
-    let Some(lan) = Lan::start(2) else { return };
+fn three_nics_get_their_networks_by_mac_and_one_default_route() {
+    let Some(lan) = Lan::start(3) else { return };
     let _server_side = lan.enter_server();
     let net = Net::start();
-    let (first, second) = (&lan.links[0], &lan.links[1]);
+    let (first, second, third) = (&lan.links[0], &lan.links[1], &lan.links[2]);
     let id = format!("nics-{}", &bosh_agent::ids::uuid_v4()[..8]);
     let networks = json!({
         "public": {"type": "dynamic", "mac": first.mac, "default": ["dns", "gateway"]},
         "private": {"type": "manual", "mac": second.mac.to_ascii_uppercase(), "ip": "10.0.3.7",
                     "netmask": "255.255.255.0", "gateway": second.server_ip,
-                    "routes": [{"destination": "192.168.50.0", "netmask": "255.255.255.0", "gateway": second.server_ip}]}
+                    "routes": [{"destination": "192.168.50.0", "netmask": "255.255.255.0", "gateway": second.server_ip}]},
+        "backend": {"type": "dynamic", "mac": third.mac}
     });
     let agent = net.agent(&lan, &net.settings(&id, networks));
     let mut d = Director::connect(&net.pki, &net.nats.url(), &id);
     ready(&mut d, &agent, &lan);
-    // Before the settings, both NICs asked DHCP (neither could be told apart yet).
-    let names = format!("{}, {}", first.client_if, second.client_if);
+    // Before the settings, every NIC asked DHCP (none could be told apart yet).
+    let names = format!("{}, {}, {}", first.client_if, second.client_if, third.client_if);
     assert!(agent.log().contains(&format!("bringing up DHCP on {names}")), "{}", agent.log());
 
     // The static address is really there (the agent checked it too), the route as well, and only
@@ -170,12 +172,22 @@ fn two_nics_get_their_networks_by_mac_and_one_default_route() {
     );
     let dynamic_file = net.network_file(&first.client_if);
     assert!(dynamic_file.contains("DHCP=yes\n") && !dynamic_file.contains("UseRoutes"), "{dynamic_file}");
+    let backend_file = net.network_file(&third.client_if);
+    assert!(backend_file.contains("DHCP=yes\n") && backend_file.contains("UseRoutes=no\n"), "{backend_file}");
 
     let state = value(&d.send("get_state", json!([]))).clone();
     let nets = &state["networks"];
     assert!(leased(nets["public"]["ip"].as_str().unwrap_or_default(), "10.0.2"), "{state}");
     assert_eq!(nets["private"]["ip"], "10.0.3.7", "static networks are reported as given: {state}");
     assert!(nets["private"].get("resolved").is_none(), "{state}");
+    // Each dynamic network reports its own NIC's lease (the Go agent would report the default
+    // route's NIC for both); the backend NIC has no default route, so no gateway.
+    assert!(leased(nets["backend"]["ip"].as_str().unwrap_or_default(), "10.0.4"), "{state}");
+    assert_eq!(
+        (&nets["public"]["gateway"], &nets["backend"]["gateway"]),
+        (&json!(SERVER_IP), &json!(null)),
+        "{state}"
+    );
     // One file per NIC, named by interface; the bootstrap DHCP files were replaced, not added to.
     let dir = net.root.path().join("etc/systemd/network");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
@@ -184,8 +196,6 @@ fn two_nics_get_their_networks_by_mac_and_one_default_route() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(
-        names,
-        [format!("10_{}.network", first.client_if), format!("10_{}.network", second.client_if)]
-    );
+    let want: Vec<String> = lan.links.iter().map(|l| format!("10_{}.network", l.client_if)).collect();
+    assert_eq!(names, want);
 }

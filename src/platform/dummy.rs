@@ -92,7 +92,7 @@ impl Platform for Dummy {
         let Ok(ip) = known.ip.parse::<std::net::IpAddr>() else {
             return log::warn!("{}: ip '{}' is not an address", path.display(), known.ip);
         };
-        super::network::routes::fill_dhcp(networks, |_| {
+        super::network::routes::fill_dhcp(networks, |_, _| {
             Some(super::network::routes::Resolved {
                 iface: "dummy".into(),
                 ip,

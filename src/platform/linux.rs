@@ -118,7 +118,12 @@ impl Platform for Linux {
         network::setup::dhcp_before_settings(&self.dirs, self.live());
     }
     fn resolve_dhcp_networks(&self, networks: &mut std::collections::BTreeMap<String, crate::settings::Network>) {
-        network::routes::fill_dhcp(networks, network::routes::resolve);
+        let nics = network::nics::detect(&self.dirs).unwrap_or_else(|e| {
+            log::warn!("finding the network interfaces: {e}");
+            Vec::new()
+        });
+        let live = network::routes::Live::read();
+        network::routes::fill_dhcp(networks, |n, v6| live.lease(&nics, n, v6));
     }
     fn ssh_host_public_key(&self) -> Result<String, String> {
         users::host_public_key(&self.dirs)

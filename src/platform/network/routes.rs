@@ -1,13 +1,22 @@
 //! What DHCP gave the VM, for the networks the director marked dynamic: the director learns a
-//! dynamic network's address only from the agent (`apply` and `get_state` report it). As the Go
-//! agent does, every DHCP network gets the address of the interface that holds the default route
-//! (IPv4, or IPv6 for a network whose `prefix` is 128), with that route's gateway and the address's
-//! netmask; the network is then marked `resolved`.
+//! dynamic network's address only from the agent (`apply` and `get_state` report it). A DHCP network
+//! gets its interface's address (IPv4, or IPv6 for a network whose `prefix` is 128) with the
+//! address's netmask and the gateway of that interface's default route, and is marked `resolved`.
+//!
+//! Which interface: the one with the network's MAC; for a network without one, the interface of the
+//! default route, as the Go agent does for every DHCP network, or with no default route the only NIC
+//! that has an address. Deliberate differences: the Go agent
+//! gives every DHCP network the default route's interface even when it names another NIC by MAC
+//! (wrong for a second dynamic NIC), and reports nothing when there is no default route (a network
+//! with no router, such as qemu's restricted user network), where this agent still reports the
+//! address, without a gateway.
 //!
 //! Read from the kernel of the agent's own network namespace (`/proc/net/route`,
 //! `/proc/net/ipv6_route`, `getifaddrs`), not from files under the root dir: these are reads of live
-//! state, and they are what the agent's own traffic uses.
+//! state, and they are what the agent's own traffic uses. The NICs' MACs come from the sysfs under
+//! the root dir, as everywhere else.
 
+use super::nics::Nic;
 use super::{is_dhcp, mask_prefix};
 use crate::settings::{Network, Prefix};
 use std::collections::BTreeMap;
@@ -26,12 +35,20 @@ pub struct Resolved {
     pub gateway: Option<IpAddr>,
 }
 
-/// A default route: its interface and its gateway, if it has one.
-pub type DefaultRoute = (String, Option<IpAddr>);
+/// A default route: its interface, its gateway (if it has one) and its metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DefaultRoute {
+    /// The interface it leaves by.
+    pub iface: String,
+    /// The next hop.
+    pub gateway: Option<IpAddr>,
+    /// Lower wins.
+    pub metric: u32,
+}
 
-/// The lowest-metric default route in `/proc/net/route` text.
-pub fn default_route_v4(table: &str) -> Option<DefaultRoute> {
-    let mut best: Option<(u32, String, Option<IpAddr>)> = None;
+/// The usable default routes in `/proc/net/route` text, lowest metric first.
+pub fn default_routes_v4(table: &str) -> Vec<DefaultRoute> {
+    let mut out = Vec::new();
     for line in table.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() < 8 {
@@ -49,16 +66,15 @@ pub fn default_route_v4(table: &str) -> Option<DefaultRoute> {
         }
         // The file holds the address in network byte order, printed as a host-order number.
         let gateway = (gw != 0).then(|| IpAddr::V4(Ipv4Addr::from(u32::from_be(gw))));
-        if best.as_ref().is_none_or(|(m, _, _)| metric < *m) {
-            best = Some((metric, f[0].to_string(), gateway));
-        }
+        out.push(DefaultRoute { iface: f[0].to_string(), gateway, metric });
     }
-    best.map(|(_, iface, gw)| (iface, gw))
+    out.sort_by_key(|r| r.metric);
+    out
 }
 
-/// The lowest-metric usable default route in `/proc/net/ipv6_route` text.
-pub fn default_route_v6(table: &str) -> Option<DefaultRoute> {
-    let mut best: Option<(u32, String, Option<IpAddr>)> = None;
+/// The usable default routes in `/proc/net/ipv6_route` text, lowest metric first.
+pub fn default_routes_v6(table: &str) -> Vec<DefaultRoute> {
+    let mut out = Vec::new();
     for line in table.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() < 10 {
@@ -78,11 +94,10 @@ pub fn default_route_v6(table: &str) -> Option<DefaultRoute> {
             continue;
         }
         let gateway = (hop != 0).then(|| IpAddr::V6(Ipv6Addr::from(hop)));
-        if best.as_ref().is_none_or(|(m, _, _)| metric < *m) {
-            best = Some((metric, f[9].to_string(), gateway));
-        }
+        out.push(DefaultRoute { iface: f[9].to_string(), gateway, metric });
     }
-    best.map(|(_, iface, gw)| (iface, gw))
+    out.sort_by_key(|r| r.metric);
+    out
 }
 
 /// Each address of the interfaces: `(interface, address, prefix length)`.
@@ -155,17 +170,49 @@ pub fn netmask_text(prefix: u8, v6: bool) -> String {
     }
 }
 
-/// What the live kernel says for the IPv4 (or IPv6) default route; `None` when there is none or its
-/// interface has no address.
-pub fn resolve(v6: bool) -> Option<Resolved> {
-    let (path, parse): (&str, fn(&str) -> Option<DefaultRoute>) = if v6 {
-        ("/proc/net/ipv6_route", default_route_v6)
-    } else {
-        ("/proc/net/route", default_route_v4)
-    };
-    let (iface, gateway) = parse(&std::fs::read_to_string(path).ok()?)?;
-    let (ip, prefix) = primary_address(&interface_addresses(), &iface, v6)?;
-    Some(Resolved { iface, ip, netmask: netmask_text(prefix, v6), gateway })
+/// The kernel's routes and addresses, read once for all the networks of one report.
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    /// IPv4 default routes, lowest metric first.
+    pub v4: Vec<DefaultRoute>,
+    /// IPv6 default routes, lowest metric first.
+    pub v6: Vec<DefaultRoute>,
+    /// Every interface address: `(interface, address, prefix length)`.
+    pub addrs: Vec<(String, IpAddr, u8)>,
+}
+
+impl Live {
+    /// What the kernel of the agent's network namespace says now.
+    pub fn read() -> Live {
+        let table = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        Live {
+            v4: default_routes_v4(&table("/proc/net/route")),
+            v6: default_routes_v6(&table("/proc/net/ipv6_route")),
+            addrs: interface_addresses(),
+        }
+    }
+
+    /// What DHCP gave network `n` (see the module doc); `None` when its interface has no address of
+    /// the family.
+    pub fn lease(&self, nics: &[Nic], n: &Network, v6: bool) -> Option<Resolved> {
+        let routes = if v6 { &self.v6 } else { &self.v4 };
+        let by_mac = nics.iter().find(|c| !n.mac.is_empty() && c.mac.eq_ignore_ascii_case(n.mac.trim()));
+        let only_addressed = || {
+            let mut with = nics.iter().filter(|c| primary_address(&self.addrs, &c.name, v6).is_some());
+            match (with.next(), with.next()) {
+                (Some(only), None) => Some(only.name.clone()),
+                _ => None,
+            }
+        };
+        let iface = match (by_mac, routes.first()) {
+            (Some(nic), _) => nic.name.clone(),
+            (None, Some(default)) => default.iface.clone(),
+            (None, None) => only_addressed()?,
+        };
+        let (ip, prefix) = primary_address(&self.addrs, &iface, v6)?;
+        let gateway = routes.iter().find(|r| r.iface == iface).and_then(|r| r.gateway);
+        Some(Resolved { iface, ip, netmask: netmask_text(prefix, v6), gateway })
+    }
 }
 
 /// Whether a DHCP network's address should come from the default route (the Go agent's rule: only
@@ -179,19 +226,19 @@ fn resolvable(n: &Network) -> bool {
         }
 }
 
-/// Fills `ip`, `netmask` and `gateway` of the DHCP networks from `lookup(v6)` and marks them
-/// `resolved`; networks the lookup has nothing for are left as they are.
-pub fn fill_dhcp(networks: &mut BTreeMap<String, Network>, lookup: impl Fn(bool) -> Option<Resolved>) {
+/// Fills `ip`, `netmask` and `gateway` of the DHCP networks from `lookup(network, v6)` and marks
+/// them `resolved`; networks the lookup has nothing for are left as they are.
+pub fn fill_dhcp(networks: &mut BTreeMap<String, Network>, lookup: impl Fn(&Network, bool) -> Option<Resolved>) {
     for (name, n) in networks.iter_mut().filter(|(_, n)| resolvable(n)) {
         let v6 = n.prefix.as_ref().and_then(Prefix::length) == Some(128);
-        match lookup(v6) {
+        match lookup(n, v6) {
             Some(r) => {
                 n.ip = r.ip.to_string();
                 n.netmask = r.netmask;
                 n.gateway = r.gateway.map(|g| g.to_string()).unwrap_or_default();
                 n.resolved = true;
             }
-            None => log::debug!("network {name}: no default route to take its DHCP address from"),
+            None => log::debug!("network {name}: no interface address to report as its DHCP lease"),
         }
     }
 }
@@ -213,11 +260,15 @@ mod tests {
         00000000000000000000000000000000 00 00000000000000000000000000000000 00 \
         fd000000000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n";
 
+    fn route(iface: &str, gw: &str, metric: u32) -> DefaultRoute {
+        DefaultRoute { iface: iface.into(), gateway: Some(gw.parse().unwrap()), metric }
+    }
+
     #[test]
     fn parses_the_kernels_default_routes() {
-        assert_eq!(default_route_v4(ROUTE), Some(("eth0".into(), Some("192.168.0.1".parse().unwrap()))));
-        assert_eq!(default_route_v4("Iface\tDestination\n"), None);
-        assert_eq!(default_route_v6(ROUTE6), Some(("eth0".into(), Some("fd00::1".parse().unwrap()))));
+        assert_eq!(default_routes_v4(ROUTE), vec![route("eth0", "192.168.0.1", 100), route("eth1", "10.0.2.1", 200)]);
+        assert_eq!(default_routes_v4("Iface\tDestination\n"), vec![]);
+        assert_eq!(default_routes_v6(ROUTE6), vec![route("eth0", "fd00::1", 1024)]);
         assert_eq!(netmask_text(24, false), "255.255.255.0");
         assert_eq!(netmask_text(0, false), "0.0.0.0");
         assert_eq!(netmask_text(64, true), "ffff:ffff:ffff:ffff::");
@@ -243,7 +294,7 @@ mod tests {
         }))
         .unwrap();
         let before = nets.clone();
-        fill_dhcp(&mut nets, |v6| {
+        fill_dhcp(&mut nets, |_, v6| {
             Some(Resolved {
                 iface: "eth0".into(),
                 ip: if v6 { "fd00::7".parse().unwrap() } else { "10.0.0.7".parse().unwrap() },
@@ -259,7 +310,35 @@ mod tests {
             assert_eq!(nets[kept], before[kept], "{kept}");
         }
         let mut untouched = before.clone();
-        fill_dhcp(&mut untouched, |_| None);
+        fill_dhcp(&mut untouched, |_, _| None);
         assert_eq!(untouched, before, "nothing known: nothing changed");
+    }
+
+    #[test]
+    fn a_lease_is_its_nics_address_with_that_nics_gateway() {
+        let nics = [
+            Nic { name: "eth0".into(), mac: "aa:bb:cc:dd:ee:01".into() },
+            Nic { name: "eth1".into(), mac: "aa:bb:cc:dd:ee:02".into() },
+        ];
+        let addrs = vec![
+            ("eth0".to_string(), "10.0.0.7".parse().unwrap(), 24),
+            ("eth1".to_string(), "10.1.0.9".parse().unwrap(), 16),
+        ];
+        let live = Live { v4: vec![route("eth0", "10.0.0.1", 100)], v6: vec![], addrs };
+        let net = |mac: &str| Network { kind: "dynamic".into(), mac: mac.into(), ..Network::default() };
+        let first = live.lease(&nics, &net("AA:BB:CC:DD:EE:01"), false).unwrap();
+        assert_eq!((first.ip.to_string(), first.gateway), ("10.0.0.7".into(), Some("10.0.0.1".parse().unwrap())));
+        let second = live.lease(&nics, &net("aa:bb:cc:dd:ee:02"), false).unwrap();
+        assert_eq!((second.ip.to_string(), second.netmask.as_str(), second.gateway), ("10.1.0.9".into(), "255.255.0.0", None));
+        let anonymous = live.lease(&nics, &net(""), false).unwrap();
+        assert_eq!(anonymous.iface, "eth0", "no MAC: the default route's interface");
+        assert_eq!(live.lease(&nics, &net(""), true), None, "no IPv6 route or address");
+        // No router at all (qemu's restricted network): the NIC's address still, without a gateway.
+        let routerless = Live { v4: vec![], ..live.clone() };
+        let r = routerless.lease(&nics, &net("aa:bb:cc:dd:ee:01"), false).unwrap();
+        assert_eq!((r.ip.to_string(), r.gateway), ("10.0.0.7".into(), None));
+        assert_eq!(routerless.lease(&nics, &net(""), false), None, "two NICs with addresses: which?");
+        let r = routerless.lease(&nics[..1], &net(""), false).unwrap();
+        assert_eq!(r.iface, "eth0", "the only NIC with an address");
     }
 }
