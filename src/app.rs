@@ -60,16 +60,18 @@ pub fn run(opts: Options) -> Result<(), String> {
 
 fn serve(opts: Options, signals: &signals::Set, min_failed_run: &mut Duration) -> Result<(), String> {
     let dirs = Dirs::new(&opts.base, &opts.root);
-    std::fs::create_dir_all(dirs.bosh()).with_context(|| format!("creating {}", dirs.bosh().display()))?;
+    log::info!("bosh-agent {} starting on stemcell {}", env!("CARGO_PKG_VERSION"), stemcell_version(&dirs));
+    // The configuration first: a bad -C must fail before anything is created on disk.
     let config = match &opts.config {
         Some(path) => AgentConfig::load(path)?,
         None => AgentConfig::default(),
     };
+    std::fs::create_dir_all(dirs.bosh()).with_context(|| format!("creating {}", dirs.bosh().display()))?;
     if let Some(ms) = config.settings.retry.min_failed_run_ms {
         *min_failed_run = Duration::from_millis(ms);
     }
     crate::config::keys::log_treatment(&config);
-    let platform: Arc<dyn Platform> = platform::new(opts.platform, &dirs).into();
+    let platform: Arc<dyn Platform> = platform::with_options(opts.platform, &dirs, &config.linux).into();
     let network: sources::NetworkHook = {
         let platform = platform.clone();
         Arc::new(move || platform.network_for_settings())
@@ -89,8 +91,16 @@ fn serve(opts: Options, signals: &signals::Set, min_failed_run: &mut Duration) -
     let patience = Patience::from_config(&config.settings.retry);
     let effective = settings.load_at_boot(patience).context("loading settings")?;
     platform.bootstrap(&effective, opts.configure)?;
+    // Every child from now on gets the data disk's temp dir, as the Go agent exports TMPDIR at boot.
+    if dirs.data_tmp().is_dir() {
+        crate::exec::set_child_tmpdir(dirs.data_tmp());
+    }
     // The persistent disk comes back before any job can look for it; a vanished disk is logged.
     platform::disks::remount_last_disk(platform.as_ref(), &dirs, &effective);
+    // The jobs' run directories are gone after a reboot (a tmpfs) before monit starts them.
+    if let Err(e) = (crate::jobs::applier::Layout { dirs: &dirs }).restore_job_dirs() {
+        log::warn!("restoring the jobs' directories: {e}");
+    }
     let supervisor: Arc<dyn JobSupervisor> = match opts.supervisor {
         SupervisorKind::Dummy => Arc::new(DummySupervisor::default()),
         SupervisorKind::Monit => {
@@ -141,13 +151,25 @@ fn serve(opts: Options, signals: &signals::Set, min_failed_run: &mut Duration) -
     } else {
         None
     };
+    let source = ctx.settings.source();
     let _heartbeat =
         Heartbeat::start(ctx, notifier, opts.heartbeat_interval).context("starting heartbeat")?;
     crate::memory::trim_code_pages();
-    log::info!("agent {} ready", effective.settings.agent_id);
+    log::info!("agent {} ready (settings from {source})", effective.settings.agent_id);
     let signal = signals::wait(signals);
     log::info!("received signal {signal}: stopping");
     Ok(())
+}
+
+/// The stemcell's version as its builder recorded it, or why it is unknown (a dev box has none).
+fn stemcell_version(dirs: &Dirs) -> String {
+    let path = dirs.stemcell_version();
+    match std::fs::read_to_string(&path) {
+        Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
+        Ok(_) => format!("unknown ({} is empty)", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("unknown (no {})", path.display()),
+        Err(e) => format!("unknown ({}: {e})", path.display()),
+    }
 }
 
 fn monit_options(config: &AgentConfig, dirs: &Dirs) -> MonitOptions {

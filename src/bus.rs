@@ -25,6 +25,10 @@ pub enum HmTopic {
 pub trait Notifier: Send + Sync {
     /// Publishes one event.
     fn notify(&self, topic: HmTopic, payload: &Value) -> Result<(), String>;
+    /// Whether events reach a health monitor at all (so a heartbeat is logged as sent).
+    fn reaches_health_monitor(&self) -> bool {
+        true
+    }
 }
 
 /// A notifier that drops everything (create-env VMs have no health monitor).
@@ -33,6 +37,9 @@ pub struct Silent;
 impl Notifier for Silent {
     fn notify(&self, _: HmTopic, _: &Value) -> Result<(), String> {
         Ok(())
+    }
+    fn reaches_health_monitor(&self) -> bool {
+        false
     }
 }
 

@@ -35,8 +35,10 @@ OPTIONS:
   -h SECS     heartbeat interval in seconds (default: 30)
   -t PORT     SMTP port for monit alerts (default: 2825)
   --no-alerts do not listen for monit alerts
-  -v          print the version and exit
+  -v          print the version and exit (also --version)
   --help      print this help
+
+  Go's flag forms work too: -P=ubuntu, --C /var/vcap/bosh/agent.json, -c=true.
 
 CALL OPTIONS:
   --mbus URL       nats://host:port or https://user:pass@host:port (default: the embedded default)
@@ -45,6 +47,7 @@ CALL OPTIONS:
   --key FILE       client private key (NATS mutual TLS)
   --agent-id ID    the agent's id (required for NATS)
   --timeout SECS   give up after this long (default: 60)
+  --help           print this help
 ";
 
 /// What the process was asked to do.
@@ -127,10 +130,25 @@ const INFRASTRUCTURES: &[&str] = &[
     "cloudstack",
 ];
 
+/// The agent's flags that take a value.
+const VALUE_FLAGS: &[&str] = &["P", "C", "M", "b", "r", "I", "n", "a", "s", "l", "h", "t"];
+/// The agent's flags that take none.
+const BOOL_FLAGS: &[&str] = &["c", "v", "no-alerts", "help", "version"];
+/// `call`'s flags that take a value.
+const CALL_VALUE_FLAGS: &[&str] = &["mbus", "ca", "cert", "key", "agent-id", "timeout"];
+
 /// Parses the process arguments (without the program name).
 pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
     if args.first().is_some_and(|a| a == "call") {
-        return parse_call(args[1..].to_vec()).map(Command::Call);
+        let args = go_forms(args[1..].to_vec(), CALL_VALUE_FLAGS, &["help"])?;
+        if args.iter().any(|a| a == "--help") {
+            return Ok(Command::Help);
+        }
+        return parse_call(args).map(Command::Call);
+    }
+    let args = go_forms(args, VALUE_FLAGS, BOOL_FLAGS)?;
+    if args.iter().any(|a| a == "--version") {
+        return Ok(Command::Version);
     }
     // The Go agent spells it `-no-alerts`, which pico-args cannot express as a key.
     let before = args.len();
@@ -230,6 +248,46 @@ fn parse_call(args: Vec<OsString>) -> Result<CallOptions, String> {
         method,
         arguments,
     })
+}
+
+/// Rewrites the forms Go's `flag` package also accepts into the ones parsed here: `--flag` for
+/// `-flag`, `-flag=value` and `--flag=value` for `-flag value`, and `-flag=true|false` for a flag
+/// without a value, so the Go agent's invocations (and habits) work unchanged. Flags are spelled
+/// `-x` when one letter long and `--name` otherwise. The value after a flag is never rewritten.
+fn go_forms(args: Vec<OsString>, values: &[&str], bools: &[&str]) -> Result<Vec<OsString>, String> {
+    let canonical = |name: &str| if name.len() == 1 { format!("-{name}") } else { format!("--{name}") };
+    let mut out = Vec::with_capacity(args.len() + 2);
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let text = arg.to_str().unwrap_or("");
+        let Some(flag) =
+            text.strip_prefix("--").or_else(|| text.strip_prefix('-')).filter(|_| text.len() > 1)
+        else {
+            out.push(arg);
+            continue;
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (flag, None),
+        };
+        if values.contains(&name) {
+            out.push(canonical(name).into());
+            match inline {
+                Some(value) => out.push(value.into()),
+                None => out.extend(args.next()), // the value, whatever it looks like
+            }
+        } else if bools.contains(&name) {
+            match inline.map(|v| v.to_ascii_lowercase()) {
+                None => out.push(canonical(name).into()),
+                Some(v) if ["1", "t", "true"].contains(&v.as_str()) => out.push(canonical(name).into()),
+                Some(v) if ["0", "f", "false"].contains(&v.as_str()) => {}
+                Some(_) => return Err(format!("-{name}: '{}' is not true or false", inline.unwrap_or(""))),
+            }
+        } else {
+            out.push(arg);
+        }
+    }
+    Ok(out)
 }
 
 fn positive(s: &str) -> Result<u64, String> {
@@ -344,6 +402,35 @@ mod tests {
             let e = run(args).unwrap_err();
             assert!(!e.contains('\n') && !e.is_empty(), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn accepts_the_go_flag_forms() {
+        let o = run(&["-P=dummy", "--C", "/a.json", "--b=/tmp/b", "-c=true", "-no-alerts=false", "-h=7"])
+            .unwrap();
+        assert_eq!(
+            (o.platform, o.config, o.base),
+            (PlatformKind::Dummy, Some("/a.json".into()), "/tmp/b".into())
+        );
+        assert!(o.configure && !o.no_alerts);
+        assert_eq!(o.heartbeat_interval, Duration::from_secs(7));
+        assert!(!run(&["-c=false"]).unwrap().configure);
+        // A value is never taken for a flag, however it looks.
+        assert_eq!(run(&["-a", "-C=x"]).unwrap().agent_id.as_deref(), Some("-C=x"));
+        assert!(run(&["-c=maybe"]).is_err());
+        for version in [&["--version"][..], &["-v"], &["-v=true"], &["--v"]] {
+            let args = version.iter().map(OsString::from).collect();
+            assert_eq!(parse(args).unwrap(), Command::Version, "{version:?}");
+        }
+        let Command::Call(c) =
+            parse(["call", "--mbus=nats://h:1", "-agent-id=a1", "ping"].map(OsString::from).to_vec())
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((c.mbus.as_str(), c.agent_id.as_deref()), ("nats://h:1", Some("a1")));
+        assert_eq!(parse(["call", "--help"].map(OsString::from).to_vec()).unwrap(), Command::Help);
+        assert_eq!(parse(["call", "-help"].map(OsString::from).to_vec()).unwrap(), Command::Help);
     }
 
     #[test]

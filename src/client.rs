@@ -123,14 +123,36 @@ impl Transport for Https {
             .header("Authorization", &self.auth)
             .header("Content-Type", "application/json")
             .send(body.as_bytes())
-            .with_context(|| format!("POST {}", self.endpoint))?;
+            .map_err(|e| format!("POST {}: {}", self.endpoint, explain(&e.to_string(), false)))?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().context("reading reply")?;
+        if status == 401 {
+            return Err("wrong mbus credentials: the agent answered 401 Unauthorized to the user and \
+                        password in --mbus"
+                .into());
+        }
         if status != 200 {
             return Err(format!("Agent responded with non-successful status code: {status}"));
         }
         serde_json::from_str(&text).context("reply is not JSON")
     }
+}
+
+/// Says what a failed connection attempt means for someone typing `bosh-agent call`; `plain` is
+/// whether no client certificate was given.
+fn explain(why: &str, plain: bool) -> String {
+    let hint = if why.contains("requires TLS") && plain {
+        "the server requires mutual TLS: give --ca, --cert and --key"
+    } else if why.contains("received fatal alert") {
+        "the server refused the TLS handshake: is --cert signed by a CA the server trusts?"
+    } else if why.contains("invalid peer certificate") {
+        "the server's certificate is not trusted: is --ca the CA that signed it?"
+    } else if why.contains("Connection refused") {
+        "nothing listens there: are the host and port right, and is the server running?"
+    } else {
+        return why.to_string();
+    };
+    format!("{hint} ({why})")
 }
 
 /// The director's side of NATS: publish to `agent.<id>` with a `director.<uuid>.<id>.<uuid>` reply.
@@ -157,13 +179,18 @@ impl Nats {
             subscriptions: vec![format!("{inbox}.>")],
             name: "bosh-agent-call".into(),
         };
+        let plain = opts.tls.is_none();
         let conn = NatsConnection::start(opts, tx);
         let left = || deadline.saturating_duration_since(Instant::now());
         // Connected and the reply subscription acknowledged by the server (PING/PONG), so no reply can
-        // arrive before the server knows where to deliver it.
-        if !(conn.wait_connected(left()) && conn.flush(left())) {
+        // arrive before the server knows where to deliver it. The first failed attempt is the answer:
+        // the connection would only retry the same thing.
+        let connected = conn.wait_first_attempt(left()).and_then(|()| {
+            conn.flush(left()).then_some(()).ok_or_else(|| "the server did not answer PING".to_string())
+        });
+        if let Err(why) = connected {
             conn.shutdown();
-            return Err(format!("could not connect to {}", crate::url::redact(url)));
+            return Err(format!("cannot connect to {}: {}", crate::url::redact(url), explain(&why, plain)));
         }
         Ok(Nats { conn, replies, agent_id: agent_id.to_string(), inbox })
     }
@@ -180,17 +207,24 @@ impl Transport for Nats {
         let reply_to = format!("{}.{}.{}", self.inbox, self.agent_id, crate::ids::uuid_v4());
         let body = json!({ "protocol": 3, "method": method, "arguments": arguments, "reply_to": reply_to })
             .to_string();
-        self.conn
-            .publish(&format!("agent.{}", self.agent_id), body.as_bytes())
-            .map_err(|e| format!("publishing: {e:?}"))?;
+        let subject = format!("agent.{}", self.agent_id);
+        // The NATS reply subject is the body's `reply_to`: the agent answers there either way, and
+        // the server answers there with a 503 status when nobody subscribes to the agent's subject.
+        self.conn.publish_with_reply(&subject, &reply_to, body.as_bytes()).context("publishing")?;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.replies.recv_timeout(left) {
+                Ok(m) if m.subject == reply_to && m.status == Some(503) => {
+                    return Err(format!(
+                        "no reply from {subject}: nothing listens there (is the agent id right, and is \
+                         the agent connected to this NATS server?)"
+                    ))
+                }
                 Ok(m) if m.subject == reply_to => {
                     return serde_json::from_slice(&m.payload).context("reply is not JSON")
                 }
                 Ok(_) => continue, // a late reply to an earlier request
-                Err(_) => return Err(format!("timed out waiting for the reply to {method}")),
+                Err(_) => return Err(format!("no reply from {subject} to {method}: timed out")),
             }
         }
     }

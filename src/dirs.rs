@@ -35,6 +35,10 @@ impl Dirs {
     pub fn bosh_etc(&self) -> PathBuf {
         self.bosh().join("etc")
     }
+    /// The stemcell's version, written into the image by the stemcell builder.
+    pub fn stemcell_version(&self) -> PathBuf {
+        self.bosh_etc().join("stemcell_version")
+    }
     /// `<base>/bosh/bin`: the stemcell's helper programs.
     pub fn bosh_bin(&self) -> PathBuf {
         self.bosh().join("bin")
@@ -51,9 +55,18 @@ impl Dirs {
     pub fn sync_time(&self) -> PathBuf {
         self.bosh_bin().join("sync-time")
     }
+    /// The stemcell's script run after the job logs' rotation is written (the official stemcells'
+    /// cron schedule for logrotate).
+    pub fn setup_logrotate(&self) -> PathBuf {
+        self.bosh_bin().join("setup-logrotate.sh")
+    }
     /// `<base>/bosh/log`: the agent's own logs, as `bosh logs --agent` collects them.
     pub fn bosh_log(&self) -> PathBuf {
         self.bosh().join("log")
+    }
+    /// The agent's own log as the stemcell's service writes it (`bosh/log/current`).
+    pub fn agent_log(&self) -> PathBuf {
+        self.bosh_log().join("current")
     }
     /// Cached settings, re-read when every settings source fails.
     pub fn settings_json(&self) -> PathBuf {
@@ -122,6 +135,10 @@ impl Dirs {
     pub fn dummy_ssh_users_json(&self) -> PathBuf {
         self.bosh().join("dummy_ssh_users.json")
     }
+    /// The disk association names the dummy platform records (the Go dummy's file name).
+    pub fn dummy_disk_associations_json(&self) -> PathBuf {
+        self.bosh().join("disk_associations.json")
+    }
 
     // ---- installed jobs and packages ----
 
@@ -156,6 +173,18 @@ impl Dirs {
     /// The DNS records `sync_dns` last stored.
     pub fn dns_records_json(&self) -> PathBuf {
         self.instance().join("dns").join("records.json")
+    }
+    /// `{"state":"<job state>"}`, rewritten on every heartbeat (bosh-dns health checks read it).
+    pub fn health_json(&self) -> PathBuf {
+        self.instance().join("health.json")
+    }
+    /// `<base>/instance/disks`: one link per associated persistent disk.
+    pub fn instance_disks(&self) -> PathBuf {
+        self.instance().join("disks")
+    }
+    /// `<base>/instance/disks/<name>`: the link for the disk associated under `name`.
+    pub fn instance_disk(&self, name: &str) -> PathBuf {
+        self.instance_disks().join(name)
     }
     /// `<base>/monit`: `monit.user`, the installed job configurations and the stopped marker.
     pub fn monit(&self) -> PathBuf {
@@ -247,5 +276,32 @@ impl Dirs {
     /// Links to dynamic disks, `data/dynamic_disks/<cid>`.
     pub fn dynamic_disks(&self) -> PathBuf {
         self.data().join("dynamic_disks")
+    }
+    /// `data/root_tmp`: bind-mounted over `/tmp` and `/var/tmp` when `data` is a disk.
+    pub fn root_tmp(&self) -> PathBuf {
+        self.data().join("root_tmp")
+    }
+    /// `data/root_log`: bind-mounted over `/var/log` when `data` is a disk.
+    pub fn root_log(&self) -> PathBuf {
+        self.data().join("root_log")
+    }
+    /// `data/root_opt`: bind-mounted over `/opt` when `data` is a disk.
+    pub fn root_opt(&self) -> PathBuf {
+        self.data().join("root_opt")
+    }
+    /// `data/root_var_opt`: bind-mounted over `/var/opt` when `data` is a disk.
+    pub fn root_var_opt(&self) -> PathBuf {
+        self.data().join("root_var_opt")
+    }
+
+    // ---- system files under the root dir ----
+
+    /// `/etc/logrotate.d/vcap`: the rotation of the jobs' logs, written after every apply.
+    pub fn logrotate_vcap(&self) -> PathBuf {
+        self.under_root("/etc/logrotate.d/vcap")
+    }
+    /// `/etc/logrotate.d/bosh-agent`: the rotation of the agent's own log, where the stemcell has none.
+    pub fn logrotate_agent(&self) -> PathBuf {
+        self.under_root("/etc/logrotate.d/bosh-agent")
     }
 }

@@ -6,13 +6,42 @@
 //! Why drain while waiting: a pipe holds 64 KiB. A command that writes more blocks until someone
 //! reads, so waiting for its exit before reading hangs it until the deadline, and then reports a
 //! command that finished its work as "timed out" (issue 11).
+//!
+//! Every child gets `TMPDIR` pointing at the data disk's `data/tmp` once the agent has made it
+//! ([`set_child_tmpdir`]), as the Go agent exports it into its own environment at boot: the root disk
+//! is small, and `/tmp` is `noexec` on a VM with a data disk. The agent's own environment is not
+//! changed (threads may be reading it), so the variable is set on each command instead.
 
 use crate::error::Context as _;
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// `TMPDIR` for every child, set once at boot.
+static CHILD_TMPDIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes `dir` the `TMPDIR` of every command started from now on (the first call wins). Called by
+/// the agent's boot once bootstrap has made `data/tmp`; tests of the library never call it, so their
+/// commands keep the test's own temp dir.
+pub fn set_child_tmpdir(dir: PathBuf) {
+    if CHILD_TMPDIR.set(dir.clone()).is_err() && CHILD_TMPDIR.get() != Some(&dir) {
+        log::warn!("TMPDIR for children already set; keeping it");
+    }
+}
+
+/// Sets what every child of the agent gets in its environment (`TMPDIR`, unless the command sets
+/// its own); for commands started outside [`output`] (job scripts).
+pub fn child_env(cmd: &mut Command) {
+    if let Some(dir) = CHILD_TMPDIR.get() {
+        if !cmd.get_envs().any(|(k, _)| k == "TMPDIR") {
+            cmd.env("TMPDIR", dir);
+        }
+    }
+}
 
 /// How often a running command is checked for exit.
 const POLL: Duration = Duration::from_millis(10);
@@ -43,6 +72,7 @@ pub fn output(cmd: &mut Command, input: Option<&[u8]>, limit: Option<Duration>) 
     let deadline = limit.map(|l| Instant::now() + l);
     let timed_out = || format!("{desc} timed out after {:?}", limit.unwrap_or_default());
     let stdin = if input.is_some() { Stdio::piped() } else { Stdio::null() };
+    child_env(cmd);
     let mut child = cmd
         .stdin(stdin)
         .stdout(Stdio::piped())

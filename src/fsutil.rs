@@ -10,6 +10,13 @@ use std::path::{Path, PathBuf};
 /// Atomically replaces `path` with `data`, creating parent directories; `mode` applies to the new file
 /// (0600 for anything that may hold secrets).
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_owned(path, data, mode, None)
+}
+
+/// [`write_atomic`] for a file that belongs to `owner` (uid, gid): the temp file is chowned before
+/// the rename, so the file never exists under the wrong owner (a job reading it mid-write sees the
+/// old or the new file, both readable to it).
+pub fn write_atomic_owned(path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     fs::create_dir_all(dir)?;
     let name = path
@@ -19,6 +26,9 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         f.write_all(data)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
         f.sync_all()?;
         fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()
@@ -27,6 +37,28 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Points the symlink `link` at `target` atomically (a new link renamed over the old one, parents
+/// created), so nothing ever sees a missing link mid-switch; nothing happens when it already points
+/// there. Whatever else stood at `link` is replaced, except a directory, which the rename refuses.
+pub fn switch_link(link: &Path, target: &Path) -> Result<(), String> {
+    if fs::read_link(link).is_ok_and(|t| t == target) {
+        return Ok(());
+    }
+    if let Some(parent) = link.parent() {
+        fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    let tmp = link.with_file_name(format!(
+        ".{}.link-{}",
+        link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        crate::ids::uuid_v4()
+    ));
+    std::os::unix::fs::symlink(target, &tmp).map_err(|e| format!("linking {}: {e}", link.display()))?;
+    fs::rename(&tmp, link).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!("switching {}: {e}", link.display())
+    })
 }
 
 /// Serialises `value` as JSON and writes it atomically.

@@ -52,8 +52,16 @@ impl Heartbeat {
         let (stop, stopped) = mpsc::channel::<()>();
         std::thread::Builder::new().name("heartbeat".into()).spawn(move || loop {
             let beat = payload(&ctx);
-            if let Err(e) = notifier.notify(HmTopic::Heartbeat, &beat) {
-                log::warn!("sending heartbeat: {e}");
+            // Before the send, so it is written even when the bus is down (as the Go agent does).
+            crate::jobs::health::record(&ctx.dirs, beat["job_state"].as_str().unwrap_or("unknown"));
+            match notifier.notify(HmTopic::Heartbeat, &beat) {
+                Err(e) => log::warn!("sending heartbeat: {e}"),
+                Ok(()) if notifier.reaches_health_monitor() => log::info!(
+                    "heartbeat sent: job_state={} processes={}",
+                    beat["job_state"].as_str().unwrap_or("?"),
+                    beat["number_of_processes"]
+                ),
+                Ok(()) => {}
             }
             // Between beats the agent is usually idle: hand back freed heap and code pages faulted in
             // by the last burst of requests.

@@ -35,5 +35,5 @@ macro_rules! internal_modules {
 
 internal_modules! {
     actions alerts archive blobstore bus cancel config dirs dispatch error exec fsutil gzip heartbeat ids jobs
-    logs mbus platform settings supervisor sync tasks tls url vitals
+    logs mbus owner platform settings supervisor sync tasks tls url vitals
 }

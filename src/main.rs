@@ -41,8 +41,12 @@ fn main() -> ExitCode {
             match bosh_agent::app::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    log::error!("{e}");
-                    eprintln!("bosh-agent: {e}");
+                    // Once: the log goes to stderr too, unless `-l` silenced errors.
+                    if log::log_enabled!(log::Level::Error) {
+                        log::error!("{e}");
+                    } else {
+                        eprintln!("bosh-agent: {e}");
+                    }
                     ExitCode::from(1)
                 }
             }

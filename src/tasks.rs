@@ -1,5 +1,6 @@
 //! The task table behind `get_task` and `cancel_task`: one mutex around a map, never held while an
-//! action runs, so status polls are answered at once however many tasks run. Finished results are
+//! action runs, so status polls are answered however many tasks run (a poll of a running task may
+//! wait up to [`POLL_WAIT`] for it to finish, on a condvar beside the mutex). Finished results are
 //! kept for a bounded time and count. Tasks of persistent actions are also recorded in `tasks.json`
 //! (the Go agent's format) so they can be resumed after a restart; that file is written and fsynced
 //! under the mutex, so it always matches the table, at the cost of a poll waiting out one write
@@ -8,7 +9,7 @@
 //! A leaf: the dispatcher starts and finishes tasks, actions read and cancel them.
 
 use crate::error::Context as _;
-use crate::sync::lock;
+use crate::sync::{lock, wait_timeout};
 use crate::cancel::CancelToken;
 use crate::fsutil;
 use base64::Engine;
@@ -16,13 +17,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a finished task's result stays answerable.
 pub const RESULT_TTL: Duration = Duration::from_secs(3600);
 /// How many finished results are kept at most.
 pub const RESULT_CAP: usize = 256;
+/// How long a `get_task` poll of a running task waits for it to finish before answering `running`.
+/// bosh-cli and the director poll once at once and then every second, so a task of a few
+/// milliseconds (a disk step, a no-op script) that just misses the first poll would cost a whole
+/// second; a wait of tens of milliseconds catches it while keeping the worker's time bounded.
+pub const POLL_WAIT: Duration = Duration::from_millis(50);
 
 /// A task's state as `get_task` reports it.
 #[derive(Clone, Debug, PartialEq)]
@@ -95,6 +101,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct TaskTable {
     inner: Arc<Mutex<Inner>>,
+    /// Signalled (with `inner`) whenever a task finishes, for [`TaskTable::get_waiting`].
+    finished: Arc<Condvar>,
     path: Option<PathBuf>,
 }
 
@@ -111,7 +119,11 @@ impl TaskTable {
                 }
             })
             .unwrap_or_default();
-        TaskTable { inner: Arc::new(Mutex::new(Inner { persisted, ..Default::default() })), path }
+        TaskTable {
+            inner: Arc::new(Mutex::new(Inner { persisted, ..Default::default() })),
+            finished: Arc::default(),
+            path,
+        }
     }
 
     /// Tasks that were running when the agent last stopped, to be resumed under their ids.
@@ -155,11 +167,26 @@ impl TaskTable {
             }
         }
         prune(&mut inner, now);
+        self.finished.notify_all();
     }
 
     /// The state of a task, if it is known.
+    #[cfg(test)]
     pub fn get(&self, id: &str) -> Option<TaskState> {
-        let inner = lock(&self.inner);
+        self.get_waiting(id, Duration::ZERO)
+    }
+
+    /// The state of a task, waiting up to `wait` for a running one to finish first: a poll that
+    /// arrives while a quick task is finishing gets its result instead of `running`.
+    pub fn get_waiting(&self, id: &str, wait: Duration) -> Option<TaskState> {
+        let deadline = Instant::now() + wait;
+        let mut inner = lock(&self.inner);
+        while inner.tasks.get(id)?.state == Stored::Running {
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+                break;
+            };
+            inner = wait_timeout(&self.finished, inner, left).0;
+        }
         let state = &inner.tasks.get(id)?.state;
         Some(match state {
             Stored::Running => TaskState::Running,
@@ -235,6 +262,23 @@ mod tests {
         assert_eq!(t.get("b"), Some(TaskState::Failed("boom".into())));
         assert_eq!(t.cancel("b"), CancelOutcome::Canceled, "finished tasks cancel quietly");
         assert_eq!(t.running(), 0);
+    }
+
+    #[test]
+    fn a_poll_waits_a_bounded_time_for_a_running_task_to_finish() {
+        let t = TaskTable::new(None);
+        t.start("quick", None, None).unwrap();
+        let finisher = t.clone();
+        let done = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            finisher.finish("quick", Ok(json!("ok")));
+        });
+        // Without the wait this poll would answer `running`: the task finishes 100 ms later.
+        assert_eq!(t.get_waiting("quick", Duration::from_secs(60)), Some(TaskState::Done(json!("ok"))));
+        done.join().unwrap();
+        t.start("slow", None, None).unwrap();
+        assert_eq!(t.get_waiting("slow", Duration::from_millis(1)), Some(TaskState::Running), "bounded");
+        assert_eq!(t.get_waiting("nope", Duration::from_secs(60)), None, "unknown ids do not wait");
     }
 
     #[test]

@@ -115,15 +115,17 @@ pub struct CpuSampler {
 }
 
 impl CpuSampler {
-    /// Starts sampling: a first result about 1 s after start (so early heartbeats carry cpu), then one per
-    /// `window`. If the thread cannot be spawned the sampler just never has a value.
+    /// Starts sampling. Until the first window completes (about 1 s after start) the value is the
+    /// share since boot, so the first heartbeat and an early `get_state ["full"]` carry cpu too;
+    /// then one result per `window`. If the thread cannot be spawned the value stays the one since boot.
     pub fn start(window: Duration) -> CpuSampler {
         let (stop, stopped) = mpsc::channel();
-        let latest = Arc::new(Mutex::new(None));
+        let first = read_cpu_times();
+        let latest = Arc::new(Mutex::new(first.and_then(|now| cpu_percent(&[0; 8], &now))));
         let shared = Arc::clone(&latest);
         let spawned = std::thread::Builder::new()
             .name("vitals-cpu".into())
-            .spawn(move || sample_loop(&shared, &stopped, window));
+            .spawn(move || sample_loop(&shared, &stopped, window, first));
         if let Err(e) = spawned {
             log::warn!("vitals: cannot start cpu sampler thread: {e}");
         }
@@ -137,10 +139,13 @@ impl CpuSampler {
 }
 
 /// The sampling thread: read, wait, read, publish the delta; log a failing /proc/stat once per outage.
-fn sample_loop(latest: &Mutex<Option<CpuPercent>>, stopped: &Receiver<()>, window: Duration) {
-    // The aggregate line comes first in /proc/stat, so a small head of the file suffices.
-    let read_cpu_times = || parse_proc_stat(read_head("/proc/stat", &mut [0; 512])?);
-    let mut prev = read_cpu_times();
+fn sample_loop(
+    latest: &Mutex<Option<CpuPercent>>,
+    stopped: &Receiver<()>,
+    window: Duration,
+    first: Option<CpuTimes>,
+) {
+    let mut prev = first;
     let mut pause = window.min(Duration::from_secs(1));
     while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(pause) {
         pause = window;
@@ -152,6 +157,12 @@ fn sample_loop(latest: &Mutex<Option<CpuPercent>>, stopped: &Receiver<()>, windo
         *lock(latest) = pct;
         prev = now;
     }
+}
+
+/// The cumulative cpu times since boot. The aggregate line comes first in /proc/stat, so a small
+/// head of the file suffices.
+fn read_cpu_times() -> Option<CpuTimes> {
+    parse_proc_stat(read_head("/proc/stat", &mut [0; 512])?)
 }
 
 /// Parses the aggregate `cpu ` line of /proc/stat; old kernels give only the first four fields.
@@ -372,6 +383,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(!is_mount_point(dir.path()));
         assert!(!is_mount_point(&dir.path().join("absent")));
+    }
+
+    #[test]
+    fn cpu_is_known_from_the_start() {
+        // A window of an hour: whatever the sampler thread does, the first window is far away, so
+        // the value read at once is the share since boot.
+        let sampler = CpuSampler::start(Duration::from_secs(3600));
+        let first = sampler.latest().expect("cpu share since boot, before the first window");
+        assert!((0.0..=100.0).contains(&(first.user + first.sys + first.wait)), "{first:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The Linux bootstrap against a scratch root: every file it writes, their modes, and that a second
 //! run changes nothing (the agent restarts often on a VM).
 
+use crate::common::mounts::UnmountOnDrop;
 use bosh_agent::dirs::Dirs;
 use bosh_agent::platform::network::nics;
 use bosh_agent::platform::{self, PlatformKind};
@@ -60,6 +61,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (u32, String)> {
 #[test]
 fn bootstrap_writes_the_vm_configuration_under_the_root_and_is_idempotent() {
     let root = tempfile::tempdir().expect("root");
+    let _mounts = UnmountOnDrop(vec![root.path().to_path_buf()]);
     let base = root.path().join("var/vcap");
     let dirs = Dirs::new(&base, root.path());
     fake_nics(root.path());
@@ -82,10 +84,14 @@ fn bootstrap_writes_the_vm_configuration_under_the_root_and_is_idempotent() {
     let keys = file("home/vcap/.ssh/authorized_keys");
     assert_eq!(keys, &(0o600, "ssh-rsa AAAA one\nssh-ed25519 BBBB two\n".to_string()));
     assert_eq!(file("home/vcap/.ssh").0, 0o700);
+    // SAFETY: geteuid has no preconditions. As root `data/sys/run` is a tmpfs (1777, its root's
+    // mode); without a disk `data` is as open as mkfs leaves a disk's root.
+    let run = if unsafe { libc::geteuid() } == 0 { 0o1777 } else { 0o750 };
     for (rel, mode) in [
-        ("data", 0o750),
+        ("data", 0o755),
+        ("data/sys", 0o750),
         ("data/sys/log", 0o750),
-        ("data/sys/run", 0o750),
+        ("data/sys/run", run),
         ("data/jobs", 0o750),
         ("data/packages", 0o755),
         ("data/sensitive_blobs", 0o700),
@@ -95,6 +101,7 @@ fn bootstrap_writes_the_vm_configuration_under_the_root_and_is_idempotent() {
         assert_eq!(file(&format!("var/vcap/{rel}")).0, mode, "{rel}");
     }
     assert_eq!(file("var/vcap/sys").1, base.join("data/sys").to_string_lossy());
+    assert_eq!((file("tmp").0, file("var/tmp").0), (0o1777, 0o1777));
 
     platform::new(PlatformKind::Linux, &dirs).bootstrap(&settings(), false).expect("second bootstrap");
     assert_eq!(snapshot(root.path()), first, "a second bootstrap changed the tree");
@@ -110,6 +117,7 @@ fn bootstrap_writes_the_vm_configuration_under_the_root_and_is_idempotent() {
 #[test]
 fn bootstrap_replaces_stale_network_files_and_names_failing_steps() {
     let root = tempfile::tempdir().expect("root");
+    let _mounts = UnmountOnDrop(vec![root.path().to_path_buf()]);
     let dirs = Dirs::new(root.path().join("base"), root.path());
     fake_nics(root.path());
     platform::new(PlatformKind::Linux, &dirs).bootstrap(&settings(), false).expect("bootstrap");

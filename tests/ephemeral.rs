@@ -7,7 +7,7 @@
 //! The bootstrap runs against a scratch root (`-r`), so it skips `swapon` (the host's swap is not
 //! the test's to change) but does everything else to the device.
 
-use crate::common::loopdev::{devices_available, sh, DEVICES};
+use crate::common::loopdev::{devices_available, sh, LoopDevice, DEVICES};
 use bosh_agent::dirs::Dirs;
 use bosh_agent::platform::disks::{mount, prepare};
 use bosh_agent::platform::{self, PlatformKind};
@@ -20,21 +20,19 @@ use std::process::Command;
 /// The tools these tests drive.
 const TOOLS: &[&str] = &["sfdisk", "mkfs.ext4", "mkswap", "blkid", "partx"];
 
-/// A scratch root with a base dir and a loop device on a sparse image. On drop: unmounts whatever
-/// is mounted from the device (lazily), detaches it and removes partition nodes the kernel no longer
-/// backs (made by mknod in udev-less containers).
+/// A scratch root with a base dir and a loop device; on drop the bootstrap's mounts under the root
+/// are undone before the device goes.
 struct Fixture {
     root: tempfile::TempDir,
+    disk: LoopDevice,
     dev: PathBuf,
 }
 
 impl Fixture {
     fn new(mb: u64) -> Fixture {
-        let root = tempfile::tempdir().expect("root");
-        let img = root.path().join("disk.img");
-        std::fs::File::create(&img).expect("image").set_len(mb << 20).expect("size");
-        let dev = sh(Command::new("losetup").args(["-f", "--show", "-P"]).arg(&img));
-        Fixture { root, dev: PathBuf::from(dev.trim()) }
+        let disk = LoopDevice::new(mb);
+        let dev = disk.path().to_path_buf();
+        Fixture { root: tempfile::tempdir().expect("root"), disk, dev }
     }
 
     fn dirs(&self) -> Dirs {
@@ -46,7 +44,7 @@ impl Fixture {
     }
 
     fn part(&self, n: usize) -> PathBuf {
-        prepare::partition_path_n(&self.dev, n)
+        self.disk.part(n)
     }
 
     fn bootstrap(&self, swap_size: Option<u64>) -> Result<(), String> {
@@ -65,27 +63,14 @@ impl Fixture {
     }
 
     fn unmount_all(&self) {
-        for n in [self.part(1), self.part(2), self.dev.clone()] {
-            if let (Ok(num), Ok(table)) = (mount::device_number(&n), mount::mounts()) {
-                for p in mount::mount_points_of(&table, num).iter().rev() {
-                    let _ = Command::new("umount").arg("-l").arg(p).status();
-                }
-            }
-        }
+        self.disk.unmount_all();
     }
 }
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        crate::common::mounts::unmount_under(&[self.root.path()]);
         self.unmount_all();
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-        for n in 1..=3 {
-            let p = self.part(n);
-            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            if p.exists() && !Path::new("/sys/class/block").join(name).exists() {
-                let _ = std::fs::remove_file(&p);
-            }
-        }
     }
 }
 
@@ -132,10 +117,13 @@ fn blank_disk_gets_swap_and_data_and_a_second_boot_keeps_them() {
     assert!(!uuid.is_empty());
     std::fs::write(f.data().join("jobs/kept.txt"), "survives").expect("write");
 
-    // Agent restart: mounted already, nothing changes.
+    // Agent restart: mounted already, nothing changes (the binds of data/root_* over system paths
+    // are the same filesystem at other mount points).
+    let mounted = mount::mount_points_of(&mount::mounts().expect("mounts"), data_dev);
     f.bootstrap(None).expect("second bootstrap");
     assert_eq!(blkid(&f.part(2), "UUID"), uuid);
-    assert_eq!(mount::mount_points_of(&mount::mounts().expect("mounts"), data_dev).len(), 1);
+    assert_eq!(mount::mount_points_of(&mount::mounts().expect("mounts"), data_dev), mounted);
+    assert_eq!(mounted.iter().filter(|p| **p == f.data()).count(), 1, "{mounted:?}");
 
     // VM reboot: not mounted any more; the layout is kept and mounted again.
     f.unmount_all();

@@ -227,8 +227,10 @@ fn scripts_drain_and_errands_follow_the_protocols() {
 fn errands_and_drains_can_be_cancelled_and_still_report() {
     let mut env = start("cancel");
     let started = env.scratch.path().join("errand.started");
+    // The shell runs its trap only once its foreground `sleep` is gone: TERM must reach the whole
+    // group, within the 10 s grace (KILL after it would mean exit 137 and no trap output).
     let errand = format!(
-        "#!/bin/sh\ntrap 'echo got-term; exit 143' TERM\necho started\ntouch {}\nwhile true; do sleep 0.1; done\n",
+        "#!/bin/sh\ntrap 'echo got-term; exit 143' TERM\necho started\ntouch {}\nsleep 1000\necho not-reached\n",
         started.display()
     );
     let archive = env.templates(&errand);
@@ -240,7 +242,7 @@ fn errands_and_drains_can_be_cancelled_and_still_report() {
     assert_eq!(env.d.send("cancel_task", json!([id])), json!({"value": "canceled"}));
     let r = env.d.wait_task(&id, Duration::from_secs(15));
     assert_eq!(r["value"]["exit_code"], 143, "{r}");
-    assert!(r["value"]["stdout"].as_str().unwrap().contains("got-term"), "{r}");
+    assert_eq!(r["value"]["stdout"], "started\ngot-term\n", "{r}");
 
     // A dynamic drain that keeps asking for time is cut short by cancel.
     // A drain asking for 60 s more each time.
@@ -316,4 +318,23 @@ fn apply_fetches_from_an_http_blobstore_and_from_signed_urls() {
     assert!(signer.requests().iter().all(|r| r.header("x-goog-encryption-key") == Some("k1")));
     let log = env.agent.log();
     assert!(!log.contains("s3cret") && !log.contains("secret-sig"), "credentials leaked into the log");
+}
+
+#[test]
+fn drain_shutdown_with_an_empty_spec_gives_both_states_as_integers() {
+    let mut env = start("drain-states");
+    let archive = env.templates("#!/bin/sh\n");
+    let mut spec = env.spec(&[], archive, "h1");
+    // bosh-cli's create-env spec has no persistent_disk key at all.
+    spec.as_object_mut().unwrap().remove("persistent_disk");
+    assert_eq!(env.d.run_task("apply", json!([spec])), json!({"value": "applied"}));
+    assert_eq!(env.d.run_task("drain", json!(["shutdown", {}])), json!({"value": 0}));
+    assert_eq!(env.d.run_task("drain", json!(["shutdown"])), json!({"value": 0}));
+    let args = std::fs::read_to_string(env.scratch.path().join("drain.args")).unwrap();
+    let states: Vec<&str> = args.lines().filter(|l| l.starts_with("STATE=")).collect();
+    assert_eq!(
+        states,
+        [r#"STATE={"persistent_disk":0} NEXT={"persistent_disk":0}"#, r#"STATE={"persistent_disk":0} NEXT="#],
+        "{args}"
+    );
 }

@@ -217,7 +217,7 @@ fn call(client: &mut Https, method: &str, args: Value) -> Value {
 
 /// uid and gid of `nobody`, from the system's user database as the agent sees it.
 fn nobody() -> (u32, u32) {
-    bosh_agent::logs::lookup_user("nobody").expect("the test needs a 'nobody' user")
+    bosh_agent::platform::users::lookup_user("nobody").expect("the test needs a 'nobody' user")
 }
 
 #[test]
@@ -272,4 +272,39 @@ fn bundle_logs_over_https_leaves_an_owned_tarball_that_remove_file_removes() {
     assert!(msg.contains("no-such-user-xyz") && msg.contains("no such user"), "{msg}");
     let left = std::fs::read_dir(agent.base().join("data/tmp")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "no tarball for an unknown user");
+}
+
+/// `bosh logs --director` as bosh-cli runs it against a create-env VM on the dummy platform: `ssh
+/// setup` (which only records the user there), `bundle_logs` owned by that user, `ssh cleanup`.
+#[test]
+fn bundle_logs_for_the_user_a_dummy_ssh_setup_recorded() {
+    let (agent, mut client) = https_agent();
+    let user = "bosh_logs_cli_user";
+    let setup = call(&mut client, "ssh", json!(["setup", {"user": user, "public_key": "ssh-rsa K"}]));
+    assert_eq!(setup["value"]["status"], "success", "{setup}");
+    let reply = call(
+        &mut client,
+        "bundle_logs",
+        json!([{"owning_user": user, "log_type": "job", "filters": ["web/*.log"]}]),
+    );
+    let path = PathBuf::from(reply["value"]["logs_tar_path"].as_str().unwrap_or_else(|| panic!("{reply}")));
+    let meta = std::fs::metadata(&path).unwrap();
+    // The user exists only on record: the bundle is the agent's own (root's on a VM).
+    // SAFETY: geteuid and getegid have no preconditions.
+    let own = unsafe { (libc::geteuid(), libc::getegid()) };
+    assert_eq!((meta.uid(), meta.gid()), own);
+    assert_eq!(unpack(&std::fs::read(&path).unwrap()).len(), 2, "both web logs bundled");
+    assert_eq!(
+        call(&mut client, "remove_file", json!([path.to_str().unwrap()]))["value"],
+        path.to_str().unwrap()
+    );
+
+    // Once cleaned up, the user is unknown again.
+    let cleanup = call(&mut client, "ssh", json!(["cleanup", {"user_regex": format!("^{user}")}]));
+    assert_eq!(cleanup["value"]["status"], "success", "{cleanup}");
+    let reply =
+        call(&mut client, "bundle_logs", json!([{"owning_user": user, "log_type": "job", "filters": null}]));
+    let msg = reply["exception"]["message"].as_str().unwrap_or_else(|| panic!("{reply}"));
+    assert!(msg.contains(user) && msg.contains("no such user"), "{msg}");
+    drop(agent);
 }

@@ -168,6 +168,7 @@ impl Drop for LinuxAgent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        crate::common::mounts::unmount_under(&[self.dir.path()]);
         if std::thread::panicking() {
             eprintln!("--- agent log ---\n{}", self.log());
         }

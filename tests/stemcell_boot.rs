@@ -256,7 +256,8 @@ fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
     let probe =
         "#!/bin/sh\npid=$(pidof bosh-agent)\necho pid=$pid\ngrep -E '^(VmRSS|VmHWM)' /proc/$pid/status\n\
                  grep '^/dev/' /proc/swaps\ngrep ' /var/vcap/data ' /proc/mounts\n\
-                 echo errors=$(grep -c '\\[ERROR\\]' /var/vcap/bosh/log/current)\n";
+                 echo errors=$(grep -c '\\[ERROR\\]' /var/vcap/bosh/log/current)\n\
+                 grep '\\[ERROR\\]' /var/vcap/bosh/log/current | head -5\n";
     // Kills the agent a second after the errand has reported, from outside its process group.
     let killer =
         "#!/bin/sh\nsetsid sh -c 'sleep 1; kill -9 $(pidof bosh-agent)' </dev/null >/dev/null 2>&1 &\n";

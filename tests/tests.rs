@@ -21,6 +21,9 @@ mod agent_json;
 mod blobs_dns;
 // compile_package and its signed-URL form, over NATS and the HTTPS bus.
 mod compile;
+// bosh-cli's and the director's conversation as real runs had it: list_disk after a CPI changed the
+// settings, digest mismatches, cpu vitals from the first heartbeat.
+mod conversation;
 // A whole deploy under real monit: apply, start, failing jobs and alerts, update, monit gone.
 mod deploy;
 // Persistent disks on loop devices: mount, migrate, unmount, remount at boot.
@@ -40,8 +43,13 @@ mod settings_boot;
 // Settings sources against real metadata services, config drives and CD-ROMs; the agent booting
 // from one.
 mod settings_sources;
+// What an operator sees: log lines, `bosh-agent call`'s errors, bad configuration refused at start.
+mod operator;
 // `ssh` users, `prepare_network_change`, and SSH login alerts from syslog.
 mod ssh;
+// What a release job assumes of its VM: mounts, owners and modes on a data disk, a job running as
+// vcap, health.json, log rotation, disk associations, the infrastructure's SSH key.
+mod vm_layout;
 
 // ---- One part of the library against real outside parties ----
 

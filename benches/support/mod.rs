@@ -26,6 +26,7 @@ pub mod settings;
 pub use certs::TestPki;
 pub use nats_server::{NatsServer, NatsServerOptions};
 /// Settings as a director-created VM gets them; benches add to them (blobstore, `env.bosh.parallel`).
+#[allow(unused_imports, reason = "benches/polls.rs drives an HTTPS agent and needs no NATS settings")]
 pub use settings::nats_settings;
 
 use bosh_agent::client::{Nats, Transport};
@@ -76,6 +77,8 @@ pub fn wait_ready(t: &mut Nats, what: &str, agent: &mut AgentProcess) {
         if matches!(t.request("ping", &[], attempt), Ok(v) if v == json!({"value": "pong"})) {
             return;
         }
+        // Not subscribed yet: the server says so at once ("no reply"), so pace the retries.
+        std::thread::sleep(Duration::from_millis(50));
     }
     panic!("{what} did not answer ping within 30 s\n--- agent log ---\n{}", agent.log());
 }
@@ -269,43 +272,52 @@ impl Report {
 
     /// Prints `title` lines, the table and the summary line.
     pub fn print(&self, title: &[String], elapsed: Duration) {
-        let mut widths = [0usize; 6];
-        for r in std::iter::once(&self.header).chain(&self.rows) {
-            for (w, cell) in widths.iter_mut().zip(r) {
-                *w = (*w).max(cell.len());
-            }
-        }
-        let line = |r: &[String; 6]| {
-            let cells: Vec<String> = r
-                .iter()
-                .zip(widths)
-                .enumerate()
-                .map(|(i, (c, w))| if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") })
-                .collect();
-            println!("{}", cells.join("  ").trim_end());
-        };
         println!();
         for t in title {
             println!("{t}");
         }
         println!();
-        line(&self.header);
-        println!("{}", "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
-        for r in &self.rows {
-            line(r);
-        }
+        print_table(&self.header, &self.rows);
         println!();
-        let met = self.checked - self.missed.len();
-        if self.missed.is_empty() {
-            println!("SUMMARY: all {met}/{} targets met ({:.0} s)", self.checked, elapsed.as_secs_f64());
-        } else {
-            println!(
-                "SUMMARY: {met}/{} targets met; missed: {} ({:.0} s)",
-                self.checked,
-                self.missed.join(", "),
-                elapsed.as_secs_f64()
-            );
+        print_summary(self.checked, &self.missed, elapsed);
+    }
+}
+
+/// Prints a table: the header, a rule, the rows; the first column left-aligned, the others right.
+pub fn print_table<const N: usize>(header: &[String; N], rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for r in std::iter::once(header).chain(rows) {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.len());
         }
+    }
+    let line = |r: &[String; N]| {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (c, w))| if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") })
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    };
+    line(header);
+    println!("{}", "-".repeat(widths.iter().sum::<usize>() + 2 * (N - 1)));
+    for r in rows {
+        line(r);
+    }
+}
+
+/// The summary line every bench ends with: how many of the `checked` targets were met, which missed.
+pub fn print_summary(checked: usize, missed: &[String], elapsed: Duration) {
+    let met = checked - missed.len();
+    if missed.is_empty() {
+        println!("SUMMARY: all {met}/{checked} targets met ({:.0} s)", elapsed.as_secs_f64());
+    } else {
+        println!(
+            "SUMMARY: {met}/{checked} targets met; missed: {} ({:.0} s)",
+            missed.join(", "),
+            elapsed.as_secs_f64()
+        );
     }
 }
 

@@ -18,14 +18,15 @@ fn reloaded(ctx: &Context) -> Effective {
     })
 }
 
-/// `list_disk` → array of disk CIDs.
+/// `list_disk` → array of disk CIDs, from freshly reloaded settings: a CPI that detached a disk
+/// removes it from the settings, and a stale answer would send bosh-cli to unmount a disk that is gone.
 pub struct ListDisk;
 impl Action for ListDisk {
     fn bind(args: &[Value]) -> Result<Self, String> {
         bind::<()>(args).map(|_| ListDisk)
     }
     fn run(self, call: &Call) -> Result<Value, String> {
-        let settings = call.ctx.settings.get();
+        let settings = reloaded(call.ctx);
         Ok(json!(call.ctx.platform.mounted_persistent_disks(&settings)?))
     }
 }

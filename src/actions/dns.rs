@@ -107,7 +107,9 @@ fn sync(ctx: &Context, s: Sync) -> Result<Value, String> {
     let records = parse_records(&doc)?;
     let agent_id = ctx.settings.get().settings.agent_id;
     ctx.platform.save_dns_records(&records, &agent_id)?;
-    crate::fsutil::write_atomic(&records_path(ctx), &data, 0o640)
+    // root:vcap 0640: bosh-dns and other jobs running as vcap read it.
+    let owner = crate::owner::Group::vcap(&ctx.dirs).gid().map(|gid| (0, gid));
+    crate::fsutil::write_atomic_owned(&records_path(ctx), &data, 0o640, owner)
         .context("writing records.json")?;
     Ok(json!("synced"))
 }

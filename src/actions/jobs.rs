@@ -89,6 +89,11 @@ impl Action for Apply {
             if let (Some(b), Some(a)) = (&blobs, self.spec.archive()) {
                 b.forget_local(&a.blobstore_id);
             }
+            let size = crate::platform::logrotate::max_log_file_size(
+                raw.pointer("/properties/logging/max_log_file_size").and_then(Value::as_str),
+                ctx.settings.get().settings.env.bosh.max_log_file_size.as_deref(),
+            );
+            ctx.platform.setup_logrotate(&size).context("Setting up logrotate")?;
         }
         spec::save(&ctx.dirs, &raw)?;
         write_instance_files(&ctx.dirs.instance(), &self.spec)?;
@@ -111,6 +116,21 @@ fn write_instance_files(dir: &Path, spec: &ApplySpec) -> Result<(), String> {
     Ok(())
 }
 
+/// Rewrites `health.json` with the supervisor's state now.
+fn record_health(ctx: &Context) {
+    crate::jobs::health::record(&ctx.dirs, &ctx.supervisor.status().state);
+}
+
+/// Calls [`record_health`] when dropped: at the end of `start` and `stop`, whether or not they
+/// worked, as the Go agent does.
+struct RecordHealth<'a>(&'a Context);
+
+impl Drop for RecordHealth<'_> {
+    fn drop(&mut self) {
+        record_health(self.0);
+    }
+}
+
 /// `start`: installs every job's monit files (jobs in reverse order, as the Go agent numbers them),
 /// reloads the supervisor and starts the services. Synchronous: bosh-cli requires `"started"`.
 pub struct Start;
@@ -120,6 +140,7 @@ impl Action for Start {
     }
     fn run(self, call: &Call) -> Result<Value, String> {
         let ctx = call.ctx;
+        let _health = RecordHealth(ctx);
         let _guard = lock(&ctx.jobs_lock);
         let jobs = current_spec(ctx)?.jobs();
         ctx.supervisor.remove_all_jobs()?;
@@ -149,13 +170,16 @@ impl Action for Start {
     }
 }
 
-/// `stop`: stops every service; with protocol 3 and later waits until they are stopped.
+/// `stop`: stops every service; with protocol 3 and later waits until they are stopped. Unlike the
+/// Go agent, which rewrites `health.json` after a stop only on protocol 2 and earlier, it does on
+/// every protocol: `stopped` is what bosh-dns should see.
 pub struct Stop;
 impl Action for Stop {
     fn bind(args: &[Value]) -> Result<Self, String> {
         bind::<()>(args).map(|_| Stop)
     }
     fn run(self, call: &Call) -> Result<Value, String> {
+        let _health = RecordHealth(call.ctx);
         call.ctx.supervisor.stop(call.protocol > 2)?;
         Ok(json!("stopped"))
     }
@@ -171,8 +195,9 @@ pub struct Drain {
 impl Action for Drain {
     fn bind(args: &[Value]) -> Result<Self, String> {
         let (kind, next): (String, Option<Value>) = bind(args)?;
+        // `{}` is a spec (bosh-cli sends `["shutdown", {}]`), not the absence of one.
         let next = match next {
-            Some(v) if v.is_object() && v.as_object().is_some_and(|o| !o.is_empty()) => Some(spec_arg(v)?.1),
+            Some(v) if v.is_object() => Some(spec_arg(v)?.1),
             _ => None,
         };
         if !matches!(kind.as_str(), "update" | "shutdown" | "status") {
@@ -197,16 +222,11 @@ impl Action for Drain {
             }
         };
         ctx.supervisor.unmonitor()?;
+        record_health(ctx);
         let mut env = BTreeMap::new();
-        env.insert(
-            "BOSH_JOB_STATE".to_string(),
-            json!({"persistent_disk": current.persistent_disk}).to_string(),
-        );
+        env.insert("BOSH_JOB_STATE".to_string(), job_state(&current));
         if let Some(next) = &self.next {
-            env.insert(
-                "BOSH_JOB_NEXT_STATE".to_string(),
-                json!({"persistent_disk": next.persistent_disk}).to_string(),
-            );
+            env.insert("BOSH_JOB_NEXT_STATE".to_string(), job_state(next));
         }
         let mut args = vec![job_change, hash_change];
         args.extend(packages);
@@ -257,6 +277,12 @@ fn drain_one(
         }
         args = vec!["job_check_status".into(), "hash_unchanged".into()];
     }
+}
+
+/// `{"persistent_disk":<size>}` as drain scripts read it: the size in MiB, 0 without a disk (the
+/// Go agent's integer, never `null`).
+fn job_state(spec: &ApplySpec) -> String {
+    json!({ "persistent_disk": spec.persistent_disk.as_u64().unwrap_or(0) }).to_string()
 }
 
 fn job_change(current: &ApplySpec) -> String {
@@ -411,6 +437,15 @@ mod tests {
         assert_eq!(hash_change(&cur, &cur), "hash_unchanged");
         assert_eq!(hash_change(&cur, &next), "hash_changed");
         assert_eq!(updated_packages(&cur, &next), vec!["p2", "p3"]);
+    }
+
+    #[test]
+    fn drain_states_are_integers_and_an_empty_spec_is_a_spec() {
+        assert_eq!(job_state(&spec(json!({}))), r#"{"persistent_disk":0}"#);
+        assert_eq!(job_state(&spec(json!({"persistent_disk": null}))), r#"{"persistent_disk":0}"#);
+        assert_eq!(job_state(&spec(json!({"persistent_disk": 2048}))), r#"{"persistent_disk":2048}"#);
+        assert!(Drain::bind(&[json!("shutdown"), json!({})]).unwrap().next.is_some());
+        assert!(Drain::bind(&[json!("shutdown")]).unwrap().next.is_none());
     }
 
     #[test]

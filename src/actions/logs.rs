@@ -107,7 +107,7 @@ impl Action for BundleLogs {
     }
     fn run(self, call: &Call) -> Result<Value, String> {
         // Look the user up first: an unknown user should not cost a tarball's worth of work.
-        let owner = self.owner.as_deref().map(logs::lookup_user).transpose()?;
+        let owner = self.owner.as_deref().map(|u| call.ctx.platform.bundle_owner(u)).transpose()?;
         let bundle = logs::bundle(&call.ctx.dirs, &self.request, owner)?;
         let digests = UploadDigests::of_file(bundle.path())
             .with_context(|| format!("Hashing {}", bundle.path().display()))?;

@@ -1,4 +1,5 @@
-//! `update_settings`: trusted certificates, disk associations, and a rotated bus certificate.
+//! `update_settings`: trusted certificates, disk associations (`instance/disks/<name>` links to the
+//! disks' devices), and a rotated bus certificate.
 //!
 //! Unlike the Go agent, which exits and lets the supervisor restart it, the new bus certificate is
 //! hot-swapped: the bus reconnects with it and the task stays answerable over the new connection.
@@ -22,6 +23,13 @@ impl Action for UpdateSettingsAction {
         check_cert(&self.update.mbus.cert)?;
         if let Err(e) = ctx.settings.load() {
             log::warn!("update_settings: reloading settings: {e}; keeping the current ones");
+        }
+        for a in &self.update.disk_associations {
+            let disk = crate::platform::disks::find_disk(&ctx.dirs, &ctx.settings.get(), &a.cid)
+                .context("Fetching disk settings")?;
+            ctx.platform
+                .associate_disk(&a.name, &disk)
+                .with_context(|| format!("Associating disk {}", a.name))?;
         }
         ctx.platform
             .update_trusted_certs(&self.update.trusted_certs)

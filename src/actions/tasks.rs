@@ -1,10 +1,11 @@
 //! `get_task` and `cancel_task`: answered straight from the task table, never queued behind tasks.
 
 use super::{bind, Action, Call};
-use crate::tasks::{CancelOutcome, TaskState};
+use crate::tasks::{CancelOutcome, TaskState, POLL_WAIT};
 use serde_json::{json, Value};
 
-/// `get_task [id]`: the running handle, the raw result, or the failure.
+/// `get_task [id]`: the running handle, the raw result, or the failure. A running task is given up to
+/// [`POLL_WAIT`] to finish first, so the poll that follows a quick task's request finds it done.
 pub struct GetTask {
     id: String,
 }
@@ -14,7 +15,7 @@ impl Action for GetTask {
         Ok(GetTask { id })
     }
     fn run(self, call: &Call) -> Result<Value, String> {
-        match call.ctx.tasks.get(&self.id) {
+        match call.ctx.tasks.get_waiting(&self.id, POLL_WAIT) {
             Some(TaskState::Running) => Ok(json!({ "agent_task_id": self.id, "state": "running" })),
             Some(TaskState::Done(v)) => Ok(v),
             Some(TaskState::Failed(e)) => Err(format!("Task {} result: {e}", self.id)),

@@ -269,9 +269,11 @@ impl Blobs {
     /// Fetches and verifies `id` into a temp file under `tmp_dir` (streaming, bounded memory).
     ///
     /// Local copies are tried first; a local copy that fails verification is skipped (and logged)
-    /// so a good copy in the real blobstore can still be used.
+    /// so a good copy in the real blobstore can still be used. When there is none, the error is the
+    /// local copy's mismatch (both digests), not the provider's "not found".
     pub fn fetch(&self, id: &str, digest: &MultiDigest, tmp_dir: &Path) -> Result<FetchedBlob, String> {
         check_id(id)?;
+        let mut local_mismatch = None;
         for dir in [&self.sensitive_dir, &self.blobs_dir] {
             let path = dir.join(id);
             let mut src = match File::open(&path) {
@@ -292,15 +294,24 @@ impl Blobs {
                     log::debug!("Blob {id} served from {}", dir.display());
                     return Ok(blob);
                 }
-                Err(Attempt::Mismatch(e)) | Err(Attempt::Source(ProviderError { message: e, .. })) => {
+                Err(Attempt::Mismatch(e)) => {
+                    log::warn!("Blob {id}: local copy in {} not usable: {e}", dir.display());
+                    local_mismatch.get_or_insert(e);
+                }
+                Err(Attempt::Source(ProviderError { message: e, .. })) => {
                     log::warn!("Blob {id}: local copy in {} not usable: {e}", dir.display());
                 }
             }
         }
-        self.with_retries(&format!("Getting blob {id}"), || {
+        let fetched = self.with_retries(&format!("Getting blob {id}"), || {
             stream_verified(tmp_dir, digest, id, |w| self.provider.get(id, w, tmp_dir))
-        })
-        .context("Getting blob from inner blobstore")
+        });
+        match (fetched, local_mismatch) {
+            (Err(e), Some(mismatch)) => {
+                Err(format!("Getting blob from inner blobstore: {mismatch} (and from the blobstore: {e})"))
+            }
+            (fetched, _) => fetched.context("Getting blob from inner blobstore"),
+        }
     }
 
     /// GETs a signed URL with the director's extra headers, verified like `fetch`.
@@ -422,6 +433,21 @@ mod tests {
     fn blobs_can_be_shared_between_task_threads() {
         fn assert_shareable<T: Send + Sync + Clone + 'static>() {}
         assert_shareable::<Blobs>();
+    }
+
+    #[test]
+    fn a_bad_local_copy_is_reported_with_both_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = crate::dirs::Dirs::new(dir.path(), "/");
+        fs::create_dir_all(dirs.blobs()).unwrap();
+        fs::write(dirs.blobs().join("pkg"), b"what bosh-cli uploaded").unwrap();
+        let provider = Arc::new(Unconfigured { name: "(none)".into() });
+        let blobs = Blobs::with_provider(provider, "(none)", &dirs);
+        let expected = digest::sha1_hex(b"what the manifest names");
+        let actual = digest::sha1_hex(b"what bosh-cli uploaded");
+        let e = blobs.fetch("pkg", &MultiDigest::sha1(&expected), &dirs.blobs()).unwrap_err();
+        assert!(e.starts_with("Getting blob from inner blobstore: Checking downloaded blob 'pkg'"), "{e}");
+        assert!(e.contains(&format!("Expected stream to have digest '{expected}' but was '{actual}'")), "{e}");
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! Listener threads push [`Incoming`] requests onto one channel; a fixed pool of workers ([`pool`])
 //! takes them off and calls [`Dispatcher::handle`]. Synchronous actions run on the worker; asynchronous
 //! ones get a task id, their reply is sent first, and then their body runs on a task thread (reused, never
-//! queued behind another task), so a long task never occupies a worker and `ping`, `get_state` and `get_task` are answered at once however
-//! many tasks run.
+//! queued behind another task), so a long task never occupies a worker and `ping` and `get_state` are
+//! answered at once however many tasks run (`get_task` of a running task waits at most
+//! `tasks::POLL_WAIT` for it to finish).
 
 mod envelope;
 pub mod pool;
@@ -76,7 +77,15 @@ impl Dispatcher {
         };
         let body = response.encode(limit);
         incoming.reply.send(Some(&request.reply_to), body);
-        log::info!(
+        // A poll of a task that is still running says nothing new: only the answer that ends it is
+        // worth an INFO line (one per task, not one per second).
+        let level = if request.method == "get_task" && outcome == "task" {
+            log::Level::Debug
+        } else {
+            log::Level::Info
+        };
+        log::log!(
+            level,
             "request method={} reply_to={} protocol={} outcome={} duration={:.1}ms",
             request.method,
             request.reply_to,

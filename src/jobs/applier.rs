@@ -4,6 +4,11 @@
 //! parallel without switching anything; `apply` does the same, then switches the links, removes what
 //! the spec no longer names, and records the spec. A bundle that is already installed is skipped, so
 //! applying the same spec twice is cheap.
+//!
+//! Ownership is the Go agent's, because jobs run as `vcap`: bundles and the links' directories are
+//! `root:vcap`; inside a job bundle directories and `bin/**` are 0750 and other files 0640; package
+//! bundles are 0755 with their contents as the archive has them; a job's `sys/log`, `sys/run` and
+//! `data` directories are `root:vcap` 0770, made only when missing and never reset afterwards.
 
 use crate::error::Context as _;
 use crate::sync::lock;
@@ -14,7 +19,7 @@ use crate::dirs::Dirs;
 use ring::digest::SHA1_FOR_LEGACY_USE_ONLY;
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use crate::owner::{self, Group};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -122,10 +127,12 @@ impl Installer<'_> {
             _ => Err("neither blobstore_id nor signed_url given".into()),
         }
         .with_context(|| format!("Fetching package {}", p.name))?;
-        make_parent(&bundle.dir)?;
+        let vcap = Group::vcap(self.dirs);
+        install_parent(&bundle.dir, 0o755, vcap)?;
         archive::unpack(blob.path(), &bundle.dir, &Unpack { subdir: None })
             .with_context(|| format!("Installing package {}", p.name))?;
-        set_mode(&bundle.dir, 0o755)
+        owner::set_mode(&bundle.dir, 0o755)?;
+        vcap.give(&bundle.dir)
     }
 
     fn install_jobs(&self, spec: &ApplySpec) -> Result<(), String> {
@@ -143,12 +150,13 @@ impl Installer<'_> {
             .blobs
             .fetch(&archive_ref.blobstore_id, &digest, &tmp)
             .context("Fetching rendered templates archive")?;
+        let vcap = Group::vcap(self.dirs);
         for job in pending {
             let bundle = self.layout().job_bundle(job, &archive_ref.sha1);
-            make_parent(&bundle.dir)?;
+            install_parent(&bundle.dir, 0o750, vcap)?;
             archive::unpack(blob.path(), &bundle.dir, &Unpack { subdir: Some(&job.name) })
                 .with_context(|| format!("Installing job {}", job.name))?;
-            fix_job_permissions(&bundle.dir)?;
+            fix_job_permissions(&bundle.dir, vcap).with_context(|| format!("Installing job {}", job.name))?;
         }
         Ok(())
     }
@@ -164,6 +172,9 @@ impl Layout<'_> {
     /// Switches the links to this spec's bundles, links each job's packages, creates the jobs' log,
     /// run and data directories, and removes every bundle and link the spec no longer names.
     pub fn enable(&self, spec: &ApplySpec) -> Result<(), String> {
+        let vcap = Group::vcap(self.dirs);
+        vcap.dir(&self.dirs.packages(), 0o755)?;
+        vcap.dir(&self.dirs.jobs(), 0o750)?;
         let mut keep_packages = BTreeSet::new();
         for p in spec.packages.values() {
             let b = self.package_bundle(p);
@@ -174,14 +185,8 @@ impl Layout<'_> {
         if let Some(archive_ref) = spec.archive() {
             for job in spec.jobs() {
                 let b = self.job_bundle(&job, &archive_ref.sha1);
-                self.link_job_packages(&b.dir, spec)?;
-                for d in [
-                    self.dirs.job_log(&job.name),
-                    self.dirs.job_run(&job.name),
-                    self.dirs.job_data(&job.name),
-                ] {
-                    create_dir_mode(&d, 0o770)?;
-                }
+                self.link_job_packages(&b.dir, spec, vcap)?;
+                self.create_job_dirs(&job.name, vcap)?;
                 switch_link(&b.link, &b.dir)?;
                 keep_jobs.insert(b.dir);
             }
@@ -191,67 +196,77 @@ impl Layout<'_> {
         switch_link(&self.dirs.sys(), &self.dirs.data_sys())
     }
 
-    fn link_job_packages(&self, job_dir: &Path, spec: &ApplySpec) -> Result<(), String> {
+    fn link_job_packages(&self, job_dir: &Path, spec: &ApplySpec, vcap: Group) -> Result<(), String> {
         let dir = job_dir.join("packages");
-        create_dir_mode(&dir, 0o750)?;
+        vcap.dir(&dir, 0o750)?;
         for p in spec.packages.values() {
             switch_link(&dir.join(&p.name), &self.package_bundle(p).dir)?;
         }
         Ok(())
     }
+
+    /// A job's `sys/log/<job>`, `sys/run/<job>` and `data/<job>`: `root:vcap` 0770, made only when
+    /// missing (the Go agent's `CreateDirectories`), so a job's own changes survive every apply.
+    fn create_job_dirs(&self, job: &str, vcap: Group) -> Result<(), String> {
+        for d in [self.dirs.job_log(job), self.dirs.job_run(job), self.dirs.job_data(job)] {
+            vcap.new_dir(&d, 0o770)?;
+        }
+        Ok(())
+    }
+
+    /// At boot, the directories of every job in the applied spec (`data/sys/run` is a fresh tmpfs
+    /// after a reboot, and `data` may be a fresh disk), before monit starts the jobs.
+    pub fn restore_job_dirs(&self) -> Result<(), String> {
+        let spec = ApplySpec::from_value(&super::spec::load(self.dirs)?)?;
+        let vcap = Group::vcap(self.dirs);
+        for job in spec.jobs() {
+            self.create_job_dirs(&job.name, vcap)
+                .with_context(|| format!("directories of job {}", job.name))?;
+        }
+        Ok(())
+    }
 }
 
-fn make_parent(dir: &Path) -> Result<(), String> {
+/// Creates a bundle's `<name>` directory with `mode` when missing and gives it to `root:vcap`, as
+/// the Go agent's bundle installer does with the directory and its parent.
+fn install_parent(dir: &Path, mode: u32, vcap: Group) -> Result<(), String> {
     match dir.parent() {
-        Some(parent) => fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display())),
+        Some(parent) => vcap.dir(parent, mode),
         None => Ok(()),
     }
 }
 
-fn create_dir_mode(dir: &Path, mode: u32) -> Result<(), String> {
-    if !dir.is_dir() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        set_mode(dir, mode)?;
-    }
-    Ok(())
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", path.display()))
-}
-
-/// Jobs' scripts must be executable whatever the archive said; everything else stays as unpacked.
-fn fix_job_permissions(dir: &Path) -> Result<(), String> {
-    set_mode(dir, 0o750)?;
-    if let Ok(entries) = fs::read_dir(dir.join("bin")) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_file()) {
-                set_mode(&e.path(), 0o750)?;
-            }
+/// The Go agent's permission fix of a freshly unpacked job: every entry `root:vcap`, directories and
+/// everything under `bin/` 0750 (scripts must run whatever the archive said), other files 0640.
+/// Unlike the Go agent, symlinks are neither followed nor changed: a link in a rendered archive must
+/// not make the agent chmod whatever it points at.
+fn fix_job_permissions(dir: &Path, vcap: Group) -> Result<(), String> {
+    fn walk(path: &Path, in_bin: bool, vcap: Group) -> Result<(), String> {
+        let meta = fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        if meta.file_type().is_symlink() {
+            return Ok(());
         }
+        vcap.give(path)?;
+        if !meta.is_dir() {
+            return owner::set_mode(path, if in_bin { 0o750 } else { 0o640 });
+        }
+        owner::set_mode(path, 0o750)?;
+        for e in fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
+            let e = e.with_context(|| format!("listing {}", path.display()))?;
+            walk(&e.path(), in_bin, vcap)?;
+        }
+        Ok(())
+    }
+    vcap.give(dir)?;
+    owner::set_mode(dir, 0o750)?;
+    for e in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e.with_context(|| format!("listing {}", dir.display()))?;
+        walk(&e.path(), e.file_name() == "bin", vcap)?;
     }
     Ok(())
 }
 
-/// Points `link` at `target` atomically (a new link renamed over the old one), so a job never sees a
-/// missing link mid-switch.
-pub fn switch_link(link: &Path, target: &Path) -> Result<(), String> {
-    if fs::read_link(link).is_ok_and(|t| t == target) {
-        return Ok(());
-    }
-    make_parent(link)?;
-    let tmp = link.with_file_name(format!(
-        ".{}.link-{}",
-        link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        crate::ids::uuid_v4()
-    ));
-    symlink(target, &tmp).with_context(|| format!("linking {}", link.display()))?;
-    fs::rename(&tmp, link).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        format!("switching {}: {e}", link.display())
-    })
-}
+pub use crate::fsutil::switch_link;
 
 /// Removes every `<data_root>/<name>/<hash>` not in `keep`, and every `<link_root>/<name>` link that no
 /// longer points into `keep`.
@@ -293,6 +308,41 @@ mod tests {
         // printf '1.0-abc' | sha1sum
         assert_eq!(bundle_hash("1.0", "abc"), "d2c175796db2fd6e4fea7bf223860d10d541adfc");
         assert_ne!(bundle_hash("1.0", "abc"), bundle_hash("1.1", "abc"));
+    }
+
+    #[test]
+    fn job_bundles_get_the_go_agents_modes_and_symlinks_are_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "secret").unwrap();
+        owner::set_mode(&outside, 0o600).unwrap();
+        for (rel, mode) in
+            [("bin/ctl", 0o644), ("bin/sub/helper", 0o600), ("config/x.sh", 0o755), ("monit", 0o600)]
+        {
+            let p = job.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, "x").unwrap();
+            owner::set_mode(&p, mode).unwrap();
+        }
+        std::os::unix::fs::symlink(&outside, job.join("config/link")).unwrap();
+        owner::set_mode(&job.join("config"), 0o700).unwrap();
+        fix_job_permissions(&job, Group::default()).unwrap();
+        let mode = |rel: &str| fs::metadata(job.join(rel)).unwrap().permissions().mode() & 0o7777;
+        for (rel, want) in [
+            ("", 0o750),
+            ("bin", 0o750),
+            ("bin/ctl", 0o750),
+            ("bin/sub", 0o750),
+            ("bin/sub/helper", 0o750),
+            ("config", 0o750),
+            ("config/x.sh", 0o640),
+            ("monit", 0o640),
+        ] {
+            assert_eq!(mode(rel), want, "{rel}");
+        }
+        assert_eq!(fs::metadata(&outside).unwrap().permissions().mode() & 0o7777, 0o600, "link followed");
     }
 
     #[test]

@@ -7,12 +7,13 @@ use crate::sync::lock;
 use crate::cancel::CancelToken;
 use crate::dirs::Dirs;
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,9 +36,11 @@ pub struct Outcome {
     pub stderr: String,
 }
 
-/// A base command for a job script: its own process group, the scripts' PATH plus `env`.
+/// A base command for a job script: its own process group, the agent's environment (with `TMPDIR`,
+/// see [`crate::exec::child_env`]) and the scripts' PATH plus `env`.
 pub fn command(script: &Path, args: &[String], env: &BTreeMap<String, String>) -> Command {
     let mut cmd = Command::new(script);
+    crate::exec::child_env(&mut cmd);
     cmd.args(args).env("PATH", SCRIPT_PATH).envs(env).stdin(Stdio::null()).process_group(0);
     if let Some(dir) = script.parent().and_then(Path::parent) {
         cmd.current_dir(dir);
@@ -64,7 +67,8 @@ pub fn run_captured(
     Ok(Outcome { exit_code: exit_code(status), stdout: collect(out, cap), stderr: collect(err, cap) })
 }
 
-/// Runs `cmd` with stdout and stderr appended to log files (created 0640 in a 0750 directory).
+/// Runs `cmd` with stdout and stderr appended to log files (created 0640; their directory 0750 when
+/// it is missing, while an existing one, a job's `root:vcap` 0770 log directory, is left as it is).
 pub fn run_logged(
     mut cmd: Command,
     stdout_log: &Path,
@@ -73,8 +77,7 @@ pub fn run_logged(
 ) -> Result<i32, String> {
     let open = |p: &Path| -> Result<File, String> {
         if let Some(dir) = p.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o750));
+            crate::owner::ensure_dir(dir, 0o750)?;
         }
         OpenOptions::new()
             .create(true)
@@ -93,14 +96,18 @@ pub fn run_logged(
     Ok(exit_code(status))
 }
 
-/// Waits for the child; on cancellation sends SIGTERM to its process group, then SIGKILL after `grace`.
+/// How often a running script's cancel token is checked; its exit is noticed at once regardless.
+const CANCEL_CHECK: Duration = Duration::from_millis(50);
+
+/// Waits for the child; on cancellation sends SIGTERM to its whole process group (the script and
+/// whatever it runs in the foreground, so a trap in the script runs as soon as the child is gone),
+/// then SIGKILL after `grace`. The exit is noticed the moment it happens ([`exit_notice`]), so a
+/// script of a few milliseconds costs a few milliseconds.
 fn wait(child: &mut Child, cancel: &CancelToken, grace: Duration) -> std::io::Result<ExitStatus> {
     let pgid = child.id() as i32;
+    let exited = exit_notice(child.id());
     let mut terminated_at = None;
     loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
         if cancel.is_cancelled() {
             match terminated_at {
                 None => {
@@ -111,8 +118,44 @@ fn wait(child: &mut Child, cancel: &CancelToken, grace: Duration) -> std::io::Re
                 Some(_) => {}
             }
         }
-        std::thread::sleep(Duration::from_millis(20));
+        match &exited {
+            // The child is not reaped until `wait` below, so its process group id cannot be reused
+            // by another process while the signals above may still be sent to it.
+            Some(rx) => match rx.recv_timeout(CANCEL_CHECK) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return child.wait(),
+            },
+            None => {
+                if let Some(status) = child.try_wait()? {
+                    return Ok(status);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
+}
+
+/// A channel that receives once when process `pid` (our child) has exited, from a thread blocked in
+/// `waitid(WNOWAIT)`, which observes the exit without reaping the child. `None` when no thread could
+/// be started; the caller then polls.
+fn exit_notice(pid: u32) -> Option<Receiver<()>> {
+    let (tx, rx) = mpsc::channel();
+    let watcher = move || {
+        loop {
+            // SAFETY: an all-zero siginfo_t is valid plain data for waitid to fill; the call only
+            // observes our own child's exit (WNOWAIT leaves it to be reaped by `Child::wait`).
+            let rc = unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT)
+            };
+            if rc == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                break;
+            }
+        }
+        let _ = tx.send(());
+    };
+    std::thread::Builder::new().name("script-exit".into()).spawn(watcher).ok()?;
+    Some(rx)
 }
 
 fn signal_group(pgid: i32, sig: i32) {
@@ -237,6 +280,38 @@ mod tests {
         polite.cancel();
         let o = run_captured(sh("sleep 30"), &polite, 1024, KILL_GRACE).unwrap();
         assert_eq!(o.exit_code, 143);
+    }
+
+    #[test]
+    fn cancel_reaches_the_foreground_child_so_the_trap_runs_at_once() {
+        let cancel = CancelToken::default();
+        let dir = tempfile::tempdir().unwrap();
+        let started = dir.path().join("started");
+        let c2 = cancel.clone();
+        let flag = started.clone();
+        let canceller = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !flag.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            c2.cancel();
+        });
+        // The shell waits for its foreground `sleep` before running a trap: only TERM to the whole
+        // group ends the sleep, so the trap runs and the script exits 143 long before the grace
+        // is up (were TERM not enough, KILL would end it after a minute with 137 and no output).
+        let script = format!("trap 'echo got-term; exit 143' TERM; touch {}; sleep 1000", started.display());
+        let o = run_captured(sh(&script), &cancel, 1024, Duration::from_secs(60)).unwrap();
+        canceller.join().unwrap();
+        assert_eq!((o.exit_code, o.stdout.as_str()), (143, "got-term\n"));
+    }
+
+    #[test]
+    fn an_exit_is_announced_without_being_reaped() {
+        let mut child = sh("exit 7").spawn().unwrap();
+        let notice = exit_notice(child.id()).expect("watcher thread");
+        notice.recv_timeout(Duration::from_secs(60)).expect("the exit is announced");
+        // WNOWAIT: the exit status is still there for `Child::wait`, so the group id stayed reserved.
+        assert_eq!(child.try_wait().unwrap().and_then(|s| s.code()), Some(7));
     }
 
     #[test]

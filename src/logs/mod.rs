@@ -32,7 +32,7 @@ use crate::dirs::Dirs;
 use crate::fsutil::TempFile;
 use flate2::Compression;
 use glob::Glob;
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -337,39 +337,6 @@ impl Read for Exact {
     }
 }
 
-/// Looks up a user's uid and gid (for chowning `bundle_logs` tarballs to the SSH user who fetches
-/// them). Uses `getpwnam_r`, so it is safe on the agent's many threads.
-pub fn lookup_user(name: &str) -> Result<(u32, u32), String> {
-    let c_name = CString::new(name).map_err(|_| format!("Invalid owning user '{}'", name.escape_debug()))?;
-    let mut buf_len = 4096usize;
-    loop {
-        let mut buf = vec![0 as libc::c_char; buf_len];
-        // SAFETY: an all-zero passwd is a valid value (null pointers, zero ids) for getpwnam_r to fill.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call: the NUL-terminated name, the passwd, the buffer
-        // with its true length, and the result slot. Only the ids are read afterwards, not pointers
-        // into the buffer.
-        let rc =
-            unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
-        if rc == libc::ERANGE && buf_len < 1 << 20 {
-            buf_len *= 4;
-            continue;
-        }
-        if rc != 0 {
-            return Err(format!(
-                "Looking up owning user '{}': {}",
-                name.escape_debug(),
-                io::Error::from_raw_os_error(rc)
-            ));
-        }
-        if result.is_null() {
-            return Err(format!("Looking up owning user '{}': no such user", name.escape_debug()));
-        }
-        return Ok((pwd.pw_uid, pwd.pw_gid));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,13 +438,5 @@ mod tests {
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"ab");
-    }
-
-    #[test]
-    fn looks_up_users() {
-        assert_eq!(lookup_user("root").unwrap(), (0, 0));
-        let e = lookup_user("no-such-user-here").unwrap_err();
-        assert!(e.contains("no such user"), "{e}");
-        assert!(lookup_user("a\0b").is_err());
     }
 }

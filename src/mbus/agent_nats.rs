@@ -60,6 +60,11 @@ pub fn options(settings: &Effective) -> Result<NatsOptions, String> {
             urls.iter().map(|u| crate::url::redact(u)).collect::<Vec<_>>().join(", ")
         ));
     }
+    // A URL the connection thread could never use is refused here, naming it, rather than retried forever.
+    for url in &urls {
+        super::nats::url::NatsUrl::parse(url)
+            .with_context(|| format!("mbus URL {}", crate::url::redact(url)))?;
+    }
     let cert = settings.mbus_cert();
     let tls = if cert.certificate.is_empty() {
         None
@@ -297,7 +302,7 @@ mod tests {
 
     fn request(reply_to: &str) -> Message {
         let body = serde_json::json!({"method": "ping", "arguments": [], "reply_to": reply_to});
-        Message { subject: "agent.x".into(), reply: None, payload: body.to_string().into_bytes() }
+        Message { subject: "agent.x".into(), reply: None, payload: body.to_string().into_bytes(), status: None }
     }
 
     #[test]
@@ -314,7 +319,7 @@ mod tests {
         assert!(dedup.first_delivery(&request("director.a")));
         assert!(!dedup.first_delivery(&request("director.a")));
         assert!(dedup.first_delivery(&request("director.b")));
-        let garbage = Message { subject: "agent.x".into(), reply: None, payload: b"{not json".to_vec() };
+        let garbage = Message { subject: "agent.x".into(), reply: None, payload: b"{not json".to_vec(), status: None };
         assert!(dedup.first_delivery(&garbage), "the dispatcher answers malformed requests");
         assert!(dedup.first_delivery(&garbage));
         dedup.close_after(Duration::ZERO);

@@ -1,6 +1,8 @@
 //! Configuring the VM at agent start (`-c`, and always on `-P ubuntu|linux`): the steps of the Go
 //! agent's Linux bootstrap (`agent/bootstrap.go`) that a stemcell needs before jobs can run — vcap's keys
-//! and passwords, hostname, network files, the data directory layout, NTP servers and trusted CAs.
+//! and passwords, hostname, network files, the ephemeral disk, the mounts and modes jobs expect
+//! (shared memory, `/var/log`, `/opt`, the data directory layout, `/tmp`, `/home`: one module each
+//! below), NTP servers, the agent log's rotation and trusted CAs, in the Go agent's order.
 //!
 //! Every step is idempotent (the agent restarts often; a second run must change nothing) and writes
 //! only under the root dir (`-r`) or the base dir (`-b`), so tests run it against a scratch root.
@@ -8,14 +10,20 @@
 //! run only on the live system ([`Machine`]), which only the Linux platform with root `/` is. A failing step stops the bootstrap
 //! with an error that names it, because an agent on a half-configured VM would mislead the director.
 
+mod data_dir;
+mod log_dir;
+mod mounts;
+mod system_dirs;
+mod tmp_dir;
+
 use crate::error::Context as _;
 use super::disks::{self, ephemeral, mount, DiskSettings};
 use super::{users, Platform};
 use crate::dirs::Dirs;
 use crate::exec;
+use crate::owner;
 use crate::settings::Effective;
 use serde_json::Value;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -25,40 +33,33 @@ use std::time::Duration;
 pub struct Machine {
     /// Whether this is the live system (root `/` on Linux): only then do commands that change it run.
     pub live: bool,
-    /// Whether block devices may be touched: never on the dummy platform, where `-c` writes files only.
+    /// Whether block devices, mounts and system directories (`/tmp`, `/var/log`, ...) may be
+    /// touched: never on the dummy platform, where `-c` writes files only. Mounts also need root.
     pub devices: bool,
-}
-
-/// The data directory layout (§7.2 steps 16, 17, 20): each directory, its mode, and whether it
-/// belongs to `root:vcap` so job processes (group vcap) can reach it.
-pub fn data_dirs(dirs: &Dirs) -> [(PathBuf, u32, bool); 10] {
-    [
-        (dirs.data(), 0o750, false),
-        (dirs.data_sys(), 0o750, true),
-        (dirs.data_sys_log(), 0o750, true),
-        (dirs.data_sys_run(), 0o750, true),
-        (dirs.data_jobs(), 0o750, true),
-        (dirs.data_packages(), 0o755, true),
-        (dirs.sensitive_blobs(), 0o700, true),
-        (dirs.dynamic_disks(), 0o750, true),
-        (dirs.blobs(), 0o700, true),
-        (dirs.data_tmp(), 0o755, false),
-    ]
+    /// Leave `/tmp` and `/var/tmp` where they are (`agent.json`'s `UseDefaultTmpDir`, warden).
+    pub default_tmp_dir: bool,
 }
 
 /// Runs every bootstrap step in the Go agent's order; the error names the failed step. The
 /// platform decides whether it runs at all (see [`Platform::bootstrap`]).
 pub fn run(dirs: &Dirs, settings: &Effective, platform: &dyn Platform, machine: Machine) -> Result<(), String> {
     let live = machine.live;
-    let b = Bootstrap { dirs, settings, live, devices: machine.devices };
+    let (devices, default_tmp_dir) = (machine.devices, machine.default_tmp_dir);
+    let b = Bootstrap { dirs, settings, live, devices, default_tmp_dir };
     step("authorized keys", || b.authorized_keys())?;
     step("passwords", || b.passwords())?;
     step("ipv6", || b.ipv6())?;
     step("hostname", || b.hostname())?;
     step("networking", || b.networking())?;
     step("ephemeral disk", || b.ephemeral_disk())?;
+    step("shared memory", || b.shared_memory())?;
+    step("log dir", || b.log_dir())?;
+    step("opt dir", || b.opt_dir())?;
     step("ntp", || b.ntp())?;
     step("data dir", || b.data_dirs())?;
+    step("tmp dir", || b.tmp_dir())?;
+    step("home dir", || b.home_dir())?;
+    step("agent log rotation", || b.agent_log_rotation())?;
     step("trusted certificates", || {
         let certs = &settings.update.trusted_certs;
         if certs.trim().is_empty() {
@@ -79,8 +80,10 @@ struct Bootstrap<'a> {
     dirs: &'a Dirs,
     settings: &'a Effective,
     live: bool,
-    /// Whether block devices may be touched: never on the dummy platform, where `-c` writes files only.
+    /// See [`Machine::devices`].
     devices: bool,
+    /// See [`Machine::default_tmp_dir`].
+    default_tmp_dir: bool,
 }
 
 /// Writes `data` unless the file already holds exactly that; returns whether it wrote.
@@ -90,11 +93,6 @@ pub(super) fn write_if_changed(path: &Path, data: &[u8], mode: u32) -> Result<bo
     }
     crate::fsutil::write_atomic(path, data, mode).with_context(|| format!("writing {}", path.display()))?;
     Ok(true)
-}
-
-fn is_root_user() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// The crypted passwords to set: vcap always, root unless `keep_root_password`; `*` (no password
@@ -111,6 +109,33 @@ pub fn password_plan(settings: &Effective) -> Vec<(&'static str, String)> {
 }
 
 impl Bootstrap<'_> {
+    /// Whether this run may mount (`what` names the mount for the log line when it may not): on the
+    /// Linux platform as root. A non-root run on a scratch root (a developer's test) makes the
+    /// directories and modes only.
+    fn may_mount(&self, what: &str) -> bool {
+        if !self.devices {
+            return false;
+        }
+        if !owner::is_root() {
+            log::info!("bootstrap: {what} skipped (not root)");
+            return false;
+        }
+        true
+    }
+
+    /// The agent's own log's rotation, on the Linux platform ([`super::logrotate`]).
+    fn agent_log_rotation(&self) -> Result<(), String> {
+        if !self.devices {
+            return Ok(());
+        }
+        super::logrotate::write_agent_rotation(self.dirs)
+    }
+
+    /// Whether `data` is a disk of its own (mounted), so system paths may move onto it.
+    fn data_is_disk(&self) -> Result<bool, String> {
+        mounts::is_mount_point(&self.dirs.data())
+    }
+
     /// vcap's home and ids from the root's passwd; `<root>/home/vcap` without ids when absent.
     fn vcap(&self) -> Result<(PathBuf, Option<(u32, u32)>), String> {
         let entries = users::read_passwd(&self.dirs.under_root(users::SYSTEM_PASSWD))?;
@@ -120,17 +145,26 @@ impl Bootstrap<'_> {
         })
     }
 
+    /// vcap's `authorized_keys`: `env.bosh.authorized_keys` first, then the infrastructure's key (a
+    /// metadata service's or config drive's), replacing the file, as the Go agent's two writes leave
+    /// it. Left alone when there are neither.
     fn authorized_keys(&self) -> Result<(), String> {
-        let keys: Vec<&str> =
-            self.settings.settings.env.bosh.authorized_keys.iter().map(|k| k.trim()).collect();
-        if keys.is_empty() {
-            return Ok(());
-        }
+        let settings = &self.settings.settings;
+        let mut keys: Vec<&str> = settings.env.bosh.authorized_keys.iter().map(|k| k.trim()).collect();
         if keys.iter().any(|k| k.is_empty() || k.contains(['\n', '\r', '\0'])) {
             return Err("env.bosh.authorized_keys holds an empty or multi-line key".into());
         }
+        let iaas = settings.iaas_public_key.as_deref().unwrap_or_default();
+        if iaas.chars().any(|c| c.is_control() && !c.is_ascii_whitespace()) {
+            log::warn!("bootstrap: the infrastructure's SSH key holds control characters; not installed");
+        } else {
+            keys.extend(iaas.lines().map(str::trim).filter(|k| !k.is_empty()));
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
         let (home, ids) = self.vcap()?;
-        let owner = ids.filter(|_| is_root_user());
+        let owner = ids.filter(|_| owner::is_root());
         users::write_authorized_keys(&home, &keys.join("\n"), owner)
     }
 
@@ -193,14 +227,16 @@ impl Bootstrap<'_> {
             _ => false,
         };
         let data = self.dirs.data();
+        // Without a disk, data is a directory as open as mkfs leaves a disk's root: jobs running as
+        // vcap reach their packages through it.
         if none {
-            return mkdir_mode(&data, 0o750);
+            return owner::ensure_dir(&data, 0o755);
         }
         if !self.devices {
             log::info!(
                 "bootstrap: ephemeral disk {eph} left alone on the dummy platform; data is a directory"
             );
-            return mkdir_mode(&data, 0o750);
+            return owner::ensure_dir(&data, 0o755);
         }
         let disk = DiskSettings::from_hint("ephemeral", eph)?;
         let dev = disks::resolve::resolve(&disk, self.dirs)?;
@@ -233,11 +269,14 @@ impl Bootstrap<'_> {
                 ))
             }
             None => {
+                owner::ensure_dir(&data, 0o750)?;
                 mount::mount(&parts.data, &data, &[])?;
                 log::info!("bootstrap: mounted ephemeral {} on {}", parts.data.display(), data.display());
             }
         }
-        mkdir_mode(&data, 0o750)
+        // The disk's own root keeps the mode mkfs gave it (0755): the 0750 above is only the hidden
+        // mount point's.
+        Ok(())
     }
 
     fn ntp(&self) -> Result<(), String> {
@@ -256,39 +295,6 @@ impl Bootstrap<'_> {
         }
         Ok(())
     }
-
-    fn data_dirs(&self) -> Result<(), String> {
-        let vcap_gid = users::group_gid(&self.dirs.under_root(users::SYSTEM_GROUP), "vcap");
-        let chown = vcap_gid.filter(|_| is_root_user());
-        for (path, mode, vcap_group) in data_dirs(self.dirs) {
-            mkdir_mode(&path, mode)?;
-            if let (true, Some(gid)) = (vcap_group, chown) {
-                std::os::unix::fs::chown(&path, Some(0), Some(gid))
-                    .with_context(|| format!("chown root:vcap {}", path.display()))?;
-            }
-        }
-        let link = self.dirs.sys();
-        let target = self.dirs.data_sys();
-        match std::fs::symlink_metadata(&link) {
-            Ok(m) if m.file_type().is_symlink() => {
-                if std::fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
-                    return Ok(());
-                }
-                std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
-            }
-            Ok(_) => return Err(format!("{} exists and is not a symlink", link.display())),
-            Err(_) => {}
-        }
-        std::os::unix::fs::symlink(&target, &link)
-            .with_context(|| format!("linking {} to {}", link.display(), target.display()))
-    }
-}
-
-/// Creates `path` (and parents) and sets its mode, which `mkdir` alone would leave to the umask.
-fn mkdir_mode(path: &Path, mode: u32) -> Result<(), String> {
-    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {mode:o} {}", path.display()))
 }
 
 #[cfg(test)]
@@ -321,7 +327,13 @@ mod tests {
         for kind in [crate::platform::PlatformKind::Ubuntu, crate::platform::PlatformKind::Linux] {
             let root = tempfile::tempdir().unwrap();
             let dirs = Dirs::new(root.path().join("base"), root.path());
-            crate::platform::new(kind, &dirs).bootstrap(&settings, false).unwrap();
+            let result = crate::platform::new(kind, &dirs).bootstrap(&settings, false);
+            // As root the bootstrap mounted a tmpfs on data/sys/run: undo it before the asserts.
+            let table = mount::mounts().unwrap();
+            for m in table.iter().rev().filter(|m| m.mount_point.starts_with(root.path())) {
+                mount::unmount(&m.mount_point).unwrap();
+            }
+            result.unwrap();
             assert!(dirs.under_root("/etc/hostname").exists(), "{kind:?} always configures");
         }
     }

@@ -40,7 +40,8 @@ impl Platform for Dummy {
             log::info!("bootstrap: skipped on the dummy platform without -c");
             return Ok(());
         }
-        bootstrap::run(&self.dirs, settings, self, Machine { live: false, devices: false })
+        let machine = Machine { live: false, devices: false, default_tmp_dir: true };
+        bootstrap::run(&self.dirs, settings, self, machine)
     }
     fn offers_test_actions(&self) -> bool {
         true
@@ -109,6 +110,37 @@ impl Platform for Dummy {
         self.record_ssh_users(|m| {
             m.insert(user.to_string(), public_key.to_string());
         })
+    }
+    /// The user's own ids when the system has it; a user that `ssh setup` only recorded gets the
+    /// agent's own ids (root's on a VM), as if the user existed: bosh-cli's `bosh logs --director`
+    /// sets one up and asks for a bundle owned by it.
+    fn bundle_owner(&self, user: &str) -> Result<(u32, u32), String> {
+        users::lookup_user(user).or_else(|e| {
+            let path = self.dirs.dummy_ssh_users_json();
+            let recorded: BTreeMap<String, String> = crate::fsutil::read_json(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .unwrap_or_default();
+            // SAFETY: geteuid and getegid only read the process's credentials.
+            let own = unsafe { (libc::geteuid(), libc::getegid()) };
+            recorded.contains_key(user).then_some(own).ok_or(e)
+        })
+    }
+    /// Nothing to rotate on the dummy platform.
+    fn setup_logrotate(&self, _size: &str) -> Result<(), String> {
+        Ok(())
+    }
+    /// Records the name in `<base>/bosh/disk_associations.json`, as the Go dummy platform does.
+    fn associate_disk(&self, name: &str, _disk: &disks::DiskSettings) -> Result<(), String> {
+        super::check_association_name(name)?;
+        let path = self.dirs.dummy_disk_associations_json();
+        let mut names: Vec<String> = crate::fsutil::read_json(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .unwrap_or_default();
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+        crate::fsutil::write_json_atomic(&path, &names, 0o644)
+            .with_context(|| format!("writing {}", path.display()))
     }
     fn cleanup_ssh_users(&self, regex: &UserRegex) -> Result<Vec<String>, String> {
         let mut removed = Vec::new();

@@ -17,11 +17,14 @@ use std::time::Duration;
 pub struct Linux {
     dirs: Dirs,
     disks: LinuxDisks,
+    /// `agent.json`'s `UseDefaultTmpDir`.
+    default_tmp_dir: bool,
 }
 
 impl Linux {
-    pub(super) fn new(dirs: &Dirs) -> Linux {
-        Linux { dirs: dirs.clone(), disks: LinuxDisks::new(dirs.clone()) }
+    pub(super) fn new(dirs: &Dirs, options: &crate::config::LinuxOptions) -> Linux {
+        let default_tmp_dir = options.use_default_tmp_dir;
+        Linux { dirs: dirs.clone(), disks: LinuxDisks::new(dirs.clone()), default_tmp_dir }
     }
 
     /// Whether this is the live system (root `/`) rather than a scratch root in tests.
@@ -34,7 +37,8 @@ impl Platform for Linux {
     /// Always runs: a stemcell's agent configures its VM. Commands that change the live system run
     /// only when the root is `/`.
     fn bootstrap(&self, settings: &Effective, _configure: bool) -> Result<(), String> {
-        bootstrap::run(&self.dirs, settings, self, Machine { live: self.live(), devices: true })
+        let machine = Machine { live: self.live(), devices: true, default_tmp_dir: self.default_tmp_dir };
+        bootstrap::run(&self.dirs, settings, self, machine)
     }
     fn offers_test_actions(&self) -> bool {
         false
@@ -133,5 +137,16 @@ impl Platform for Linux {
     }
     fn cleanup_ssh_users(&self, regex: &UserRegex) -> Result<Vec<String>, String> {
         users::cleanup_ssh_users(regex)
+    }
+    fn setup_logrotate(&self, size: &str) -> Result<(), String> {
+        super::logrotate::write_vcap(&self.dirs, size)
+    }
+    /// Links to the resolved block device (e.g. `/dev/sdc`), as the Go agent does, rather than to
+    /// where the disk is mounted: the link names the disk even while it is not mounted.
+    fn associate_disk(&self, name: &str, disk: &disks::DiskSettings) -> Result<(), String> {
+        super::check_association_name(name)?;
+        let device = disks::resolve::resolve(disk, &self.dirs)?;
+        crate::owner::ensure_dir(&self.dirs.instance_disks(), 0o755)?;
+        crate::fsutil::switch_link(&self.dirs.instance_disk(name), &device)
     }
 }

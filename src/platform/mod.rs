@@ -6,6 +6,7 @@ pub mod bootstrap;
 mod dummy;
 pub mod disks;
 mod linux;
+pub mod logrotate;
 pub mod network;
 pub mod users;
 
@@ -37,10 +38,16 @@ impl PlatformKind {
     }
 }
 
-/// Builds the platform for `-P`.
+/// Builds the platform for `-P` with `agent.json`'s defaults (tests; the agent passes its options).
+#[cfg(feature = "internals")]
 pub fn new(kind: PlatformKind, dirs: &Dirs) -> Box<dyn Platform> {
+    with_options(kind, dirs, &crate::config::LinuxOptions::default())
+}
+
+/// Builds the platform for `-P` with `agent.json`'s `Platform.Linux` options (`UseDefaultTmpDir`).
+pub fn with_options(kind: PlatformKind, dirs: &Dirs, linux_options: &crate::config::LinuxOptions) -> Box<dyn Platform> {
     match kind {
-        PlatformKind::Ubuntu | PlatformKind::Linux => Box::new(linux::Linux::new(dirs)),
+        PlatformKind::Ubuntu | PlatformKind::Linux => Box::new(linux::Linux::new(dirs, linux_options)),
         PlatformKind::Dummy => Box::new(dummy::Dummy::new(dirs)),
     }
 }
@@ -85,6 +92,23 @@ pub trait Platform: Send + Sync {
     fn setup_ssh_user(&self, user: &str, password: Option<&str>, public_key: &str) -> Result<(), String>;
     /// Removes the `bosh ssh` users `regex` matches; returns their names.
     fn cleanup_ssh_users(&self, regex: &UserRegex) -> Result<Vec<String>, String>;
+    /// The uid and gid that give `user` (the `bosh ssh` user bosh-cli set up to copy it) a
+    /// `bundle_logs` tarball.
+    fn bundle_owner(&self, user: &str) -> Result<(u32, u32), String> {
+        users::lookup_user(user)
+    }
+    /// Rotates the jobs' logs past `size` ([`logrotate`]), after an apply that installed jobs.
+    fn setup_logrotate(&self, size: &str) -> Result<(), String>;
+    /// Links `instance/disks/<name>` to `disk`'s device (`update_settings`' `disk_associations`).
+    fn associate_disk(&self, name: &str, disk: &disks::DiskSettings) -> Result<(), String>;
+}
+
+/// Checks a disk association's name, which becomes a file name under `instance/disks`.
+pub fn check_association_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(format!("invalid disk association name '{}'", name.escape_debug()));
+    }
+    Ok(())
 }
 
 /// The `/etc/hosts` text: the local names first, then one line per record.

@@ -19,6 +19,7 @@ use crate::sync::lock;
 use crate::exec;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::ffi::CString;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -81,15 +82,7 @@ pub fn read_passwd(path: &Path) -> Result<Vec<PasswdEntry>, String> {
     }
 }
 
-/// The gid of group `name` in a group file, `None` when absent or unreadable.
-pub fn group_gid(path: &Path, name: &str) -> Option<u32> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find_map(|line| {
-        let mut f = line.split(':');
-        (f.next()? == name).then_some(())?;
-        f.nth(1)?.parse().ok()
-    })
-}
+pub use crate::owner::group_gid;
 
 /// Checks a `bosh ssh` user name: `bosh_` + `[a-z0-9_-]`, at most 32 bytes. Anything else is refused
 /// before it can reach a command line.
@@ -300,6 +293,39 @@ pub fn host_public_key(dirs: &Dirs) -> Result<String, String> {
     Err(format!("Reading host public key: none of {} exists", HOST_KEYS.join(", ")))
 }
 
+/// Looks up a user's uid and gid in the live user database (for chowning `bundle_logs` tarballs to
+/// the SSH user who fetches them). Uses `getpwnam_r`, so it is safe on the agent's many threads.
+pub fn lookup_user(name: &str) -> Result<(u32, u32), String> {
+    let c_name = CString::new(name).map_err(|_| format!("Invalid owning user '{}'", name.escape_debug()))?;
+    let mut buf_len = 4096usize;
+    loop {
+        let mut buf = vec![0 as libc::c_char; buf_len];
+        // SAFETY: an all-zero passwd is a valid value (null pointers, zero ids) for getpwnam_r to fill.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call: the NUL-terminated name, the passwd, the buffer
+        // with its true length, and the result slot. Only the ids are read afterwards, not pointers
+        // into the buffer.
+        let rc =
+            unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+        if rc == libc::ERANGE && buf_len < 1 << 20 {
+            buf_len *= 4;
+            continue;
+        }
+        if rc != 0 {
+            return Err(format!(
+                "Looking up owning user '{}': {}",
+                name.escape_debug(),
+                std::io::Error::from_raw_os_error(rc)
+            ));
+        }
+        if result.is_null() {
+            return Err(format!("Looking up owning user '{}': no such user", name.escape_debug()));
+        }
+        return Ok((pwd.pw_uid, pwd.pw_gid));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,19 +358,13 @@ mod tests {
     }
 
     #[test]
-    fn parses_passwd_and_group() {
+    fn parses_passwd() {
         let users = parse_passwd("root:x:0:0:root:/root:/bin/bash\nbad line\nvcap:x:1000:1000::/home/vcap:/bin/bash\nx:x:notanumber:1::/:/bin/sh\n");
         assert_eq!(users.len(), 2);
         assert_eq!(
             users[1],
             PasswdEntry { name: "vcap".into(), uid: 1000, gid: 1000, home: "/home/vcap".into() }
         );
-        let dir = tempfile::tempdir().unwrap();
-        let g = dir.path().join("group");
-        std::fs::write(&g, "root:x:0:\nvcap:x:1000:\nadmin:x:abc:\n").unwrap();
-        assert_eq!(group_gid(&g, "vcap"), Some(1000));
-        assert_eq!(group_gid(&g, "admin"), None);
-        assert_eq!(group_gid(&g, "nope"), None);
     }
 
     #[test]
@@ -376,5 +396,13 @@ mod tests {
         crate::fsutil::write_atomic(&dirs.under_root("/etc/ssh/ssh_host_rsa_key.pub"), b"ssh-rsa R\n", 0o644)
             .unwrap();
         assert_eq!(host_public_key(&dirs).unwrap(), "ssh-rsa R\n");
+    }
+
+    #[test]
+    fn looks_up_users() {
+        assert_eq!(lookup_user("root").unwrap(), (0, 0));
+        let e = lookup_user("no-such-user-here").unwrap_err();
+        assert!(e.contains("no such user"), "{e}");
+        assert!(lookup_user("a\0b").is_err());
     }
 }

@@ -33,6 +33,11 @@ pub struct Settings {
     /// Every key the agent does not interpret.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// The infrastructure's OpenSSH key for `vcap`, from the source that gave these settings (a
+    /// metadata service's `SSHKeysPath`, a config drive's meta-data); not the director's, so never
+    /// cached in `settings.json`: settings read from the cache have none.
+    #[serde(skip)]
+    pub iaas_public_key: Option<String>,
 }
 
 /// A blobstore provider and its options.
@@ -105,6 +110,17 @@ pub struct BoshEnv {
     /// `ipv6.enable`: enable IPv6 in the kernel at boot, whatever the networks.
     #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
     pub ipv6: Ipv6Env,
+    /// `job_dir`: a tmpfs on `data/jobs` and `data/sensitive_blobs`, so rendered templates (and their
+    /// credentials) never reach a disk.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub job_dir: TmpfsDir,
+    /// `run_dir`: the size of the `data/sys/run` tmpfs.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub run_dir: TmpfsDir,
+    /// The size at which job logs are rotated (`50M` when absent; the apply spec's
+    /// `properties.logging.max_log_file_size` wins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_log_file_size: Option<String>,
     /// Keys not interpreted here.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -117,6 +133,22 @@ pub struct Ipv6Env {
     /// Enable IPv6 in the kernel (the stemcell may have disabled it).
     #[serde(deserialize_with = "null_as_default")]
     pub enable: bool,
+    /// Keys not interpreted here.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `env.bosh.job_dir` and `env.bosh.run_dir`: whether a directory is a tmpfs, and its size (the
+/// `size=` option of `mount -t tmpfs`, e.g. `16m`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TmpfsDir {
+    /// Mount a tmpfs (`job_dir` only: `run_dir` always is one).
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub tmpfs: bool,
+    /// Its size; the Go agent's default when empty.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub tmpfs_size: String,
     /// Keys not interpreted here.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -401,6 +433,16 @@ mod tests {
         assert_eq!(v["networks"]["n"]["cloud_properties"]["k"], 1);
         assert!(v["networks"]["n"].get("mac").is_none(), "empty fields are not written out");
         assert!(serde_json::from_value::<Settings>(json!({"env": {"bosh": {"swap_size": "1"}}})).is_err());
+        let s: Settings = serde_json::from_value(json!({"env": {"bosh": {
+            "job_dir": {"tmpfs": true, "tmpfs_size": "64m"}, "run_dir": {"tmpfs_size": "8m", "x": 1},
+            "max_log_file_size": "10M"}}}))
+        .unwrap();
+        let env = &s.env.bosh;
+        assert_eq!((env.job_dir.tmpfs, env.job_dir.tmpfs_size.as_str()), (true, "64m"));
+        assert_eq!((env.run_dir.tmpfs, env.run_dir.tmpfs_size.as_str()), (false, "8m"));
+        assert_eq!(env.max_log_file_size.as_deref(), Some("10M"));
+        let run_dir = &serde_json::to_value(&s).unwrap()["env"]["bosh"]["run_dir"];
+        assert_eq!(run_dir, &json!({"tmpfs_size": "8m", "x": 1}));
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct SettingsService {
     sources: Arc<Vec<Box<dyn SettingsSource>>>,
     overrides: Overrides,
     current: Arc<RwLock<Effective>>,
+    /// Where the last loaded settings came from, for the operator's log.
+    source: Arc<RwLock<String>>,
 }
 
 impl SettingsService {
@@ -70,6 +72,7 @@ impl SettingsService {
             sources: Arc::new(sources),
             overrides,
             current: Arc::new(RwLock::new(Effective::default())),
+            source: Arc::default(),
         }
     }
 
@@ -87,14 +90,17 @@ impl SettingsService {
     }
 
     fn load_with(&self, patience: Option<Patience>) -> Result<Effective, String> {
-        let mut settings = self.fetch_or_cached(patience)?;
+        let (mut settings, source, blank) = self.fetch_or_cached(patience)?;
         apply_overrides(&mut settings, &self.overrides)?;
         for (key, value) in [("agent_id", &settings.agent_id), ("mbus", &settings.mbus)] {
+            if value.is_empty() && blank.contains(&key) {
+                return Err(format!("settings key '{key}' is empty (from {source})"));
+            }
             if value.is_empty() {
                 return Err(format!("settings lack the mandatory key '{key}'"));
             }
         }
-        if let Err(e) = fsutil::write_json_atomic(&self.dirs.settings_json(), &settings, 0o600) {
+        if let Err(e) = cache(&self.dirs.settings_json(), &settings) {
             log::warn!("caching settings in {}: {e}", self.dirs.settings_json().display());
         }
         let update = fsutil::read_json::<UpdateSettings>(&self.dirs.update_settings_json())
@@ -102,7 +108,14 @@ impl SettingsService {
             .unwrap_or_default();
         let effective = Effective { settings, update };
         *write(&self.current) = effective.clone();
+        *write(&self.source) = source;
         Ok(effective)
+    }
+
+    /// Where the settings last loaded came from: a source's name, the cached `settings.json`, or
+    /// the command line.
+    pub fn source(&self) -> String {
+        read(&self.source).clone()
     }
 
     /// The settings as last loaded or updated.
@@ -131,20 +144,23 @@ impl SettingsService {
         Ok(current)
     }
 
-    fn fetch_or_cached(&self, patience: Option<Patience>) -> Result<Settings, String> {
+    /// The settings, where they came from, and which mandatory keys the document gave as `""`
+    /// (so an empty `mbus` is reported as empty, not missing). With `patience`, passes over the
+    /// sources again while none answers and nothing is cached (see [`Patience`]).
+    fn fetch_or_cached(&self, patience: Option<Patience>) -> Result<(Settings, String, Vec<&'static str>), String> {
         let started = Instant::now();
         for pass in 1u32.. {
             let errors = match self.fetch_once() {
-                Ok(s) => return Ok(s),
+                Ok(found) => return Ok(found),
                 Err(errors) => errors,
             };
             match fsutil::read_json::<Settings>(&self.dirs.settings_json()) {
                 Ok(Some(s)) => {
                     log::warn!("no settings source answered; using the cached settings.json");
-                    return Ok(s);
+                    return Ok((s, format!("cached {}", self.dirs.settings_json().display()), Vec::new()));
                 }
                 Ok(None) if self.sources.is_empty() && self.has_enough_overrides() => {
-                    return Ok(Settings::default())
+                    return Ok((Settings::default(), "the command line (-a, -n)".into(), Vec::new()));
                 }
                 Ok(None) => {}
                 Err(e) => return Err(format!("no settings source answered and the cache is unreadable: {e}")),
@@ -171,14 +187,19 @@ impl SettingsService {
         unreachable!("the pass counter is unbounded")
     }
 
-    /// One pass over the sources: the first settings that parse, or every source's error.
-    fn fetch_once(&self) -> Result<Settings, Vec<String>> {
+    /// One pass over the sources: the first settings that parse (with their source and blank
+    /// mandatory keys), or every source's error.
+    fn fetch_once(&self) -> Result<(Settings, String, Vec<&'static str>), Vec<String>> {
         let mut errors = Vec::new();
         for source in self.sources.iter() {
-            match source.fetch().and_then(|v| serde_json::from_value::<Settings>(v).context("invalid settings")) {
-                Ok(s) => {
+            match source.fetch().and_then(|v| {
+                let blank = ["agent_id", "mbus"].into_iter().filter(|k| v.get(k) == Some(&json!(""))).collect();
+                serde_json::from_value::<Settings>(v).context("invalid settings").map(|s| (s, blank))
+            }) {
+                Ok((mut s, blank)) => {
                     log::info!("settings loaded from {}", source.name());
-                    return Ok(s);
+                    s.iaas_public_key = source.public_key();
+                    return Ok((s, source.name(), blank));
                 }
                 Err(e) => {
                     log::warn!("settings source {}: {e}", source.name());
@@ -196,6 +217,16 @@ impl SettingsService {
     fn has_enough_overrides(&self) -> bool {
         self.overrides.agent_id.is_some() && self.overrides.mbus.is_some()
     }
+}
+
+/// Writes the settings cache unless it already holds exactly these settings: every disk action
+/// reloads settings, and an unchanged file is not worth two fsyncs.
+fn cache(path: &std::path::Path, settings: &Settings) -> std::io::Result<()> {
+    let data = serde_json::to_vec(settings).map_err(std::io::Error::other)?;
+    if std::fs::read(path).is_ok_and(|old| old == data) {
+        return Ok(());
+    }
+    fsutil::write_atomic(path, &data, 0o600)
 }
 
 fn apply_overrides(s: &mut Settings, o: &Overrides) -> Result<(), String> {
@@ -256,10 +287,43 @@ mod tests {
             Overrides::default(),
         );
         assert_eq!(svc.load().unwrap().settings.agent_id, "a1");
+        // An unchanged reload leaves the cache alone (same inode: not replaced by a rename).
+        let inode = |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let cached = inode(&dirs.settings_json());
+        svc.load().unwrap();
+        assert_eq!(inode(&dirs.settings_json()), cached, "unchanged settings.json rewritten");
         std::fs::remove_file(&src).unwrap();
         assert_eq!(svc.load().unwrap().settings.agent_id, "a1", "cached copy used");
         std::fs::write(&src, r#"{"mbus":"nats://h:1"}"#).unwrap();
         assert_eq!(svc.load().unwrap_err(), "settings lack the mandatory key 'agent_id'");
+        std::fs::write(&src, r#"{"agent_id":"a1","mbus":""}"#).unwrap();
+        let e = svc.load().unwrap_err();
+        assert!(e.starts_with("settings key 'mbus' is empty (from File("), "{e}");
+    }
+
+    /// A source that answers with settings and the infrastructure's key.
+    struct Keyed;
+    impl SettingsSource for Keyed {
+        fn name(&self) -> String {
+            "Keyed".into()
+        }
+        fn fetch(&self) -> Result<Value, String> {
+            Ok(json!({"agent_id": "a1", "mbus": "nats://h:1"}))
+        }
+        fn public_key(&self) -> Option<String> {
+            Some("ssh-rsa IAAS".into())
+        }
+    }
+
+    #[test]
+    fn the_answering_sources_key_comes_with_the_settings_but_is_never_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(dir.path(), "/");
+        let svc = SettingsService::new(dirs.clone(), vec![Box::new(Keyed)], Overrides::default());
+        assert_eq!(svc.load().unwrap().settings.iaas_public_key.as_deref(), Some("ssh-rsa IAAS"));
+        assert!(!std::fs::read_to_string(dirs.settings_json()).unwrap().contains("IAAS"));
+        let cached = SettingsService::new(dirs, vec![], Overrides::default());
+        assert_eq!(cached.load().unwrap().settings.iaas_public_key, None, "settings.json has no key");
     }
 
     /// A settings file that appears late (cloud-init writing Azure's user data) is waited for at

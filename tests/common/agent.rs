@@ -26,7 +26,7 @@ pub struct TestAgent {
 
 impl TestAgent {
     /// Writes `settings` and an `agent.json` pointing at them, then starts the agent on the dummy
-    /// platform and supervisor with a 1 s heartbeat.
+    /// platform and supervisor with a 1 s heartbeat (unless `extra` has its own `-P` or `-h`).
     pub fn start(settings: &Value, extra: &[&str]) -> TestAgent {
         TestAgent::launch(settings, Launch { extra, ..Launch::default() })
     }
@@ -41,7 +41,11 @@ impl TestAgent {
         // `-P dummy` unless the caller picks the platform (`extra: &["-P", "linux"]`).
         let platform = if how.extra.contains(&"-P") { Vec::new() } else { vec!["-P", "dummy"] };
         let mut args: Vec<String> = platform.into_iter().map(String::from).collect();
-        args.extend(["-M", supervisor, "-l", "debug", "-h", "1"].map(String::from));
+        args.extend(["-M", supervisor, "-l", "debug"].map(String::from));
+        // A 1 s heartbeat unless the caller sets one (`extra: &["-h", "3600"]`).
+        if !how.extra.contains(&"-h") {
+            args.extend(["-h", "1"].map(String::from));
+        }
         args.extend(["-C".into(), path(&dir.path().join("agent.json"))]);
         args.extend(["-b".into(), path(&base)]);
         args.extend(how.extra.iter().map(|s| s.to_string()));
@@ -87,6 +91,11 @@ impl TestAgent {
     /// The base directory (`-b`).
     pub fn base(&self) -> PathBuf {
         self.base.clone()
+    }
+
+    /// The settings file its File source reads: rewrite it to play a CPI changing the settings.
+    pub fn settings_path(&self) -> PathBuf {
+        self.dir.path().join("settings.json")
     }
 
     /// Everything the agent logged so far.
@@ -137,6 +146,11 @@ impl TestAgent {
 impl Drop for TestAgent {
     fn drop(&mut self) {
         self.kill();
+        // On the Linux platform the agent mounts (a tmpfs on data/sys/run, binds under `-r`).
+        let root = self.args.iter().position(|a| a == "-r").and_then(|i| self.args.get(i + 1));
+        let mut dirs = vec![self.dir.path(), self.base.as_path()];
+        dirs.extend(root.map(Path::new));
+        super::mounts::unmount_under(&dirs);
         if std::thread::panicking() {
             eprintln!("--- agent log ---\n{}", self.log());
         }
@@ -239,10 +253,10 @@ impl Director {
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
             let args: Vec<Value> = Vec::new();
-            if let Ok(v) = self.nats.request("ping", &args, Instant::now() + left) {
-                if v == json!({"value": "pong"}) {
-                    return true;
-                }
+            match self.nats.request("ping", &args, Instant::now() + left) {
+                Ok(v) if v == json!({"value": "pong"}) => return true,
+                // Not subscribed yet: the server says so at once ("no reply"), so pace the retries.
+                _ => std::thread::sleep(Duration::from_millis(50)),
             }
         }
         false

@@ -35,3 +35,58 @@ pub fn devices_available(test: &str, tools: &[&str]) -> bool {
     assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} cannot run under CI: {why}");
     false
 }
+
+/// A loop device on a sparse image of its own. On drop, whatever is mounted from it or its
+/// partitions is lazily unmounted, it is detached, and the partition nodes the kernel no longer backs
+/// (made by mknod in udev-less containers) are removed.
+pub struct LoopDevice {
+    _dir: tempfile::TempDir,
+    dev: std::path::PathBuf,
+}
+
+impl LoopDevice {
+    /// Attaches a fresh sparse image of `mb` MiB.
+    pub fn new(mb: u64) -> LoopDevice {
+        let dir = tempfile::tempdir().expect("image dir");
+        let img = dir.path().join("disk.img");
+        std::fs::File::create(&img).expect("image").set_len(mb << 20).expect("size");
+        let dev = sh(Command::new("losetup").args(["-f", "--show", "-P"]).arg(&img));
+        LoopDevice { _dir: dir, dev: std::path::PathBuf::from(dev.trim()) }
+    }
+
+    /// The device node.
+    pub fn path(&self) -> &Path {
+        &self.dev
+    }
+
+    /// Partition `n`'s node.
+    pub fn part(&self, n: usize) -> std::path::PathBuf {
+        bosh_agent::platform::disks::prepare::partition_path_n(&self.dev, n)
+    }
+
+    /// Lazily unmounts everything mounted from the device or its partitions (a "reboot").
+    pub fn unmount_all(&self) {
+        use bosh_agent::platform::disks::mount;
+        for n in [self.part(1), self.part(2), self.part(3), self.dev.clone()] {
+            if let (Ok(num), Ok(table)) = (mount::device_number(&n), mount::mounts()) {
+                for p in mount::mount_points_of(&table, num).iter().rev() {
+                    let _ = Command::new("umount").arg("-l").arg(p).status();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        self.unmount_all();
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+        for n in 1..=3 {
+            let p = self.part(n);
+            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if p.exists() && !Path::new("/sys/class/block").join(name).exists() {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+}

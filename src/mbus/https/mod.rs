@@ -477,6 +477,8 @@ fn authorized(expected: &[u8], head: &Head) -> bool {
 /// Authentication first (every route, like the Go agent), then the three routes.
 fn route(shared: &Shared, ex: &mut Exchange<'_>, head: &Head) -> io::Result<()> {
     if !authorized(&shared.auth, head) {
+        let peer = ex.stream.sock.peer_addr().map_or_else(|_| "an unknown peer".into(), |a| a.to_string());
+        log::info!("https: 401 for {} {} from {peer}: wrong or missing mbus credentials", head.method, head.path());
         return ex.respond(401, &[("WWW-Authenticate", "Basic realm=\"\"")], b"");
     }
     let path = head.path();

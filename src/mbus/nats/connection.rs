@@ -63,6 +63,8 @@ pub(crate) struct State {
     pub(crate) pongs_received: u64,
     /// Subscriptions (sids `1..=subscribed`) on the current connection, so they can be withdrawn.
     pub(crate) subscribed: u64,
+    /// Why the last attempt to connect failed, for a caller that reports it rather than retries.
+    pub(crate) last_failure: Option<String>,
 }
 
 impl State {
@@ -140,9 +142,15 @@ pub(crate) fn run(shared: &Shared, inbox: &Sender<Message>) {
         let url_text = &opts.urls[attempt % opts.urls.len()];
         attempt = attempt.wrapping_add(1);
         match NatsUrl::parse(url_text) {
-            Err(e) => log::error!("NATS: {e}"),
+            Err(e) => {
+                log::error!("NATS: {e}");
+                failed(shared, e);
+            }
             Ok(url) => match establish(shared, generation, &url, &opts) {
-                Err(e) => log::warn!("NATS: connecting to {url} failed: {e}"),
+                Err(e) => {
+                    log::warn!("NATS: connecting to {url} failed: {e}");
+                    failed(shared, format!("connecting to {url}: {e}"));
+                }
                 Ok(conn) => {
                     if let Some(reason) = serve(shared, generation, &url, conn, inbox, &mut inbox_gone_logged)
                     {
@@ -167,6 +175,13 @@ pub(crate) fn run(shared: &Shared, inbox: &Sender<Message>) {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
+}
+
+/// Records why an attempt failed and wakes whoever waits for the connection.
+fn failed(shared: &Shared, why: String) {
+    let mut state = shared.lock();
+    state.last_failure = Some(why);
+    shared.changed.notify_all();
 }
 
 /// Waits up to `timeout` (forever when `None`); true when options changed or shutdown was requested.
@@ -380,12 +395,12 @@ fn serve(
                     return stop_reason(shared, generation, &io_text("reading", &e));
                 }
             },
-            Some(ServerOp::Msg { subject, sid, reply, payload }) => {
+            Some(ServerOp::Msg { subject, sid, reply, payload, status }) => {
                 if sid == 0 || sid > sids {
                     log::debug!("NATS: message for unknown sid {sid} ignored");
                     continue;
                 }
-                let message = Message { subject, reply, payload };
+                let message = Message { subject, reply, payload, status };
                 if inbox.send(message).is_err() && !*inbox_gone_logged {
                     *inbox_gone_logged = true;
                     log::warn!("NATS: inbox receiver dropped; incoming messages are discarded");
@@ -471,6 +486,7 @@ mod tests {
             pings_sent: 0,
             pongs_received: 0,
             subscribed: 0,
+            last_failure: None,
         }
     }
 

@@ -88,6 +88,8 @@ pub struct Message {
     pub reply: Option<String>,
     /// The raw body.
     pub payload: Vec<u8>,
+    /// The server's status for a message with headers: 503 when a request found no subscriber.
+    pub status: Option<u16>,
 }
 
 /// Why a publish was refused. Transient disconnection is not an error: the message is buffered.
@@ -153,6 +155,7 @@ impl NatsConnection {
                 pings_sent: 0,
                 pongs_received: 0,
                 subscribed: 0,
+                last_failure: None,
             }),
             changed: Condvar::new(),
         });
@@ -178,9 +181,8 @@ impl NatsConnection {
     }
 
     /// Like [`NatsConnection::publish`] but sets the NATS reply subject, for peers that use NATS
-    /// request/reply (the director does not: it puts `reply_to` in the body). Also what tests use to
-    /// check reply-subject handling end to end.
-    #[cfg(feature = "internals")]
+    /// request/reply (the director does not: it puts `reply_to` in the body). `bosh-agent call` sets
+    /// it too, so the server answers at once with a 503 status when no agent listens.
     pub fn publish_with_reply(&self, subject: &str, reply: &str, payload: &[u8]) -> Result<(), PublishError> {
         protocol::validate_subject(reply).map_err(PublishError::InvalidSubject)?;
         self.publish_inner(subject, Some(reply), payload)
@@ -308,6 +310,26 @@ impl NatsConnection {
             let now = Instant::now();
             if state.shutdown || now >= deadline {
                 return false;
+            }
+            state = wait_timeout(&self.shared.changed, state, deadline - now).0;
+        }
+    }
+
+    /// Blocks until connected, until an attempt to connect has failed, or until `timeout` passes:
+    /// for a caller that reports why it cannot connect as soon as it knows, instead of retrying.
+    pub fn wait_first_attempt(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = deadline_after(timeout);
+        let mut state = lock(&self.shared.state);
+        loop {
+            if state.wire.is_some() {
+                return Ok(());
+            }
+            if let Some(why) = &state.last_failure {
+                return Err(why.clone());
+            }
+            let now = Instant::now();
+            if state.shutdown || now >= deadline {
+                return Err("no answer from the server in time".into());
             }
             state = wait_timeout(&self.shared.changed, state, deadline - now).0;
         }

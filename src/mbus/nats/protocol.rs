@@ -39,7 +39,7 @@ pub struct ServerInfo {
 pub enum ServerOp {
     /// `INFO {json}`: on connect and again when the cluster changes.
     Info(ServerInfo),
-    /// `MSG <subject> <sid> [reply] <#bytes>` with its payload.
+    /// `MSG <subject> <sid> [reply] <#bytes>` with its payload, or `HMSG` (a message with headers).
     Msg {
         /// Subject the message was published to.
         subject: String,
@@ -47,8 +47,11 @@ pub enum ServerOp {
         sid: u64,
         /// Optional NATS reply subject.
         reply: Option<String>,
-        /// Message body.
+        /// Message body (without the headers of an HMSG).
         payload: Vec<u8>,
+        /// The status of an HMSG whose header line carries one: 503 is the server saying nobody
+        /// is subscribed to the subject a request was published to ("no responders").
+        status: Option<u16>,
     },
     /// `PING`: must be answered with PONG or the server drops us.
     Ping,
@@ -120,10 +123,21 @@ impl Parser {
         let op = op.to_ascii_uppercase();
         let after_line = eol + 2;
         let parsed = match op.as_slice() {
-            b"MSG" => {
+            b"MSG" | b"HMSG" => {
+                let headers = op.as_slice() == b"HMSG";
                 let args =
                     std::str::from_utf8(args).map_err(|_| ProtocolError("MSG line is not UTF-8".into()))?;
-                let fields: Vec<&str> = args.split_ascii_whitespace().collect();
+                let mut fields: Vec<&str> = args.split_ascii_whitespace().collect();
+                // HMSG <subject> <sid> [reply] <#header bytes> <#total bytes>: take the header length
+                // out, and what is left reads like a MSG line.
+                let header_len = match (headers, fields.len()) {
+                    (false, _) => 0,
+                    (true, 4 | 5) => fields
+                        .remove(fields.len() - 2)
+                        .parse::<usize>()
+                        .map_err(|_| ProtocolError("HMSG with a bad header length".into()))?,
+                    (true, _) => return Err(ProtocolError("HMSG with wrong number of arguments".into())),
+                };
                 let (subject, sid, reply, len) = match fields.as_slice() {
                     [s, sid, len] => (*s, *sid, None, *len),
                     [s, sid, reply, len] => (*s, *sid, Some(*reply), *len),
@@ -131,7 +145,7 @@ impl Parser {
                 };
                 let sid: u64 = sid.parse().map_err(|_| ProtocolError("MSG with a bad sid".into()))?;
                 let len: usize = len.parse().map_err(|_| ProtocolError("MSG with a bad length".into()))?;
-                if len > MAX_PAYLOAD_LIMIT {
+                if len > MAX_PAYLOAD_LIMIT || header_len > len {
                     return Err(ProtocolError("MSG payload length out of range".into()));
                 }
                 let total = after_line + len + 2;
@@ -144,11 +158,13 @@ impl Parser {
                 if &pending[after_line + len..total] != b"\r\n" {
                     return Err(ProtocolError("MSG payload not followed by CRLF".into()));
                 }
+                let body = &pending[after_line..after_line + len];
                 let op = ServerOp::Msg {
                     subject: subject.to_string(),
                     sid,
                     reply: reply.map(str::to_string),
-                    payload: pending[after_line..after_line + len].to_vec(),
+                    payload: body[header_len..].to_vec(),
+                    status: headers.then(|| status(&body[..header_len])).flatten(),
                 };
                 self.start += total;
                 return Ok(Some(op));
@@ -173,6 +189,13 @@ impl Parser {
         self.start += after_line;
         Ok(Some(parsed))
     }
+}
+
+/// The status code of an HMSG's header block (`NATS/1.0 503\r\n...`), if it has one.
+fn status(headers: &[u8]) -> Option<u16> {
+    let line = &headers[..find_crlf(headers).unwrap_or(headers.len())];
+    let rest = line.strip_prefix(b"NATS/1.0")?;
+    std::str::from_utf8(rest).ok()?.split_ascii_whitespace().next()?.parse().ok()
 }
 
 fn find_crlf(bytes: &[u8]) -> Option<usize> {
@@ -217,7 +240,9 @@ pub struct ConnectInfo<'a> {
 }
 
 /// Encodes `CONNECT {json}\r\n`. verbose is off (no +OK per message, lower latency), echo on (the
-/// server default; we never subscribe to what we publish anyway).
+/// server default; we never subscribe to what we publish anyway). Headers and `no_responders` are
+/// on, so a request published with a NATS reply subject to a subject nobody subscribes to is
+/// answered at once with a 503 status (the agent never sets one, so it never gets one).
 pub fn encode_connect(info: &ConnectInfo<'_>) -> Vec<u8> {
     let mut obj = serde_json::json!({
         "verbose": false,
@@ -228,6 +253,8 @@ pub fn encode_connect(info: &ConnectInfo<'_>) -> Vec<u8> {
         "version": env!("CARGO_PKG_VERSION"),
         "protocol": 1,
         "echo": true,
+        "headers": true,
+        "no_responders": true,
     });
     if let Some(map) = obj.as_object_mut() {
         if let Some(user) = info.user {
@@ -294,7 +321,8 @@ mod tests {
                 subject: "agent.x".into(),
                 sid: 1,
                 reply: None,
-                payload: b"hello".to_vec()
+                payload: b"hello".to_vec(),
+                status: None,
             }]
         );
         assert_eq!(p.buffered(), 0);
@@ -310,9 +338,33 @@ mod tests {
                 subject: "a.b".into(),
                 sid: 22,
                 reply: Some("_INBOX.1".into()),
-                payload: b"\r\n\r\n".to_vec()
+                payload: b"\r\n\r\n".to_vec(),
+                status: None,
             }]
         );
+    }
+
+    #[test]
+    fn hmsg_carries_its_status_and_body_without_headers() {
+        let mut p = Parser::new();
+        p.push(b"HMSG _INBOX.a 4 16 16\r\nNATS/1.0 503\r\n\r\n\r\n");
+        p.push(b"HMSG s 1 r 12 14\r\nNATS/1.0\r\n\r\nhi\r\n");
+        assert_eq!(
+            all(&mut p),
+            vec![
+                ServerOp::Msg { subject: "_INBOX.a".into(), sid: 4, reply: None, payload: vec![], status: Some(503) },
+                ServerOp::Msg {
+                    subject: "s".into(),
+                    sid: 1,
+                    reply: Some("r".into()),
+                    payload: b"hi".to_vec(),
+                    status: None
+                },
+            ]
+        );
+        let mut bad = Parser::new();
+        bad.push(b"HMSG s 1 9 4\r\nabcd\r\n");
+        assert!(bad.next_op().is_err(), "header longer than the message");
     }
 
     #[test]

@@ -76,10 +76,11 @@ fn instance_id(meta: &Value) -> Option<String> {
     ["uuid", "instance-id"].iter().find_map(|k| meta.get(*k).and_then(Value::as_str)).map(String::from)
 }
 
-/// The OpenSSH key: EC2's `public_keys["0"]["openssh-key"]` or OpenStack's `public_keys{name: key}`.
+/// The OpenSSH key: `public-keys["0"]["openssh-key"]` of EC2-style meta-data (the key the Go agent
+/// reads), the same under `public_keys`, or OpenStack's `public_keys{name: key}`.
 fn public_key(meta: &Value) -> Option<String> {
-    let keys = meta.get("public_keys")?.as_object()?;
-    keys.values().find_map(|v| match v {
+    let keys = meta.get("public-keys").or_else(|| meta.get("public_keys"))?.as_object()?;
+    keys.get("0").into_iter().chain(keys.values()).find_map(|v| match v {
         Value::String(k) => Some(k.clone()),
         Value::Object(o) => o.get("openssh-key").and_then(Value::as_str).map(String::from),
         _ => None,
@@ -146,5 +147,7 @@ mod tests {
         assert_eq!((instance_id(&os), public_key(&os)), (Some("u-1".into()), Some("ssh-rsa AAA".into())));
         assert_eq!((instance_id(&ec2), public_key(&ec2)), (Some("i-1".into()), Some("ssh-rsa BBB".into())));
         assert_eq!(public_key(&json!({})), None);
+        let go = json!({"public-keys": {"1": {"openssh-key": "ssh-rsa ONE"}, "0": {"openssh-key": "ssh-rsa ZERO"}}});
+        assert_eq!(public_key(&go), Some("ssh-rsa ZERO".into()));
     }
 }

@@ -39,8 +39,7 @@ pub trait SettingsSource: Send + Sync {
     /// Fetches the raw settings document.
     fn fetch(&self) -> Result<Value, String>;
     /// The infrastructure's OpenSSH key for `vcap`, if the last successful fetch found one (metadata
-    /// services and config drives carry one; the platform installs it).
-    #[allow(dead_code, reason = "the bootstrap of the next issue installs it")]
+    /// services and config drives carry one; the bootstrap installs it).
     fn public_key(&self) -> Option<String> {
         None
     }
