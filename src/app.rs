@@ -32,7 +32,7 @@ pub const CPU_WINDOW: Duration = Duration::from_secs(10);
 /// default start limit leaves the unit dead for good.
 pub const MIN_FAILED_RUN: Duration = Duration::from_secs(10);
 
-/// Runs the agent until SIGTERM or SIGINT. A start that fails returns its error no sooner than
+/// Runs the agent until SIGTERM or SIGINT. A start that fails logs its error and returns it no sooner than
 /// [`MIN_FAILED_RUN`] (or `agent.json`'s `Infrastructure.Settings.Retry.MinFailedRunMs`) after the
 /// process started, unless a signal asks it to stop first.
 pub fn run(opts: Options) -> Result<(), String> {
@@ -41,9 +41,10 @@ pub fn run(opts: Options) -> Result<(), String> {
     let mut min_failed_run = MIN_FAILED_RUN;
     let result = serve(opts, &signals, &mut min_failed_run);
     if let Err(e) = &result {
+        // Logged here, once, so the log says why before it says how long the exit waits.
+        log::error!("{e}");
         let left = min_failed_run.saturating_sub(started.elapsed());
         if !left.is_zero() {
-            log::error!("{e}");
             log::info!(
                 "start failed; exiting in {:.1} s (a failed start lasts at least {:?}, so the service \
                  manager's restart limit is never reached)",

@@ -58,8 +58,10 @@ impl TestAgent {
     fn prepare(dir: &Path, base: &Path, settings: &Value, extra: Option<Value>) {
         std::fs::create_dir_all(base.join("bosh")).expect("base dir");
         std::fs::write(dir.join("settings.json"), settings.to_string()).expect("settings");
+        // A failed start lasts 1 s here, not the agent's 10 s, so tests of refused starts stay quick.
         let mut cfg = json!({"Platform": {"Linux": {}}, "Infrastructure": {"Settings": {"Sources": [
-            {"Type": "File", "SettingsPath": path(&dir.join("settings.json"))}]}}});
+            {"Type": "File", "SettingsPath": path(&dir.join("settings.json"))}],
+            "Retry": {"MinFailedRunMs": 1000}}}});
         if let Some(more) = extra {
             merge(&mut cfg, more);
         }
