@@ -14,7 +14,7 @@
 //! and the median of 3 rounds is reported. Needs root (loop devices, mount, drop_caches).
 
 use bosh_agent::dirs::Dirs;
-use bosh_agent::platform::disks::{DiskManager, LinuxDisks};
+use bosh_agent::platform::disks::{DiskConfig, DiskManager, LinuxDisks};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -155,7 +155,7 @@ fn main() {
         bytes as f64 / 1e9
     );
 
-    let disks = LinuxDisks::new(dirs.clone());
+    let disks = LinuxDisks::new(dirs.clone(), DiskConfig::default());
     let (mut agent, mut cp) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         for which in [round % 2, 1 - round % 2] {

@@ -72,7 +72,7 @@ fn serve(opts: Options, signals: &signals::Set, min_failed_run: &mut Duration) -
         *min_failed_run = Duration::from_millis(ms);
     }
     crate::config::keys::log_treatment(&config);
-    let platform: Arc<dyn Platform> = platform::with_options(opts.platform, &dirs, &config.linux).into();
+    let platform: Arc<dyn Platform> = platform::with_options(opts.platform, &dirs, &config.linux)?.into();
     let network: sources::NetworkHook = {
         let platform = platform.clone();
         Arc::new(move || platform.network_for_settings())

@@ -10,7 +10,7 @@
 
 use crate::common::agent::{exception, Director, Launch, TestAgent};
 use crate::common::certs::TestPki;
-use crate::common::loopdev::{devices_available, sh, DEVICES};
+use crate::common::loopdev::{devices_available, sh, turn, DEVICES};
 use crate::common::nats_server::{NatsServer, NatsServerOptions};
 use crate::common::settings::nats_settings;
 use bosh_agent::dirs::Dirs;
@@ -112,6 +112,21 @@ struct Env {
 }
 
 fn start(tag: &str, platform: &str) -> Env {
+    start_with(tag, platform, Opts::default())
+}
+
+/// What a test changes about the agent it starts.
+#[derive(Default)]
+struct Opts {
+    /// agent.json's `Platform.Linux`.
+    linux: Value,
+    /// The agent's environment (a `PATH` with fake tools first).
+    env: Vec<(String, String)>,
+    /// `env.persistent_disk_fs` in the settings.
+    fs: Option<&'static str>,
+}
+
+fn start_with(tag: &str, platform: &str, opts: Opts) -> Env {
     let pki = TestPki::new();
     let nats = NatsServer::start(&pki, NatsServerOptions::default());
     let id = format!("{tag}-{}", &bosh_agent::ids::uuid_v4()[..8]);
@@ -119,11 +134,21 @@ fn start(tag: &str, platform: &str) -> Env {
     if platform != "dummy" {
         settings["disks"] = json!({"persistent": {}});
     }
+    if let Some(fs) = opts.fs {
+        settings["env"]["persistent_disk_fs"] = json!(fs);
+    }
+    let linux = if opts.linux.is_null() { json!({}) } else { opts.linux };
+    let env = opts.env;
     let root = tempfile::tempdir().unwrap();
     let root_arg = root.path().to_str().unwrap().to_string();
     let agent = TestAgent::launch(
         &settings,
-        Launch { extra: &["-P", platform, "-r", &root_arg], ..Launch::default() },
+        Launch {
+            extra: &["-P", platform, "-r", &root_arg],
+            agent_json: Some(json!({"Platform": {"Linux": linux}})),
+            env,
+            ..Launch::default()
+        },
     );
     let mut d = Director::connect(&pki, &nats.url(), &id);
     assert!(d.wait_ready(Duration::from_secs(15)), "agent never answered:\n{}", agent.log());
@@ -401,4 +426,300 @@ fn dummy_platform_records_the_disk_conversation() {
     env.agent.restart();
     assert!(env.d.wait_ready(Duration::from_secs(15)), "agent did not boot:\n{}", env.agent.log());
     assert_eq!(env.list(), json!(["disk-1"]));
+}
+
+/// Bytes the filesystem mounted at `dir` spans (statvfs blocks × fragment size).
+fn fs_bytes(dir: &Path) -> u64 {
+    let out = sh(Command::new("stat").args(["-f", "-c", "%b %S"]).arg(dir));
+    let v: Vec<u64> = out.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    v[0] * v[1]
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn warden_directory_disks_are_bind_mounted_listed_migrated_and_remounted() {
+    if !devices_available("warden_directory_disks_are_bind_mounted_listed_migrated_and_remounted", &["mount"])
+    {
+        return;
+    }
+    // bosh-lite's agent.json: the "disk" is a directory the warden CPI made.
+    let warden = json!({"UsePreformattedPersistentDisk": true, "BindMountPersistentDisk": true,
+                        "SkipDiskSetup": true, "UseDefaultTmpDir": true});
+    let mut env = start_with("disk-warden", "linux", Opts { linux: warden, ..Opts::default() });
+    let disks = tempfile::tempdir().unwrap();
+    let (a, b) = (disks.path().join("disk-a"), disks.path().join("disk-b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(a.join("hello.txt"), "from the host").unwrap();
+    env.ok("add_persistent_disk", json!(["disk-a", a]));
+    env.ok("add_persistent_disk", json!(["disk-b", {"path": b}]));
+    assert_eq!(env.list(), json!([]));
+
+    env.ok("mount_disk", json!(["disk-a"]));
+    assert!(in_proc_mounts(&env.store()), "store not mounted");
+    assert_eq!(std::fs::read_to_string(env.store().join("hello.txt")).unwrap(), "from the host");
+    std::fs::write(env.store().join("job.data"), "written by a job").unwrap();
+    assert_eq!(std::fs::read_to_string(a.join("job.data")).unwrap(), "written by a job", "not a bind mount");
+    assert_eq!(env.managed(), "disk-a");
+    assert_eq!(env.list(), json!(["disk-a"]));
+    env.ok("mount_disk", json!(["disk-a"]));
+    let table = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let store = env.store();
+    let on_store = table.lines().filter(|l| l.split_whitespace().nth(1) == store.to_str()).count();
+    assert_eq!(on_store, 1, "mounting again stacked a second bind mount");
+
+    // Migration to the second directory disk.
+    env.ok("mount_disk", json!(["disk-b"]));
+    assert!(in_proc_mounts(&env.target()));
+    env.ok("migrate_disk", json!(["disk-a", "disk-b"]));
+    assert_eq!(std::fs::read_to_string(b.join("job.data")).unwrap(), "written by a job");
+    assert_eq!(std::fs::read_to_string(env.store().join("hello.txt")).unwrap(), "from the host");
+    assert!(!in_proc_mounts(&env.target()));
+    assert_eq!(env.managed(), "disk-b");
+    assert_eq!(env.list(), json!(["disk-b"]));
+
+    // A restarted container: the recorded directory is bound again at boot.
+    sh(Command::new("umount").arg(env.store()));
+    env.agent.restart();
+    assert!(env.d.wait_ready(Duration::from_secs(15)), "agent did not boot:\n{}", env.agent.log());
+    assert_eq!(env.list(), json!(["disk-b"]));
+    assert_eq!(std::fs::read_to_string(env.store().join("job.data")).unwrap(), "written by a job");
+
+    env.ok("unmount_disk", json!(["disk-b"]));
+    assert!(!in_proc_mounts(&env.store()));
+    assert_eq!(env.list(), json!([]));
+    assert!(b.join("job.data").exists(), "unmounting touched the directory");
+}
+
+#[test]
+fn preformatted_disks_are_mounted_as_given_and_never_formatted() {
+    let Some(_turn) = turn("preformatted_disks_are_mounted_as_given_and_never_formatted", TOOLS) else {
+        return;
+    };
+    let linux = json!({"UsePreformattedPersistentDisk": true});
+    let mut env = start_with("disk-preformatted", "linux", Opts { linux, ..Opts::default() });
+    let whole = LoopDisk::new(64).with_whole_device_data();
+    env.ok("add_persistent_disk", json!(["disk-whole", whole.dev()]));
+    env.ok("mount_disk", json!(["disk-whole"]));
+    assert_eq!(std::fs::read_to_string(env.store().join("hello.txt")).unwrap(), "precious");
+    assert_eq!(mounted_at(&env.store()), Some(mount::device_number(whole.dev()).unwrap()));
+    env.ok("unmount_disk", json!(["disk-whole"]));
+
+    // A blank disk is not partitioned or formatted: mounting it fails and it stays blank.
+    let blank = LoopDisk::new(64);
+    env.ok("add_persistent_disk", json!(["disk-blank", blank.dev()]));
+    let e = exception(&env.task("mount_disk", json!(["disk-blank"])));
+    assert!(e.contains("mount"), "{e}");
+    let probe = Command::new("blkid").arg("-p").arg(blank.dev()).output().unwrap();
+    assert!(
+        probe.stdout.is_empty(),
+        "the blank disk was written: {}",
+        String::from_utf8_lossy(&probe.stdout)
+    );
+    assert!(!in_proc_mounts(&env.store()));
+}
+
+/// Grows the loop device's image by `mb` and tells the kernel (`losetup -c`), as a resize by the
+/// director (detach, resize, attach) leaves the disk.
+fn grow_loop(disk: &LoopDisk, mb: u64) {
+    let img = disk._dir.path().join("disk.img");
+    let len = std::fs::metadata(&img).unwrap().len();
+    std::fs::File::options().write(true).open(&img).unwrap().set_len(len + (mb << 20)).unwrap();
+    sh(Command::new("losetup").arg("-c").arg(disk.dev()));
+}
+
+fn resized_disk_grows_on_mount(fs: &'static str, mb: u64) {
+    let mut env = start_with(&format!("disk-resize-{fs}"), "linux", Opts { fs: Some(fs), ..Opts::default() });
+    let disk = LoopDisk::new(mb);
+    env.ok("add_persistent_disk", json!(["disk-r", disk.dev()]));
+    env.ok("mount_disk", json!(["disk-r"]));
+    let blkid = sh(Command::new("blkid").args(["-p", "-o", "value", "-s", "TYPE"]).arg(disk.p1()));
+    assert_eq!(blkid.trim(), fs);
+    std::fs::write(env.store().join("kept.txt"), "before the resize").unwrap();
+    let before = fs_bytes(&env.store());
+    let uuid = sh(Command::new("blkid").args(["-p", "-o", "value", "-s", "UUID"]).arg(disk.p1()));
+    env.ok("unmount_disk", json!(["disk-r"]));
+
+    grow_loop(&disk, mb);
+    env.ok("mount_disk", json!(["disk-r"]));
+    let p1 = prepare::size_of(&disk.p1()).unwrap();
+    assert!(p1 > (2 * mb - 2) * MIB, "partition 1 is {} MiB of a {} MiB disk", p1 / MIB, 2 * mb);
+    let after = fs_bytes(&env.store());
+    assert!(after > before + (mb - 40) * MIB, "{fs} not grown: {} -> {} MiB", before / MIB, after / MIB);
+    assert_eq!(std::fs::read_to_string(env.store().join("kept.txt")).unwrap(), "before the resize");
+    let uuid_after = sh(Command::new("blkid").args(["-p", "-o", "value", "-s", "UUID"]).arg(disk.p1()));
+    assert_eq!(uuid_after, uuid, "the disk was reformatted");
+
+    // Mounting again (already grown, already mounted) changes nothing.
+    env.ok("mount_disk", json!(["disk-r"]));
+    assert_eq!(fs_bytes(&env.store()), after);
+    env.ok("unmount_disk", json!(["disk-r"]));
+}
+
+#[test]
+fn a_resized_ext4_disk_grows_on_mount() {
+    let tools = [TOOLS, &["resize2fs", "e2fsck"]].concat();
+    let Some(_turn) = turn("a_resized_ext4_disk_grows_on_mount", &tools) else { return };
+    resized_disk_grows_on_mount("ext4", 200);
+}
+
+#[test]
+fn a_resized_xfs_disk_grows_on_mount() {
+    if !devices_available("a_resized_xfs_disk_grows_on_mount", &[TOOLS, &["mkfs.xfs", "xfs_growfs"]].concat())
+    {
+        return;
+    }
+    resized_disk_grows_on_mount("xfs", 320);
+}
+
+/// An agent with `DevicePathResolutionType` `kind`, and a blank loop disk for it to find.
+fn resolving(kind: &str) -> (Env, LoopDisk) {
+    let linux = json!({ "DevicePathResolutionType": kind });
+    (start_with(&format!("disk-{kind}"), "linux", Opts { linux, ..Opts::default() }), LoopDisk::new(64))
+}
+
+/// A fake SCSI device in a fake sysfs under `root`: `devices/.../<addr>/block/<name>` plus the bus
+/// link, as the kernel lays it out, and `/dev/<name>` under the root leading to a real loop device.
+/// (No test can make the kernel grow a SCSI host; the loop device stands in for the disk.)
+fn fake_scsi_disk(root: &Path, addr: &str, name: &str, dev: &Path) {
+    let real = root.join("sys/devices/pci0000:00/host2").join(addr);
+    std::fs::create_dir_all(real.join("block").join(name)).unwrap();
+    let bus = root.join("sys/bus/scsi/devices");
+    std::fs::create_dir_all(&bus).unwrap();
+    std::os::unix::fs::symlink(&real, bus.join(addr)).unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    std::os::unix::fs::symlink(dev, root.join("dev").join(name)).unwrap();
+}
+
+#[test]
+fn scsi_disks_appear_after_the_rescan_the_agent_triggers() {
+    let Some(_turn) = turn("scsi_disks_appear_after_the_rescan_the_agent_triggers", TOOLS) else { return };
+    let (mut env, disk) = resolving("scsi");
+    // FAKE SYSFS: two SCSI hosts whose `scan` files record what the agent writes.
+    let root = env.root.path().to_path_buf();
+    for host in ["host0", "host2"] {
+        let dir = root.join("sys/class/scsi_host").join(host);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("scan"), "").unwrap();
+    }
+    // The "hypervisor": the disk shows up as 2:0:3:0 only once host2 was asked to scan.
+    let (r, dev) = (root.clone(), disk.dev().to_path_buf());
+    let attach = std::thread::spawn(move || {
+        let scan = r.join("sys/class/scsi_host/host2/scan");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::fs::read_to_string(&scan).unwrap_or_default() != "- - -" {
+            assert!(std::time::Instant::now() < deadline, "the agent never rescanned host2");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fake_scsi_disk(&r, "2:0:3:0", "sdq", &dev);
+    });
+    env.ok("add_persistent_disk", json!(["disk-scsi", {"volume_id": "3"}]));
+    env.ok("mount_disk", json!(["disk-scsi"]));
+    attach.join().unwrap();
+    assert_eq!(std::fs::read_to_string(root.join("sys/class/scsi_host/host0/scan")).unwrap(), "- - -");
+    assert_eq!(mounted_at(&env.store()), Some(mount::device_number(&disk.p1()).unwrap()));
+    assert_eq!(env.list(), json!(["disk-scsi"]));
+    env.ok("unmount_disk", json!(["disk-scsi"]));
+    assert_eq!(env.list(), json!([]));
+}
+
+#[test]
+fn virtio_disks_are_found_by_their_cid_under_by_id() {
+    let Some(_turn) = turn("virtio_disks_are_found_by_their_cid_under_by_id", TOOLS) else { return };
+    let (mut env, disk) = resolving("virtio");
+    // FAKE UDEV: KVM's by-id link, the serial cut to 20 characters, to a real loop device.
+    let cid = "6f2b1c3a-9d4e-4f5a-8b7c-0d1e2f3a4b5c";
+    let by_id = env.root.path().join("dev/disk/by-id");
+    std::fs::create_dir_all(&by_id).unwrap();
+    std::os::unix::fs::symlink(disk.dev(), by_id.join(format!("virtio-{}", &cid[..20]))).unwrap();
+    // The CPI's path names a device that does not exist here: the by-id name wins.
+    env.ok("add_persistent_disk", json!([cid, {"path": "/dev/sdzz"}]));
+    env.ok("mount_disk", json!([cid]));
+    assert_eq!(mounted_at(&env.store()), Some(mount::device_number(&disk.p1()).unwrap()));
+    assert_eq!(env.list(), json!([cid]));
+    env.ok("unmount_disk", json!([cid]));
+}
+
+/// FAKE iscsiadm and dmsetup: this kernel has no device-mapper and there is no iSCSI target, so
+/// `iscsiadm -m node -l` "logs in" by linking `<root>/dev/mapper/<wwid>` to a real loop device (the
+/// LUN), and `dmsetup ls` lists the links in `<root>/dev/mapper` as maps — adding `<wwid>-part1`,
+/// as multipathd would, once the LUN has a partition. Every iscsiadm call is logged to `calls`.
+fn fake_iscsi_tools(bin: &Path, root: &Path, lun: &Path, wwid: &str, calls: &Path) {
+    let mapper = root.join("dev/mapper");
+    std::fs::create_dir_all(&mapper).unwrap();
+    let lun_name = lun.file_name().unwrap().to_str().unwrap();
+    let iscsiadm = format!(
+        "#!/bin/sh\n# FAKE iscsiadm (test stand-in: no iSCSI target exists here)\necho \"$*\" >> '{calls}'\n\
+         case \"$*\" in\n  '-m session') echo 'iscsiadm: No active sessions.' >&2; exit 21 ;;\n  \
+         '-m node -l') ln -sf '{lun}' '{mapper}/{wwid}' ;;\nesac\nexit 0\n",
+        calls = calls.display(),
+        lun = lun.display(),
+        mapper = mapper.display(),
+    );
+    let dmsetup = format!(
+        "#!/bin/sh\n# FAKE dmsetup (test stand-in: this kernel has no device-mapper)\n[ \"$1\" = ls ] || exit 1\n\
+         [ -e '{mapper}/{wwid}' ] && partx -u /dev/{lun_name} 2>/dev/null\n\
+         p=/sys/class/block/{lun_name}p1\n\
+         if [ -e '{mapper}/{wwid}' ] && [ -e $p ]; then\n  \
+           [ -b /dev/{lun_name}p1 ] || mknod /dev/{lun_name}p1 b $(cut -d: -f1 $p/dev) $(cut -d: -f2 $p/dev)\n  \
+           ln -sf /dev/{lun_name}p1 '{mapper}/{wwid}-part1'\nfi\n\
+         n=0\nfor f in '{mapper}'/*; do [ -e \"$f\" ] || continue; n=$((n+1)); printf '%s\\t(253:%s)\\n' \"${{f##*/}}\" $n; done\n\
+         [ $n -gt 0 ] || echo 'No devices found'\n",
+        mapper = mapper.display(),
+    );
+    for (name, text) in [("iscsiadm", iscsiadm), ("dmsetup", dmsetup)] {
+        let p = bin.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[test]
+fn iscsi_disks_are_logged_in_and_found_as_multipath_maps() {
+    let Some(_turn) = turn("iscsi_disks_are_logged_in_and_found_as_multipath_maps", TOOLS) else { return };
+    eprintln!(
+        "\n!!!!!!!! iscsi test: iscsiadm and dmsetup are FAKE scripts on PATH and the LUN is a loop device \
+         (no iSCSI target or device-mapper here) !!!!!!!!\n"
+    );
+    let disk = LoopDisk::new(64);
+    let bin = tempfile::tempdir().unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let linux = json!({"DevicePathResolutionType": "iscsi"});
+    let mut env = start_with(
+        "disk-iscsi",
+        "linux",
+        Opts { linux, env: vec![("PATH".into(), path)], ..Opts::default() },
+    );
+    let wwid = "3600a09803830447a4f244c4657616f6f";
+    let calls = bin.path().join("calls");
+    fake_iscsi_tools(bin.path(), env.root.path(), disk.dev(), wwid, &calls);
+    let hint = json!({"id": "vol-1", "iscsi_settings": {"initiator_name": "iqn.2024-01.com.example:vm-1",
+        "username": "chap-user", "password": "chap-secret", "target": "10.1.2.3"}});
+    env.ok("add_persistent_disk", json!(["disk-iscsi", hint]));
+    env.ok("mount_disk", json!(["disk-iscsi"]));
+    assert_eq!(mounted_at(&env.store()), Some(mount::device_number(&disk.p1()).unwrap()));
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        "-m discovery -t sendtargets -p 10.1.2.3\n-m session\n-m node -l\n"
+    );
+    let etc = env.root.path().join("etc/iscsi");
+    assert_eq!(
+        std::fs::read_to_string(etc.join("initiatorname.iscsi")).unwrap(),
+        "InitiatorName=iqn.2024-01.com.example:vm-1\n"
+    );
+    let conf = std::fs::read_to_string(etc.join("iscsid.conf")).unwrap();
+    assert!(conf.contains("node.session.auth.username = chap-user\n"), "{conf}");
+    assert!(conf.contains("discovery.sendtargets.auth.password = chap-secret\n"), "{conf}");
+    let mode = std::fs::metadata(etc.join("iscsid.conf")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the CHAP secret is readable by others");
+    assert!(!env.agent.log().contains("chap-secret"), "the CHAP secret was logged");
+
+    // A restarted agent has no cache: the partitioned map of the recorded disk is it, no new login.
+    env.agent.restart();
+    assert!(env.d.wait_ready(Duration::from_secs(15)), "agent did not boot:\n{}", env.agent.log());
+    assert_eq!(env.list(), json!(["disk-iscsi"]));
+    env.ok("unmount_disk", json!(["disk-iscsi"]));
+    assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 3, "logged in again");
+    assert_eq!(env.list(), json!([]));
 }

@@ -498,13 +498,11 @@ fn vsphere_guest_info_is_read_through_vmware_tools_then_cleared() {
     fake_vmware_tool(state.path(), "vmware-rpctool");
     std::fs::write(state.path().join("userdata"), guestinfo_value(&doc)).unwrap();
     let path =
-        format!("PATH={}:{}", state.path().join("bin").display(), std::env::var("PATH").unwrap_or_default());
-    let wrapper = ["env".to_string(), path];
+        format!("{}:{}", state.path().join("bin").display(), std::env::var("PATH").unwrap_or_default());
+    let env = vec![("PATH".to_string(), path)];
     let agent_json = json!({"Infrastructure": {"Settings": {"Sources": [{"Type": "VsphereGuestInfo"}]}}});
-    let mut agent = TestAgent::launch(
-        &doc,
-        Launch { agent_json: Some(agent_json), wrapper: &wrapper, ..Launch::default() },
-    );
+    let mut agent =
+        TestAgent::launch(&doc, Launch { agent_json: Some(agent_json), env, ..Launch::default() });
     let mut director = Director::connect(&pki, &nats.url(), &id);
     assert!(director.wait_ready(Duration::from_secs(20)), "agent never answered:\n{}", agent.log());
     assert!(agent.log().contains("settings loaded from VsphereGuestInfo(vmware-rpctool)"), "{}", agent.log());
@@ -588,14 +586,11 @@ fn a_cdrom_drive_is_settled_mounted_read_and_ejected() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(bin.join(tool), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let path = format!("PATH={}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let wrapper = ["env".to_string(), path];
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let env = vec![("PATH".to_string(), path)];
     let agent_json = json!({"Infrastructure": {"Settings": {"Sources": [
         {"Type": "CDROM", "FileName": "env", "DevicePath": device}]}}});
-    let agent = TestAgent::launch(
-        &doc,
-        Launch { agent_json: Some(agent_json), wrapper: &wrapper, ..Launch::default() },
-    );
+    let agent = TestAgent::launch(&doc, Launch { agent_json: Some(agent_json), env, ..Launch::default() });
     let mut director = Director::connect(&pki, &nats.url(), &id);
     assert!(director.wait_ready(Duration::from_secs(20)), "agent never answered:\n{}", agent.log());
     assert!(agent.log().contains(&format!("settings loaded from CDROM({device}:env)")), "{}", agent.log());

@@ -26,7 +26,9 @@ mod compile;
 mod conversation;
 // A whole deploy under real monit: apply, start, failing jobs and alerts, update, monit gone.
 mod deploy;
-// Persistent disks on loop devices: mount, migrate, unmount, remount at boot.
+// Persistent disks on loop devices: mount, migrate, unmount, remount at boot; per IaaS option
+// (warden directories, preformatted, resize on mount, SCSI rescan on a fake sysfs, virtio by-id,
+// iSCSI with fake iscsiadm/dmsetup).
 mod disks;
 // The HTTPS bus as `bosh create-env` uses it: no protocol field, Basic auth, `/blobs`.
 mod https_agent;
@@ -61,10 +63,14 @@ mod archive;
 mod blobstore;
 // The Linux bootstrap against a scratch root: the files it writes, idempotence, named failures.
 mod bootstrap;
-// The ephemeral disk in the bootstrap, on loop devices: swap and data, kept on a second boot.
+// The ephemeral disk in the bootstrap, on loop devices: swap and data, kept on a second boot;
+// foreign disks repartitioned, PartitionerType, SkipDiskSetup, raw ephemeral disks.
 mod ephemeral;
 // The HTTPS bus server over real TLS, including clients that misbehave.
 mod https_bus;
+// The root disk in the bootstrap, on a loop-backed root disk mounted as the root dir: swap and
+// data after the root partition, the root partition and filesystem grown.
+mod root_disk;
 // The monit supervisor against a real monit: job states, lifecycle, the 2 s bound on status.
 mod monit;
 // The NATS client against a real nats-server: mutual TLS, auth, reconnects, max_payload.

@@ -236,12 +236,8 @@ fn missing_log_groups_and_use_default_tmp_dir_still_boot() {
     let settings = effective(json!({
         "agent_id": "agent-vm2", "disks": {"ephemeral": disk.path()}, "env": {"bosh": {"swap_size": 0}}
     }));
-    let linux = platform::with_options(
-        PlatformKind::Linux,
-        &root.dirs(),
-        &bosh_agent::config::LinuxOptions::from_value(Some(&json!({"usedefaulttmpdir": true})))
-            .expect("options"),
-    );
+    let options = bosh_agent::config::LinuxOptions { use_default_tmp_dir: true, ..Default::default() };
+    let linux = platform::with_options(PlatformKind::Linux, &root.dirs(), &options).expect("options");
     linux.bootstrap(&settings, false).expect("bootstrap without syslog and utmp groups");
 
     assert!(logged(&format!("no group 'syslog' in {}", r.join("etc/group").display())));

@@ -17,13 +17,11 @@ mod system_dirs;
 mod tmp_dir;
 
 use crate::error::Context as _;
-use super::disks::{self, ephemeral, mount, DiskSettings};
 use super::{users, Platform};
 use crate::dirs::Dirs;
 use crate::exec;
 use crate::owner;
 use crate::settings::Effective;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -51,7 +49,7 @@ pub fn run(dirs: &Dirs, settings: &Effective, platform: &dyn Platform, machine: 
     step("ipv6", || b.ipv6())?;
     step("hostname", || b.hostname())?;
     step("networking", || b.networking())?;
-    step("ephemeral disk", || b.ephemeral_disk())?;
+    step("ephemeral disk", || b.ephemeral_disk(platform))?;
     step("shared memory", || b.shared_memory())?;
     step("log dir", || b.log_dir())?;
     step("opt dir", || b.opt_dir())?;
@@ -215,68 +213,16 @@ impl Bootstrap<'_> {
         Ok(())
     }
 
-    /// Step 9: swap and `data` on the ephemeral disk (see `disks::ephemeral` for the layout and the
-    /// never-reformat rules), or a plain directory when there is no disk. Runs before the data
-    /// directories are made, so they land on the disk rather than under its mount point.
-    fn ephemeral_disk(&self) -> Result<(), String> {
-        let eph = &self.settings.settings.disks.ephemeral;
-        let none = match eph {
-            Value::Null => true,
-            Value::String(s) => s.is_empty(),
-            Value::Object(o) => o.is_empty(),
-            _ => false,
-        };
-        let data = self.dirs.data();
-        // Without a disk, data is a directory as open as mkfs leaves a disk's root: jobs running as
-        // vcap reach their packages through it.
-        if none {
-            return owner::ensure_dir(&data, 0o755);
-        }
+    /// Steps 8–10: raw ephemeral disks, swap and `data` on the ephemeral disk or the root disk, the
+    /// root partition grown (see `disks::ephemeral`), or a plain directory when there is no disk to
+    /// touch. Runs before the data directories are made, so they land on the disk rather than under
+    /// its mount point.
+    fn ephemeral_disk(&self, platform: &dyn Platform) -> Result<(), String> {
         if !self.devices {
-            log::info!(
-                "bootstrap: ephemeral disk {eph} left alone on the dummy platform; data is a directory"
-            );
-            return owner::ensure_dir(&data, 0o755);
+            log::info!("bootstrap: disks left alone on the dummy platform; data is a directory");
+            return owner::ensure_dir(&self.dirs.data(), 0o755);
         }
-        let disk = DiskSettings::from_hint("ephemeral", eph)?;
-        let dev = disks::resolve::resolve(&disk, self.dirs)?;
-        let swap_setting = self.settings.settings.env.bosh.swap_size;
-        let swap_mib =
-            ephemeral::swap_size_mib(swap_setting, ephemeral::total_ram()?, disks::prepare::size_of(&dev)?)?;
-        let parts = ephemeral::prepare(&dev, swap_mib)?;
-        if let Some(swap) = &parts.swap {
-            if self.live {
-                ephemeral::swapon(swap)?;
-            } else {
-                log::info!(
-                    "bootstrap: swapon {} skipped (scratch root, not the live system)",
-                    swap.display()
-                );
-            }
-        }
-        let number = mount::device_number(&parts.data)?;
-        match mount::device_at(&mount::mounts()?, &data) {
-            Some(n) if n == number => {
-                log::info!("bootstrap: {} already mounted on {}", parts.data.display(), data.display())
-            }
-            Some(n) => {
-                return Err(format!(
-                    "{} already has another filesystem (device {}:{}) mounted; not mounting {} over it",
-                    data.display(),
-                    n.0,
-                    n.1,
-                    parts.data.display()
-                ))
-            }
-            None => {
-                owner::ensure_dir(&data, 0o750)?;
-                mount::mount(&parts.data, &data, &[])?;
-                log::info!("bootstrap: mounted ephemeral {} on {}", parts.data.display(), data.display());
-            }
-        }
-        // The disk's own root keeps the mode mkfs gave it (0755): the 0750 above is only the hidden
-        // mount point's.
-        Ok(())
+        platform.disks().setup_ephemeral(self.settings)
     }
 
     fn ntp(&self) -> Result<(), String> {
@@ -300,7 +246,8 @@ impl Bootstrap<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::platform::disks::mount;
+    use serde_json::{json, Value};
 
     fn effective(v: Value) -> Effective {
         Effective { settings: serde_json::from_value(v).unwrap(), update: Default::default() }

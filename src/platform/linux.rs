@@ -2,7 +2,7 @@
 //! devices, users and services it manages.
 
 use super::bootstrap::{self, Machine};
-use super::disks::{self, DiskManager as _, LinuxDisks};
+use super::disks::{self, DiskConfig, DiskManager as _, LinuxDisks};
 use super::users::{self, UserRegex};
 use super::{hosts_file, network, write_cert_files, Platform};
 use crate::dirs::Dirs;
@@ -22,9 +22,8 @@ pub struct Linux {
 }
 
 impl Linux {
-    pub(super) fn new(dirs: &Dirs, options: &crate::config::LinuxOptions) -> Linux {
-        let default_tmp_dir = options.use_default_tmp_dir;
-        Linux { dirs: dirs.clone(), disks: LinuxDisks::new(dirs.clone()), default_tmp_dir }
+    pub(super) fn new(dirs: &Dirs, default_tmp_dir: bool, disk: DiskConfig) -> Linux {
+        Linux { dirs: dirs.clone(), disks: LinuxDisks::new(dirs.clone(), disk), default_tmp_dir }
     }
 
     /// Whether this is the live system (root `/`) rather than a scratch root in tests.
@@ -145,7 +144,7 @@ impl Platform for Linux {
     /// where the disk is mounted: the link names the disk even while it is not mounted.
     fn associate_disk(&self, name: &str, disk: &disks::DiskSettings) -> Result<(), String> {
         super::check_association_name(name)?;
-        let device = disks::resolve::resolve(disk, &self.dirs)?;
+        let device = self.disks.device(disk)?;
         crate::owner::ensure_dir(&self.dirs.instance_disks(), 0o755)?;
         crate::fsutil::switch_link(&self.dirs.instance_disk(name), &device)
     }

@@ -10,6 +10,7 @@ pub mod logrotate;
 pub mod network;
 pub mod users;
 
+use crate::config::LinuxOptions;
 use crate::dirs::Dirs;
 use crate::error::Context as _;
 use crate::settings::Effective;
@@ -41,15 +42,24 @@ impl PlatformKind {
 /// Builds the platform for `-P` with `agent.json`'s defaults (tests; the agent passes its options).
 #[cfg(feature = "internals")]
 pub fn new(kind: PlatformKind, dirs: &Dirs) -> Box<dyn Platform> {
-    with_options(kind, dirs, &crate::config::LinuxOptions::default())
-}
-
-/// Builds the platform for `-P` with `agent.json`'s `Platform.Linux` options (`UseDefaultTmpDir`).
-pub fn with_options(kind: PlatformKind, dirs: &Dirs, linux_options: &crate::config::LinuxOptions) -> Box<dyn Platform> {
     match kind {
-        PlatformKind::Ubuntu | PlatformKind::Linux => Box::new(linux::Linux::new(dirs, linux_options)),
+        PlatformKind::Ubuntu | PlatformKind::Linux => {
+            Box::new(linux::Linux::new(dirs, false, disks::DiskConfig::default()))
+        }
         PlatformKind::Dummy => Box::new(dummy::Dummy::new(dirs)),
     }
+}
+
+/// Builds the platform for `-P` as `agent.json`'s `Platform.Linux` says (`UseDefaultTmpDir`, the
+/// disk keys); fails on an option no platform can honour (an unknown `PartitionerType`).
+pub fn with_options(kind: PlatformKind, dirs: &Dirs, options: &LinuxOptions) -> Result<Box<dyn Platform>, String> {
+    let disk = disks::DiskConfig::from_linux(options)?;
+    Ok(match kind {
+        PlatformKind::Ubuntu | PlatformKind::Linux => {
+            Box::new(linux::Linux::new(dirs, options.use_default_tmp_dir, disk))
+        }
+        PlatformKind::Dummy => Box::new(dummy::Dummy::new(dirs)),
+    })
 }
 
 /// Platform operations the agent needs.

@@ -22,6 +22,7 @@ pub struct TestAgent {
     pub agent_id: String,
     args: Vec<String>,
     wrapper: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl TestAgent {
@@ -50,7 +51,7 @@ impl TestAgent {
         args.extend(["-b".into(), path(&base)]);
         args.extend(how.extra.iter().map(|s| s.to_string()));
         let wrapper = how.wrapper.to_vec();
-        let mut agent = TestAgent { child: None, dir, base, agent_id, args, wrapper };
+        let mut agent = TestAgent { child: None, dir, base, agent_id, args, wrapper, env: how.env };
         agent.spawn();
         agent
     }
@@ -82,6 +83,7 @@ impl TestAgent {
         };
         let child = cmd
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -174,6 +176,8 @@ pub struct Launch<'a> {
     /// A command the agent binary and its arguments are appended to (e.g. entering a network
     /// namespace); empty: the binary runs directly.
     pub wrapper: &'a [String],
+    /// Environment variables set for the agent (e.g. a `PATH` with fake tools first).
+    pub env: Vec<(String, String)>,
 }
 
 /// Merges `more` into `into`: objects key by key, anything else replaced.

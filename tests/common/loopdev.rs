@@ -36,6 +36,13 @@ pub fn devices_available(test: &str, tools: &[&str]) -> bool {
     false
 }
 
+/// This test's turn with the loop devices (taken in order with every other real-device test), if
+/// the machine can run it: `None` when [`devices_available`] says it cannot.
+pub fn turn(test: &str, tools: &[&str]) -> Option<std::sync::MutexGuard<'static, ()>> {
+    let g = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    devices_available(test, tools).then_some(g)
+}
+
 /// A loop device on a sparse image of its own. On drop, whatever is mounted from it or its
 /// partitions is lazily unmounted, it is detached, and the partition nodes the kernel no longer backs
 /// (made by mknod in udev-less containers) are removed.
@@ -64,10 +71,20 @@ impl LoopDevice {
         bosh_agent::platform::disks::prepare::partition_path_n(&self.dev, n)
     }
 
+    /// Makes the disk `mb` MiB bigger and tells the kernel (`losetup -c`), as an IaaS growing a
+    /// disk, or the director resizing one, leaves it.
+    pub fn grow(&self, mb: u64) {
+        let img = self._dir.path().join("disk.img");
+        let len = std::fs::metadata(&img).expect("image").len();
+        let f = std::fs::File::options().write(true).open(&img).expect("image");
+        f.set_len(len + (mb << 20)).expect("grow");
+        sh(Command::new("losetup").arg("-c").arg(&self.dev));
+    }
+
     /// Lazily unmounts everything mounted from the device or its partitions (a "reboot").
     pub fn unmount_all(&self) {
         use bosh_agent::platform::disks::mount;
-        for n in [self.part(1), self.part(2), self.part(3), self.dev.clone()] {
+        for n in [self.part(1), self.part(2), self.part(3), self.part(4), self.dev.clone()] {
             if let (Ok(num), Ok(table)) = (mount::device_number(&n), mount::mounts()) {
                 for p in mount::mount_points_of(&table, num).iter().rev() {
                     let _ = Command::new("umount").arg("-l").arg(p).status();
@@ -81,7 +98,7 @@ impl Drop for LoopDevice {
     fn drop(&mut self) {
         self.unmount_all();
         let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-        for n in 1..=3 {
+        for n in 1..=4 {
             let p = self.part(n);
             let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
             if p.exists() && !Path::new("/sys/class/block").join(name).exists() {

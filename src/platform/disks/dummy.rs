@@ -147,6 +147,12 @@ impl DiskManager for DummyDisks {
             Ok(())
         })
     }
+
+    /// No devices on the dummy platform: `data` is a directory.
+    fn setup_ephemeral(&self, _settings: &crate::settings::Effective) -> Result<(), String> {
+        let data = self.dirs.data();
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))
+    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,24 @@
-//! Disks on a real Linux VM: resolve, prepare (see `prepare`), mount, unmount and migrate, all behind
-//! one lock so a `migrate_disk` can never interleave with a `mount_disk`.
+//! Disks on a real Linux VM: resolve (as `DevicePathResolutionType` says), prepare (see `prepare`),
+//! mount, unmount and migrate, all behind one lock so a `migrate_disk` can never interleave with a
+//! `mount_disk`.
+//!
+//! Warden (bosh-lite) disks are directories: with `BindMountPersistentDisk` a hint whose path is a
+//! directory is bind-mounted on store, and found again by the directory's device and inode. With
+//! `UsePreformattedPersistentDisk` the disk is mounted as given: never partitioned, formatted or
+//! grown. Otherwise a disk the director resized is grown on mount: its partition before the mount,
+//! an ext4 filesystem before it too (checked with `e2fsck -f` first), an xfs filesystem right after
+//! (xfs grows only mounted).
 
-use crate::error::Context as _;
-use crate::sync::lock;
 use super::mount::{self, device_at, device_number, mount_points_of};
+use super::options::DiskConfig;
 use super::prepare::{self, partition_path, Prepared};
-use super::resolve::resolve;
-use crate::exec;
+use super::resolve::Resolver;
 use super::{record_mounted_cid, DiskManager, DiskOptions, DiskSettings};
 use crate::dirs::Dirs;
+use crate::error::Context as _;
+use crate::exec;
+use crate::settings::Effective;
+use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::DirBuilderExt;
@@ -20,17 +30,54 @@ use std::time::Duration;
 /// Device-touching disk management.
 pub struct LinuxDisks {
     dirs: Dirs,
+    config: DiskConfig,
+    resolver: Resolver,
+    /// The live system (root `/`): swap is turned on, udev and iSCSI services are run.
+    live: bool,
     lock: Mutex<()>,
 }
 
+/// What a persistent disk is on this VM.
+enum Source {
+    /// A block device (resolved, canonical).
+    Block(PathBuf),
+    /// A directory, bind-mounted (warden).
+    Dir(PathBuf),
+}
+
 impl LinuxDisks {
-    /// Disk management under the agent's directories.
-    pub fn new(dirs: Dirs) -> LinuxDisks {
-        LinuxDisks { dirs, lock: Mutex::new(()) }
+    /// Disk management under the agent's directories, as `config` says.
+    pub fn new(dirs: Dirs, config: DiskConfig) -> LinuxDisks {
+        let live = dirs.root == Path::new("/");
+        let resolver = Resolver::new(&dirs, &config, live);
+        LinuxDisks { dirs, config, resolver, live, lock: Mutex::new(()) }
+    }
+
+    /// The device of `disk`, as `DevicePathResolutionType` finds it (rescanning and waiting).
+    pub fn device(&self, disk: &DiskSettings) -> Result<PathBuf, String> {
+        self.resolver.resolve(disk)
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
         lock(&self.lock)
+    }
+
+    /// The disk's directory (bind mounts) or device; `patient` rescans and waits for a device.
+    fn source(&self, disk: &DiskSettings, patient: bool) -> Result<Source, String> {
+        if self.config.bind_mount && !disk.path.is_empty() && Path::new(&disk.path).is_dir() {
+            return Ok(Source::Dir(PathBuf::from(&disk.path)));
+        }
+        let dev = if patient { self.resolver.resolve(disk)? } else { self.resolver.find(disk)? };
+        Ok(Source::Block(dev))
+    }
+
+    /// Where the disk is mounted now; looks without waiting.
+    fn mount_points(&self, disk: &DiskSettings) -> Result<Vec<PathBuf>, String> {
+        let table = mount::mounts()?;
+        Ok(match self.source(disk, false)? {
+            Source::Dir(dir) => mount::bind_points_of(&table, &dir),
+            Source::Block(dev) => mount_points_of(&table, device_number(&Self::mount_source(&dev))?),
+        })
     }
 
     /// The node that is (or would be) mounted for `dev`: partition 1 when it exists, else the device.
@@ -43,17 +90,25 @@ impl LinuxDisks {
         }
     }
 
-    fn mount_prepared(&self, cid: &str, source: &Path, opts: &DiskOptions) -> Result<(), String> {
-        let number = device_number(source)?;
+    /// Mounts `source` on store, or on the migration target when store holds another disk. Returns
+    /// where it mounted it, or `None` when it was mounted already.
+    fn mount_prepared(&self, cid: &str, source: &Source, opts: &DiskOptions) -> Result<Option<PathBuf>, String> {
         let table = mount::mounts()?;
         let store = self.dirs.store();
         let target = self.dirs.store_migration_target();
-        if !mount_points_of(&table, number).is_empty() {
-            log::info!("disk {cid} ({}) is already mounted", source.display());
-            if device_at(&table, &store) == Some(number) {
+        let (path, mine, mut options) = match source {
+            Source::Dir(dir) => {
+                (dir, mount::bind_points_of(&table, dir), vec!["bind".to_string()])
+            }
+            Source::Block(dev) => (dev, mount_points_of(&table, device_number(dev)?), Vec::new()),
+        };
+        options.extend(opts.mount_options.iter().cloned());
+        if !mine.is_empty() {
+            log::info!("disk {cid} ({}) is already mounted", path.display());
+            if mine.iter().any(|p| p == &store || std::fs::canonicalize(&store).is_ok_and(|s| &s == p)) {
                 record_mounted_cid(&self.dirs, cid)?;
             }
-            return Ok(());
+            return Ok(None);
         }
         if device_at(&table, &store).is_some() {
             if device_at(&table, &target).is_some() {
@@ -63,10 +118,12 @@ impl LinuxDisks {
                 ));
             }
             log::info!("store is taken: mounting disk {cid} on {}", target.display());
-            return mount::mount(source, &target, &opts.mount_options);
+            mount::mount(path, &target, &options)?;
+            return Ok(Some(target));
         }
-        mount::mount(source, &store, &opts.mount_options)?;
-        record_mounted_cid(&self.dirs, cid)
+        mount::mount(path, &store, &options)?;
+        record_mounted_cid(&self.dirs, cid)?;
+        Ok(Some(store))
     }
 }
 
@@ -122,16 +179,31 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
 impl DiskManager for LinuxDisks {
     fn mount(&self, disk: &DiskSettings, opts: &DiskOptions) -> Result<(), String> {
         let _g = self.guard();
-        let dev = resolve(disk, &self.dirs)?;
-        let source = prepare::prepare(&dev, &opts.fs_type)?;
-        self.mount_prepared(&disk.id, source.source(), opts)
+        let source = match self.source(disk, true)? {
+            Source::Dir(dir) => return self.mount_prepared(&disk.id, &Source::Dir(dir), opts).map(|_| ()),
+            Source::Block(dev) if self.config.preformatted => {
+                log::info!("disk {}: UsePreformattedPersistentDisk, mounting {} as it is", disk.id, dev.display());
+                return self.mount_prepared(&disk.id, &Source::Block(dev), opts).map(|_| ());
+            }
+            Source::Block(dev) => prepare::prepare(&dev, &opts.fs_type, self.live)?,
+        };
+        let node = source.source().to_path_buf();
+        let fs = prepare::value(&prepare::probe(&node)?, "TYPE").unwrap_or_default().to_string();
+        let mounted = !mount_points_of(&mount::mounts()?, device_number(&node)?).is_empty();
+        if !mounted {
+            super::grow::grow_unmounted(&node, &fs)?;
+        }
+        if let Some(at) = self.mount_prepared(&disk.id, &Source::Block(node.clone()), opts)? {
+            if fs == "xfs" {
+                super::grow::grow_mounted(&node, &at)?;
+            }
+        }
+        Ok(())
     }
 
     fn unmount(&self, disk: &DiskSettings) -> Result<bool, String> {
         let _g = self.guard();
-        let dev = resolve(disk, &self.dirs)?;
-        let number = device_number(&Self::mount_source(&dev))?;
-        let points = mount_points_of(&mount::mounts()?, number);
+        let points = self.mount_points(disk)?;
         for p in points.iter().rev() {
             mount::unmount(p)?;
         }
@@ -144,57 +216,63 @@ impl DiskManager for LinuxDisks {
         let target = self.dirs.store_migration_target();
         let table = mount::mounts()?;
         device_at(&table, &store).ok_or("no persistent disk is mounted on store: nothing to migrate")?;
-        let new = device_at(&table, &target)
+        device_at(&table, &target)
             .ok_or("nothing is mounted on store_migration_target: mount the new disk before migrating")?;
-        mount::mount_args(&[OsStr::new("-o"), OsStr::new("remount,ro"), store.as_os_str()])?;
+        let new_cid = known
+            .iter()
+            .find(|(_, d)| self.mount_points(d).is_ok_and(|p| p.iter().any(|p| same_dir(p, &target))))
+            .map(|(cid, _)| cid.clone());
+        // A bind mount (warden) stays writable, as with the Go agent: remounting a bind read-only
+        // needs privileges a container may lack.
+        let read_only = !self.config.bind_mount;
+        if read_only {
+            mount::mount_args(&[OsStr::new("-o"), OsStr::new("remount,ro"), store.as_os_str()])?;
+        }
+        let writable_again = || {
+            if read_only {
+                let _ = mount::mount_args(&[OsStr::new("-o"), OsStr::new("remount,rw"), store.as_os_str()]);
+            }
+        };
         let copied = copy_tree(&store, &target).and_then(|_| sync_fs(&target));
         if let Err(e) = copied {
-            let _ = mount::mount_args(&[OsStr::new("-o"), OsStr::new("remount,rw"), store.as_os_str()]);
+            writable_again();
             return Err(format!("copying store to the new disk: {e}"));
         }
         if let Err(e) = mount::unmount(&store) {
-            let _ = mount::mount_args(&[OsStr::new("-o"), OsStr::new("remount,rw"), store.as_os_str()]);
+            writable_again();
             return Err(format!("letting go of the old disk: {e}"));
         }
         mount::mount_args(&[OsStr::new("--move"), target.as_os_str(), store.as_os_str()])?;
-        let new_cid = known.iter().find(|(_, d)| {
-            resolve(d, &self.dirs).ok().and_then(|dev| device_number(&Self::mount_source(&dev)).ok())
-                == Some(new)
-        });
         match new_cid {
-            Some((cid, _)) => record_mounted_cid(&self.dirs, cid)?,
+            Some(cid) => record_mounted_cid(&self.dirs, &cid)?,
             None => log::warn!("migrated to a disk whose CID is unknown; boot will not remount it"),
         }
         Ok(())
     }
 
     fn mounted(&self, known: &BTreeMap<String, DiskSettings>) -> Vec<String> {
-        let Ok(table) = mount::mounts() else { return Vec::new() };
         known
             .iter()
-            .filter(|(_, d)| {
-                resolve(d, &self.dirs)
-                    .and_then(|dev| device_number(&Self::mount_source(&dev)))
-                    .is_ok_and(|n| !mount_points_of(&table, n).is_empty())
-            })
+            .filter(|(_, d)| self.mount_points(d).is_ok_and(|p| !p.is_empty()))
             .map(|(cid, _)| cid.clone())
             .collect()
     }
 
     fn remount(&self, disk: &DiskSettings, opts: &DiskOptions) -> Result<bool, String> {
         let _g = self.guard();
-        let dev = resolve(disk, &self.dirs)?;
-        match prepare::existing_filesystem(&dev)? {
-            None => Ok(false),
-            Some(Prepared::Partition(p) | Prepared::Device(p)) => {
-                self.mount_prepared(&disk.id, &p, opts).map(|_| true)
-            }
-        }
+        let source = match self.source(disk, true)? {
+            Source::Dir(dir) => Source::Dir(dir),
+            Source::Block(dev) => match prepare::existing_filesystem(&dev)? {
+                None => return Ok(false),
+                Some(Prepared::Partition(p) | Prepared::Device(p)) => Source::Block(p),
+            },
+        };
+        self.mount_prepared(&disk.id, &source, opts).map(|_| true)
     }
 
     fn add_dynamic(&self, disk: &DiskSettings) -> Result<(), String> {
         super::check_cid(&disk.id)?;
-        let dev = resolve(disk, &self.dirs)?;
+        let dev = self.resolver.resolve(disk)?;
         let dir = self.dirs.dynamic_disks();
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -219,4 +297,13 @@ impl DiskManager for LinuxDisks {
             Err(e) => Err(format!("removing {}: {e}", link.display())),
         }
     }
+
+    fn setup_ephemeral(&self, settings: &Effective) -> Result<(), String> {
+        let _g = self.guard();
+        super::ephemeral::setup(&self.dirs, settings, &self.config, &self.resolver, self.live)
+    }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b || std::fs::canonicalize(b).is_ok_and(|c| c == a)
 }

@@ -2,10 +2,16 @@
 //!
 //! The director attaches a disk through the CPI, tells the agent where to find it
 //! (`add_persistent_disk`), then asks it to mount it (`mount_disk`), to move the data to a bigger disk
-//! (`migrate_disk`) and to let go of it (`unmount_disk`). The one rule above all others here: a disk
-//! that holds anything is never partitioned or formatted — losing a customer's persistent data is the
-//! one mistake an agent cannot take back. So `prepare` formats only a disk that `blkid` finds nothing
-//! on *and* whose first and last MiB are zeros.
+//! (`migrate_disk`) and to let go of it (`unmount_disk`). The one rule above all others here: a
+//! persistent disk that holds anything is never partitioned or formatted — losing a customer's
+//! persistent data is the one mistake an agent cannot take back. So `prepare` formats only a disk
+//! that `blkid` finds nothing on *and* whose first and last MiB are zeros. The ephemeral disk is the
+//! IaaS's scratch space and follows the Go agent's rules instead (`ephemeral`).
+//!
+//! How the agent finds, lays out and grows disks follows `agent.json`'s `Platform.Linux`
+//! (`options`): the resolution type of each IaaS (`resolve`, `iscsi`), the ephemeral layout, the
+//! root disk (`root`), warden's directory disks. Partition tables are read and written in one place
+//! (`table`), growth in another (`grow`).
 //!
 //! The real work is in [`LinuxDisks`]; [`DummyDisks`] records the same decisions in a JSON file so the
 //! director conversation runs on any machine (`-P dummy`). Both sit behind [`DiskManager`], which the
@@ -13,13 +19,19 @@
 
 mod dummy;
 pub mod ephemeral;
+pub mod grow;
+pub mod iscsi;
 mod linux;
 pub mod mount;
+pub mod options;
 pub mod prepare;
 pub mod resolve;
+pub mod root;
+pub mod table;
 
 pub use dummy::DummyDisks;
 pub use linux::LinuxDisks;
+pub use options::DiskConfig;
 
 use crate::error::Context as _;
 use crate::sync::lock;
@@ -71,7 +83,7 @@ pub struct DiskSettings {
     /// Device path, e.g. `/dev/sdc`.
     #[serde(rename = "Path")]
     pub path: String,
-    /// iSCSI connection (not supported here).
+    /// iSCSI connection (`DevicePathResolutionType: iscsi`).
     #[serde(rename = "ISCSISettings")]
     pub iscsi: IscsiSettings,
     /// `ext4` (default) or `xfs`.
@@ -286,6 +298,9 @@ pub trait DiskManager: Send + Sync {
     fn add_dynamic(&self, disk: &DiskSettings) -> Result<(), String>;
     /// Removes that link.
     fn remove_dynamic(&self, cid: &str) -> Result<(), String>;
+    /// Boot: raw ephemeral disks, swap and `data` on the ephemeral disk or the root disk's free
+    /// space, the root partition grown (see `ephemeral`); `data` is at least a directory after it.
+    fn setup_ephemeral(&self, settings: &Effective) -> Result<(), String>;
 }
 
 /// Boot step 21: remounts the disk named in `managed_disk_settings.json` on store.

@@ -85,6 +85,57 @@ pub fn mount_points_of(table: &[MountEntry], dev: (u64, u64)) -> Vec<PathBuf> {
     table.iter().filter(|m| m.dev == dev).map(|m| m.mount_point.clone()).collect()
 }
 
+/// Where the directory `dir` is bind-mounted: the mount points whose root is `dir` itself (same
+/// device and inode), other than `dir`.
+pub fn bind_points_of(table: &[MountEntry], dir: &Path) -> Vec<PathBuf> {
+    let Ok(want) = std::fs::metadata(dir) else { return Vec::new() };
+    let dev = split_dev(want.dev());
+    let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    table
+        .iter()
+        .filter(|m| m.dev == dev && m.mount_point != canonical)
+        .filter(|m| std::fs::metadata(&m.mount_point).is_ok_and(|md| md.dev() == want.dev() && md.ino() == want.ino()))
+        .map(|m| m.mount_point.clone())
+        .collect()
+}
+
+/// What holds the disk `dev` or one of its partitions: mounts and active swap, described for an
+/// error message. Empty when nothing does, so the disk may be repartitioned.
+pub fn in_use(dev: &Path) -> Result<Vec<String>, String> {
+    let mut numbers = vec![(dev.to_path_buf(), device_number(dev)?)];
+    let name = dev.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if let Ok(entries) = std::fs::read_dir(Path::new("/sys/class/block").join(&name)) {
+        for e in entries.flatten() {
+            let Ok(text) = std::fs::read_to_string(e.path().join("dev")) else { continue };
+            if !e.path().join("partition").exists() {
+                continue;
+            }
+            if let Some((a, b)) = text.trim().split_once(':') {
+                if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
+                    numbers.push((PathBuf::from(e.file_name()), (a, b)));
+                }
+            }
+        }
+    }
+    let table = mounts()?;
+    let mut uses = Vec::new();
+    for (what, n) in &numbers {
+        for p in mount_points_of(&table, *n) {
+            uses.push(format!("{} is mounted on {}", what.display(), p.display()));
+        }
+    }
+    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
+    for swap in swaps.lines().skip(1).filter_map(|l| l.split_whitespace().next()) {
+        let swap = unescape(swap);
+        if let Ok(m) = std::fs::metadata(&swap) {
+            if numbers.iter().any(|(_, n)| *n == split_dev(m.rdev())) {
+                uses.push(format!("{swap} is in use as swap"));
+            }
+        }
+    }
+    Ok(uses)
+}
+
 /// Mounts `source` on `dir` (created 0700 if missing) with `options`.
 pub fn mount(source: &Path, dir: &Path, options: &[String]) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt;

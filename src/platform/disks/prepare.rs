@@ -10,10 +10,16 @@
 //! | no signature, zeros in the first and last MiB | partition (GPT, one Linux partition), format, mount partition 1 |
 //! | anything else (several partitions, unknown data) | refuse, naming what was found |
 //!
+//! A partition that is smaller than its disk by 100 MiB or more (the director resized the disk) is
+//! grown to the end of the disk before the mount, and its filesystem with it (see `grow`), unless
+//! the disk is mounted as given (`UsePreformattedPersistentDisk`). A filesystem on the whole device
+//! is grown the same way.
+//!
 //! Partition nodes: the kernel of some containers does not rescan a loop device's partition table,
-//! and no udev runs there to create `/dev/loopNpM`. After partitioning (and whenever partition 1 is
-//! expected) the code asks the kernel with `partx -u`, then creates a missing node with mknod from
-//! `/sys/class/block/<part>/dev`. A stale node with the wrong numbers is replaced.
+//! and no udev runs there to create `/dev/loopNpM`. Whenever partitions are expected the code asks
+//! the kernel with `partx -u`, then creates a missing node with mknod from
+//! `/sys/class/block/<part>/dev`. A stale node with the wrong numbers is replaced. A multipath map
+//! (iSCSI) has no kernel partitions: its partitions are the maps `<name>-partN` multipathd makes.
 
 use crate::error::Context as _;
 use crate::exec;
@@ -27,16 +33,23 @@ use std::time::{Duration, Instant};
 const PROBE_LIMIT: Duration = Duration::from_secs(60);
 const MKFS_LIMIT: Duration = Duration::from_secs(1800);
 const ZERO_CHECK: u64 = 1 << 20;
+/// How long multipathd may take to make a new partition's map (the Go agent: 20 × 3 s).
+const MAP_PARTITION_WAIT: Duration = Duration::from_secs(60);
+/// A single partition this much smaller than its disk is grown (the Go agent's rule).
+pub const RESIZE_THRESHOLD: u64 = 100 << 20;
 
 /// The path of partition 1: `/dev/sdc1`, `/dev/loop0p1`, `/dev/nvme1n1p1`.
 pub fn partition_path(dev: &Path) -> PathBuf {
     partition_path_n(dev, 1)
 }
 
-/// The path of partition `n`, named the way the kernel names it (a `p` after a trailing digit).
+/// The path of partition `n`, named the way the kernel names it (a `p` after a trailing digit), or
+/// multipathd names it (`<map>-partN`).
 pub fn partition_path_n(dev: &Path, n: usize) -> PathBuf {
     let s = dev.to_string_lossy();
-    if s.ends_with(|c: char| c.is_ascii_digit()) {
+    if super::iscsi::is_map(dev) {
+        PathBuf::from(format!("{s}-part{n}"))
+    } else if s.ends_with(|c: char| c.is_ascii_digit()) {
         PathBuf::from(format!("{s}p{n}"))
     } else {
         PathBuf::from(format!("{s}{n}"))
@@ -109,21 +122,39 @@ fn partitions_in_sysfs(dev: &Path) -> Vec<String> {
     parts
 }
 
+/// Whether the kernel's partitions of `dev` (number, start and size in sysfs) are those of its table.
+fn kernel_agrees(dev: &Path) -> Result<bool, String> {
+    let mut table: Vec<(u32, u64, u64)> = super::table::read(dev)?
+        .map(|t| t.parts.iter().map(|p| (p.number, p.start / 512, p.size / 512)).collect())
+        .unwrap_or_default();
+    let name = dev.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = PathBuf::from("/sys/class/block").join(&name);
+    let read = |p: &Path, f: &str| std::fs::read_to_string(p.join(f)).ok().and_then(|v| v.trim().parse::<u64>().ok());
+    let mut kernel: Vec<(u32, u64, u64)> = partitions_in_sysfs(dev)
+        .iter()
+        .filter_map(|part| {
+            let p = dir.join(part);
+            Some((read(&p, "partition")? as u32, read(&p, "start")?, read(&p, "size")?))
+        })
+        .collect();
+    table.sort();
+    kernel.sort();
+    Ok(table == kernel)
+}
+
 /// Makes the kernel and `/dev` agree with the partition table on `dev` (see the module doc), and
 /// returns the number of partitions. Every partition the kernel knows gets a node next to `dev`, so
 /// a two-partition layout (the ephemeral disk's swap + data) is reachable as well as a single one.
 pub fn sync_partitions(dev: &Path) -> Result<usize, String> {
-    let p1 = partition_path(dev);
-    let p1_name = p1.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let sys_dev = PathBuf::from("/sys/class/block").join(&p1_name).join("dev");
-    if !sys_dev.exists() {
-        // Ask the kernel to pick up the table; udev-less containers need it even with partscan.
+    if super::iscsi::is_map(dev) {
+        return Ok((1..).take_while(|n| partition_path_n(dev, *n).exists()).count());
+    }
+    // When the kernel's partitions are not the table's, ask it to pick up the table partition by
+    // partition (the disk may be in use); udev-less containers need it even with partscan. Only
+    // then: partx re-adds every partition not in use, under new device numbers.
+    if !kernel_agrees(dev)? {
         if let Err(e) = exec::run(Command::new("partx").arg("-u").arg(dev), None, PROBE_LIMIT) {
             log::info!("partx -u {}: {e}", dev.display());
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !sys_dev.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
     let parts = partitions_in_sysfs(dev);
@@ -132,6 +163,16 @@ pub fn sync_partitions(dev: &Path) -> Result<usize, String> {
         ensure_node(&parent.join(name), &PathBuf::from("/sys/class/block").join(name).join("dev"))?;
     }
     Ok(parts.len())
+}
+
+/// After a new table on `dev`: makes its partitions reachable — `sync_partitions`, and for a
+/// multipath map the Go agent's wait for multipathd's `<name>-part1`. `live` restarts the iSCSI
+/// services first.
+pub fn settle_new_table(dev: &Path, live: bool) -> Result<usize, String> {
+    if super::iscsi::is_map(dev) {
+        super::iscsi::wait_for_partition(dev, live, MAP_PARTITION_WAIT)?;
+    }
+    sync_partitions(dev)
 }
 
 /// Makes `node` a block device node with the numbers in sysfs file `sys_dev`, unless it already is.
@@ -205,8 +246,9 @@ pub fn existing_filesystem(dev: &Path) -> Result<Option<Prepared>, String> {
     Ok(None)
 }
 
-/// Applies the decision table to `dev`, formatting with `fs_type` where it allows.
-pub fn prepare(dev: &Path, fs_type: &str) -> Result<Prepared, String> {
+/// Applies the decision table to `dev`, formatting with `fs_type` where it allows, and grows a
+/// single partition the disk outgrew (module doc). `live` lets a multipath map's services restart.
+pub fn prepare(dev: &Path, fs_type: &str, live: bool) -> Result<Prepared, String> {
     let d = dev.display();
     let found = probe(dev)?;
     if let Some(t) = value(&found, "TYPE") {
@@ -225,6 +267,7 @@ pub fn prepare(dev: &Path, fs_type: &str) -> Result<Prepared, String> {
         let inner = probe(&p1)?;
         if let Some(t) = value(&inner, "TYPE") {
             log::info!("{} already holds a {t} filesystem: mounting it without formatting", p1.display());
+            grow_single_partition(dev)?;
             return Ok(Prepared::Partition(p1));
         }
         if has_signature(&inner) || !zero_edges(&p1)? {
@@ -247,7 +290,7 @@ pub fn prepare(dev: &Path, fs_type: &str) -> Result<Prepared, String> {
         Some(b"label: gpt\n,,L\n"),
         PROBE_LIMIT,
     )?;
-    if sync_partitions(dev)? != 1 {
+    if settle_new_table(dev, live)? != 1 {
         return Err(format!("partition 1 of {d} did not appear after partitioning"));
     }
     let p1 = partition_path(dev);
@@ -259,6 +302,16 @@ pub fn prepare(dev: &Path, fs_type: &str) -> Result<Prepared, String> {
     }
     format(&p1, fs_type)?;
     Ok(Prepared::Partition(p1))
+}
+
+/// Grows partition 1 of `dev`, its only partition, to the end of the disk when it is at least
+/// [`RESIZE_THRESHOLD`] short of it (the director resized the disk). A multipath map's partition is
+/// left alone: its map is multipathd's to resize.
+fn grow_single_partition(dev: &Path) -> Result<bool, String> {
+    if super::iscsi::is_map(dev) {
+        return Ok(false);
+    }
+    super::grow::grow_partition(dev, 1, RESIZE_THRESHOLD)
 }
 
 /// Makes a `fs_type` (ext4 or xfs) filesystem on `part`; callers have checked it is blank.
