@@ -92,6 +92,9 @@ fn serve(opts: Options, signals: &signals::Set, min_failed_run: &mut Duration) -
     let patience = Patience::from_config(&config.settings.retry);
     let effective = settings.load_at_boot(patience).context("loading settings")?;
     platform.bootstrap(&effective, opts.configure)?;
+    // On the data disk the bootstrap mounted, before anything can use it.
+    crate::jobs::startup::clean_temp_area(&dirs);
+    crate::jobs::startup::repair_links(&dirs);
     // Every child from now on gets the data disk's temp dir, as the Go agent exports TMPDIR at boot.
     if dirs.data_tmp().is_dir() {
         crate::exec::set_child_tmpdir(dirs.data_tmp());

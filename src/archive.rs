@@ -12,6 +12,12 @@
 //! package directory therefore either exists complete or not at all; on error the staging directory is
 //! removed.
 //!
+//! Archive bombs (a gzip of zeros, a tiny sparse tar describing gigabytes) are stopped before they
+//! take the disk below a reserve ([`reserve`]): each file entry's size (a sparse entry's real,
+//! expanded size, since holes are written out) must fit in the space above the reserve before it is
+//! created, and the space is checked again every [`SPACE_CHECK`] bytes written, for unpacks running
+//! side by side. What was unpacked is then removed with the staging directory.
+//!
 //! Entries are streamed through one fixed buffer, so memory does not grow with file sizes; it grows
 //! only with the number of directories (their modes and mtimes are applied at the end, because
 //! creating children would otherwise change them) and with GNU/PAX long names, which the tar crate
@@ -35,6 +41,17 @@ const BUF_SIZE: usize = 128 * 1024;
 /// Permission bits kept on unpack: setuid, setgid and sticky bits from outside are dropped, because a
 /// setuid binary planted by an archive would be a privilege escalation once the agent chowns to root.
 const MODE_MASK: u32 = 0o777;
+
+/// How often, in bytes written, an unpack checks the free space again.
+pub const SPACE_CHECK: u64 = 8 * 1024 * 1024;
+/// The largest reserve kept free on the destination's filesystem.
+pub const RESERVE_MAX: u64 = 1024 * 1024 * 1024;
+
+/// The space an unpack leaves free on a filesystem of `total` bytes: 5%, at most [`RESERVE_MAX`],
+/// so the jobs on the VM never see a full data disk because of an archive.
+pub fn reserve(total: u64) -> u64 {
+    (total / 20).min(RESERVE_MAX)
+}
 
 /// Options for [`unpack`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -286,6 +303,8 @@ struct Extractor<'a> {
     /// is refused), so the walk can be skipped for its siblings.
     checked_parent: Option<Vec<Vec<u8>>>,
     selected: usize,
+    /// The staging root, opened to ask for the free space of its filesystem.
+    space_probe: Option<File>,
 }
 
 impl<'a> Extractor<'a> {
@@ -298,11 +317,13 @@ impl<'a> Extractor<'a> {
             dirs: Vec::new(),
             checked_parent: None,
             selected: 0,
+            space_probe: None,
         }
     }
 
     /// Extracts every entry, verifies the stream to its end, then applies directory attributes.
     fn run(&mut self, reader: Box<dyn Read>) -> Result<(), String> {
+        self.space_probe = Some(File::open(&self.root).context("opening the staging directory")?);
         let mut archive = tar::Archive::new(reader);
         let mut last = String::from("(none)");
         let entries = archive.entries().context("reading archive")?;
@@ -403,6 +424,7 @@ impl<'a> Extractor<'a> {
         mode: u32,
         mtime: Option<u64>,
     ) -> Result<(), String> {
+        room(self.space_probe.as_ref(), entry.size(), 0)?;
         let path = self.leaf(parts)?;
         let mut file = OpenOptions::new()
             .write(true)
@@ -529,10 +551,35 @@ fn create_dir(path: &Path) -> Result<(), String> {
     DirBuilder::new().mode(0o755).create(path).with_context(|| format!("creating {}", path.display()))
 }
 
+/// Refuses to go on when `more` bytes would take the filesystem below its reserve. `written` is
+/// what the current entry already wrote (only used in the message). Without a probe (or when the
+/// filesystem cannot say) nothing is refused.
+fn room(probe: Option<&File>, more: u64, written: u64) -> Result<(), String> {
+    let Some((avail, total)) = probe.and_then(|p| crate::fsutil::space(p).ok()) else { return Ok(()) };
+    let keep = reserve(total);
+    if avail.saturating_sub(more) >= keep {
+        return Ok(());
+    }
+    let what = if written == 0 {
+        format!("needs {more} bytes")
+    } else {
+        format!("wrote {written} bytes and needs {more} more")
+    };
+    Err(format!(
+        "refusing to fill the disk: the entry {what}, {avail} are free and {keep} are kept in reserve"
+    ))
+}
+
 /// Copies an entry's data through the shared buffer; returns the byte count.
 fn copy(src: &mut dyn Read, dst: &mut File, buf: &mut [u8]) -> Result<u64, String> {
     let mut total = 0u64;
+    let mut next_check = SPACE_CHECK;
     loop {
+        if total >= next_check {
+            // Other unpacks (and jobs) share the disk: what fit at the start may not fit now.
+            room(Some(dst), SPACE_CHECK, total)?;
+            next_check += SPACE_CHECK;
+        }
         let n = match src.read(buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,

@@ -118,6 +118,19 @@ impl Drop for TempFile {
     }
 }
 
+/// Space on the filesystem holding `file`: (bytes an unprivileged writer may still use, total bytes).
+pub fn space(file: &File) -> io::Result<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: statvfs is plain old data, so all-zero is a valid value; the call only writes into it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open for the call's duration and `st` is valid and writable.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let unit = st.f_frsize as u64;
+    Ok(((st.f_bavail as u64).saturating_mul(unit), (st.f_blocks as u64).saturating_mul(unit)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,10 @@
 //! The task table behind `get_task` and `cancel_task`: one mutex around a map, never held while an
 //! action runs, so status polls are answered however many tasks run (a poll of a running task may
-//! wait up to [`POLL_WAIT`] for it to finish, on a condvar beside the mutex). Finished results are
-//! kept for a bounded time and count. Tasks of persistent actions are also recorded in `tasks.json`
+//! wait up to [`POLL_WAIT`] for it to finish, on a condvar beside the mutex). Every finished result
+//! is kept for [`RESULT_TTL`], however many tasks end together; only their total size is bounded
+//! ([`RESULT_BYTES`], oldest evicted first). The ids of evicted results are remembered (a bounded
+//! number) so `get_task` can say a result expired rather than never existed. Tasks of persistent
+//! actions are also recorded in `tasks.json`
 //! (the Go agent's format) so they can be resumed after a restart; that file is written and fsynced
 //! under the mutex, so it always matches the table, at the cost of a poll waiting out one write
 //! when a persistent task (only `update_settings`) starts or ends.
@@ -22,8 +25,12 @@ use std::time::{Duration, Instant};
 
 /// How long a finished task's result stays answerable.
 pub const RESULT_TTL: Duration = Duration::from_secs(3600);
-/// How many finished results are kept at most.
-pub const RESULT_CAP: usize = 256;
+/// How many bytes of finished results (and their ids) are kept at most; beyond, the oldest go.
+pub const RESULT_BYTES: usize = 64 * 1024 * 1024;
+/// How many ids of evicted results are remembered, to tell "expired" from "never existed".
+pub const EXPIRED_IDS: usize = 16 * 1024;
+/// What a kept result costs beyond its text and id (map entry, queue entry, timestamps).
+const RESULT_OVERHEAD: usize = 96;
 /// How long a `get_task` poll of a running task waits for it to finish before answering `running`.
 /// bosh-cli and the director poll once at once and then every second, so a task of a few
 /// milliseconds (a disk step, a no-op script) that just misses the first poll would cost a whole
@@ -84,6 +91,15 @@ enum Stored {
     Failed(Box<str>),
 }
 
+impl Stored {
+    fn bytes(&self) -> usize {
+        match self {
+            Stored::Running => 0,
+            Stored::Done(s) | Stored::Failed(s) => s.len(),
+        }
+    }
+}
+
 struct Task {
     state: Stored,
     cancel: Option<CancelToken>,
@@ -94,7 +110,16 @@ struct Task {
 struct Inner {
     tasks: HashMap<String, Task>,
     finished: VecDeque<String>,
+    /// What the finished results in `finished` cost, by [`result_cost`].
+    finished_bytes: usize,
+    /// Ids whose results were evicted, oldest first, and the same as a set.
+    expired: VecDeque<String>,
+    expired_set: std::collections::HashSet<String>,
     persisted: BTreeMap<String, PersistedTask>,
+}
+
+fn result_cost(id: &str, state: &Stored) -> usize {
+    id.len() + state.bytes() + RESULT_OVERHEAD
 }
 
 /// Shared handle to the task table; clones see the same tasks.
@@ -152,19 +177,22 @@ impl TaskTable {
     pub fn finish(&self, id: &str, result: Result<Value, String>) {
         let mut inner = lock(&self.inner);
         let now = Instant::now();
-        if let Some(t) = inner.tasks.get_mut(id) {
+        if inner.persisted.remove(id).is_some() {
+            if let Err(e) = self.save(&inner) {
+                log::error!("{e}");
+            }
+        }
+        // A task finishes once; its cost is counted once.
+        if let Some(t) = inner.tasks.get_mut(id).filter(|t| t.state == Stored::Running) {
             t.state = match result {
                 Ok(v) => Stored::Done(v.to_string().into_boxed_str()),
                 Err(e) => Stored::Failed(e.into_boxed_str()),
             };
             t.cancel = None;
             t.finished_at = Some(now);
-        }
-        inner.finished.push_back(id.to_string());
-        if inner.persisted.remove(id).is_some() {
-            if let Err(e) = self.save(&inner) {
-                log::error!("{e}");
-            }
+            let cost = result_cost(id, &t.state);
+            inner.finished_bytes += cost;
+            inner.finished.push_back(id.to_string());
         }
         prune(&mut inner, now);
         self.finished.notify_all();
@@ -194,6 +222,11 @@ impl TaskTable {
             Stored::Done(json) => TaskState::Done(serde_json::from_str(json).unwrap_or(Value::Null)),
             Stored::Failed(e) => TaskState::Failed(e.to_string()),
         })
+    }
+
+    /// Whether `id` was a task whose result has since been evicted (expired or crowded out).
+    pub fn expired(&self, id: &str) -> bool {
+        lock(&self.inner).expired_set.contains(id)
     }
 
     /// Requests cancellation of a task; only tasks started with a token can be cancelled.
@@ -226,16 +259,22 @@ impl TaskTable {
 
 fn prune(inner: &mut Inner, now: Instant) {
     while let Some(id) = inner.finished.front().cloned() {
-        let expired = inner
-            .tasks
-            .get(&id)
-            .and_then(|t| t.finished_at)
-            .is_none_or(|at| now.duration_since(at) > RESULT_TTL);
-        if expired || inner.finished.len() > RESULT_CAP {
-            inner.finished.pop_front();
-            inner.tasks.remove(&id);
-        } else {
+        let task = inner.tasks.get(&id);
+        let expired = task.and_then(|t| t.finished_at).is_none_or(|at| now.duration_since(at) > RESULT_TTL);
+        if !expired && inner.finished_bytes <= RESULT_BYTES {
             break;
+        }
+        inner.finished.pop_front();
+        if let Some(t) = inner.tasks.remove(&id) {
+            inner.finished_bytes = inner.finished_bytes.saturating_sub(result_cost(&id, &t.state));
+        }
+        if inner.expired_set.insert(id.clone()) {
+            inner.expired.push_back(id);
+        }
+        while inner.expired.len() > EXPIRED_IDS {
+            if let Some(old) = inner.expired.pop_front() {
+                inner.expired_set.remove(&old);
+            }
         }
     }
 }
@@ -281,15 +320,29 @@ mod tests {
         assert_eq!(t.get_waiting("nope", Duration::from_secs(60)), None, "unknown ids do not wait");
     }
 
+    /// A thousand tasks ending together all stay answerable; only bytes crowd results out, oldest
+    /// first, and an evicted one is told apart from one that never existed.
     #[test]
-    fn keeps_a_bounded_number_of_results() {
+    fn keeps_every_result_bounded_by_bytes_and_knows_what_expired() {
         let t = TaskTable::new(None);
-        for i in 0..RESULT_CAP + 10 {
+        for i in 0..1000 {
             t.start(&i.to_string(), None, None).unwrap();
+        }
+        for i in 0..1000 {
             t.finish(&i.to_string(), Ok(json!(i)));
         }
-        assert_eq!(t.get("0"), None);
-        assert!(t.get(&(RESULT_CAP + 9).to_string()).is_some());
+        assert!((0..1000).all(|i| t.get(&i.to_string()) == Some(TaskState::Done(json!(i)))));
+        let big = "x".repeat(RESULT_BYTES / 4);
+        for i in 0..5 {
+            let id = format!("big{i}");
+            t.start(&id, None, None).unwrap();
+            t.finish(&id, Err(big.clone()));
+        }
+        assert_eq!(t.get("0"), None, "the oldest went first");
+        assert!(t.expired("0") && t.expired("999") && t.expired("big0"));
+        assert!(t.get("big4").is_some() && !t.expired("big4"));
+        assert!(!t.expired("never-was"));
+        assert!(lock(&t.inner).finished_bytes <= RESULT_BYTES);
     }
 
     #[test]

@@ -62,11 +62,8 @@ impl Fixture {
 
     /// A ureq agent trusting only the server's self-signed certificate, with statuses as values.
     fn agent(&self) -> ureq::Agent {
-        let cert = ureq::tls::Certificate::from_pem(self.cert_pem.as_bytes()).unwrap();
-        let tls =
-            ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&[cert])).build();
         ureq::Agent::config_builder()
-            .tls_config(tls)
+            .tls_config(self.tls_for_ureq())
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
@@ -75,6 +72,11 @@ impl Fixture {
 
     /// A raw TLS client with the handshake already done.
     fn raw(&self) -> StreamOwned<ClientConnection, TcpStream> {
+        self.try_raw().expect("TLS handshake with the server")
+    }
+
+    /// A TLS client session trusting the server, not yet connected.
+    fn raw_client(&self) -> ClientConnection {
         let roots = tls::root_store(&self.cert_pem).unwrap();
         let config = rustls::ClientConfig::builder_with_provider(tls::provider())
             .with_safe_default_protocol_versions()
@@ -82,14 +84,24 @@ impl Fixture {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let name = ServerName::try_from("127.0.0.1").unwrap();
-        let conn = ClientConnection::new(Arc::new(config), name).unwrap();
-        let sock = TcpStream::connect(self.server.local_addr()).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut stream = StreamOwned::new(conn, sock);
+        ClientConnection::new(Arc::new(config), name).unwrap()
+    }
+
+    /// Like [`Fixture::raw`], `None` when the connection or handshake fails.
+    fn try_raw(&self) -> Option<StreamOwned<ClientConnection, TcpStream>> {
+        let sock = TcpStream::connect(self.server.local_addr()).ok()?;
+        sock.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+        let mut stream = StreamOwned::new(self.raw_client(), sock);
         while stream.conn.is_handshaking() {
-            stream.conn.complete_io(&mut stream.sock).unwrap();
+            stream.conn.complete_io(&mut stream.sock).ok()?;
         }
-        stream
+        Some(stream)
+    }
+
+    /// ureq's TLS settings trusting only the server's certificate.
+    fn tls_for_ureq(&self) -> ureq::tls::TlsConfig {
+        let cert = ureq::tls::Certificate::from_pem(self.cert_pem.as_bytes()).unwrap();
+        ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&[cert])).build()
     }
 
     fn post_agent(&self, body: &str) -> ureq::http::Response<ureq::Body> {
@@ -428,11 +440,152 @@ fn an_upload_that_ends_early_leaves_nothing_behind() {
 #[test]
 fn connections_over_the_cap_get_503() {
     let fx = start(1);
-    let holder = fx.raw();
+    // An authenticated keep-alive connection holds the one slot; an unauthenticated one never does.
+    let mut holder = fx.raw();
+    let req = format!("POST /agent HTTP/1.1\r\nAuthorization: {}\r\nContent-Length: 2\r\n\r\n{{}}", auth());
+    holder.write_all(req.as_bytes()).unwrap();
+    holder.flush().unwrap();
+    assert_eq!(read_response(&mut holder).status, 200);
+    let _idle_unauthenticated = fx.raw();
     let resp = fx.post_agent("{}");
     assert_eq!(resp.status(), 503);
     drop(holder);
     eventually("a free connection slot", || fx.post_agent("{}").status() == 200);
+}
+
+/// How a slowloris client misbehaves.
+#[derive(Clone, Copy, Debug)]
+enum Slow {
+    /// TLS done, then the request head one byte every 3 s.
+    Head,
+    /// The TLS ClientHello itself one byte every 3 s.
+    Hello,
+    /// TLS done, then silence.
+    Silent,
+}
+
+/// One slow connection; reconnected whenever the server gives up on it, so the attack never lets go.
+struct SlowConn {
+    sock: TcpStream,
+    tls: Option<ClientConnection>,
+    script: Vec<u8>,
+    sent: usize,
+}
+
+impl SlowConn {
+    fn open(fx: &Fixture, kind: Slow) -> Option<SlowConn> {
+        let head = b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}".to_vec();
+        match kind {
+            Slow::Hello => {
+                let mut conn = fx.raw_client();
+                let mut hello = Vec::new();
+                while conn.wants_write() {
+                    conn.write_tls(&mut hello).ok()?;
+                }
+                let sock = TcpStream::connect(fx.server.local_addr()).ok()?;
+                Some(SlowConn { sock, tls: None, script: hello, sent: 0 })
+            }
+            Slow::Head | Slow::Silent => {
+                let StreamOwned { conn, sock } = fx.try_raw()?;
+                let script = if matches!(kind, Slow::Head) { head } else { Vec::new() };
+                Some(SlowConn { sock, tls: Some(conn), script, sent: 0 })
+            }
+        }
+    }
+
+    /// Sends the next byte (if any is left); false once the server has closed the connection.
+    fn tick(&mut self) -> bool {
+        self.sock.set_nonblocking(true).ok();
+        let mut probe = [0u8; 1024];
+        let closed = matches!(self.sock.read(&mut probe), Ok(0));
+        self.sock.set_nonblocking(false).ok();
+        if closed {
+            return false;
+        }
+        let Some(&byte) = self.script.get(self.sent) else { return true };
+        self.sent += 1;
+        let wrote = match &mut self.tls {
+            None => self.sock.write_all(&[byte]),
+            Some(conn) => {
+                let mut record = Vec::new();
+                conn.writer().write_all(&[byte]).and_then(|()| {
+                    while conn.wants_write() {
+                        conn.write_tls(&mut record)?;
+                    }
+                    self.sock.write_all(&record)
+                })
+            }
+        };
+        wrote.is_ok()
+    }
+}
+
+/// Keeps `count` slow connections of `kind` open until `stop`: each sends a byte every 3 s and is
+/// replaced as soon as the server drops it.
+fn slowloris(fx: &Fixture, kind: Slow, count: usize, stop: &std::sync::atomic::AtomicBool) -> usize {
+    let mut conns: Vec<Option<SlowConn>> = (0..count).map(|_| SlowConn::open(fx, kind)).collect();
+    let mut opened = count;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        for c in conns.iter_mut() {
+            let alive = c.as_mut().is_some_and(SlowConn::tick);
+            if !alive {
+                *c = SlowConn::open(fx, kind);
+                opened += 1;
+            }
+        }
+        // One byte per connection every 3 s, checked often enough to replace dropped ones quickly.
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    opened
+}
+
+/// Issue 15, item 3: 200 slow connections of each kind (head trickled, ClientHello trickled, TLS
+/// finished then silence) do not keep legitimate pings out: at least 99% are answered while the
+/// attack runs for longer than the server's pending deadline, so dropped attackers reconnect.
+#[test]
+fn slowloris_does_not_lock_out_legitimate_requests() {
+    let mut report = Vec::new();
+    for kind in [Slow::Head, Slow::Hello, Slow::Silent] {
+        let fx = start(32);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (tried, answered, opened) = std::thread::scope(|s| {
+            let attack = s.spawn(|| slowloris(&fx, kind, 200, &stop));
+            // Let the attack take hold before the first ping.
+            std::thread::sleep(Duration::from_secs(3));
+            let until = Instant::now() + bosh_agent::mbus::https::PENDING_DEADLINE + Duration::from_secs(4);
+            let (mut tried, mut answered) = (0, 0);
+            while Instant::now() < until || tried < 100 {
+                tried += 1;
+                let agent = ureq::Agent::config_builder()
+                    .tls_config(fx.tls_for_ureq())
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(5)))
+                    .build()
+                    .new_agent();
+                let resp = agent
+                    .post(&fx.url("/agent"))
+                    .header("Authorization", &auth())
+                    .send(r#"{"method":"ping","arguments":[]}"#);
+                if resp.is_ok_and(|r| r.status() == 200) {
+                    answered += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            (tried, answered, attack.join().unwrap())
+        });
+        eprintln!(
+            "slowloris {kind:?}: {answered} of {tried} pings answered, {opened} slow connections opened"
+        );
+        report.push((kind, tried, answered, opened));
+    }
+    for (kind, tried, answered, opened) in report {
+        assert!(opened >= 200, "{kind:?}: the attack never started");
+        assert!(answered * 100 >= tried * 99, "{kind:?}: only {answered} of {tried} pings answered");
+    }
 }
 
 #[test]

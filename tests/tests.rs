@@ -30,6 +30,9 @@ mod deploy;
 // (warden directories, preformatted, resize on mount, SCSI rescan on a fake sysfs, virtio by-id,
 // iSCSI with fake iscsiadm/dmsetup).
 mod disks;
+// Hostile input, floods and crashes: traversal, fuzzed envelopes and arguments, archive bombs,
+// stop signals, kills during apply, task floods.
+mod hostile;
 // The HTTPS bus as `bosh create-env` uses it: no protocol field, Basic auth, `/blobs`.
 mod https_agent;
 // The job lifecycle with real tarballs: apply, scripts, drain, errands, cancel, hostile tarballs.

@@ -78,14 +78,20 @@ impl Action for Apply {
         let ctx = call.ctx;
         let raw = super::network::spec_with_dhcp(ctx, self.raw)?;
         let _guard = lock(&ctx.jobs_lock);
+        // The order keeps the recorded spec and the links in agreement whenever the agent dies:
+        // links switch before the spec is recorded, and the bundles of the recorded spec are only
+        // pruned after it, so a start after a kill can switch the links back (`Layout::repair`).
         if self.spec.configures() {
+            let layout = Layout { dirs: &ctx.dirs };
             let blobs = installer_blobs(ctx, &self.spec)?;
             if let Some(blobs) = &blobs {
                 Installer { dirs: &ctx.dirs, blobs, parallel: parallelism(ctx) }.install_all(&self.spec)?;
             }
             ctx.supervisor.remove_all_jobs()?;
-            Layout { dirs: &ctx.dirs }.enable(&self.spec)?;
+            layout.enable(&self.spec)?;
             ctx.supervisor.reload()?;
+            spec::save(&ctx.dirs, &raw)?;
+            layout.prune(&self.spec);
             if let (Some(b), Some(a)) = (&blobs, self.spec.archive()) {
                 b.forget_local(&a.blobstore_id);
             }
@@ -94,8 +100,9 @@ impl Action for Apply {
                 ctx.settings.get().settings.env.bosh.max_log_file_size.as_deref(),
             );
             ctx.platform.setup_logrotate(&size).context("Setting up logrotate")?;
+        } else {
+            spec::save(&ctx.dirs, &raw)?;
         }
-        spec::save(&ctx.dirs, &raw)?;
         write_instance_files(&ctx.dirs.instance(), &self.spec)?;
         Ok(json!("applied"))
     }

@@ -22,6 +22,9 @@ mod tasks;
 
 pub use args::bind;
 pub use registry::{lookup, ActionSpec, Bound};
+/// Every action, for the tests that drive each of them (the argument fuzz).
+#[cfg(feature = "internals")]
+pub use registry::REGISTRY;
 
 use crate::bus::{BusControl, Notifier};
 use crate::cancel::CancelToken;

@@ -19,8 +19,17 @@ impl Action for GetTask {
             Some(TaskState::Running) => Ok(json!({ "agent_task_id": self.id, "state": "running" })),
             Some(TaskState::Done(v)) => Ok(v),
             Some(TaskState::Failed(e)) => Err(format!("Task {} result: {e}", self.id)),
-            None => Err(format!("Task with id {} could not be found", self.id)),
+            None => Err(not_found(call, &self.id)),
         }
+    }
+}
+
+/// The Go agent's words, and whether the task's result expired or there never was such a task.
+fn not_found(call: &Call, id: &str) -> String {
+    if call.ctx.tasks.expired(id) {
+        format!("Task with id {id} could not be found: its result expired")
+    } else {
+        format!("Task with id {id} could not be found: no task ever had this id")
     }
 }
 
@@ -37,7 +46,7 @@ impl Action for CancelTask {
         match call.ctx.tasks.cancel(&self.id) {
             CancelOutcome::Canceled => Ok(json!("canceled")),
             CancelOutcome::NotSupported => Err("not supported".into()),
-            CancelOutcome::NotFound => Err(format!("Task with id {} could not be found", self.id)),
+            CancelOutcome::NotFound => Err(not_found(call, &self.id)),
         }
     }
 }

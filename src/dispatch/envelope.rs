@@ -41,7 +41,7 @@ impl Request {
     pub fn parse(body: &[u8]) -> Result<Request, EnvelopeError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| EnvelopeError {
             message: format!("malformed request: body is not valid JSON: {e}"),
-            reply_to: None,
+            reply_to: readable_reply_to(body),
         })?;
         let Value::Object(obj) = value else {
             return Err(EnvelopeError {
@@ -80,6 +80,18 @@ impl Request {
         };
         Ok(Request { protocol, method, arguments, reply_to })
     }
+}
+
+/// The `reply_to` of a body that did not parse as a whole: JSON that is well-formed but holds what
+/// `serde_json` refuses as a value elsewhere (`1e400`, a lone `\ud800`) still names where the
+/// exception should go. Other members are skipped without being converted, so only the `reply_to`
+/// itself has to be readable.
+fn readable_reply_to(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ReplyOnly {
+        reply_to: Option<String>,
+    }
+    serde_json::from_slice::<ReplyOnly>(body).ok()?.reply_to.filter(|r| !r.is_empty())
 }
 
 /// The marker placed where an oversized exception message was cut.
@@ -176,6 +188,25 @@ mod tests {
         }
         let e = Request::parse(br#"{"method":1,"reply_to":"r.1"}"#).unwrap_err();
         assert_eq!(e.reply_to.as_deref(), Some("r.1"));
+    }
+
+    /// Well-formed JSON that serde refuses as a value still gets its exception to the sender.
+    #[test]
+    fn serde_rejects_keep_a_readable_reply_to() {
+        let bodies: &[&[u8]] = &[
+            br#"{"method":"ping","arguments":[1e400],"reply_to":"r.1"}"#,
+            br#"{"method":"ping","arguments":["\ud800"],"reply_to":"r.1"}"#,
+            br#"{"reply_to":"r.1","method":"ping","arguments":[{"a":-1e99999}]}"#,
+            br#"{"method":"\udfff","reply_to":"r.1"}"#,
+        ];
+        for body in bodies {
+            let e = Request::parse(body).unwrap_err();
+            assert_eq!(e.reply_to.as_deref(), Some("r.1"), "{}", String::from_utf8_lossy(body));
+            assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        }
+        for unreadable in [&br#"{"reply_to":"\ud800","method":"ping"}"#[..], b"{\"reply_to\":\"r.1\"", b"[1e400]"] {
+            assert_eq!(Request::parse(unreadable).unwrap_err().reply_to, None);
+        }
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //!
 //! Listener threads push [`Incoming`] requests onto one channel; a fixed pool of workers ([`pool`])
 //! takes them off and calls [`Dispatcher::handle`]. Synchronous actions run on the worker; asynchronous
-//! ones get a task id, their reply is sent first, and then their body runs on a task thread (reused, never
-//! queued behind another task), so a long task never occupies a worker and `ping` and `get_state` are
-//! answered at once however many tasks run (`get_task` of a running task waits at most
-//! `tasks::POLL_WAIT` for it to finish).
+//! ones get a task id, their reply is sent first, and then their body runs on a task thread (reused;
+//! at most [`pool::MAX_TASK_THREADS`] at once, the rest queued), so a long task never occupies a
+//! worker and `ping` and `get_state` are answered at once however many tasks run (`get_task` of a
+//! running task waits at most `tasks::POLL_WAIT` for it to finish).
 
 mod envelope;
 pub mod pool;
@@ -59,7 +59,8 @@ impl Dispatcher {
         let request = match Request::parse(&incoming.body) {
             Ok(r) => r,
             Err(e) => {
-                log::warn!("rejected request: {} (reply_to={:?})", e.message, e.reply_to);
+                let reply_to = e.reply_to.as_deref().map(|r| loggable(r, MAX_LOGGED_FIELD));
+                log::warn!("rejected request: {} (reply_to={})", loggable(&e.message, 400), reply_to.unwrap_or_default());
                 let body = Response::exception(e.message).encode(limit);
                 incoming.reply.send(e.reply_to.as_deref(), body);
                 return;
@@ -67,7 +68,11 @@ impl Dispatcher {
         };
         let spec = lookup(&request.method, self.ctx.platform.offers_test_actions());
         if spec.is_none_or(|s| s.loggable) && log::log_enabled!(log::Level::Debug) {
-            log::debug!("request {} arguments {}", request.method, redacted(&json!(request.arguments)));
+            log::debug!(
+                "request {} arguments {}",
+                loggable(&request.method, MAX_LOGGED_FIELD),
+                redacted(&json!(request.arguments))
+            );
         }
         let (response, after) = self.dispatch(&request, spec);
         let outcome = match &response {
@@ -87,14 +92,14 @@ impl Dispatcher {
         log::log!(
             level,
             "request method={} reply_to={} protocol={} outcome={} duration={:.1}ms",
-            request.method,
-            request.reply_to,
+            loggable(&request.method, MAX_LOGGED_FIELD),
+            loggable(&request.reply_to, MAX_LOGGED_FIELD),
             request.protocol,
             outcome,
             started.elapsed().as_secs_f64() * 1000.0
         );
         if let Response::Exception(m) = &response {
-            log::info!("request {} failed: {}", request.method, first_line(m));
+            log::info!("request {} failed: {}", loggable(&request.method, MAX_LOGGED_FIELD), loggable(first_line(m), 300));
         }
         if let Some(after) = after {
             after();
@@ -236,29 +241,28 @@ fn request_json(r: &Request) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Keys whose values are credentials even inside loggable arguments: signed URLs carry their
-/// signature, blobstore headers carry encryption keys.
-const SECRET_KEYS: &[&str] = &[
-    "signed_url",
-    "upload_signed_url",
-    "package_get_signed_url",
-    "blobstore_headers",
-    "password",
-    "private_key",
-    "secret_access_key",
-    "credentials_source",
-    "json_key",
-    "payload",
-];
+/// Keys whose values are credentials even inside loggable arguments, whatever else they match:
+/// signed URLs carry their signature, blobstore headers carry encryption keys.
+const SECRET_KEYS: &[&str] =
+    &["signed_url", "upload_signed_url", "package_get_signed_url", "blobstore_headers", "payload"];
 
-/// A copy of `v` with the values of [`SECRET_KEYS`] replaced, for debug logging.
+/// Parts of key names whose values are credentials (`db_password`, `credentials`, `api_token`,
+/// `private_key`, `ca_cert`...), matched case-insensitively anywhere in the key.
+const SECRET_KEY_PARTS: &[&str] = &["password", "secret", "credential", "token", "key", "cert"];
+
+fn secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_KEYS.contains(&key.as_str()) || SECRET_KEY_PARTS.iter().any(|part| key.contains(part))
+}
+
+/// A copy of `v` with the values of secret-looking keys replaced at any depth, for debug logging.
 pub fn redacted(v: &serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     match v {
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| {
-                    let hidden = SECRET_KEYS.contains(&k.as_str()) && !v.is_null();
+                    let hidden = secret_key(k) && !v.is_null();
                     (k.clone(), if hidden { Value::String("<redacted>".into()) } else { redacted(v) })
                 })
                 .collect(),
@@ -266,6 +270,27 @@ pub fn redacted(v: &serde_json::Value) -> serde_json::Value {
         Value::Array(items) => Value::Array(items.iter().map(redacted).collect()),
         other => other.clone(),
     }
+}
+
+/// How much of a request's `method` or `reply_to` a log line carries.
+const MAX_LOGGED_FIELD: usize = 200;
+
+/// `s` as one safe log field: control characters escaped (a CR or LF cannot forge a log line) and at
+/// most `max` characters, the cut marked with the full length.
+pub fn loggable(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max) + 16);
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push_str(&format!("...[{} bytes]", s.len()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn first_line(s: &str) -> &str {
@@ -284,5 +309,29 @@ mod tests {
         let r = redacted(&args).to_string();
         assert!(!r.contains("sig=1") && !r.contains("\"v\"") && !r.contains("\"p\""), "{r}");
         assert!(r.contains("\"name\":\"a\"") && r.contains("\"user\":\"u\""));
+    }
+
+    /// Secrets are found by what their key says, at any depth, in any case.
+    #[test]
+    fn redacts_by_key_pattern() {
+        let planted = ["s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9"];
+        let args = json!([{"properties": {"db_password": "s1", "nested": {"credentials": {"u": "s2"}},
+            "API_TOKEN": "s3", "tls": {"private_key": "s4", "ca_cert": "s5", "certificate": "s6"}},
+            "list": [{"client_secret": "s7"}, {"ssh_keys": ["s8"]}], "AwsSecretAccessKey": "s9",
+            "name": "keep-me"}]);
+        let r = redacted(&args).to_string();
+        for s in planted {
+            assert!(!r.contains(&format!("\"{s}\"")), "{s} leaked: {r}");
+        }
+        assert!(r.contains("keep-me"), "{r}");
+    }
+
+    #[test]
+    fn log_fields_are_bounded_and_cannot_forge_lines() {
+        let forged = loggable("director.x\r\nINFO request method=apply", 200);
+        assert!(!forged.contains('\n') && !forged.contains('\r') && forged.contains("\\r\\n"), "{forged}");
+        let long = loggable(&"x".repeat(900_000), 200);
+        assert!(long.len() < 250 && long.ends_with("...[900000 bytes]"), "{}", long.len());
+        assert_eq!(loggable("director.a.b.c", 200), "director.a.b.c");
     }
 }

@@ -169,31 +169,77 @@ impl Installer<'_> {
 }
 
 impl Layout<'_> {
-    /// Switches the links to this spec's bundles, links each job's packages, creates the jobs' log,
-    /// run and data directories, and removes every bundle and link the spec no longer names.
+    /// Switches the links to this spec's bundles, links each job's packages and creates the jobs'
+    /// log, run and data directories. Removes nothing: the bundles the recorded spec names must
+    /// survive until the new spec is recorded ([`Layout::prune`] comes after), so that an agent killed
+    /// in between can switch back to them at its next start ([`Layout::repair`]).
     pub fn enable(&self, spec: &ApplySpec) -> Result<(), String> {
         let vcap = Group::vcap(self.dirs);
         vcap.dir(&self.dirs.packages(), 0o755)?;
         vcap.dir(&self.dirs.jobs(), 0o750)?;
-        let mut keep_packages = BTreeSet::new();
         for p in spec.packages.values() {
             let b = self.package_bundle(p);
             switch_link(&b.link, &b.dir)?;
-            keep_packages.insert(b.dir);
         }
-        let mut keep_jobs = BTreeSet::new();
         if let Some(archive_ref) = spec.archive() {
             for job in spec.jobs() {
                 let b = self.job_bundle(&job, &archive_ref.sha1);
                 self.link_job_packages(&b.dir, spec, vcap)?;
                 self.create_job_dirs(&job.name, vcap)?;
                 switch_link(&b.link, &b.dir)?;
-                keep_jobs.insert(b.dir);
             }
         }
-        keep_only(&self.dirs.data_packages(), &self.dirs.packages(), &keep_packages)?;
-        keep_only(&self.dirs.data_jobs(), &self.dirs.jobs(), &keep_jobs)?;
         switch_link(&self.dirs.sys(), &self.dirs.data_sys())
+    }
+
+    /// The bundle directories a spec names: (packages, jobs).
+    fn kept(&self, spec: &ApplySpec) -> (BTreeSet<PathBuf>, BTreeSet<PathBuf>) {
+        let packages = spec.packages.values().map(|p| self.package_bundle(p).dir).collect();
+        let jobs = match spec.archive() {
+            Some(a) => spec.jobs().iter().map(|j| self.job_bundle(j, &a.sha1).dir).collect(),
+            None => BTreeSet::new(),
+        };
+        (packages, jobs)
+    }
+
+    /// Removes every bundle and link the (recorded) spec no longer names; never fails the apply.
+    pub fn prune(&self, spec: &ApplySpec) {
+        let (packages, jobs) = self.kept(spec);
+        drop_links(&self.dirs.packages(), &packages);
+        drop_links(&self.dirs.jobs(), &jobs);
+        prune_bundles(&self.dirs.data_packages(), &packages);
+        prune_bundles(&self.dirs.data_jobs(), &jobs);
+    }
+
+    /// At start: makes the links agree with the recorded spec, after an agent killed mid-apply left
+    /// some switched to bundles of a spec it never recorded. Every bundle the recorded spec names
+    /// still exists, because pruning only follows recording; a link to a bundle that is gone is
+    /// left as it is, and logged. Returns how many links were changed.
+    pub fn repair(&self, spec: &ApplySpec) -> usize {
+        let mut bundles: Vec<Bundle> = spec.packages.values().map(|p| self.package_bundle(p)).collect();
+        if let Some(a) = spec.archive() {
+            bundles.extend(spec.jobs().iter().map(|j| self.job_bundle(j, &a.sha1)));
+        }
+        let mut changed = 0;
+        for b in &bundles {
+            if fs::read_link(&b.link).is_ok_and(|t| t == b.dir) {
+                continue;
+            }
+            if !b.dir.is_dir() {
+                log::warn!("repair: {} is gone; leaving {} as it is", b.dir.display(), b.link.display());
+                continue;
+            }
+            match switch_link(&b.link, &b.dir) {
+                Ok(()) => changed += 1,
+                Err(e) => log::warn!("repair: {e}"),
+            }
+        }
+        let (packages, jobs) = self.kept(spec);
+        changed += drop_links(&self.dirs.packages(), &packages) + drop_links(&self.dirs.jobs(), &jobs);
+        if changed > 0 {
+            log::warn!("repair: {changed} link(s) switched back to the recorded spec (killed mid-apply)");
+        }
+        changed
     }
 
     fn link_job_packages(&self, job_dir: &Path, spec: &ApplySpec, vcap: Group) -> Result<(), String> {
@@ -268,35 +314,58 @@ fn fix_job_permissions(dir: &Path, vcap: Group) -> Result<(), String> {
 
 pub use crate::fsutil::switch_link;
 
-/// Removes every `<data_root>/<name>/<hash>` not in `keep`, and every `<link_root>/<name>` link that no
-/// longer points into `keep`.
-fn keep_only(data_root: &Path, link_root: &Path, keep: &BTreeSet<PathBuf>) -> Result<(), String> {
-    if let Ok(links) = fs::read_dir(link_root) {
-        for l in links.flatten() {
-            let path = l.path();
-            if let Ok(target) = fs::read_link(&path) {
-                if !keep.contains(&target) {
-                    let _ = fs::remove_file(&path);
-                }
-            }
+/// Removes every `<link_root>/<name>` link that does not point into `keep`; returns how many.
+fn drop_links(link_root: &Path, keep: &BTreeSet<PathBuf>) -> usize {
+    let mut dropped = 0;
+    for l in fs::read_dir(link_root).into_iter().flatten().flatten() {
+        let path = l.path();
+        if fs::read_link(&path).is_ok_and(|target| !keep.contains(&target)) && fs::remove_file(&path).is_ok() {
+            dropped += 1;
         }
     }
-    let Ok(names) = fs::read_dir(data_root) else { return Ok(()) };
+    dropped
+}
+
+/// Removes every `<data_root>/<name>/<hash>` not in `keep` (and the staging directories an unpack
+/// killed mid-way left beside them). Only what the applier creates is touched: a file, or a
+/// directory not named like a bundle, is left alone (and logged), and a removal that fails is
+/// logged, never failing the apply, so one stray entry cannot break every later apply.
+fn prune_bundles(data_root: &Path, keep: &BTreeSet<PathBuf>) {
+    let Ok(names) = fs::read_dir(data_root) else { return };
     for name in names.flatten() {
+        if !name.file_type().is_ok_and(|t| t.is_dir()) {
+            log::warn!("pruning: leaving {} alone (not a bundle directory)", name.path().display());
+            continue;
+        }
         let Ok(versions) = fs::read_dir(name.path()) else { continue };
         let mut left = 0;
         for v in versions.flatten() {
-            if keep.contains(&v.path()) {
+            let path = v.path();
+            let ours = v.file_type().is_ok_and(|t| t.is_dir()) && is_bundle_dir_name(&v.file_name());
+            if keep.contains(&path) || !ours {
                 left += 1;
-            } else {
-                fs::remove_dir_all(v.path()).with_context(|| format!("removing {}", v.path().display()))?;
+                if !ours {
+                    log::warn!("pruning: leaving {} alone (not a bundle)", path.display());
+                }
+            } else if let Err(e) = fs::remove_dir_all(&path) {
+                left += 1;
+                log::warn!("pruning: removing {}: {e}", path.display());
             }
         }
         if left == 0 {
             let _ = fs::remove_dir(name.path());
         }
     }
-    Ok(())
+}
+
+/// A bundle directory (`<40 hex>`, see [`bundle_hash`]) or the staging directory of its unpack
+/// (`<40 hex>.unpack-<uuid>`, left behind when the agent was killed mid-way).
+fn is_bundle_dir_name(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    let (hash, rest) = name.split_at(name.len().min(40));
+    hash.len() == 40
+        && hash.bytes().all(|b| b.is_ascii_hexdigit())
+        && (rest.is_empty() || rest.starts_with(".unpack-"))
 }
 
 #[cfg(test)]
@@ -349,17 +418,38 @@ mod tests {
     fn links_switch_atomically_and_keep_only_prunes() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data/packages");
-        let a = data.join("foo/aaa");
-        let b = data.join("foo/bbb");
+        let a = data.join("foo").join(bundle_hash("1", "a"));
+        let b = data.join("foo").join(bundle_hash("2", "b"));
         fs::create_dir_all(&a).unwrap();
         fs::create_dir_all(&b).unwrap();
         let link = dir.path().join("packages/foo");
         switch_link(&link, &a).unwrap();
         switch_link(&link, &b).unwrap();
         assert_eq!(fs::read_link(&link).unwrap(), b);
-        keep_only(&data, &dir.path().join("packages"), &BTreeSet::from([b.clone()])).unwrap();
+        let links = dir.path().join("packages");
+        drop_links(&links, &BTreeSet::from([b.clone()]));
+        prune_bundles(&data, &BTreeSet::from([b.clone()]));
         assert!(!a.exists() && b.exists() && link.exists());
-        keep_only(&data, &dir.path().join("packages"), &BTreeSet::new()).unwrap();
+        drop_links(&links, &BTreeSet::new());
+        prune_bundles(&data, &BTreeSet::new());
         assert!(!b.exists() && fs::symlink_metadata(&link).is_err() && !data.join("foo").exists());
+    }
+
+    /// What the applier did not create survives pruning, and does not make it fail.
+    #[test]
+    fn pruning_skips_what_it_did_not_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data/packages");
+        let stale = data.join("foo").join(bundle_hash("1", "a"));
+        let staging = data.join("foo").join(format!("{}.unpack-x", bundle_hash("3", "c")));
+        let foreign = data.join("foo/operator-notes");
+        for d in [&stale, &staging, &foreign] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(data.join("stray-file"), b"x").unwrap();
+        fs::write(data.join("foo/stray"), b"x").unwrap();
+        prune_bundles(&data, &BTreeSet::new());
+        assert!(!stale.exists() && !staging.exists(), "our bundles and staging dirs go");
+        assert!(foreign.is_dir() && data.join("stray-file").is_file() && data.join("foo/stray").is_file());
     }
 }

@@ -54,7 +54,7 @@
 use crate::error::Context as _;
 use super::applier::{switch_link, Installer, Layout, DEFAULT_PARALLEL};
 use super::scripts::{self, SCRIPT_PATH};
-use super::spec::{ApplySpec, PackageSpec};
+use super::spec::{check_name, ApplySpec, PackageSpec};
 use crate::archive::{self, Unpack};
 use crate::blobstore::digest::{hex, sha1_hex, UploadDigests};
 use crate::blobstore::{Blobs, FetchedBlob, MultiDigest};
@@ -409,20 +409,6 @@ fn find_bash() -> Result<PathBuf, String> {
         .map(|d| Path::new(d).join("bash"))
         .find(|p| p.is_file())
         .ok_or_else(|| format!("bash not found in {SCRIPT_PATH}"))
-}
-
-/// Names become path segments under `data/compile` and `packages`: one safe segment only.
-fn check_name(what: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name.len() <= 255
-        && !name.bytes().any(|b| b == b'/' || b == 0);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("invalid {what} '{}'", name.escape_debug()))
-    }
 }
 
 /// The last `cap` bytes of a log file, marked when cut; a missing file reads as empty.

@@ -20,9 +20,32 @@ pub fn load(dirs: &Dirs) -> Result<Value, String> {
     }
 }
 
-/// Persists a spec atomically.
+/// Persists a spec atomically, readable by root only: it carries `env.bosh.password`, job properties
+/// and signed URLs.
 pub fn save(dirs: &Dirs, spec: &Value) -> Result<(), String> {
-    fsutil::write_json_atomic(&dirs.spec_json(), spec, 0o644).context("writing spec.json")
+    fsutil::write_json_atomic(&dirs.spec_json(), spec, 0o600).context("writing spec.json")
+}
+
+/// The longest package or job name accepted (release names are far shorter; a file name is 255).
+pub const MAX_NAME_LEN: usize = 200;
+
+/// Checks a package or job name that becomes one path segment (`data/packages/<name>`,
+/// `jobs/<name>`, `sys/log/<name>`): 1 to [`MAX_NAME_LEN`] of `A-Za-z0-9._-`, and not `.` or `..`,
+/// as the director's release names are. The error names the value, escaped.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        return Ok(());
+    }
+    let shown: String = name.chars().take(MAX_NAME_LEN).collect::<String>().escape_debug().to_string();
+    let more = if name.chars().count() > MAX_NAME_LEN { "..." } else { "" };
+    Err(format!(
+        "invalid {what} '{shown}{more}': must be 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ - and not '.' or '..'"
+    ))
 }
 
 /// Where the system, ephemeral and persistent disks are mounted, for vitals.
@@ -112,8 +135,26 @@ pub struct ArchiveRef {
 
 impl ApplySpec {
     /// Reads the typed view of a spec value.
+    /// Every name that becomes a path segment is checked here, once, so nothing downstream joins an
+    /// unchecked name onto a directory.
     pub fn from_value(v: &Value) -> Result<ApplySpec, String> {
-        ApplySpec::deserialize(v).context("invalid apply spec")
+        let spec = ApplySpec::deserialize(v).context("invalid apply spec")?;
+        spec.check_names().context("invalid apply spec")?;
+        Ok(spec)
+    }
+
+    fn check_names(&self) -> Result<(), String> {
+        for p in self.packages.values() {
+            check_name("package name", &p.name)?;
+        }
+        let Some(job) = &self.job else { return Ok(()) };
+        for t in job.templates.iter().flatten() {
+            check_name("job name", &t.name)?;
+        }
+        match job.template.as_deref() {
+            Some(t) if !t.is_empty() => check_name("job name", t),
+            _ => Ok(()),
+        }
     }
 
     /// The jobs of this spec, in the director's order.
@@ -147,6 +188,33 @@ mod tests {
             ApplySpec::from_value(&json!({"job": null, "packages": null, "networks": null})).unwrap();
         assert!(!jobless.configures());
         assert!(ApplySpec::from_value(&json!({"packages": 5})).is_err());
+    }
+
+    /// Every name that reaches a path: the hostile ones are refused with the name in the message.
+    #[test]
+    fn hostile_names_are_refused_where_the_spec_is_parsed() {
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        let hostile = [
+            "", ".", "..", "../x", "../../etc", "a/b", "/abs", "a\0b", "a\nb", " a", "a b", "\u{fc}", "a:b",
+            "$(id)", "*", long.as_str(), "..\\x",
+        ];
+        for bad in hostile {
+            let specs = [
+                json!({"packages": {"k": {"name": bad, "version": "1", "sha1": "x"}}}),
+                json!({"job": {"templates": [{"name": bad, "version": "1"}]}}),
+                json!({"job": {"template": bad}}),
+            ];
+            // An empty legacy `template` means "none" (errands then need a name).
+            for spec in specs.iter().take(if bad.is_empty() { 2 } else { 3 }) {
+                let e = ApplySpec::from_value(spec).expect_err(&format!("{bad:?} accepted"));
+                let want = if bad.is_empty() { "''".to_string() } else { bad.chars().take(8).collect::<String>().escape_debug().to_string() };
+                assert!(e.contains("invalid") && e.contains(&want), "{bad:?}: {e}");
+            }
+        }
+        for good in ["ruby-3.2_x", "a", "A.b-c_9", &"z".repeat(MAX_NAME_LEN)] {
+            let spec = json!({"packages": {"k": {"name": good}}, "job": {"template": good, "templates": [{"name": good}]}});
+            assert!(ApplySpec::from_value(&spec).is_ok(), "{good}");
+        }
     }
 
     #[test]

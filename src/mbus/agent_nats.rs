@@ -288,7 +288,7 @@ impl ReplySink for NatsReply {
         match reply_to.filter(|r| !r.is_empty()) {
             Some(subject) => {
                 if let Err(e) = read(&self.live).publish(subject, &body) {
-                    log::warn!("publishing reply to {subject}: {e:?}");
+                    log::warn!("publishing reply to {}: {e}", crate::dispatch::loggable(subject, 200));
                 }
             }
             None => log::warn!("request without reply_to: the reply is dropped"),

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod blob_server;
 pub mod certs;
+pub mod crash;
 pub mod http_listener;
 pub mod loopdev;
 pub mod metadata;

@@ -5,11 +5,17 @@
 //! body to an [`AgentEndpoint`], whose returned bytes are the 200 reply; blobs are streamed to and from
 //! `blobs_dir` without the endpoint's involvement.
 //!
-//! Design (why it looks like this): the agent is synchronous, so the server is one accept thread plus
-//! one thread per connection, capped at `max_connections`; over the cap a small, separately capped set
-//! of threads answers 503 so the accept loop never blocks. Every phase that waits on the client has a
-//! bound (handshake, request head, each body read, each write), so silent or slow clients only ever
-//! cost their own thread. HTTP framing lives in [`super::http`]; the blob directory in `blobs`.
+//! Design (why it looks like this): the agent is synchronous, so an authenticated connection gets a
+//! thread of its own, capped at `max_connections` (over the cap it is answered 503). Nothing
+//! unauthenticated holds such a slot: one poll thread accepts every connection and carries it,
+//! non-blocking, through the TLS handshake and its first request head, many at once, under one
+//! tight deadline ([`PENDING_DEADLINE`]); only a complete head with the right credentials is handed
+//! to a connection thread. A client that trickles its ClientHello or head, or goes silent after the
+//! handshake, therefore costs one entry in the poll set until the deadline, and when that set is full
+//! ([`MAX_PENDING`]) the oldest entry makes room for the newest, so such clients cannot lock others
+//! out. Wrong credentials and malformed heads are answered by a few separately capped threads.
+//! Every later phase that waits on the client has a bound (each head, each body read, each write).
+//! HTTP framing lives in [`super::http`]; the blob directory in `blobs`.
 
 mod blobs;
 
@@ -19,7 +25,8 @@ use base64::Engine;
 use blobs::{BlobStore, PutError};
 use rustls::{ServerConnection, StreamOwned};
 use std::io::{self, BufRead, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,13 +35,17 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
-/// The whole TLS handshake must finish within this, however the client trickles bytes.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// From starting to wait for a request (keep-alive idle included) until its head is complete.
+/// From accepting a connection until its TLS handshake and first request head are complete,
+/// however the client trickles bytes: bosh-cli sends both at once.
+pub const PENDING_DEADLINE: Duration = Duration::from_secs(10);
+/// Connections in the handshake-and-first-head phase at once; beyond, the oldest is dropped.
+pub const MAX_PENDING: usize = 512;
+/// From starting to wait for a later request on a kept-alive connection until its head is complete.
 const HEAD_DEADLINE: Duration = Duration::from_secs(30);
 /// Each read of a request body and each write of a response must progress within this.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a connection waiting for a request head checks whether the server is shutting down.
+/// How often a connection waiting for a request head, and the poll thread, check whether the
+/// server is shutting down.
 const STOP_POLL: Duration = Duration::from_millis(250);
 /// `POST /agent` bodies are small JSON; anything bigger is refused with 413 instead of buffered.
 const MAX_AGENT_BODY: u64 = 16 * 1024 * 1024;
@@ -47,9 +58,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 const LINGER: Duration = Duration::from_secs(2);
 /// …and for at most this many bytes.
 const LINGER_BYTES: u64 = 64 * 1024 * 1024;
-/// Threads that may exist at once just to answer 503 over the connection cap; beyond, drop the socket.
+/// Threads that may exist at once just to answer 401, 503 or a malformed head; beyond, the
+/// connection is dropped.
 const MAX_REJECTERS: usize = 8;
-/// Rejecting is cheap by design: short handshake and head deadlines.
+/// Rejecting is cheap by design: short read and write deadlines.
 const REJECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -107,6 +119,7 @@ impl HttpsServer {
     /// [`HttpsServer::local_addr`] is immediately connectable.
     pub fn start(opts: HttpsOptions, endpoint: Arc<dyn AgentEndpoint>) -> io::Result<HttpsServer> {
         let listener = TcpListener::bind(opts.listen.as_str())?;
+        listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let credentials = format!("{}:{}", opts.user, opts.password);
         let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
@@ -123,7 +136,7 @@ impl HttpsServer {
         let for_thread = Arc::clone(&shared);
         let accept = thread::Builder::new()
             .name("https-accept".into())
-            .spawn(move || accept_loop(listener, for_thread))?;
+            .spawn(move || poll_loop(listener, for_thread))?;
         log::info!("https: listening on {local_addr}");
         Ok(HttpsServer { local_addr, shared, accept: Mutex::new(Some(accept)) })
     }
@@ -133,21 +146,14 @@ impl HttpsServer {
         self.local_addr
     }
 
-    /// Stops accepting and waits for the accept thread to end. Idle connections close within a poll
-    /// interval; a request in progress is finished first. Safe to call more than once.
+    /// Stops accepting and waits for the poll thread to end (within [`STOP_POLL`]). Idle
+    /// connections close within a poll interval; a request in progress is finished first. Safe to
+    /// call more than once.
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         let handle = lock(&self.accept).take();
         let Some(handle) = handle else { return };
-        // The accept loop is blocked in accept(); a connection of our own wakes it to see `stop`.
-        match TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(2)) {
-            Ok(_) => {
-                let _ = handle.join();
-            }
-            Err(e) => {
-                log::warn!("https: could not wake the accept loop ({e}); leaving it detached")
-            }
-        }
+        let _ = handle.join();
         log::info!("https: stopped listening on {}", self.local_addr);
     }
 }
@@ -156,16 +162,6 @@ impl Drop for HttpsServer {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// A connectable form of the listen address: wildcard addresses become loopback.
-fn wake_addr(addr: SocketAddr) -> SocketAddr {
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, addr.port())
 }
 
 /// A taken place under a counter cap, given back on drop (also when a thread panics or fails to start).
@@ -186,61 +182,260 @@ impl Drop for Slot {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    for conn in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
-            break;
+/// A connection between accept and its first complete request head, driven without blocking.
+struct Pending {
+    tcp: TcpStream,
+    conn: ServerConnection,
+    head: Vec<u8>,
+    deadline: Instant,
+}
+
+/// Where a pending connection stands after reading what arrived.
+enum Progress {
+    Waiting,
+    Closed,
+    Head(Box<Head>),
+    Bad(u16),
+}
+
+impl Pending {
+    /// Reads and decrypts whatever arrived, answers the handshake, and looks for a complete head.
+    fn progress(&mut self) -> Progress {
+        while self.conn.wants_read() {
+            match self.conn.read_tls(&mut self.tcp) {
+                Ok(0) => return Progress::Closed,
+                Ok(_) => {
+                    if let Err(e) = self.conn.process_new_packets() {
+                        log::debug!("https: TLS handshake failed: {e}");
+                        let _ = self.flush();
+                        return Progress::Closed;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Progress::Closed,
+            }
         }
-        match conn {
-            Ok(tcp) => dispatch(&shared, tcp),
-            Err(e) => {
-                log::warn!("https: accept failed: {e}");
+        if self.flush().is_err() {
+            return Progress::Closed;
+        }
+        if self.conn.is_handshaking() {
+            return Progress::Waiting;
+        }
+        let mut reader = self.conn.reader();
+        loop {
+            let avail = match reader.fill_buf() {
+                Ok(avail) => avail,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Waiting,
+                Err(_) => return Progress::Closed,
+            };
+            if avail.is_empty() {
+                return if self.head.is_empty() { Progress::Closed } else { Progress::Bad(400) };
+            }
+            let before = self.head.len();
+            let take = avail.len().min(http::MAX_HEAD_BYTES + 1 - before);
+            self.head.extend_from_slice(&avail[..take]);
+            match http::parse_head(&self.head) {
+                Ok(Some((head, end))) => {
+                    reader.consume(end.saturating_sub(before));
+                    return Progress::Head(Box::new(head));
+                }
+                Ok(None) => reader.consume(take),
+                Err(e) => return Progress::Bad(e.status()),
+            }
+        }
+    }
+
+    /// Writes what TLS has to send, as far as the socket takes it now.
+    fn flush(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut self.tcp) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection as a blocking stream for a connection thread; decrypted bytes after the head
+    /// stay buffered in it.
+    fn into_stream(self) -> io::Result<Tls> {
+        self.tcp.set_nonblocking(false)?;
+        Ok(StreamOwned::new(self.conn, self.tcp))
+    }
+}
+
+/// The poll thread: accepts, and carries every new connection through its handshake and first head
+/// (see the module doc), until the server stops.
+fn poll_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    while !shared.stop.load(Ordering::SeqCst) {
+        fds.clear();
+        fds.push(libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        for p in &pending {
+            let events = if p.conn.wants_write() { libc::POLLIN | libc::POLLOUT } else { libc::POLLIN };
+            fds.push(libc::pollfd { fd: p.tcp.as_raw_fd(), events, revents: 0 });
+        }
+        let now = Instant::now();
+        let wait = pending.iter().map(|p| p.deadline.saturating_duration_since(now)).min().unwrap_or(STOP_POLL);
+        let wait_ms = wait.min(STOP_POLL).as_millis().max(1) as libc::c_int;
+        // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfd entries for the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
+        if ready < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                log::warn!("https: poll failed: {e}");
                 thread::sleep(ACCEPT_BACKOFF);
             }
+            continue;
+        }
+        // Connections first (their indices match `fds`), then new ones.
+        let now = Instant::now();
+        let mut i = pending.len();
+        while i > 0 {
+            i -= 1;
+            let revents = fds[i + 1].revents;
+            let outcome = if revents != 0 { pending[i].progress() } else { Progress::Waiting };
+            match outcome {
+                Progress::Waiting if pending[i].deadline > now => {}
+                Progress::Waiting | Progress::Closed => {
+                    pending.swap_remove(i);
+                }
+                Progress::Head(head) => {
+                    let p = pending.swap_remove(i);
+                    hand_off(&shared, p, *head);
+                }
+                Progress::Bad(status) => {
+                    let p = pending.swap_remove(i);
+                    reject(&shared, p, Rejection::Status(status));
+                }
+            }
+        }
+        if fds[0].revents != 0 {
+            accept_all(&listener, &shared, &mut pending);
         }
     }
 }
 
-/// Hands a new connection to a thread without ever blocking the accept loop.
-fn dispatch(shared: &Arc<Shared>, tcp: TcpStream) {
-    let shared_for_thread = Arc::clone(shared);
-    let spawned = if let Some(slot) = Slot::acquire(&shared.active, shared.max_connections) {
-        thread::Builder::new().name("https-conn".into()).spawn(move || {
-            let _slot = slot;
-            serve(&shared_for_thread, tcp);
-        })
-    } else if let Some(slot) = Slot::acquire(&shared.rejecting, MAX_REJECTERS) {
-        log::warn!("https: {} connections already open; answering 503", shared.max_connections);
-        thread::Builder::new().name("https-reject".into()).spawn(move || {
-            let _slot = slot;
-            reject(&shared_for_thread, tcp);
-        })
-    } else {
-        log::warn!("https: connection limit reached and rejecters busy; dropping connection");
-        return;
+/// Accepts every connection waiting on the listener into `pending`, making room by dropping the
+/// oldest pending ones when the set is full.
+fn accept_all(listener: &TcpListener, shared: &Shared, pending: &mut Vec<Pending>) {
+    loop {
+        let tcp = match listener.accept() {
+            Ok((tcp, _)) => tcp,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::warn!("https: accept failed: {e}");
+                thread::sleep(ACCEPT_BACKOFF);
+                return;
+            }
+        };
+        let conn = match ServerConnection::new(Arc::clone(&shared.tls)) {
+            Ok(conn) => conn,
+            Err(e) => {
+                log::warn!("https: cannot create TLS session: {e}");
+                continue;
+            }
+        };
+        if tcp.set_nonblocking(true).is_err() {
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        if pending.len() >= MAX_PENDING {
+            if let Some(oldest) = (0..pending.len()).min_by_key(|&i| pending[i].deadline) {
+                pending.swap_remove(oldest);
+                log::debug!("https: {MAX_PENDING} connections pending; dropped the oldest");
+            }
+        }
+        pending.push(Pending { tcp, conn, head: Vec::new(), deadline: Instant::now() + PENDING_DEADLINE });
+    }
+}
+
+/// Gives a connection with a complete first head to a connection thread when its credentials are
+/// right and a slot is free; otherwise it is answered 401 or 503.
+fn hand_off(shared: &Arc<Shared>, p: Pending, head: Head) {
+    if !authorized(&shared.auth, &head) {
+        return reject(shared, p, Rejection::Unauthorized(Box::new(head)));
+    }
+    let Some(slot) = Slot::acquire(&shared.active, shared.max_connections) else {
+        log::warn!("https: {} connections already served; answering 503", shared.max_connections);
+        return reject(shared, p, Rejection::Status(503));
     };
+    let stream = match p.into_stream() {
+        Ok(stream) => stream,
+        Err(e) => return log::debug!("https: cannot hand the connection over: {e}"),
+    };
+    let for_thread = Arc::clone(shared);
+    let spawned = thread::Builder::new().name("https-conn".into()).spawn(move || {
+        let _slot = slot;
+        serve(&for_thread, stream, head);
+    });
     if let Err(e) = spawned {
         log::warn!("https: cannot start connection thread: {e}");
     }
 }
 
-/// Serves requests on one connection until it closes, errs, times out or the server stops.
-fn serve(shared: &Shared, tcp: TcpStream) {
-    let _ = tcp.set_nodelay(true);
-    let Some(mut stream) = handshake(shared, tcp, HANDSHAKE_TIMEOUT) else {
-        return;
+/// Why a connection is answered and closed without being served.
+enum Rejection {
+    /// Wrong or missing credentials: routed as usual, which answers 401 with the challenge.
+    Unauthorized(Box<Head>),
+    /// Over the cap (503) or a malformed head (4xx).
+    Status(u16),
+}
+
+/// Answers a rejected connection on one of a few capped threads with short deadlines, reading no
+/// more of it than that takes; with every rejecter busy the connection is dropped.
+fn reject(shared: &Arc<Shared>, p: Pending, why: Rejection) {
+    let Some(slot) = Slot::acquire(&shared.rejecting, MAX_REJECTERS) else {
+        return log::warn!("https: rejecters busy; dropping a connection");
     };
-    let mut linger = false;
-    while !shared.stop.load(Ordering::SeqCst) {
-        let head = match read_head(&mut stream, HEAD_DEADLINE, Some(&shared.stop)) {
-            Ok(Some(head)) => head,
-            Ok(None) => break,
-            Err(status) => {
-                log::debug!("https: malformed or incomplete request head -> {status}");
-                let _ = http::write_head(&mut stream, status, &[], 0, true).and_then(|()| stream.flush());
-                linger = true;
-                break;
+    let Ok(mut stream) = p.into_stream() else { return };
+    let _ = stream.sock.set_read_timeout(Some(REJECT_TIMEOUT));
+    let _ = stream.sock.set_write_timeout(Some(REJECT_TIMEOUT));
+    let for_thread = Arc::clone(shared);
+    let spawned = thread::Builder::new().name("https-reject".into()).spawn(move || {
+        let _slot = slot;
+        match why {
+            Rejection::Unauthorized(head) => {
+                let outcome = handle(&for_thread, &mut stream, &head);
+                close(stream, outcome.unread_body);
             }
+            Rejection::Status(status) => {
+                let headers: &[(&str, &str)] = if status == 503 { &[("Retry-After", "1")] } else { &[] };
+                let _ = http::write_head(&mut stream, status, headers, 0, true).and_then(|()| stream.flush());
+                close(stream, true);
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("https: cannot start a rejecting thread: {e}");
+    }
+}
+
+/// Serves an authenticated connection, starting with its first request, until it closes, errs,
+/// times out or the server stops.
+fn serve(shared: &Shared, mut stream: Tls, first: Head) {
+    let _ = stream.sock.set_write_timeout(Some(IO_TIMEOUT));
+    let mut linger = false;
+    let mut next = Some(first);
+    loop {
+        let head = match next.take() {
+            Some(head) => head,
+            None if shared.stop.load(Ordering::SeqCst) => break,
+            None => match read_head(&mut stream, HEAD_DEADLINE, Some(&shared.stop)) {
+                Ok(Some(head)) => head,
+                Ok(None) => break,
+                Err(status) => {
+                    log::debug!("https: malformed or incomplete request head -> {status}");
+                    let _ = http::write_head(&mut stream, status, &[], 0, true).and_then(|()| stream.flush());
+                    linger = true;
+                    break;
+                }
+            },
         };
         let outcome = handle(shared, &mut stream, &head);
         if !outcome.keep_alive {
@@ -249,51 +444,6 @@ fn serve(shared: &Shared, tcp: TcpStream) {
         }
     }
     close(stream, linger);
-}
-
-/// Answers 503 on a connection over the cap: handshake, read the head (so the client is not reset
-/// mid-write), answer, close.
-fn reject(shared: &Shared, tcp: TcpStream) {
-    let Some(mut stream) = handshake(shared, tcp, REJECT_TIMEOUT) else {
-        return;
-    };
-    let _ = read_head(&mut stream, REJECT_TIMEOUT, None);
-    let _ =
-        http::write_head(&mut stream, 503, &[("Retry-After", "1")], 0, true).and_then(|()| stream.flush());
-    close(stream, true);
-}
-
-/// Completes the TLS handshake within `limit` overall; `None` (after a debug log) if it fails.
-fn handshake(shared: &Shared, tcp: TcpStream, limit: Duration) -> Option<Tls> {
-    let peer = tcp.peer_addr().ok();
-    let conn = match ServerConnection::new(Arc::clone(&shared.tls)) {
-        Ok(conn) => conn,
-        Err(e) => {
-            log::warn!("https: cannot create TLS session: {e}");
-            return None;
-        }
-    };
-    let mut stream = StreamOwned::new(conn, tcp);
-    let deadline = Instant::now() + limit;
-    while stream.conn.is_handshaking() {
-        let Some(left) = remaining(deadline) else {
-            log::debug!("https: TLS handshake with {peer:?} timed out");
-            return None;
-        };
-        let _ = stream.sock.set_read_timeout(Some(left));
-        let _ = stream.sock.set_write_timeout(Some(left));
-        match stream.conn.complete_io(&mut stream.sock) {
-            Ok((0, 0)) => return None,
-            Ok(_) => {}
-            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                log::debug!("https: TLS handshake with {peer:?} failed: {e}");
-                return None;
-            }
-        }
-    }
-    let _ = stream.sock.set_write_timeout(Some(IO_TIMEOUT));
-    Some(stream)
 }
 
 /// Time left before `deadline`, or `None` once it has passed (never `Some(0)`, which sockets refuse).
@@ -612,16 +762,6 @@ mod tests {
         assert!(!authorized(expected, &head_with(&[("Authorization", "basic bWJ1czpwdw==")])));
         let twice = [("Authorization", "Basic bWJ1czpwdw=="), ("Authorization", "Basic bWJ1czpwdw==")];
         assert!(!authorized(expected, &head_with(&twice)));
-    }
-
-    #[test]
-    fn wildcard_listen_addresses_wake_through_loopback() {
-        let v4: SocketAddr = "0.0.0.0:6868".parse().unwrap();
-        assert_eq!(wake_addr(v4), "127.0.0.1:6868".parse().unwrap());
-        let v6: SocketAddr = "[::]:6868".parse().unwrap();
-        assert_eq!(wake_addr(v6), "[::1]:6868".parse().unwrap());
-        let exact: SocketAddr = "10.0.0.6:6868".parse().unwrap();
-        assert_eq!(wake_addr(exact), exact);
     }
 
     #[test]

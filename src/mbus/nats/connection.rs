@@ -234,7 +234,7 @@ fn establish(
             Some(ServerOp::Info(info)) => break info,
             Some(other) => return Err(format!("expected INFO, got {}", op_name(&other))),
             None => {
-                if !plain.fill(&mut parser, None).map_err(|e| io_text("reading INFO", &e))? {
+                if !retry_interrupted(|| plain.fill(&mut parser, None)).map_err(|e| io_text("reading INFO", &e))? {
                     return Err("server closed the connection before INFO".into());
                 }
             }
@@ -273,7 +273,8 @@ fn establish(
             Some(ServerOp::Ping) => wire.send(protocol::PONG).map_err(|e| io_text("sending PONG", &e))?,
             Some(ServerOp::Ok) | Some(ServerOp::Msg { .. }) => {}
             None => {
-                if !reader.fill(&mut parser, Some(&wire)).map_err(|e| io_text("waiting for PONG", &e))? {
+                let filled = retry_interrupted(|| reader.fill(&mut parser, Some(&wire)));
+                if !filled.map_err(|e| io_text("waiting for PONG", &e))? {
                     return Err("server closed the connection after CONNECT".into());
                 }
             }
@@ -374,6 +375,9 @@ fn serve(
         match op {
             None => match reader.fill(&mut parser, Some(&wire)) {
                 Ok(true) => {}
+                // A stop signal and SIGCONT (or a ptrace attach) interrupt a read with a timeout even
+                // under SA_RESTART: nothing was lost, read again.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(false) => return stop_reason(shared, generation, "server closed the connection"),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
                     let mut state = shared.lock();
@@ -431,6 +435,16 @@ fn serve(
                     return Some(format!("server error: {text}"));
                 }
             }
+        }
+    }
+}
+
+/// Runs `read` again while it fails with `Interrupted` (EINTR after a stop signal).
+fn retry_interrupted<T>(mut read: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match read() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
     }
 }

@@ -105,6 +105,14 @@ pub enum PublishError {
     },
     /// The subject is empty or contains whitespace, which would corrupt the protocol stream.
     InvalidSubject(String),
+    /// The `PUB` line would exceed the server's control-line limit, which would make the server drop
+    /// the connection; nothing was sent or buffered.
+    ControlLineTooLong {
+        /// The line's length in bytes.
+        len: usize,
+        /// The limit ([`protocol::SERVER_MAX_CONTROL_LINE`]).
+        max: usize,
+    },
     /// [`NatsConnection::shutdown`] was called.
     Closed,
 }
@@ -116,6 +124,9 @@ impl fmt::Display for PublishError {
                 write!(f, "NATS payload of {size} bytes exceeds the server's max_payload of {max_payload}")
             }
             PublishError::InvalidSubject(why) => write!(f, "invalid NATS subject: {why}"),
+            PublishError::ControlLineTooLong { len, max } => {
+                write!(f, "NATS PUB line of {len} bytes exceeds the server's control line limit of {max}")
+            }
             PublishError::Closed => write!(f, "NATS connection was shut down"),
         }
     }
@@ -190,6 +201,12 @@ impl NatsConnection {
 
     fn publish_inner(&self, subject: &str, reply: Option<&str>, payload: &[u8]) -> Result<(), PublishError> {
         protocol::validate_subject(subject).map_err(PublishError::InvalidSubject)?;
+        // Checked before anything is written or buffered: the server would drop the connection, and
+        // a buffered copy would drop the next one too.
+        let line = protocol::pub_line_len(subject, reply, payload.len());
+        if line > protocol::SERVER_MAX_CONTROL_LINE {
+            return Err(PublishError::ControlLineTooLong { len: line, max: protocol::SERVER_MAX_CONTROL_LINE });
+        }
         let wire = {
             let state = lock(&self.shared.state);
             if state.shutdown {

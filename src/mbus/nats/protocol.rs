@@ -220,10 +220,24 @@ pub fn validate_subject(subject: &str) -> Result<(), String> {
     if subject.is_empty() {
         return Err("empty subject".into());
     }
+    if subject.len() > SERVER_MAX_CONTROL_LINE {
+        return Err(format!("subject of {} bytes is longer than a control line may be", subject.len()));
+    }
     if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("subject {subject:?} contains whitespace or control characters"));
+        let shown: String = subject.chars().take(100).collect();
+        return Err(format!("subject {shown:?} contains whitespace or control characters"));
     }
     Ok(())
+}
+
+/// nats-server's default `max_control_line` (it is not announced in INFO): a longer `PUB` line makes
+/// the server drop the connection ("maximum control line exceeded").
+pub const SERVER_MAX_CONTROL_LINE: usize = 4096;
+
+/// The length of the `PUB` control line [`encode_pub`] writes, CRLF included.
+pub fn pub_line_len(subject: &str, reply: Option<&str>, payload_len: usize) -> usize {
+    let reply = reply.map_or(0, |r| r.len() + 1);
+    "PUB ".len() + subject.len() + reply + 1 + payload_len.to_string().len() + 2
 }
 
 /// The options we announce in CONNECT.
@@ -491,5 +505,8 @@ mod tests {
         assert!(validate_subject("a b").is_err());
         assert!(validate_subject("a\tb").is_err());
         assert!(validate_subject("a\r\nPUB x 1").is_err());
+        assert!(validate_subject(&"a".repeat(SERVER_MAX_CONTROL_LINE + 1)).is_err());
+        let line = encode_pub("sub", Some("rep"), b"12345");
+        assert_eq!(pub_line_len("sub", Some("rep"), 5), line.len() - 5 - 2);
     }
 }
