@@ -23,7 +23,7 @@ pub const LINUX: &[(&str, Treatment)] = &[
     ("ServiceManager", Treatment::Honoured("systemd starts monit with systemctl, anything else with runit's sv")),
     (
         "PartitionerType",
-        Treatment::Honoured("the ephemeral and persistent disk partitioner (parted, or sfdisk/parted by size)"),
+        Treatment::Honoured("the ephemeral disk layout: parted (or empty) a GPT with named partitions, sfdisk an msdos table; persistent disks always get one GPT partition"),
     ),
     (
         "DevicePathResolutionType",
