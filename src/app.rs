@@ -13,23 +13,53 @@ use crate::error::Context as _;
 use crate::heartbeat::Heartbeat;
 use crate::mbus::{agent_https, agent_nats::NatsBus};
 use crate::platform::{self, Platform};
-use crate::settings::service::{Overrides, SettingsService};
+use crate::settings::service::{Overrides, Patience, SettingsService};
 use crate::settings::sources;
 use crate::supervisor::monit::{MonitOptions, MonitSupervisor, MonitTimings};
 use crate::supervisor::{DummySupervisor, JobSupervisor, SupervisorKind};
 use crate::tasks::TaskTable;
 use crate::vitals::CpuSampler;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Request workers: enough that a slow synchronous action never holds up `ping` or `get_task`.
 pub const WORKERS: usize = 4;
 /// CPU vitals window (the Go agent samples every 10 s).
 pub const CPU_WINDOW: Duration = Duration::from_secs(10);
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// How long a start that fails lasts at least, by default: a supervisor restarting the agent at once
+/// (systemd's default `RestartSec` is 100 ms) must never see the 5 starts in 10 s after which its
+/// default start limit leaves the unit dead for good.
+pub const MIN_FAILED_RUN: Duration = Duration::from_secs(10);
+
+/// Runs the agent until SIGTERM or SIGINT. A start that fails logs its error and returns it no sooner than
+/// [`MIN_FAILED_RUN`] (or `agent.json`'s `Infrastructure.Settings.Retry.MinFailedRunMs`) after the
+/// process started, unless a signal asks it to stop first.
 pub fn run(opts: Options) -> Result<(), String> {
+    let started = Instant::now();
     let signals = signals::block()?;
+    let mut min_failed_run = MIN_FAILED_RUN;
+    let result = serve(opts, &signals, &mut min_failed_run);
+    if let Err(e) = &result {
+        // Logged here, once, so the log says why before it says how long the exit waits.
+        log::error!("{e}");
+        let left = min_failed_run.saturating_sub(started.elapsed());
+        if !left.is_zero() {
+            log::info!(
+                "start failed; exiting in {:.1} s (a failed start lasts at least {:?}, so the service \
+                 manager's restart limit is never reached)",
+                left.as_secs_f64(),
+                min_failed_run
+            );
+            if let Some(signal) = signals::wait_for(&signals, left) {
+                log::info!("received signal {signal}: exiting now");
+            }
+        }
+    }
+    result
+}
+
+fn serve(opts: Options, signals: &signals::Set, min_failed_run: &mut Duration) -> Result<(), String> {
     let dirs = Dirs::new(&opts.base, &opts.root);
     log::info!("bosh-agent {} starting on stemcell {}", env!("CARGO_PKG_VERSION"), stemcell_version(&dirs));
     // The configuration first: a bad -C must fail before anything is created on disk.
@@ -38,16 +68,29 @@ pub fn run(opts: Options) -> Result<(), String> {
         None => AgentConfig::default(),
     };
     std::fs::create_dir_all(dirs.bosh()).with_context(|| format!("creating {}", dirs.bosh().display()))?;
+    if let Some(ms) = config.settings.retry.min_failed_run_ms {
+        *min_failed_run = Duration::from_millis(ms);
+    }
+    crate::config::keys::log_treatment(&config);
+    let platform: Arc<dyn Platform> = platform::with_options(opts.platform, &dirs, &config.linux)?.into();
+    let network: sources::NetworkHook = {
+        let platform = platform.clone();
+        Arc::new(move || platform.network_for_settings())
+    };
+    let setup = sources::select::Setup {
+        policy: sources::retry::RetryPolicy::from_config(&config.settings.retry),
+        network: Some(network),
+    };
     let configured = opts.config.as_ref().map(|_| config.sources.as_slice());
-    let srcs = sources::select(configured, opts.infrastructure.as_deref(), &dirs)?;
+    let srcs = sources::select(configured, opts.infrastructure.as_deref(), &dirs, &setup)?;
     let overrides = Overrides {
         agent_id: opts.agent_id.clone(),
         mbus: opts.mbus.clone(),
         blobstore: opts.blobstore.clone(),
     };
     let settings = SettingsService::new(dirs.clone(), srcs, overrides);
-    let effective = settings.load().context("loading settings")?;
-    let platform: Arc<dyn Platform> = platform::with_options(opts.platform, &dirs, &config.linux)?.into();
+    let patience = Patience::from_config(&config.settings.retry);
+    let effective = settings.load_at_boot(patience).context("loading settings")?;
     platform.bootstrap(&effective, opts.configure)?;
     // On the data disk the bootstrap mounted, before anything can use it.
     crate::jobs::startup::clean_temp_area(&dirs);
@@ -118,7 +161,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         Heartbeat::start(ctx, notifier, opts.heartbeat_interval).context("starting heartbeat")?;
     crate::memory::trim_code_pages();
     log::info!("agent {} ready (settings from {source})", effective.settings.agent_id);
-    let signal = signals::wait(&signals);
+    let signal = signals::wait(signals);
     log::info!("received signal {signal}: stopping");
     Ok(())
 }
@@ -181,6 +224,29 @@ mod signals {
         }
     }
 
+    /// Waits up to `limit` for SIGTERM or SIGINT (SIGHUP is ignored); the signal's name, or `None`
+    /// when the time ran out.
+    pub fn wait_for(set: &Set, limit: std::time::Duration) -> Option<&'static str> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let ts = libc::timespec {
+                tv_sec: left.as_secs() as libc::time_t,
+                tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
+            };
+            // SAFETY: the set was initialised in `block`; a null info pointer is allowed.
+            let sig = unsafe { libc::sigtimedwait(&set.0, std::ptr::null_mut(), &ts) };
+            match sig {
+                libc::SIGTERM => return Some("TERM"),
+                libc::SIGINT => return Some("INT"),
+                _ => {}
+            }
+        }
+    }
+
     /// Waits for SIGTERM or SIGINT (SIGHUP is logged and ignored) and returns its name.
     pub fn wait(set: &Set) -> &'static str {
         loop {
@@ -194,5 +260,19 @@ mod signals {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// systemd's default start limit is 5 starts in 10 s with 100 ms between restarts: failed starts
+    /// of at least 10 s each can never reach it.
+    #[test]
+    fn a_failed_start_outlasts_the_default_start_limit() {
+        let (burst, interval, restart) = (5u32, Duration::from_secs(10), Duration::from_millis(100));
+        assert_eq!(MIN_FAILED_RUN, Duration::from_secs(10));
+        assert!((MIN_FAILED_RUN + restart) * (burst - 1) > interval);
     }
 }

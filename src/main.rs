@@ -57,10 +57,8 @@ fn main() -> ExitCode {
             match bosh_agent::app::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    // Once: the log goes to stderr too, unless `-l` silenced errors.
-                    if log::log_enabled!(log::Level::Error) {
-                        log::error!("{e}");
-                    } else {
+                    // Once: `run` logged it (the log goes to stderr too), unless `-l` silenced errors.
+                    if !log::log_enabled!(log::Level::Error) {
                         eprintln!("bosh-agent: {e}");
                     }
                     ExitCode::from(1)

@@ -381,7 +381,8 @@ fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
         "packages": {"tinypkg": {"name": "tinypkg", "version": "1", "sha1": psha256, "blobstore_id": pid}},
         "configuration_hash": "tiny-1", "persistent_disk": 0,
         "rendered_templates_archive": {"blobstore_id": rid, "sha1": rsha1},
-        "networks": {"default": {"ip": "10.0.2.15"}}
+        // As the director sends a dynamic network: no address; the agent reports DHCP's.
+        "networks": {"default": {"type": "dynamic", "default": ["dns", "gateway"]}}
     })
 }
 
@@ -549,6 +550,8 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
     assert_eq!(pong, json!({"value": "pong"}));
     let state = steps.time("get_state", || d.send("get_state", json!([])));
     assert_eq!(state["value"]["agent_id"], id.as_str(), "{state}");
+    // The network is dynamic: get_state reports what qemu's user network leased (issue 13).
+    assert_dhcp_lease(&state["value"]["networks"]["default"]);
     // The ephemeral disk became swap and /var/vcap/data during bootstrap.
     let full = d.send("get_state", json!(["full"]));
     let vitals = &full["value"]["vitals"];
@@ -630,6 +633,8 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
         state["value"]["job_state"] == "running",
         state["value"]["job_state"].to_string(),
     );
+    // The applied spec's dynamic network got the lease at apply and keeps it.
+    assert_dhcp_lease(&state["value"]["networks"]["default"]);
     let monit_before = probe_field(&out, "monit=").unwrap_or_default();
     let monit_after =
         probe_field(again["value"]["stdout"].as_str().unwrap_or(""), "monit=").unwrap_or_default();
@@ -731,6 +736,18 @@ impl Phases {
             println!("  boot: {name:<28} at {:>6.2} s", at.as_secs_f64());
         }
     }
+}
+
+/// qemu's user network leases its first client 10.0.2.15/24. Restricted (`restrict=on`), it offers
+/// no router, so there is no default route and no gateway to report (10.0.2.2 otherwise).
+fn assert_dhcp_lease(network: &Value) {
+    assert_eq!(
+        (&network["ip"], &network["netmask"]),
+        (&json!("10.0.2.15"), &json!("255.255.255.0")),
+        "{network}"
+    );
+    let gateway = network["gateway"].as_str().unwrap_or_default();
+    assert!(gateway.is_empty() || gateway == "10.0.2.2", "{network}");
 }
 
 /// The rest of the probe's output line that starts with `prefix`.

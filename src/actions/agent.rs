@@ -51,7 +51,7 @@ impl Action for GetState {
         let settings = ctx.settings.get();
         let mut state = spec::load(&ctx.dirs)?;
         let obj = state.as_object_mut().ok_or("applied spec is not a JSON object")?;
-        let default_networks = json!(settings.settings.networks);
+        let default_networks = json!(super::network::networks_with_dhcp(ctx));
         for (key, default) in [
             ("deployment", json!("")),
             ("job", json!({"name": null, "templates": null})),

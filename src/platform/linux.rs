@@ -113,6 +113,17 @@ impl Platform for Linux {
     fn prepare_network_change(&self) -> Result<(), String> {
         network::remove_persistent_net_rules(&self.dirs)
     }
+    fn network_for_settings(&self) {
+        network::setup::dhcp_before_settings(&self.dirs, self.live());
+    }
+    fn resolve_dhcp_networks(&self, networks: &mut std::collections::BTreeMap<String, crate::settings::Network>) {
+        let nics = network::nics::detect(&self.dirs).unwrap_or_else(|e| {
+            log::warn!("finding the network interfaces: {e}");
+            Vec::new()
+        });
+        let live = network::routes::Live::read();
+        network::routes::fill_dhcp(networks, |n, v6| live.lease(&nics, n, v6));
+    }
     fn ssh_host_public_key(&self) -> Result<String, String> {
         users::host_public_key(&self.dirs)
     }

@@ -94,6 +94,12 @@ pub trait Platform: Send + Sync {
     fn disks(&self) -> &dyn disks::DiskManager;
     /// Gets ready for the director moving the VM to other networks (`prepare_network_change`).
     fn prepare_network_change(&self) -> Result<(), String>;
+    /// Called before each metadata request while settings are fetched: on a VM none of whose NICs
+    /// is configured yet, brings up DHCP on them (failures are logged; the request tells).
+    fn network_for_settings(&self);
+    /// Fills the DHCP networks' `ip`, `netmask` and `gateway` with what DHCP gave the VM, which the
+    /// director learns only from the agent (`apply`, `get_state`); others are left alone.
+    fn resolve_dhcp_networks(&self, networks: &mut std::collections::BTreeMap<String, crate::settings::Network>);
     /// The VM's SSH host public key, so bosh-cli can pin it in `known_hosts`.
     fn ssh_host_public_key(&self) -> Result<String, String>;
     /// Creates (or completes) the `bosh ssh` user `user` that logs in with `public_key`.
