@@ -149,7 +149,9 @@ fn serve(opts: Options, signals: &signals::Set, min_failed_run: &mut Duration) -
     if monit {
         // After alerts.monitrc exists: the stemcell's monitrc includes it.
         let how = platform::monit_service::MonitStart::from_config(&config.linux);
-        ctx.platform.start_monit(&how).context("Starting monit")?;
+        if let Err(e) = ctx.platform.start_monit(&how) {
+            keep_starting_monit(ctx.clone(), how, &e);
+        }
     }
     let _syslog = if ctx.platform.forwards_syslog() && !opts.no_alerts && _https.is_none() {
         alerts::start_login_alerts(notifier.clone())
@@ -164,6 +166,39 @@ fn serve(opts: Options, signals: &signals::Set, min_failed_run: &mut Duration) -
     let signal = signals::wait(signals);
     log::info!("received signal {signal}: stopping");
     Ok(())
+}
+
+/// How long the agent waits between further rounds of monit starts once the first round failed.
+const MONIT_RETRY: Duration = Duration::from_secs(30);
+
+/// Monit did not start after the Go agent's ten tries. The Go agent exits here and its supervisor
+/// restarts it, so the VM shows an unresponsive agent for as long as monit cannot start; this agent
+/// keeps serving instead (the director sees the jobs' state as monit reports it, `unknown` without
+/// monit, and can still `bosh ssh` in) and tries again every [`MONIT_RETRY`].
+fn keep_starting_monit(ctx: Arc<Context>, how: platform::monit_service::MonitStart, first: &str) {
+    log::error!("Starting monit: {first}; serving on, and trying again every {}s", MONIT_RETRY.as_secs());
+    let started = retry_in_background("monit-start", MONIT_RETRY, move || {
+        ctx.platform.start_monit(&how).inspect_err(|e| {
+            log::warn!("Starting monit: {e}; trying again in {}s", MONIT_RETRY.as_secs())
+        })
+    });
+    if let Err(e) = started {
+        log::error!("Starting monit: cannot start the retry thread: {e}");
+    }
+}
+
+/// Calls `attempt` every `every` on a thread of its own until it succeeds; the thread then ends.
+fn retry_in_background(
+    name: &str,
+    every: Duration,
+    mut attempt: impl FnMut() -> Result<(), String> + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(name.into()).spawn(move || loop {
+        std::thread::sleep(every);
+        if attempt().is_ok() {
+            break;
+        }
+    })
 }
 
 /// `bosh-enable-monit-access`: lets the calling bpm job, or else vcap, reach monit
@@ -265,6 +300,22 @@ mod signals {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_failed_start_is_retried_in_the_background_until_it_succeeds() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        let thread = retry_in_background("retry-test", Duration::from_millis(5), move || {
+            match counted.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err("not yet".into()),
+                _ => Ok(()),
+            }
+        })
+        .unwrap();
+        thread.join().unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "two failures, then one success, then no more");
+    }
     use super::*;
 
     /// systemd's default start limit is 5 starts in 10 s with 100 ms between restarts: failed starts

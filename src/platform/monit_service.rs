@@ -10,8 +10,8 @@
 //!   attempts can find no runsv yet: that is what the retries absorb.
 //!
 //! Either way a start is tried [`ATTEMPTS`] times, [`DELAY`] apart, as the Go agent does; when all
-//! fail the error says why the last one did and the agent's start fails (systemd or runit then starts
-//! the agent again). The files monit's control file includes (`monit.user`, `alerts.monitrc`) are
+//! fail the error says why the last one did; the agent then keeps serving and tries again later
+//! (`app`), where the Go agent exits. The files monit's control file includes (`monit.user`, `alerts.monitrc`) are
 //! written before this runs.
 //!
 //! Paths are under the root dir (`-r`): `sv` is given the service directory's full path, which it
