@@ -293,6 +293,8 @@ fn disk_image(work: &Path, name: &str, fill: impl FnOnce(&Path)) -> std::path::P
 
 #[test]
 fn config_drive_and_cdrom_from_loop_mounted_images() {
+    // Loop mounts take loop devices: in turn with the disk tests, which detach one and expect it gone.
+    let _devices = crate::common::loopdev::DEVICES.lock().unwrap_or_else(|e| e.into_inner());
     let (dir, dirs) = scratch();
     if !loop_mount_available(dir.path()) {
         return;
@@ -554,11 +556,11 @@ fn vsphere_guest_info_falls_back_to_vmtoolsd() {
 /// the agent's PATH; the device, the mount and the read are real.
 #[test]
 fn a_cdrom_drive_is_settled_mounted_read_and_ejected() {
+    let _devices = crate::common::loopdev::DEVICES.lock().unwrap_or_else(|e| e.into_inner());
     let work = tempfile::tempdir().unwrap();
     if !loop_mount_available(work.path()) {
         return;
     }
-    let _devices = crate::common::loopdev::DEVICES.lock().unwrap_or_else(|e| e.into_inner());
     eprintln!("NOTE: no udev daemon or ejectable drive here: udevadm and eject are fake recording scripts");
     let pki = TestPki::new();
     let nats = NatsServer::start(&pki, NatsServerOptions::default());
