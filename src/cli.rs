@@ -1,5 +1,7 @@
 //! The command line: today's stemcell invocation (`bosh-agent -P ubuntu -C /var/vcap/bosh/agent.json`),
-//! the original Ruby agent's flags, and the `call` client. Parsing only; no behaviour lives here.
+//! the original Ruby agent's flags, the `call` client, and the binary's other name,
+//! `bosh-enable-monit-access` (chosen by the program name, as the Go agent's). Parsing only; no
+//! behaviour lives here.
 //! Unknown flags and bad values are a one-line error (exit code 2, see `main.rs`).
 
 use crate::error::Context as _;
@@ -18,6 +20,8 @@ bosh-agent: the BOSH agent
 USAGE:
   bosh-agent [OPTIONS]              run the agent
   bosh-agent call [CALL OPTIONS] METHOD [JSON-ARGS]
+  bosh-enable-monit-access [-r DIR] (this binary under that name, as a job's pre-start runs it)
+                                    let the calling bpm job, or else the vcap user, reach monit
 
 OPTIONS:
   -P NAME     platform: ubuntu, linux or dummy (default: ubuntu with -C or -I, dummy without)
@@ -57,6 +61,8 @@ pub enum Command {
     Run(Options),
     /// Send one request to an agent and print the answer.
     Call(CallOptions),
+    /// `bosh-enable-monit-access`: add the caller's rule to the monit firewall.
+    EnableMonitAccess(MonitAccessOptions),
     /// Print the usage.
     Help,
     /// Print the version.
@@ -117,6 +123,17 @@ pub struct CallOptions {
     pub arguments: Vec<serde_json::Value>,
 }
 
+/// Options of `bosh-enable-monit-access`.
+#[derive(Debug, PartialEq)]
+pub struct MonitAccessOptions {
+    /// `-r`: the root whose `/etc/passwd` names vcap (an extension of ours, for tests; default `/`).
+    pub root: PathBuf,
+}
+
+/// The program name under which the binary is `bosh-enable-monit-access` (Noble stemcells hard-link
+/// it as `/var/vcap/bosh/etc/bosh-enable-monit-access`).
+pub const ENABLE_MONIT_ACCESS: &str = "bosh-enable-monit-access";
+
 const INFRASTRUCTURES: &[&str] = &[
     "aws",
     "openstack",
@@ -129,6 +146,24 @@ const INFRASTRUCTURES: &[&str] = &[
     "softlayer",
     "cloudstack",
 ];
+
+/// Whether `program` (argv\[0\]) names the binary `bosh-enable-monit-access`.
+pub fn is_enable_monit_access(program: &std::ffi::OsStr) -> bool {
+    std::path::Path::new(program).file_name().is_some_and(|n| n == ENABLE_MONIT_ACCESS)
+}
+
+/// Parses the whole command line, program name first: under the name `bosh-enable-monit-access` the
+/// binary is that command, otherwise the agent ([`parse`]).
+pub fn parse_invocation(mut argv: Vec<OsString>) -> Result<Command, String> {
+    let program = if argv.is_empty() { OsString::new() } else { argv.remove(0) };
+    if !is_enable_monit_access(&program) {
+        return parse(argv);
+    }
+    let mut p = pico_args::Arguments::from_vec(argv);
+    let root = p.opt_value_from_str("-r").map_err(arg_err)?.unwrap_or_else(|| "/".into());
+    reject_rest(p)?;
+    Ok(Command::EnableMonitAccess(MonitAccessOptions { root }))
+}
 
 /// The agent's flags that take a value.
 const VALUE_FLAGS: &[&str] = &["P", "C", "M", "b", "r", "I", "n", "a", "s", "l", "h", "t"];
@@ -145,6 +180,11 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
             return Ok(Command::Help);
         }
         return parse_call(args).map(Command::Call);
+    }
+    if args.first().is_some_and(|a| a == "compile") {
+        return Err("compile: this agent builds no compiled releases offline; `bosh export-release` \
+                    makes them on a director (ARCHITECTURE.md says why)"
+            .into());
     }
     let args = go_forms(args, VALUE_FLAGS, BOOL_FLAGS)?;
     if args.iter().any(|a| a == "--version") {
@@ -324,6 +364,26 @@ mod tests {
             Command::Run(o) => Ok(o),
             other => panic!("not a run: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_program_name_picks_enable_monit_access() {
+        let argv = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let access = |root: &str| Command::EnableMonitAccess(MonitAccessOptions { root: root.into() });
+        assert_eq!(parse_invocation(argv(&["/var/vcap/bosh/etc/bosh-enable-monit-access"])), Ok(access("/")));
+        assert_eq!(
+            parse_invocation(argv(&["bosh-enable-monit-access", "-r", "/tmp/r"])),
+            Ok(access("/tmp/r"))
+        );
+        assert!(parse_invocation(argv(&["bosh-enable-monit-access", "1000"])).is_err());
+        assert!(matches!(parse_invocation(argv(&["/x/bosh-agent", "-v"])), Ok(Command::Version)));
+        assert!(matches!(
+            parse_invocation(argv(&["bosh-enable-monit-access-not", "-v"])),
+            Ok(Command::Version)
+        ));
+        assert!(matches!(parse_invocation(Vec::new()), Ok(Command::Run(_))));
+        let e = parse(argv(&["compile", "r.tgz"])).unwrap_err();
+        assert!(e.starts_with("compile: "), "{e}");
     }
 
     #[test]

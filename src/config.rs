@@ -1,6 +1,8 @@
 //! `agent.json`, in the Go agent's format, so today's stemcells can swap agents without touching their
 //! configuration. Keys are Go field names matched case-insensitively, as encoding/json does.
 
+pub mod keys;
+
 use crate::error::Context as _;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -44,11 +46,12 @@ pub enum SourceConfig {
         /// agent hard-codes `/dev/sr0`, which is also the default here.
         device_path: PathBuf,
     },
-    /// A source type that a later release of this agent implements (VsphereGuestInfo); kept so the
-    /// order in `agent.json` is preserved when it arrives.
-    Unsupported {
-        /// The `Type` as written.
-        kind: String,
+    /// vSphere's guestinfo variables, read with VMware Tools (`vmware-rpctool`, else `vmtoolsd`).
+    VsphereGuestInfo {
+        /// `RpcToolPath`: the `vmware-rpctool` to run (default: found on PATH).
+        rpc_tool_path: String,
+        /// `VmToolsdPath`: the `vmtoolsd` to fall back to (default: found on PATH).
+        vmtoolsd_path: String,
     },
 }
 
@@ -77,10 +80,74 @@ pub struct HttpSourceConfig {
 pub struct AgentConfig {
     /// Settings sources, tried in order.
     pub sources: Vec<SourceConfig>,
+    /// `Infrastructure.Settings` besides its sources.
+    pub settings: SettingsConfig,
     /// `Platform.Linux`, typed.
     pub linux: LinuxOptions,
     /// Where monit is (an extension of ours; the Go agent hard-codes these).
     pub monit: MonitConfig,
+    /// Each key the file carries and what the agent does with it ([`keys`]).
+    pub notes: Vec<(String, keys::Treatment)>,
+}
+
+/// `Infrastructure.Settings` besides `Sources`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SettingsConfig {
+    /// `UseServerName`: key the BOSH registry by the user data's `server.name` (OpenStack); the
+    /// stemcells put it here, beside the sources, so it applies to every `HTTP` source.
+    pub use_server_name: bool,
+    /// `UseRegistry`, as written (the user data itself says whether it holds a registry pointer).
+    pub use_registry: Option<bool>,
+    /// `Retry`: how patiently settings are fetched at boot (an extension of ours, unknown to the Go
+    /// agent; for tests and unusual clouds).
+    pub retry: RetryConfig,
+}
+
+/// `Infrastructure.Settings.Retry`, every field optional (the agent's defaults otherwise); times in
+/// milliseconds. See `settings::sources::retry` for what each bounds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RetryConfig {
+    /// `Attempts`: tries per source per pass.
+    pub attempts: Option<u32>,
+    /// `IntervalMs`: the pause after a failed try.
+    pub interval_ms: Option<u64>,
+    /// `AttemptTimeoutMs`: the bound on one try (its requests or its mount).
+    pub attempt_timeout_ms: Option<u64>,
+    /// `PassMs`: the bound on one pass over all the sources.
+    pub pass_ms: Option<u64>,
+    /// `PauseMs`: the pause between passes while there are no settings at all.
+    pub pause_ms: Option<u64>,
+    /// `GiveUpMs`: how long a boot without settings keeps trying before it exits.
+    pub give_up_ms: Option<u64>,
+    /// `MinFailedRunMs`: how long a boot that fails lasts at least, so a supervisor's start limit
+    /// is never hit.
+    pub min_failed_run_ms: Option<u64>,
+}
+
+impl RetryConfig {
+    fn from_value(value: Option<&Value>) -> Result<RetryConfig, String> {
+        let Some(map) = object(value, "Infrastructure.Settings.Retry")? else { return Ok(RetryConfig::default()) };
+        let mut r = RetryConfig::default();
+        for (key, v) in map {
+            let n = match v {
+                Value::Null => continue,
+                v => v.as_u64().ok_or_else(|| {
+                    format!("Infrastructure.Settings.Retry.{key} must be a whole number")
+                })?,
+            };
+            match key.to_ascii_lowercase().as_str() {
+                "attempts" => r.attempts = Some(u32::try_from(n).unwrap_or(u32::MAX)),
+                "intervalms" => r.interval_ms = Some(n),
+                "attempttimeoutms" => r.attempt_timeout_ms = Some(n),
+                "passms" => r.pass_ms = Some(n),
+                "pausems" => r.pause_ms = Some(n),
+                "giveupms" => r.give_up_ms = Some(n),
+                "minfailedrunms" => r.min_failed_run_ms = Some(n),
+                _ => return Err(format!("Infrastructure.Settings.Retry.{key} is not a known setting")),
+            }
+        }
+        Ok(r)
+    }
 }
 
 /// `Platform.Linux`: the Go agent's `LinuxOptions` (every key of the official stemcells'
@@ -135,11 +202,7 @@ impl LinuxOptions {
     /// Reads `Platform.Linux` (absent or `null`: all defaults). Keys match case-insensitively; a
     /// value of the wrong JSON type is an error naming the key, as Go's decoder refuses it.
     pub fn from_value(value: Option<&Value>) -> Result<LinuxOptions, String> {
-        let map = match value {
-            None | Some(Value::Null) => return Ok(LinuxOptions::default()),
-            Some(Value::Object(map)) => map,
-            Some(_) => return Err("Platform.Linux must be an object".into()),
-        };
+        let Some(map) = object(value, "Platform.Linux")? else { return Ok(LinuxOptions::default()) };
         let mut o = LinuxOptions::default();
         for (key, v) in map {
             let flag = |field: &mut bool| match v {
@@ -196,6 +259,15 @@ pub struct MonitConfig {
     pub binary: Option<PathBuf>,
 }
 
+/// The object at `what`: `None` when absent or `null`, an error naming it when not an object.
+fn object<'a>(value: Option<&'a Value>, what: &str) -> Result<Option<&'a serde_json::Map<String, Value>>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(map)) => Ok(Some(map)),
+        Some(_) => Err(format!("{what} must be an object")),
+    }
+}
+
 /// Looks up `key` in a JSON object ignoring ASCII case, the way Go's decoder matches field names.
 pub fn get_ci<'a>(obj: &'a Value, key: &str) -> Option<&'a Value> {
     obj.as_object()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
@@ -216,14 +288,29 @@ impl AgentConfig {
             return Err("agent config must be a JSON object".into());
         }
         let linux = LinuxOptions::from_value(get_ci(value, "Platform").and_then(|p| get_ci(p, "Linux")))?;
-        let sources = match get_ci(value, "Infrastructure")
-            .and_then(|i| get_ci(i, "Settings"))
-            .and_then(|s| get_ci(s, "Sources"))
-        {
+        let settings_value = get_ci(value, "Infrastructure").and_then(|i| get_ci(i, "Settings"));
+        let mut sources: Vec<SourceConfig> = match settings_value.and_then(|s| get_ci(s, "Sources")) {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => items.iter().map(parse_source).collect::<Result<_, _>>()?,
             Some(_) => return Err("Infrastructure.Settings.Sources must be an array".into()),
         };
+        let flag = |key: &str| match settings_value.and_then(|s| get_ci(s, key)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(format!("Infrastructure.Settings.{key} must be true or false")),
+        };
+        let settings = SettingsConfig {
+            use_server_name: flag("UseServerName")?.unwrap_or(false),
+            use_registry: flag("UseRegistry")?,
+            retry: RetryConfig::from_value(settings_value.and_then(|s| get_ci(s, "Retry")))?,
+        };
+        if settings.use_server_name {
+            for source in &mut sources {
+                if let SourceConfig::Http(h) = source {
+                    h.use_server_name = true;
+                }
+            }
+        }
         let monit = get_ci(value, "Monit");
         let text =
             |k: &str| monit.and_then(|m| get_ci(m, k)).and_then(Value::as_str).filter(|s| !s.is_empty());
@@ -232,7 +319,7 @@ impl AgentConfig {
             control_file: text("ControlFile").map(PathBuf::from),
             binary: text("Binary").map(PathBuf::from),
         };
-        Ok(AgentConfig { sources, linux, monit })
+        Ok(AgentConfig { sources, settings, linux, monit, notes: keys::notes(value) })
     }
 }
 
@@ -286,7 +373,10 @@ fn parse_source(item: &Value) -> Result<SourceConfig, String> {
                 Some(text("DevicePath")).filter(|d| !d.is_empty()).unwrap_or_else(|| "/dev/sr0".into());
             Ok(SourceConfig::Cdrom { file_name, device_path: PathBuf::from(device) })
         }
-        "vsphereguestinfo" => Ok(SourceConfig::Unsupported { kind }),
+        "vsphereguestinfo" => Ok(SourceConfig::VsphereGuestInfo {
+            rpc_tool_path: text("RpcToolPath"),
+            vmtoolsd_path: text("VmToolsdPath"),
+        }),
         _ => Err(format!("Unknown source type '{kind}'")),
     }
 }
@@ -371,12 +461,42 @@ mod tests {
             cfg.sources[2],
             SourceConfig::Cdrom { file_name: "env".into(), device_path: "/dev/sr0".into() }
         );
-        assert_eq!(cfg.sources[3], SourceConfig::Unsupported { kind: "VsphereGuestInfo".into() });
+        assert_eq!(
+            cfg.sources[3],
+            SourceConfig::VsphereGuestInfo { rpc_tool_path: String::new(), vmtoolsd_path: String::new() }
+        );
         let bad = json!({"Infrastructure": {"Settings": {"Sources": [{"Type": "HTTP", "URI": "ftp://x"}]}}});
         assert_eq!(
             AgentConfig::from_value(&bad).unwrap_err(),
             "HTTP settings source needs an http:// or https:// URI"
         );
+    }
+
+    #[test]
+    fn reads_the_settings_keys_beside_the_sources() {
+        let cfg = AgentConfig::from_value(&json!({"Infrastructure": {"Settings": {
+            "Sources": [{"Type": "HTTP", "URI": "http://m"}, {"Type": "VsphereGuestInfo", "RpcToolPath": "/r"}],
+            "UseServerName": true, "UseRegistry": false,
+            "Retry": {"Attempts": 3, "IntervalMs": 10, "AttemptTimeoutMs": 20, "PassMs": 30, "PauseMs": 40,
+                      "GiveUpMs": 50, "MinFailedRunMs": 60}
+        }}}))
+        .unwrap();
+        assert!(matches!(&cfg.sources[0], SourceConfig::Http(h) if h.use_server_name), "{:?}", cfg.sources);
+        assert_eq!(
+            cfg.sources[1],
+            SourceConfig::VsphereGuestInfo { rpc_tool_path: "/r".into(), vmtoolsd_path: String::new() }
+        );
+        assert_eq!((cfg.settings.use_server_name, cfg.settings.use_registry), (true, Some(false)));
+        let r = &cfg.settings.retry;
+        assert_eq!(
+            (r.attempts, r.interval_ms, r.attempt_timeout_ms, r.pass_ms),
+            (Some(3), Some(10), Some(20), Some(30))
+        );
+        assert_eq!((r.pause_ms, r.give_up_ms, r.min_failed_run_ms), (Some(40), Some(50), Some(60)));
+        let bad = json!({"Infrastructure": {"Settings": {"Retry": {"Attempt": 3}}}});
+        assert!(AgentConfig::from_value(&bad).unwrap_err().contains("Retry.Attempt is not a known"));
+        let bad = json!({"Infrastructure": {"Settings": {"UseRegistry": "yes"}}});
+        assert!(AgentConfig::from_value(&bad).unwrap_err().contains("UseRegistry must be true or false"));
     }
 
     #[test]

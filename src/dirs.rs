@@ -127,6 +127,10 @@ impl Dirs {
     pub fn dummy_mounts_json(&self) -> PathBuf {
         self.bosh().join("dummy_mounts.json")
     }
+    /// What the dummy platform reports DHCP gave dynamic networks (the Go dummy platform's file).
+    pub fn dummy_default_network_json(&self) -> PathBuf {
+        self.bosh().join("dummy-default-network-settings.json")
+    }
     /// The `bosh ssh` users the dummy platform pretends to have created.
     pub fn dummy_ssh_users_json(&self) -> PathBuf {
         self.bosh().join("dummy_ssh_users.json")

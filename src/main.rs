@@ -11,8 +11,14 @@ static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let command = match cli::parse(std::env::args_os().skip(1).collect()) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let monit_access = argv.first().is_some_and(|p| cli::is_enable_monit_access(p));
+    let command = match cli::parse_invocation(argv) {
         Ok(c) => c,
+        Err(e) if monit_access => {
+            eprintln!("{}: {e}", cli::ENABLE_MONIT_ACCESS);
+            return ExitCode::from(1);
+        }
         Err(e) => {
             eprintln!("bosh-agent: {e}");
             return ExitCode::from(2);
@@ -41,16 +47,24 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::EnableMonitAccess(opts) => match bosh_agent::app::enable_monit_access(&opts) {
+            Ok(done) => {
+                eprintln!("{}: {done}", cli::ENABLE_MONIT_ACCESS);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", cli::ENABLE_MONIT_ACCESS);
+                ExitCode::from(1)
+            }
+        },
         Command::Run(opts) => {
             bosh_agent::memory::limit_arenas();
             bosh_agent::logging::init(opts.log_level);
             match bosh_agent::app::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    // Once: the log goes to stderr too, unless `-l` silenced errors.
-                    if log::log_enabled!(log::Level::Error) {
-                        log::error!("{e}");
-                    } else {
+                    // Once: `run` logged it (the log goes to stderr too), unless `-l` silenced errors.
+                    if !log::log_enabled!(log::Level::Error) {
                         eprintln!("bosh-agent: {e}");
                     }
                     ExitCode::from(1)

@@ -1,7 +1,7 @@
 //! The agent binary end to end, driven as the director (NATS, protocol 3, mutual TLS against a real
 //! nats-server) and as bosh-cli (HTTPS) drive it.
 
-use crate::common::agent::{exception, value, Director, HealthMonitor, TestAgent};
+use crate::common::agent::{exception, value, Director, HealthMonitor, Launch, TestAgent};
 use crate::common::certs::TestPki;
 use crate::common::nats_server::{free_port, MappedUser, NatsServer, NatsServerOptions};
 use crate::common::settings::nats_settings;
@@ -501,14 +501,22 @@ fn command_line_errors_exit_2_with_one_line() {
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("bosh-agent "));
 }
 
+/// A start that fails exits with a clear error, but never at once: a service manager restarting it
+/// immediately must not reach its start limit (systemd's default: 5 starts in 10 s). The minimum is
+/// shortened here through `agent.json`; its default (10 s) is pinned by a unit test.
 #[test]
 fn missing_mandatory_setting_is_a_clear_startup_error() {
     let pki = TestPki::new();
     let mut settings = nats_settings(&pki, "x", "nats://127.0.0.1:1");
     settings.as_object_mut().unwrap().remove("agent_id");
-    let mut agent = TestAgent::start(&settings, &[]);
-    assert!(wait_until(Duration::from_secs(10), || !agent.alive()), "agent should exit");
+    let retry = json!({"Infrastructure": {"Settings": {"Retry": {"MinFailedRunMs": 1500}}}});
+    let started = Instant::now();
+    let mut agent = TestAgent::launch(&settings, Launch { agent_json: Some(retry), ..Launch::default() });
+    assert!(wait_until(Duration::from_secs(15), || !agent.alive()), "agent should exit");
+    let lasted = started.elapsed();
     assert!(agent.log().contains("settings lack the mandatory key 'agent_id'"), "{}", agent.log());
+    assert!(lasted >= Duration::from_millis(1500), "exited after {lasted:?}:\n{}", agent.log());
+    assert!(agent.log().contains("a failed start lasts at least 1.5s"), "{}", agent.log());
 }
 
 /// The per-agent NATS users bosh-nats-sync writes: the agent may subscribe to `agent.<id>` only and

@@ -103,12 +103,12 @@ fn tolerates_partial_and_odd_mail() {
 #[test]
 fn monitrc_is_accepted_by_monit() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let text = alerts::monitrc(2825, "vcap", "0123456789abcdef", &dir.path().join("events"));
-    assert!(text.starts_with("        set alert bosh@localhost\n"), "{text}");
-    assert!(text.contains("        set mailserver 127.0.0.1 port 2825\n"), "{text}");
-    assert!(text.contains("username \"vcap\" password \"0123456789abcdef\""), "{text}");
+    let text = alerts::monitrc(2825, &dir.path().join("events"));
+    assert!(text.starts_with(&format!("{}\nset alert agent@local\n", alerts::MONITRC_MARKER)), "{text}");
+    assert!(text.contains("\nset mailserver 127.0.0.1 port 2825\n    with timeout 15 seconds\n"), "{text}");
+    assert!(!text.contains("username") && !text.contains("password"), "no credentials: {text}");
     assert!(text.contains("slots 5000"));
-    assert!(text.contains("Description: $DESCRIPTION\n        }\n"));
+    assert!(text.contains("Description: $DESCRIPTION\n}\n"));
     std::fs::write(dir.path().join("alerts.monitrc"), &text).expect("write");
     let control = dir.path().join("monitrc");
     let d = dir.path().display();
@@ -143,7 +143,7 @@ fn server() -> (SmtpServer, Receiver<String>) {
     let sink = Box::new(move |mail: String| {
         let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(mail);
     });
-    let opts = SmtpOptions { listen: "127.0.0.1:0".into(), user: USER.into(), password: PASSWORD.into() };
+    let opts = SmtpOptions { listen: "127.0.0.1:0".into() };
     (SmtpServer::start(opts, sink).expect("smtp server"), rx)
 }
 
@@ -210,26 +210,41 @@ fn recv(rx: &Receiver<String>) -> String {
 }
 
 #[test]
-fn smtp_requires_authentication() {
+fn smtp_accepts_mail_without_authentication() {
+    // The stemcell's alerts.monitrc names no credentials: monit goes straight to MAIL.
     let (server, rx) = server();
     let mut c = Client::connect(&server);
     assert_eq!(c.cmd("EHLO monit"), "250-BOSH Agent SMTP Server\n250-AUTH PLAIN\n250 SIZE 1048576");
-    assert_eq!(c.cmd("MAIL FROM:<monit@localhost>"), "550 sender is unacceptable");
-    assert_eq!(c.cmd("RCPT TO:<bosh@localhost>"), "550 recipient is unacceptable");
+    assert!(c.cmd("RCPT TO:<agent@local>").starts_with("503"), "MAIL comes first");
     assert!(c.cmd("DATA").starts_with("503"));
-    let bad = base64::engine::general_purpose::STANDARD.encode(format!("\0{USER}\0wrong"));
-    assert_eq!(c.cmd(&format!("AUTH PLAIN {bad}")), "535 invalid authentication");
-    assert_eq!(c.cmd("AUTH PLAIN !!!notbase64"), "535 invalid authentication");
-    assert!(c.cmd("AUTH LOGIN").starts_with("504"));
-    assert_eq!(c.cmd("MAIL FROM:<monit@localhost>"), "550 sender is unacceptable");
-    // The continuation form.
-    assert_eq!(c.cmd("AUTH PLAIN"), "334");
-    let good = base64::engine::general_purpose::STANDARD.encode(format!("{USER}\0{USER}\0{PASSWORD}"));
-    assert_eq!(c.cmd(&good), "235 authentication ok");
     assert_eq!(c.cmd("MAIL FROM:<monit@localhost>"), "250 Ok");
+    assert_eq!(c.cmd("RCPT TO:<agent@local>"), "250 Ok");
+    assert_eq!(c.cmd("DATA"), "354 Send it");
+    c.send_raw(b"Subject: Monit Alert\r\n\r\nService: web\r\n.\r\n");
+    assert_eq!(c.reply(), "250 Message accepted");
+    assert_eq!(recv(&rx), "Subject: Monit Alert\n\nService: web");
     assert_eq!(c.cmd("QUIT"), "221 Ok");
     assert!(c.closed());
-    assert!(rx.try_recv().is_err(), "nothing was delivered");
+}
+
+#[test]
+fn smtp_still_answers_auth_plain() {
+    // A monit configured with a username (an older alerts.monitrc) authenticates first: any
+    // well-formed credentials do, since mail needs none; malformed ones are refused.
+    let (server, _rx) = server();
+    let mut c = Client::connect(&server);
+    c.cmd("EHLO monit");
+    assert_eq!(c.cmd("AUTH PLAIN !!!notbase64"), "535 invalid authentication");
+    let no_user = base64::engine::general_purpose::STANDARD.encode("\0\0pw");
+    assert_eq!(c.cmd(&format!("AUTH PLAIN {no_user}")), "535 invalid authentication");
+    assert!(c.cmd("AUTH LOGIN").starts_with("504"));
+    assert_eq!(c.cmd("AUTH PLAIN"), "334");
+    assert_eq!(c.cmd("*"), "501 Authentication cancelled");
+    let good = base64::engine::general_purpose::STANDARD.encode(format!("{USER}\0{USER}\0{PASSWORD}"));
+    assert_eq!(c.cmd(&format!("AUTH PLAIN {good}")), "235 authentication ok");
+    assert!(c.cmd(&format!("AUTH PLAIN {good}")).starts_with("503"), "only once per session");
+    assert_eq!(c.cmd("MAIL FROM:<monit@localhost>"), "250 Ok");
+    assert_eq!(c.cmd("QUIT"), "221 Ok");
 }
 
 #[test]
@@ -336,9 +351,8 @@ fn smtp_shutdown_closes_sessions() {
 fn monit_mails_an_alert_when_a_job_dies() {
     let (server, rx) = server();
     let port = server.local_addr().port();
-    let daemon = MonitDaemon::start_with(&["web"], |monit_dir| {
-        alerts::monitrc(port, USER, PASSWORD, &monit_dir.join("events"))
-    });
+    let daemon =
+        MonitDaemon::start_with(&["web"], |monit_dir| alerts::monitrc(port, &monit_dir.join("events")));
     let mut seen = Vec::new();
     let mut next_mail = |what: &str, deadline: Instant, pred: &dyn Fn(&str) -> bool| -> String {
         loop {

@@ -3,6 +3,7 @@
 
 use crate::common::mounts::UnmountOnDrop;
 use bosh_agent::dirs::Dirs;
+use bosh_agent::platform::network::nics;
 use bosh_agent::platform::{self, PlatformKind};
 use bosh_agent::settings::{Effective, Settings};
 use serde_json::json;
@@ -26,6 +27,12 @@ fn settings() -> Effective {
     }))
     .expect("settings");
     Effective { settings: s, update: Default::default() }
+}
+
+/// The VM's NICs in a fake sysfs under `root`: eth0 and eth1 carry the settings' MACs.
+fn fake_nics(root: &Path) {
+    nics::fake(root, "eth0", "aa:bb:cc:dd:ee:01", 2, true).expect("fake NIC");
+    nics::fake(root, "eth1", "aa:bb:cc:dd:ee:02", 3, true).expect("fake NIC");
 }
 
 /// Every entry under `dir`: relative path → (mode, content or symlink target).
@@ -57,18 +64,19 @@ fn bootstrap_writes_the_vm_configuration_under_the_root_and_is_idempotent() {
     let _mounts = UnmountOnDrop(vec![root.path().to_path_buf()]);
     let base = root.path().join("var/vcap");
     let dirs = Dirs::new(&base, root.path());
+    fake_nics(root.path());
     platform::new(PlatformKind::Linux, &dirs).bootstrap(&settings(), false).expect("first bootstrap");
     let first = snapshot(root.path());
 
     let file = |p: &str| first.get(p).unwrap_or_else(|| panic!("{p} missing; have {:?}", first.keys()));
     assert_eq!(file("etc/hostname").1, "agent-123\n");
     assert!(file("etc/hosts").1.starts_with("127.0.0.1 agent-123 localhost\n"));
-    let net = &file("etc/systemd/network/10_default.network").1;
-    for line in ["MACAddress=aa:bb:cc:dd:ee:01", "Address=10.0.0.5/24", "Gateway=10.0.0.1", "DNS=10.0.0.2"] {
+    let net = &file("etc/systemd/network/10_eth0.network").1;
+    for line in ["Name=eth0", "Address=10.0.0.5/24", "Gateway=10.0.0.1", "DNS=10.0.0.2"] {
         assert!(net.contains(line), "{line} missing in\n{net}");
     }
-    let other = &file("etc/systemd/network/10_other.network").1;
-    assert!(other.contains("DHCP=yes") && other.contains("UseRoutes=false"), "{other}");
+    let other = &file("etc/systemd/network/10_eth1.network").1;
+    assert!(other.contains("DHCP=yes") && other.contains("UseRoutes=no"), "{other}");
     assert!(!first.contains_key("etc/systemd/network/10_public.network"), "vip networks get no file");
     let resolv = &file("etc/resolv.conf").1;
     assert!(resolv.contains("nameserver 10.0.0.2\nnameserver 10.0.0.3\n") && !resolv.contains("10.1.0.2"));
@@ -111,17 +119,21 @@ fn bootstrap_replaces_stale_network_files_and_names_failing_steps() {
     let root = tempfile::tempdir().expect("root");
     let _mounts = UnmountOnDrop(vec![root.path().to_path_buf()]);
     let dirs = Dirs::new(root.path().join("base"), root.path());
+    fake_nics(root.path());
     platform::new(PlatformKind::Linux, &dirs).bootstrap(&settings(), false).expect("bootstrap");
+    // The director detached the second NIC and its network.
     let mut fewer = settings();
     fewer.settings.networks.remove("other");
+    std::fs::remove_dir_all(root.path().join("sys/class/net/eth1")).expect("NIC gone");
     platform::new(PlatformKind::Linux, &dirs).bootstrap(&fewer, false).expect("bootstrap");
-    assert!(!root.path().join("etc/systemd/network/10_other.network").exists());
+    assert!(!root.path().join("etc/systemd/network/10_eth1.network").exists());
     let foreign = root.path().join("etc/systemd/network/99_admin.network");
     std::fs::write(&foreign, "[Match]\nName=lo\n").expect("foreign file");
     platform::new(PlatformKind::Linux, &dirs).bootstrap(&fewer, false).expect("bootstrap");
     assert!(foreign.exists(), "files the agent did not write are left alone");
 
-    let mut bad = settings();
+    nics::fake(root.path(), "eth2", "aa:bb:cc:dd:ee:03", 4, true).expect("fake NIC");
+    let mut bad = fewer.clone();
     bad.settings.networks.insert(
         "x".into(),
         serde_json::from_value(
@@ -130,7 +142,7 @@ fn bootstrap_replaces_stale_network_files_and_names_failing_steps() {
         .expect("network"),
     );
     let e = platform::new(PlatformKind::Linux, &dirs).bootstrap(&bad, false).expect_err("bad ip");
-    assert!(e.starts_with("bootstrap step 'networking'"), "{e}");
+    assert!(e.starts_with("bootstrap step 'networking'") && e.contains("not an IP address"), "{e}");
 
     let dummy_root = tempfile::tempdir().expect("root");
     let dummy = Dirs::new(dummy_root.path().join("base"), dummy_root.path());

@@ -2,9 +2,9 @@
 //! start → running in get_state and heartbeats; a crashing job → failing and an alert on NATS; an
 //! update (drain → stop → apply v2 → start); and monit gone while get_state is asked.
 
-use crate::common::agent::{Director, HealthMonitor, Launch, TestAgent};
+use crate::common::agent::{Director, HealthMonitor, TestAgent};
 use crate::common::certs::TestPki;
-use crate::common::monit_daemon::{monit_binary, MonitDaemon};
+use crate::common::monit_daemon::MonitDaemon;
 use crate::common::nats_server::{free_port, NatsServer, NatsServerOptions};
 use crate::common::settings::nats_settings;
 use crate::common::tarball::{digests, file, script, tgz};
@@ -29,18 +29,7 @@ fn start(tag: &str) -> Deploy {
     let blobs = tempfile::tempdir().unwrap();
     let mut settings = nats_settings(&pki, &id, &nats.url());
     settings["blobstore"] = json!({"provider": "local", "options": {"blobstore_path": blobs.path()}});
-    let monit_cfg = json!({"Monit": {"Address": monit.address(), "ControlFile": monit.control_file(), "Binary": monit_binary()}});
-    let smtp = free_port().to_string();
-    let agent = TestAgent::launch(
-        &settings,
-        Launch {
-            base: Some(monit.dir()),
-            supervisor: Some("monit"),
-            agent_json: Some(monit_cfg),
-            extra: &["-t", &smtp],
-            ..Launch::default()
-        },
-    );
+    let agent = monit.launch_agent(&settings, free_port());
     let mut d = Director::connect(&pki, &nats.url(), &id);
     assert!(d.wait_ready(Duration::from_secs(15)), "agent never answered:\n{}", agent.log());
     Deploy { pki, nats, monit, agent, blobs, d }

@@ -88,7 +88,7 @@ impl LoopDisk {
                 }
             }
         }
-        let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+        crate::common::loopdev::detach(&dev);
         let p1 = prepare::partition_path(&dev);
         let name = p1.file_name().unwrap_or_default().to_string_lossy().into_owned();
         if p1.exists() && !Path::new("/sys/class/block").join(name).exists() {

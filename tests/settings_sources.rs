@@ -3,14 +3,12 @@
 //! loop-mounted disk images, the settings service's order and fallback, bounded retries against a
 //! server that never answers, and the agent binary booting from the HTTP source.
 //!
-//! Why a hand-written server over std::net: the metadata service at 169.254.169.254 cannot exist
-//! here, and the agent's HTTP client (timeouts, headers, the IMDSv2 PUT) is part of what is tested,
-//! so the bytes must cross a socket. It speaks just enough HTTP/1.1: one request per connection.
+//! The metadata service is `common::metadata`'s, in this process (see there why).
 
 use crate::common::agent::{Director, Launch, TestAgent};
 use crate::common::certs::TestPki;
 use crate::common::fixture;
-use crate::common::http_listener::{read_head, HttpListener};
+use crate::common::metadata::{MetaServer, MetaState};
 use crate::common::nats_server::{NatsServer, NatsServerOptions};
 use crate::common::settings::nats_settings;
 use bosh_agent::config::{HttpSourceConfig, SourceConfig};
@@ -21,121 +19,15 @@ use bosh_agent::settings::sources::select::{build, for_infrastructure, infrastru
 use bosh_agent::settings::sources::{FileSource, SettingsSource};
 use bosh_agent::settings::Settings;
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::io::{BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-/// One request as the metadata server saw it.
-#[derive(Clone, Debug)]
-struct Seen {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
-#[derive(Default)]
-struct MetaState {
-    routes: Mutex<HashMap<String, (u16, String)>>,
-    /// IMDSv2: the token handed out on `PUT /latest/api/token`; GETs without it get 401.
-    token: Option<String>,
-    /// A header every request must carry (403 otherwise).
-    required: Option<(String, String)>,
-    /// Accept and read requests but never answer (the connections are kept open).
-    hang: bool,
-    held: Mutex<Vec<TcpStream>>,
-    seen: Mutex<Vec<Seen>>,
-    fail_next: AtomicUsize,
-}
-
-/// A metadata service and registry on `127.0.0.1:<free port>`.
-struct MetaServer {
-    listener: HttpListener,
-    state: Arc<MetaState>,
-}
-
-impl MetaServer {
-    fn start(state: MetaState) -> MetaServer {
-        let state = Arc::new(state);
-        let st = state.clone();
-        let listener = HttpListener::start(move |conn| {
-            let _ = serve(&st, conn);
-        });
-        MetaServer { listener, state }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.listener.addr())
-    }
-
-    fn route(&self, path: &str, status: u16, body: &str) {
-        self.state.routes.lock().unwrap().insert(path.to_string(), (status, body.to_string()));
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.state.seen.lock().unwrap().clone()
-    }
-
-    fn count(&self, path: &str) -> usize {
-        self.seen().iter().filter(|s| s.path == path).count()
-    }
-}
-
-fn serve(st: &MetaState, stream: TcpStream) -> std::io::Result<()> {
-    let mut out = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    let Some(head) = read_head(&mut reader)? else { return Ok(()) };
-    std::io::copy(&mut (&mut reader).take(head.content_length()), &mut std::io::sink())?;
-    let seen = Seen { method: head.method, path: head.target, headers: head.headers };
-    st.seen.lock().unwrap().push(seen.clone());
-    if st.hang {
-        st.held.lock().unwrap().push(out);
-        return Ok(());
-    }
-    let (status, body) = answer(st, &seen);
-    write!(out, "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-    out.flush()
-}
-
-fn answer(st: &MetaState, req: &Seen) -> (u16, String) {
-    if st.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-        return (500, "injected".into());
-    }
-    if let Some((name, value)) = &st.required {
-        if req.header(name) != Some(value.as_str()) {
-            return (403, format!("missing {name}"));
-        }
-    }
-    if let Some(token) = &st.token {
-        if req.method == "PUT" && req.path == "/latest/api/token" {
-            return match req.header("X-aws-ec2-metadata-token-ttl-seconds") {
-                Some(_) => (200, token.clone()),
-                None => (400, "no ttl".into()),
-            };
-        }
-        if req.path.starts_with("/latest/") && req.header("X-aws-ec2-metadata-token") != Some(token) {
-            return (401, "token required".into());
-        }
-    }
-    match (req.method.as_str(), st.routes.lock().unwrap().get(&req.path)) {
-        ("GET", Some((status, body))) => (*status, body.clone()),
-        _ => (404, "not found".into()),
-    }
-}
 
 fn policy() -> RetryPolicy {
     RetryPolicy {
         attempts: 3,
-        backoff: Duration::from_millis(20),
+        interval: Duration::from_millis(20),
         attempt_timeout: Duration::from_secs(2),
         total: Duration::from_secs(10),
     }
@@ -182,7 +74,7 @@ fn http_source_uses_the_imdsv2_token_custom_headers_and_reads_the_key() {
     assert_eq!(source.fetch().unwrap(), settings("a-imds"), "user-data settings, envelope removed");
     assert_eq!(source.public_key().as_deref(), Some("ssh-rsa AAAA test"));
     let seen = server.seen();
-    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("PUT", "/latest/api/token"));
+    assert_eq!((seen[0].method.as_str(), seen[0].target.as_str()), ("PUT", "/latest/api/token"));
     assert!(seen[0].header("X-aws-ec2-metadata-token-ttl-seconds").is_some());
     for s in &seen[1..] {
         assert_eq!(s.header("X-aws-ec2-metadata-token"), Some("tok-123"), "{s:?}");
@@ -213,7 +105,7 @@ fn http_source_follows_the_registry_with_the_instance_id() {
 
     assert_eq!(source.fetch().unwrap(), settings("a-reg"));
     assert_eq!(source.public_key(), None, "404 on the key path: no key, still settings");
-    let reg_req = server.seen().into_iter().find(|s| s.path.starts_with("/instances/")).unwrap();
+    let reg_req = server.seen().into_iter().find(|s| s.target.starts_with("/instances/")).unwrap();
     use base64::engine::general_purpose::STANDARD;
     assert_eq!(
         reg_req.header("Authorization"),
@@ -401,6 +293,8 @@ fn disk_image(work: &Path, name: &str, fill: impl FnOnce(&Path)) -> std::path::P
 
 #[test]
 fn config_drive_and_cdrom_from_loop_mounted_images() {
+    // Loop mounts take loop devices: in turn with the disk tests, which detach one and expect it gone.
+    let _devices = crate::common::loopdev::DEVICES.lock().unwrap_or_else(|e| e.into_inner());
     let (dir, dirs) = scratch();
     if !loop_mount_available(dir.path()) {
         return;
@@ -455,7 +349,7 @@ fn retries_against_a_hanging_server_are_bounded() {
     let (_d, dirs) = scratch();
     let quick = RetryPolicy {
         attempts: 3,
-        backoff: Duration::from_millis(50),
+        interval: Duration::from_millis(50),
         attempt_timeout: Duration::from_millis(300),
         total: Duration::from_secs(30),
     };
@@ -463,7 +357,7 @@ fn retries_against_a_hanging_server_are_bounded() {
     let started = Instant::now();
     let err = source.fetch().unwrap_err();
     let took = started.elapsed();
-    // 3 x 300 ms + 50 + 100 ms of backoff, plus scheduling slack.
+    // 3 x 300 ms + 2 x 50 ms between the tries, plus scheduling slack.
     assert!(took < Duration::from_secs(3), "took {took:?}: {err}");
     assert!(err.contains("after 3 attempts"), "{err}");
     assert_eq!(server.count("/latest/user-data"), 3);
@@ -476,10 +370,10 @@ fn retries_against_a_hanging_server_are_bounded() {
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}: {err}", started.elapsed());
     assert!(err.contains("deadline"), "{err}");
 
-    // The default policy bounds a hanging source too (attempts x timeout + backoff, within 60 s).
+    // The default policy bounds a hanging source too (its tries and pauses fit one pass).
     let d = RetryPolicy::default();
-    let worst = d.attempt_timeout * d.attempts + d.backoff * 3;
-    assert!(worst <= d.total && d.total <= Duration::from_secs(60), "{d:?}");
+    let worst = (d.attempt_timeout + d.interval) * d.attempts;
+    assert!(worst <= d.total && d.total <= Duration::from_secs(120), "{d:?}");
 }
 
 #[test]
@@ -555,4 +449,155 @@ fn captured_settings_of_each_cloud_load_and_survive_the_cache() {
             .all(|n| n.get("cloud_properties").is_some()));
         assert_eq!(serde_json::from_value::<Settings>(cached).expect(cloud), loaded, "{cloud}");
     }
+}
+
+/// A stand-in for VMware Tools (there is no VMware here): a script answering guest RPCs the way
+/// `vmware-rpctool <rpc>` and `vmtoolsd --cmd <rpc>` do, from a `userdata` file in `state`, and
+/// recording every call in `state/calls`. Installed as `bin/<name>` under `state`.
+fn fake_vmware_tool(state: &Path, name: &str) -> std::path::PathBuf {
+    let bin = state.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = format!(
+        "#!/bin/sh\n\
+         # FAKE VMware Tools for tests: no VMware here.\n\
+         [ \"$1\" = --cmd ] && shift\n\
+         echo \"{name} $1\" >>'{state}/calls'\n\
+         case \"$1\" in\n\
+         \"info-get guestinfo.userdata\") cat '{state}/userdata' ;;\n\
+         \"info-set guestinfo.userdata \"*) printf '%s' \"${{1#info-set guestinfo.userdata }}\" >'{state}/userdata' ;;\n\
+         \"info-set guestinfo.userdata.encoding \"*) printf '%s' \"${{1#info-set guestinfo.userdata.encoding }}\" >'{state}/encoding' ;;\n\
+         *) echo 'Unknown command' >&2; exit 1 ;;\n\
+         esac\n",
+        state = state.display()
+    );
+    let path = bin.join(name);
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Base64 of the gzipped settings, as the vSphere CPI sets `guestinfo.userdata`.
+fn guestinfo_value(settings: &Value) -> String {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(settings.to_string().as_bytes()).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap())
+}
+
+/// NO VMWARE HERE: `vmware-rpctool` is a fake script on the agent's PATH (see
+/// [`fake_vmware_tool`]). The agent reads guestinfo once, clears it (the settings hold credentials),
+/// and a restarted agent, finding only `---` there, boots from its cached settings.
+#[test]
+fn vsphere_guest_info_is_read_through_vmware_tools_then_cleared() {
+    eprintln!("NOTE: no VMware here: vmware-rpctool is a fake script on the agent's PATH");
+    let pki = TestPki::new();
+    let nats = NatsServer::start(&pki, NatsServerOptions::default());
+    let id = format!("guestinfo-{}", &bosh_agent::ids::uuid_v4()[..8]);
+    let doc = nats_settings(&pki, &id, &nats.url());
+    let state = tempfile::tempdir().unwrap();
+    fake_vmware_tool(state.path(), "vmware-rpctool");
+    std::fs::write(state.path().join("userdata"), guestinfo_value(&doc)).unwrap();
+    let path =
+        format!("{}:{}", state.path().join("bin").display(), std::env::var("PATH").unwrap_or_default());
+    let env = vec![("PATH".to_string(), path)];
+    let agent_json = json!({"Infrastructure": {"Settings": {"Sources": [{"Type": "VsphereGuestInfo"}]}}});
+    let mut agent =
+        TestAgent::launch(&doc, Launch { agent_json: Some(agent_json), env, ..Launch::default() });
+    let mut director = Director::connect(&pki, &nats.url(), &id);
+    assert!(director.wait_ready(Duration::from_secs(20)), "agent never answered:\n{}", agent.log());
+    assert!(agent.log().contains("settings loaded from VsphereGuestInfo(vmware-rpctool)"), "{}", agent.log());
+    let calls = std::fs::read_to_string(state.path().join("calls")).unwrap();
+    assert_eq!(
+        calls,
+        "vmware-rpctool info-get guestinfo.userdata\n\
+         vmware-rpctool info-set guestinfo.userdata ---\n\
+         vmware-rpctool info-set guestinfo.userdata.encoding ''\n"
+    );
+    assert_eq!(std::fs::read_to_string(state.path().join("userdata")).unwrap(), "---");
+
+    agent.restart();
+    let mut director = Director::connect(&pki, &nats.url(), &id);
+    assert!(director.wait_ready(Duration::from_secs(20)), "no restart from the cache:\n{}", agent.log());
+    let log = agent.log();
+    assert!(
+        log.contains("guestinfo.userdata is not base64") && log.contains("using the cached settings.json"),
+        "{log}"
+    );
+}
+
+/// NO VMWARE HERE: both tools are fake scripts. Without a working `vmware-rpctool`, the same RPCs
+/// go through `vmtoolsd --cmd`.
+#[test]
+fn vsphere_guest_info_falls_back_to_vmtoolsd() {
+    let state = tempfile::tempdir().unwrap();
+    let vmtoolsd = fake_vmware_tool(state.path(), "vmtoolsd");
+    std::fs::write(state.path().join("userdata"), guestinfo_value(&settings("a-vmtoolsd"))).unwrap();
+    let (_d, dirs) = scratch();
+    let config = SourceConfig::VsphereGuestInfo {
+        rpc_tool_path: state.path().join("bin/no-such-rpctool").display().to_string(),
+        vmtoolsd_path: vmtoolsd.display().to_string(),
+    };
+    let source = one(config, &dirs);
+    assert_eq!(source.fetch().unwrap(), settings("a-vmtoolsd"));
+    let calls = std::fs::read_to_string(state.path().join("calls")).unwrap();
+    assert!(
+        calls.starts_with("vmtoolsd info-get guestinfo.userdata\nvmtoolsd info-set guestinfo.userdata ---\n"),
+        "{calls}"
+    );
+    let err = source.fetch().unwrap_err();
+    assert!(err.contains("not base64"), "read once: {err}");
+}
+
+/// A CD-ROM that is a real block device (a loop device standing in for `/dev/sr0`): the agent reads
+/// it until it answers, lets udev settle, mounts, reads and unmounts it, and ejects it. There is no
+/// udev daemon and no ejectable drive here, so `udevadm` and `eject` are FAKE recording scripts on
+/// the agent's PATH; the device, the mount and the read are real.
+#[test]
+fn a_cdrom_drive_is_settled_mounted_read_and_ejected() {
+    let _devices = crate::common::loopdev::DEVICES.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    if !loop_mount_available(work.path()) {
+        return;
+    }
+    eprintln!("NOTE: no udev daemon or ejectable drive here: udevadm and eject are fake recording scripts");
+    let pki = TestPki::new();
+    let nats = NatsServer::start(&pki, NatsServerOptions::default());
+    let id = format!("cdrom-{}", &bosh_agent::ids::uuid_v4()[..8]);
+    let doc = nats_settings(&pki, &id, &nats.url());
+    let image = disk_image(work.path(), "env", |m| std::fs::write(m.join("env"), doc.to_string()).unwrap());
+    let device =
+        crate::common::loopdev::sh(std::process::Command::new("losetup").args(["-f", "--show", p(&image)]));
+    let device = device.trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(device.clone());
+    let bin = work.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["udevadm", "eject"] {
+        let script = format!(
+            "#!/bin/sh\n# FAKE {tool} for tests\necho \"{tool} $*\" >>'{}/calls'\n",
+            work.path().display()
+        );
+        std::fs::write(bin.join(tool), script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(bin.join(tool), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let env = vec![("PATH".to_string(), path)];
+    let agent_json = json!({"Infrastructure": {"Settings": {"Sources": [
+        {"Type": "CDROM", "FileName": "env", "DevicePath": device}]}}});
+    let agent = TestAgent::launch(&doc, Launch { agent_json: Some(agent_json), env, ..Launch::default() });
+    let mut director = Director::connect(&pki, &nats.url(), &id);
+    assert!(director.wait_ready(Duration::from_secs(20)), "agent never answered:\n{}", agent.log());
+    assert!(agent.log().contains(&format!("settings loaded from CDROM({device}:env)")), "{}", agent.log());
+    let calls = std::fs::read_to_string(work.path().join("calls")).unwrap();
+    assert_eq!(calls, format!("udevadm settle\neject -v {device}\n"));
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.lines().any(|l| l.starts_with(&format!("{device} "))), "left mounted:\n{mounts}");
 }

@@ -6,6 +6,15 @@
 //! SIGKILLed agent is back within seconds with its state. Every step's time, where the boot's time
 //! went, and the agent's memory inside the VM are printed.
 //!
+//! It also checks what a real release assumes the agent did (issue 12), each a row of the step table:
+//! the job `tiny` drops to vcap in its monit start program (`setpriv`), reads its rendered config,
+//! writes its log, pid and data files and a file in `/tmp`, and reaches `running`; the errand `layout`
+//! reports the owners and modes of the job's directories, `instance/health.json`,
+//! `/etc/logrotate.d/vcap`, `/tmp` (1777), `data/sys/run` (a tmpfs), the config drive's SSH key in
+//! vcap's `authorized_keys`, the monit firewall and `bosh-enable-monit-access`; `fetch_logs` returns
+//! the vcap job's log. These checks are collected and the test fails at the end naming every one that
+//! did not hold, so one run shows them all.
+//!
 //! It needs the built stemcell (`STEMCELL=<tarball>`), qemu and genisoimage, so it is ignored in a
 //! plain `cargo test`; `scripts/stemcell-test` builds the stemcell and runs it. Run without the
 //! stemcell, it fails rather than passing silently.
@@ -35,10 +44,16 @@ const MAC: &str = "52:54:00:12:34:56";
 /// How long a KVM boot may take to print the kernel banner before KVM is judged unusable here.
 const KVM_PROBE: Duration = Duration::from_secs(25);
 
-/// One timed step of the run, printed at the end (and on failure, as far as it got).
+/// One row of the step table: a timed step, or a check of what the VM shows.
+enum Row {
+    Step(String, Duration),
+    Check { name: String, ok: bool, seen: String },
+}
+
+/// The timed steps and the checks of the run, printed at the end (and on failure, as far as it got).
 struct Steps {
     start: Instant,
-    rows: Vec<(String, Duration)>,
+    rows: Vec<Row>,
 }
 
 impl Steps {
@@ -49,17 +64,56 @@ impl Steps {
     fn time<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
         let t = Instant::now();
         let out = f();
-        self.rows.push((name.to_string(), t.elapsed()));
+        self.rows.push(Row::Step(name.to_string(), t.elapsed()));
         println!("step {name}: {:.2} s", t.elapsed().as_secs_f64());
         out
     }
 
+    /// Records a check (it fails the test at the end, in [`Steps::finish`], not here).
+    fn check(&mut self, name: &str, ok: bool, seen: impl Into<String>) {
+        let seen = seen.into();
+        println!("check {name}: {} ({seen})", if ok { "ok" } else { "FAILED" });
+        self.rows.push(Row::Check { name: name.to_string(), ok, seen });
+    }
+
     fn print(&self) {
-        println!("\n{:<44} {:>9}", "step", "seconds");
-        for (name, d) in &self.rows {
-            println!("{name:<44} {:>9.2}", d.as_secs_f64());
+        println!("\n{:<58} {:>9}", "step", "seconds");
+        for row in &self.rows {
+            match row {
+                Row::Step(name, d) => println!("{name:<58} {:>9.2}", d.as_secs_f64()),
+                Row::Check { name, ok, seen } => {
+                    let seen: String = seen.chars().take(60).collect();
+                    println!(
+                        "{:<58} {:>9}  {seen}",
+                        format!("check: {name}"),
+                        if *ok { "ok" } else { "FAILED" }
+                    )
+                }
+            }
         }
-        println!("{:<44} {:>9.2}", "total", self.start.elapsed().as_secs_f64());
+        println!("{:<58} {:>9.2}", "total", self.start.elapsed().as_secs_f64());
+    }
+
+    /// Fails the test naming every check that did not hold.
+    fn finish(&self) {
+        let failed: Vec<&str> = self
+            .rows
+            .iter()
+            .filter_map(|r| match r {
+                Row::Check { name, ok: false, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(failed.is_empty(), "checks that did not hold: {failed:?} (see the table above)");
+    }
+}
+
+impl Drop for Steps {
+    /// A failed assertion ends the run early: the table as far as it got.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print();
+        }
     }
 }
 
@@ -223,12 +277,14 @@ fn unpack_stemcell(tarball: &Path, dir: &Path) -> String {
     manifest
 }
 
-/// The config drive OpenStack would attach: user data = the settings, meta-data with the uuid.
-fn config_drive(dir: &Path, settings: &Value) -> PathBuf {
+/// The config drive OpenStack would attach: user data = the settings, meta-data with the uuid and
+/// the IaaS SSH key (`public-keys`, as OpenStack and the Go agent spell it).
+fn config_drive(dir: &Path, settings: &Value, ssh_key: &str) -> PathBuf {
     let tree = dir.join("config-drive");
     let latest = tree.join("openstack/latest");
     fs::create_dir_all(&latest).expect("config drive tree");
-    let meta = json!({"uuid": "vm-stemcell-test", "name": "vm-stemcell-test", "public_keys": {}});
+    let meta = json!({"uuid": "vm-stemcell-test", "name": "vm-stemcell-test",
+                      "public-keys": {"0": {"openssh-key": ssh_key}}});
     fs::write(latest.join("meta_data.json"), meta.to_string()).expect("meta_data.json");
     fs::write(latest.join("user_data"), settings.to_string()).expect("user_data");
     let iso = dir.join("config-2.iso");
@@ -239,25 +295,58 @@ fn config_drive(dir: &Path, settings: &Value) -> PathBuf {
     iso
 }
 
-/// A release with one package and three jobs: `tiny`, which monit keeps running (a shell loop from
-/// the package); the errand `probe`, which reports from inside the VM the agent's pid and memory, the
-/// swap and the mount of `/var/vcap/data`; and the errand `killer`, which SIGKILLs the agent.
+/// A release with one package and four jobs: `tiny`, which monit keeps running as vcap (its start
+/// program drops to vcap with `setpriv`; as vcap it reads its config, writes its log, its pid and data
+/// files and a file in `/tmp`, and runs a shell loop from the package); the errand `probe`, which
+/// reports from inside the VM the agent's pid and memory, the swap and the mount of `/var/vcap/data`;
+/// the errand `layout`, which reports what a release assumes of the VM (owners and modes, files the
+/// agent writes, mounts, the firewall); the errand `killer`, which SIGKILLs the agent; and the errand
+/// `crash`, which SIGKILLs tiny's process.
 fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
     let pkg = work.join("tinypkg.tgz");
-    tgz(&pkg, &[script("bin/tiny-server", "#!/bin/sh\nwhile true; do date; sleep 5; done\n")]);
-    let monit = "check process tiny\n  with pidfile /var/vcap/sys/run/tiny/tiny.pid\n\
-                 \x20 start program \"/var/vcap/jobs/tiny/bin/ctl start\"\n\
-                 \x20 stop program \"/var/vcap/jobs/tiny/bin/ctl stop\"\n  group vcap\n";
-    let ctl = "#!/bin/bash\nrun=/var/vcap/sys/run/tiny log=/var/vcap/sys/log/tiny\n\
+    tgz(
+        &pkg,
+        &[script("bin/tiny-server", "#!/bin/sh\nwhile true; do echo \"tiny: $1 $(date)\"; sleep 5; done\n")],
+    );
+    let as_vcap = "/usr/bin/setpriv --reuid=vcap --regid=vcap --init-groups /var/vcap/jobs/tiny/bin/ctl";
+    let monit = format!(
+        "check process tiny\n  with pidfile /var/vcap/sys/run/tiny/tiny.pid\n\
+         \x20 start program \"{as_vcap} start\"\n  stop program \"{as_vcap} stop\"\n  group vcap\n"
+    );
+    // Runs as vcap: every step fails loudly (no pid file, so never `running`) if the agent did not
+    // make the job's directories writable for vcap or its files readable.
+    let ctl = "#!/bin/bash\nrun=/var/vcap/sys/run/tiny log=/var/vcap/sys/log/tiny data=/var/vcap/data/tiny\n\
                case $1 in\n\
-               start) mkdir -p $run $log\n  /var/vcap/packages/tinypkg/bin/tiny-server >>$log/tiny.log 2>&1 &\n  echo $! >$run/tiny.pid ;;\n\
+               start) exec >>$log/ctl.log 2>&1 || exit 1\n  echo \"ctl start as $(id -un):$(id -gn)\"\n\
+               \x20 greeting=$(cat /var/vcap/jobs/tiny/config/tiny.conf) || exit 1\n\
+               \x20 echo \"$greeting\" >$data/greeting || exit 1\n\
+               \x20 echo \"tiny was here\" >/tmp/tiny-$(id -un) || exit 1\n\
+               \x20 /var/vcap/packages/tinypkg/bin/tiny-server \"$greeting\" >>$log/tiny.log 2>&1 &\n\
+               \x20 echo $! >$run/tiny.pid ;;\n\
                stop) kill $(cat $run/tiny.pid); rm -f $run/tiny.pid ;;\n\
                esac\n";
     let probe =
         "#!/bin/sh\npid=$(pidof bosh-agent)\necho pid=$pid\ngrep -E '^(VmRSS|VmHWM)' /proc/$pid/status\n\
                  grep '^/dev/' /proc/swaps\ngrep ' /var/vcap/data ' /proc/mounts\n\
                  echo errors=$(grep -c '\\[ERROR\\]' /var/vcap/bosh/log/current)\n\
-                 grep '\\[ERROR\\]' /var/vcap/bosh/log/current | head -5\n";
+                 grep '\\[ERROR\\]' /var/vcap/bosh/log/current | head -5\necho monit=$(pidof monit)\n";
+    let layout = "#!/bin/sh\n\
+        s() { printf '%s=%s\\n' \"$1\" \"$(stat -L -c '%U:%G %a' \"$2\" 2>&1)\"; }\n\
+        s job-dir /var/vcap/jobs/tiny\ns job-bin /var/vcap/jobs/tiny/bin/ctl\n\
+        s job-config /var/vcap/jobs/tiny/config/tiny.conf\n\
+        s log-dir /var/vcap/sys/log/tiny\ns run-dir /var/vcap/sys/run/tiny\ns data-dir /var/vcap/data/tiny\n\
+        s pid-file /var/vcap/sys/run/tiny/tiny.pid\ns log-file /var/vcap/sys/log/tiny/tiny.log\n\
+        s data-file /var/vcap/data/tiny/greeting\ns tmp-file /tmp/tiny-vcap\n\
+        s tmp /tmp\ns var-tmp /var/tmp\n\
+        s ssh-dir /home/vcap/.ssh\ns authorized-keys /home/vcap/.ssh/authorized_keys\n\
+        echo \"process-user=$(ps -o user= -p \"$(cat /var/vcap/sys/run/tiny/tiny.pid)\" 2>&1)\"\n\
+        echo \"health=$(cat /var/vcap/instance/health.json 2>&1)\"\n\
+        echo \"run-fs=$(stat -f -c %T /var/vcap/data/sys/run 2>&1)\"\n\
+        echo \"logrotate=$(tr '\\n' ' ' </etc/logrotate.d/vcap 2>&1)\"\n\
+        echo \"keys=$(tr '\\n' ' ' </home/vcap/.ssh/authorized_keys 2>&1)\"\n\
+        echo \"firewall=$(nft list chain inet bosh_agent monit_access 2>&1 | tr '\\n' ' ')\"\n\
+        out=$(/var/vcap/bosh/etc/bosh-enable-monit-access 2>&1); echo \"monit-access=$? $out\"\n";
+    let crash = "#!/bin/sh\nkill -9 $(cat /var/vcap/sys/run/tiny/tiny.pid)\n";
     // Kills the agent a second after the errand has reported, from outside its process group.
     let killer =
         "#!/bin/sh\nsetsid sh -c 'sleep 1; kill -9 $(pidof bosh-agent)' </dev/null >/dev/null 2>&1 &\n";
@@ -268,8 +357,11 @@ fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
             file("tiny/monit", monit.as_bytes()),
             script("tiny/bin/ctl", ctl),
             script("tiny/bin/drain", "#!/bin/sh\necho 0\n"),
+            file("tiny/config/tiny.conf", TINY_CONFIG.as_bytes()),
             script("probe/bin/run", probe),
+            script("layout/bin/run", layout),
             script("killer/bin/run", killer),
+            script("crash/bin/run", crash),
         ],
     );
     let put = |p: &Path| {
@@ -282,13 +374,111 @@ fn tiny_release(blobs: &BlobServer, work: &Path) -> Value {
     json!({
         "deployment": "tiny-dep", "name": "tiny", "index": 0, "id": "tiny-0", "az": "z1",
         "job": {"name": "tiny", "templates": [
-            {"name": "tiny", "version": "1"}, {"name": "probe", "version": "1"}, {"name": "killer", "version": "1"}
+            {"name": "tiny", "version": "1"}, {"name": "probe", "version": "1"},
+            {"name": "layout", "version": "1"}, {"name": "killer", "version": "1"},
+            {"name": "crash", "version": "1"}
         ]},
         "packages": {"tinypkg": {"name": "tinypkg", "version": "1", "sha1": psha256, "blobstore_id": pid}},
         "configuration_hash": "tiny-1", "persistent_disk": 0,
         "rendered_templates_archive": {"blobstore_id": rid, "sha1": rsha1},
-        "networks": {"default": {"ip": "10.0.2.15"}}
+        // As the director sends a dynamic network: no address; the agent reports DHCP's.
+        "networks": {"default": {"type": "dynamic", "default": ["dns", "gateway"]}}
     })
+}
+
+/// The tiny job's rendered config, which it reads as vcap and logs.
+const TINY_CONFIG: &str = "greeting=hello from tiny's config";
+
+/// A fresh ed25519 public key (`ssh-keygen`), the IaaS key the config drive carries.
+fn ssh_public_key(dir: &Path) -> String {
+    let key = dir.join("iaas_key");
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "iaas-key@stemcell-test", "-f"])
+        .arg(&key));
+    fs::read_to_string(key.with_extension("pub")).expect("public key").trim().to_string()
+}
+
+/// The `key=value` lines of the `layout` errand.
+fn layout_fields(out: &str) -> std::collections::BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// What the `layout` errand reported, checked against what the issue asks of the agent.
+fn check_layout(steps: &mut Steps, out: &str, ssh_key: &str) {
+    let f = layout_fields(out);
+    let get = |k: &str| f.get(k).cloned().unwrap_or_else(|| "(not reported)".into());
+    let exact = |steps: &mut Steps, name: &str, key: &str, want: &str| {
+        let seen = get(key);
+        steps.check(name, seen == want, seen);
+    };
+    for (name, key, want) in [
+        ("job bundle dir root:vcap 0750", "job-dir", "root:vcap 750"),
+        ("job bin/ctl root:vcap 0750", "job-bin", "root:vcap 750"),
+        ("job config root:vcap 0640", "job-config", "root:vcap 640"),
+        ("sys/log/tiny root:vcap 0770", "log-dir", "root:vcap 770"),
+        ("sys/run/tiny root:vcap 0770", "run-dir", "root:vcap 770"),
+        ("data/tiny root:vcap 0770", "data-dir", "root:vcap 770"),
+        ("/tmp root:vcap 1777", "tmp", "root:vcap 1777"),
+        ("/var/tmp root:vcap 1777", "var-tmp", "root:vcap 1777"),
+        ("job process runs as vcap", "process-user", "vcap"),
+    ] {
+        exact(steps, name, key, want);
+    }
+    for (name, key) in [
+        ("vcap job wrote its pid file", "pid-file"),
+        ("vcap job wrote its log", "log-file"),
+        ("vcap job wrote its data file", "data-file"),
+        ("vcap job wrote a file in /tmp", "tmp-file"),
+    ] {
+        let seen = get(key);
+        steps.check(name, seen.starts_with("vcap:vcap "), seen);
+    }
+    let health = get("health");
+    let state =
+        serde_json::from_str::<Value>(&health).ok().and_then(|v| v["state"].as_str().map(String::from));
+    steps.check("instance/health.json says running", state.as_deref() == Some("running"), health);
+    exact(steps, "data/sys/run is a tmpfs", "run-fs", "tmpfs");
+    let logrotate = get("logrotate");
+    steps.check(
+        "/etc/logrotate.d/vcap rotates job logs",
+        logrotate.contains("sys/log/*.log")
+            && logrotate.contains("copytruncate")
+            && logrotate.contains("size"),
+        logrotate,
+    );
+    let keys = get("keys");
+    steps.check("config drive's SSH key in vcap's authorized_keys", keys.contains(ssh_key), keys);
+    exact(steps, "vcap's ~/.ssh vcap:vcap 0700", "ssh-dir", "vcap:vcap 700");
+    exact(steps, "vcap's authorized_keys vcap:vcap 0600", "authorized-keys", "vcap:vcap 600");
+    let firewall = get("firewall");
+    steps.check(
+        "monit firewall (nft inet bosh_agent monit_access)",
+        firewall.contains("jump monit_access_jobs") && firewall.contains("tcp dport 2822 drop"),
+        firewall,
+    );
+    let access = get("monit-access");
+    steps.check(
+        "bosh-enable-monit-access (hard link) exits 0",
+        access.starts_with("0 ") && access.contains("vcap (uid 1000)"),
+        access,
+    );
+}
+
+/// The log files of a `fetch_logs` tarball, name -> text.
+fn unpack_logs(data: &[u8]) -> std::collections::BTreeMap<String, String> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(data));
+    let mut out = std::collections::BTreeMap::new();
+    for entry in archive.entries().expect("tar entries") {
+        let mut entry = entry.expect("tar entry");
+        let name = entry.path().expect("entry path").to_string_lossy().into_owned();
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut entry, &mut text);
+        out.insert(name, text);
+    }
+    out
 }
 
 fn stemcell_tarball() -> PathBuf {
@@ -328,7 +518,8 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
         "disks": {"system": "/dev/vda", "ephemeral": "/dev/sdb", "persistent": {}},
         "ntp": []
     });
-    let disks = Disks::new(work.path(), config_drive(work.path(), &settings));
+    let ssh_key = ssh_public_key(work.path());
+    let disks = Disks::new(work.path(), config_drive(work.path(), &settings, &ssh_key));
     let hm = HealthMonitor::connect(&pki, &nats.url(), &id);
     let forwards = [(NATS_GUEST_PORT, nats.port()), (BLOBS_GUEST_PORT, blob_port)];
 
@@ -359,6 +550,8 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
     assert_eq!(pong, json!({"value": "pong"}));
     let state = steps.time("get_state", || d.send("get_state", json!([])));
     assert_eq!(state["value"]["agent_id"], id.as_str(), "{state}");
+    // The network is dynamic: get_state reports what qemu's user network leased (issue 13).
+    assert_dhcp_lease(&state["value"]["networks"]["default"]);
     // The ephemeral disk became swap and /var/vcap/data during bootstrap.
     let full = d.send("get_state", json!(["full"]));
     let vitals = &full["value"]["vitals"];
@@ -385,8 +578,28 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
             running["job_state"] == "running" && running["number_of_processes"] == 1
         })
     });
-    assert!(seen, "no heartbeat with tiny running; last: {running}");
-    assert_eq!(running["job"], "tiny");
+    steps.check("vcap job running in a heartbeat", seen && running["job"] == "tiny", running.to_string());
+
+    let layout =
+        steps.time("run_errand layout (what jobs assume)", || d.run_task("run_errand", json!(["layout"])));
+    let layout_out = layout["value"]["stdout"].as_str().unwrap_or("").to_string();
+    println!("layout errand:\n{layout_out}");
+    steps.check(
+        "layout errand exits 0",
+        layout["value"]["exit_code"] == 0,
+        layout["value"]["exit_code"].to_string(),
+    );
+    check_layout(&mut steps, &layout_out, &ssh_key);
+
+    let logs = steps.time("fetch_logs job", || d.run_task("fetch_logs", json!(["job", ["tiny/*.log"]])));
+    let blob = logs["value"]["blobstore_id"].as_str().and_then(|id| blobs.blob(&dav_path(id)));
+    let files = blob.map(|b| unpack_logs(&b)).unwrap_or_default();
+    let job_log = files.get("tiny/tiny.log").cloned().unwrap_or_default();
+    steps.check(
+        "fetch_logs returns the vcap job's log",
+        job_log.contains(&format!("tiny: {TINY_CONFIG}")),
+        format!("{:?}: {}", files.keys().collect::<Vec<_>>(), job_log.lines().next().unwrap_or("")),
+    );
 
     let probe = steps.time("run_errand probe (agent memory)", || d.run_task("run_errand", json!(["probe"])));
     let out = probe["value"]["stdout"].as_str().unwrap_or("").to_string();
@@ -414,10 +627,49 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
     let new_pid = probe_field(again["value"]["stdout"].as_str().unwrap_or(""), "pid=").unwrap_or_default();
     assert!(!new_pid.is_empty() && new_pid != pid, "pid {pid} then {new_pid}: {again}");
     let state = d.send("get_state", json!([]));
-    assert_eq!(
-        (&state["value"]["deployment"], &state["value"]["job_state"]),
-        (&json!("tiny-dep"), &json!("running"))
+    assert_eq!(state["value"]["deployment"], "tiny-dep", "{state}");
+    steps.check(
+        "job still running after the agent's restart",
+        state["value"]["job_state"] == "running",
+        state["value"]["job_state"].to_string(),
     );
+    // The applied spec's dynamic network got the lease at apply and keeps it.
+    assert_dhcp_lease(&state["value"]["networks"]["default"]);
+    let monit_before = probe_field(&out, "monit=").unwrap_or_default();
+    let monit_after =
+        probe_field(again["value"]["stdout"].as_str().unwrap_or(""), "monit=").unwrap_or_default();
+    steps.check(
+        "monit kept running across the agent's restart",
+        !monit_before.is_empty() && monit_before == monit_after,
+        format!("monit pid {monit_before} then {monit_after}"),
+    );
+    // tiny dies: monit, started before the agent's restart, mails the restarted agent.
+    hm.drain();
+    let alert_subject = format!("hm.agent.alert.{id}");
+    let alert = steps.time("job killed until its alert (monit to the restarted agent)", || {
+        let crash = d.run_task("run_errand", json!(["crash"]));
+        if crash["value"]["exit_code"] != 0 {
+            return Err(format!("the crash errand found no process to kill: {crash}"));
+        }
+        let is_it = |a: &Value| {
+            a["title"].as_str().is_some_and(|t| t.starts_with("tiny ") && t.contains("Does not exist"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            match hm.next(&alert_subject, deadline.saturating_duration_since(Instant::now())) {
+                Some(a) if is_it(&a) => break Ok(a["title"].to_string()),
+                Some(_) => continue,
+                None => break Err("no alert in 90 s".to_string()),
+            }
+        }
+    });
+    steps.check("alert from monit after the agent's restart", alert.is_ok(), alert.unwrap_or_else(|e| e));
+    let mut state = Value::Null;
+    let again_running = wait_until(Duration::from_secs(90), || {
+        state = d.send("get_state", json!([]));
+        state["value"]["job_state"] == "running"
+    });
+    steps.check("monit restarted the killed job", again_running, state["value"]["job_state"].to_string());
 
     let drained = steps.time("drain shutdown", || d.run_task("drain", json!(["shutdown", {}])));
     assert_eq!(drained, json!({"value": 0}));
@@ -436,6 +688,7 @@ fn stemcell_boots_and_runs_a_job_as_the_director_drives_it() {
         "accelerator: {accel}; boot to first heartbeat {:.1} s; agent VmRSS {rss_kb} kB, VmHWM {hwm_kb} kB",
         boot_to_heartbeat.as_secs_f64()
     );
+    steps.finish();
 }
 
 /// When the boot's milestones appeared on the serial console, seen from the host: where the time to
@@ -483,6 +736,18 @@ impl Phases {
             println!("  boot: {name:<28} at {:>6.2} s", at.as_secs_f64());
         }
     }
+}
+
+/// qemu's user network leases its first client 10.0.2.15/24. Restricted (`restrict=on`), it offers
+/// no router, so there is no default route and no gateway to report (10.0.2.2 otherwise).
+fn assert_dhcp_lease(network: &Value) {
+    assert_eq!(
+        (&network["ip"], &network["netmask"]),
+        (&json!("10.0.2.15"), &json!("255.255.255.0")),
+        "{network}"
+    );
+    let gateway = network["gateway"].as_str().unwrap_or_default();
+    assert!(gateway.is_empty() || gateway == "10.0.2.2", "{network}");
 }
 
 /// The rest of the probe's output line that starts with `prefix`.

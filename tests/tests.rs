@@ -15,6 +15,8 @@ mod common;
 
 // Ping, get_state, tasks, persistence, certificate rotation, NATS permissions, the HTTPS bus.
 mod agent;
+// Every official stemcell's agent.json boots the agent from local stand-ins of its cloud's sources.
+mod agent_json;
 // upload_blob, sync_dns and delete_arp_entries over NATS (and upload_blob over HTTPS).
 mod blobs_dns;
 // compile_package and its signed-URL form, over NATS and the HTTPS bus.
@@ -37,6 +39,12 @@ mod https_agent;
 mod jobs;
 // `bosh logs`: fetch_logs to a blobstore or a signed URL, bundle_logs over HTTPS.
 mod logs;
+// Networks on a real LAN (network namespaces, dnsmasq, systemd-networkd): DHCP before the metadata
+// service, dynamic networks' leases in get_state and apply, several NICs.
+mod networks;
+// The agent waiting for its settings: retries, the cache after one pass, patience without a cache,
+// the minimum run of a failed start.
+mod settings_boot;
 // Settings sources against real metadata services, config drives and CD-ROMs; the agent booting
 // from one.
 mod settings_sources;
@@ -68,6 +76,12 @@ mod https_bus;
 mod root_disk;
 // The monit supervisor against a real monit: job states, lifecycle, the 2 s bound on status.
 mod monit;
+// Starting monit through runit (a real runsvdir) and systemd (a stand-in systemctl), and monit's
+// alerts reaching the health monitor across agent restarts.
+mod monit_start;
+// The monit firewall with real nft in throw-away network namespaces: the agent's table and the
+// binary run as bosh-enable-monit-access.
+mod monit_firewall;
 // The NATS client against a real nats-server: mutual TLS, auth, reconnects, max_payload.
 mod nats_client;
 

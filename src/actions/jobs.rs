@@ -76,6 +76,7 @@ impl Action for Apply {
     }
     fn run(self, call: &Call) -> Result<Value, String> {
         let ctx = call.ctx;
+        let raw = super::network::spec_with_dhcp(ctx, self.raw)?;
         let _guard = lock(&ctx.jobs_lock);
         // The order keeps the recorded spec and the links in agreement whenever the agent dies:
         // links switch before the spec is recorded, and the bundles of the recorded spec are only
@@ -89,18 +90,18 @@ impl Action for Apply {
             ctx.supervisor.remove_all_jobs()?;
             layout.enable(&self.spec)?;
             ctx.supervisor.reload()?;
-            spec::save(&ctx.dirs, &self.raw)?;
+            spec::save(&ctx.dirs, &raw)?;
             layout.prune(&self.spec);
             if let (Some(b), Some(a)) = (&blobs, self.spec.archive()) {
                 b.forget_local(&a.blobstore_id);
             }
             let size = crate::platform::logrotate::max_log_file_size(
-                self.raw.pointer("/properties/logging/max_log_file_size").and_then(Value::as_str),
+                raw.pointer("/properties/logging/max_log_file_size").and_then(Value::as_str),
                 ctx.settings.get().settings.env.bosh.max_log_file_size.as_deref(),
             );
             ctx.platform.setup_logrotate(&size).context("Setting up logrotate")?;
         } else {
-            spec::save(&ctx.dirs, &self.raw)?;
+            spec::save(&ctx.dirs, &raw)?;
         }
         write_instance_files(&ctx.dirs.instance(), &self.spec)?;
         Ok(json!("applied"))

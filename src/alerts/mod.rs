@@ -261,46 +261,94 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The `alerts.monitrc` that makes monit mail every event to the agent's SMTP server on
-/// `127.0.0.1:<port>`, queueing undelivered events under `events_dir` (so alerts raised while the
-/// agent restarts are not lost), in the mail format [`from_mail`] reads. `user` and `password` must
-/// not contain `"` (monit strings have no escapes); the agent's are `vcap` and random hex.
-pub fn monitrc(port: u16, user: &str, password: &str, events_dir: &Path) -> String {
+/// The first line of an `alerts.monitrc` the agent wrote; a file without it is the stemcell's.
+pub const MONITRC_MARKER: &str = "# Written by the BOSH agent, where the stemcell ships no alerts.monitrc.";
+
+/// The `alerts.monitrc` the agent writes where the stemcell has none: the official stemcells' file
+/// (monit mails every event to `127.0.0.1:<port>` without credentials, queueing undelivered events
+/// under `events_dir` so alerts raised while the agent restarts are not lost, in the mail format
+/// [`from_mail`] reads), marked as the agent's by [`MONITRC_MARKER`].
+pub fn monitrc(port: u16, events_dir: &Path) -> String {
     format!(
-        "        set alert bosh@localhost
-        set mailserver 127.0.0.1 port {port}
-            username \"{user}\" password \"{password}\"
+        "{MONITRC_MARKER}
+set alert agent@local
 
-        set eventqueue
-            basedir {events}
-            slots 5000
+set mailserver 127.0.0.1 port {port}
+    with timeout 15 seconds
 
-        set mail-format {{
-          from: monit@localhost
-          subject: Monit Alert
-          message: Service: $SERVICE
-          Event: $EVENT
-          Action: $ACTION
-          Date: $DATE
-          Description: $DESCRIPTION
-        }}
+set eventqueue
+    basedir {events}
+    slots 5000
+
+set mail-format {{
+  from: monit@localhost
+  subject: Monit Alert
+  message: Service: $SERVICE
+  Event: $EVENT
+  Action: $ACTION
+  Date: $DATE
+  Description: $DESCRIPTION
+}}
 ",
         events = events_dir.display()
     )
 }
 
-/// Starts the SMTP listener monit mails alerts to on `127.0.0.1:<port>`, and writes the
-/// `alerts.monitrc` that points monit at it with this boot's credentials. Each alert is published once
-/// on `hm.agent.alert.<id>`, titled with the VM's current IPs.
+/// Whose `alerts.monitrc` monit reads, as [`ensure_monitrc`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MonitrcOwner {
+    /// The stemcell shipped one: left exactly as it is.
+    Stemcell,
+    /// None was there (or the agent's own): the agent's is in place.
+    Agent,
+}
+
+/// Makes sure monit's `alerts.monitrc` at `path` mails the agent: the stemcell's file is used as
+/// shipped; only where there is none (or the one there is the agent's own, from an earlier start) the
+/// agent writes [`monitrc`], and only when its text changed. Its content never depends on the boot,
+/// so a monit that keeps running across an agent restart keeps delivering to the new agent.
+pub fn ensure_monitrc(path: &Path, port: u16, events_dir: &Path) -> Result<MonitrcOwner, String> {
+    let wanted = monitrc(port, events_dir);
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.lines().next() != Some(MONITRC_MARKER) => {
+            if !text.contains(&format!("port {port}")) {
+                log::warn!(
+                    "alerts: the stemcell's {} does not name port {port}, where the agent listens",
+                    path.display()
+                );
+            }
+            log::info!("alerts: monit mails through the stemcell's {}", path.display());
+            return Ok(MonitrcOwner::Stemcell);
+        }
+        Ok(text) if text == wanted => return Ok(MonitrcOwner::Agent),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // Unreadable but there (e.g. not UTF-8): someone else's file, not ours to replace.
+        Err(e) if path.exists() => {
+            log::warn!("alerts: reading {}: {e}; leaving it as it is", path.display());
+            return Ok(MonitrcOwner::Stemcell);
+        }
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    crate::fsutil::write_atomic(path, wanted.as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))?;
+    log::info!("alerts: wrote {} (the stemcell has none)", path.display());
+    Ok(MonitrcOwner::Agent)
+}
+
+/// Starts the SMTP listener monit mails alerts to on `127.0.0.1:<port>`, and makes sure monit's
+/// `alerts.monitrc` points at it ([`ensure_monitrc`]). Each alert is published once on
+/// `hm.agent.alert.<id>`, titled with the VM's current IPs.
 pub fn start_monit_alerts(
     settings: SettingsService,
     dirs: &Dirs,
     notifier: Arc<dyn Notifier>,
     port: u16,
 ) -> Result<SmtpServer, String> {
-    let password = crate::ids::uuid_v4().replace('-', "");
-    let opts =
-        SmtpOptions { listen: format!("127.0.0.1:{port}"), user: "vcap".into(), password: password.clone() };
+    let opts = SmtpOptions { listen: format!("127.0.0.1:{port}") };
     let sink = Box::new(move |mail: String| {
         let ips = network_ips(&settings.get());
         let now = std::time::SystemTime::now()
@@ -312,9 +360,8 @@ pub fn start_monit_alerts(
     });
     let server = SmtpServer::start(opts, sink)
         .with_context(|| format!("starting the alert listener on port {port}"))?;
-    let rc = monitrc(server.local_addr().port(), "vcap", &password, &dirs.monit_events());
-    crate::fsutil::write_atomic(&dirs.alerts_monitrc(), rc.as_bytes(), 0o600)
-        .context("writing alerts.monitrc")?;
+    ensure_monitrc(&dirs.alerts_monitrc(), server.local_addr().port(), &dirs.monit_events())
+        .context("alerts.monitrc")?;
     Ok(server)
 }
 

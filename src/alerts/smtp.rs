@@ -1,5 +1,10 @@
 //! The agent's SMTP server: just enough of RFC 5321 for monit to deliver its alert mails to
-//! `127.0.0.1:<port>` with `AUTH PLAIN` (monit sends events nowhere else).
+//! `127.0.0.1:<port>`.
+//!
+//! Mail is accepted without authentication, as the Go agent accepts it: the `alerts.monitrc` the
+//! official stemcells ship names no credentials, and it stays valid while monit outlives an agent
+//! restart (a per-boot password would not). The listener is on loopback only. `AUTH PLAIN` is still
+//! answered (any well-formed credentials), so a monit configured with a username keeps delivering.
 //!
 //! Blocking and thread-per-connection, because monit opens one short session per batch of events;
 //! connections are capped and idle ones dropped after 10 s, so a stuck or hostile local client costs
@@ -28,22 +33,17 @@ const IDLE: Duration = Duration::from_secs(10);
 /// Bad commands tolerated per session before it is closed.
 const MAX_ERRORS: u32 = 20;
 
-/// Where to listen and whom to accept.
+/// Where to listen.
 #[derive(Clone, Debug)]
 pub struct SmtpOptions {
     /// `127.0.0.1:2825` in production; port 0 picks a free port (tests).
     pub listen: String,
-    /// The user monit authenticates as (`vcap`).
-    pub user: String,
-    /// The per-boot random password written into `alerts.monitrc`.
-    pub password: String,
 }
 
 type Sink = dyn Fn(String) + Send + Sync;
 
-/// What every session needs: whom to accept and where accepted mail goes.
+/// What every session needs: where accepted mail goes.
 struct Shared {
-    opts: SmtpOptions,
     sink: Box<Sink>,
 }
 
@@ -59,7 +59,7 @@ impl SmtpServer {
     /// publishes it. `sink` runs on the session's thread after monit has been told `250`.
     pub fn start(opts: SmtpOptions, sink: Box<dyn Fn(String) + Send + Sync>) -> io::Result<SmtpServer> {
         let listen = opts.listen.clone();
-        let shared = Arc::new(Shared { opts, sink });
+        let shared = Arc::new(Shared { sink });
         let handler = Box::new(move |stream: TcpStream, _: &AtomicBool| match serve(&stream, &shared) {
             Ok(()) => linger_close(&stream),
             Err(e) => log::debug!("smtp: session ended: {e}"),
@@ -101,6 +101,7 @@ fn read_line(r: &mut impl BufRead, max: usize) -> io::Result<Line> {
 /// Session state between commands.
 #[derive(Default)]
 struct Session {
+    /// Whether `AUTH` succeeded (only to refuse a second one; mail needs none).
     authenticated: bool,
     sender: bool,
     recipients: usize,
@@ -138,12 +139,7 @@ fn serve(stream: &TcpStream, shared: &Shared) -> io::Result<()> {
                 Next::Continue
             }
             "HELO" => reply(&mut out, &format!("250 {NAME}")).map(|()| Next::Continue)?,
-            "AUTH" => auth(&mut input, &mut out, &mut s, shared, arg)?,
-            "MAIL" | "RCPT" if !s.authenticated => {
-                let who = if verb == "MAIL" { "sender" } else { "recipient" };
-                reply(&mut out, &format!("550 {who} is unacceptable"))?;
-                Next::Continue
-            }
+            "AUTH" => auth(&mut input, &mut out, &mut s, arg)?,
             "MAIL" if s.sender => reply(&mut out, "503 Sender already given").map(|()| Next::Continue)?,
             "MAIL" => {
                 s.sender = true;
@@ -202,14 +198,9 @@ fn linger_close(stream: &TcpStream) {
     }
 }
 
-/// `AUTH PLAIN <b64>`, or `AUTH PLAIN` then the credentials after a `334`.
-fn auth(
-    input: &mut impl BufRead,
-    out: &mut impl Write,
-    s: &mut Session,
-    shared: &Shared,
-    arg: &str,
-) -> io::Result<Next> {
+/// `AUTH PLAIN <b64>`, or `AUTH PLAIN` then the credentials after a `334`: any well-formed
+/// credentials are accepted, since mail needs none.
+fn auth(input: &mut impl BufRead, out: &mut impl Write, s: &mut Session, arg: &str) -> io::Result<Next> {
     if s.authenticated {
         reply(out, "503 Already authenticated")?;
         return Ok(Next::Continue);
@@ -235,7 +226,7 @@ fn auth(
     };
     if response == "*" {
         reply(out, "501 Authentication cancelled")?;
-    } else if plain_matches(&response, &shared.opts.user, &shared.opts.password) {
+    } else if plain_well_formed(&response) {
         s.authenticated = true;
         reply(out, "235 authentication ok")?;
     } else {
@@ -244,24 +235,11 @@ fn auth(
     Ok(Next::Continue)
 }
 
-/// Whether a SASL PLAIN response (`authzid NUL authcid NUL password`, base64) names our user.
-fn plain_matches(b64: &str, user: &str, password: &str) -> bool {
+/// Whether a SASL PLAIN response is `authzid NUL authcid NUL password` in base64, with a user.
+fn plain_well_formed(b64: &str) -> bool {
     let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64) else { return false };
-    let mut parts = raw.split(|&b| b == 0);
-    let (Some(_authzid), Some(authcid), Some(pass), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    // Both compared in full, whatever the first says, so timing does not tell which one was wrong.
-    let user_ok = same(authcid, user.as_bytes());
-    let pass_ok = same(pass, password.as_bytes());
-    user_ok & pass_ok
-}
-
-/// Constant-time equality for equal lengths (the lengths themselves are not secret).
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let parts: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+    parts.len() == 3 && !parts[1].is_empty()
 }
 
 /// `DATA`: lines up to a lone `.`, dot-unstuffed; at most [`MAX_MESSAGE`] bytes, else `552` and close.
@@ -310,12 +288,12 @@ mod tests {
 
     #[test]
     fn plain_credentials() {
-        assert!(plain_matches(&b64("\0vcap\0pw"), "vcap", "pw"));
-        assert!(plain_matches(&b64("vcap\0vcap\0pw"), "vcap", "pw"));
-        assert!(!plain_matches(&b64("\0vcap\0px"), "vcap", "pw"));
-        assert!(!plain_matches(&b64("\0vcap\0pw\0"), "vcap", "pw"));
-        assert!(!plain_matches(&b64("vcap:pw"), "vcap", "pw"));
-        assert!(!plain_matches("%%%not base64", "vcap", "pw"));
+        assert!(plain_well_formed(&b64("\0vcap\0pw")));
+        assert!(plain_well_formed(&b64("vcap\0vcap\0")));
+        assert!(!plain_well_formed(&b64("\0\0pw")));
+        assert!(!plain_well_formed(&b64("\0vcap\0pw\0")));
+        assert!(!plain_well_formed(&b64("vcap:pw")));
+        assert!(!plain_well_formed("%%%not base64"));
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub fn run(dirs: &Dirs, settings: &Effective, platform: &dyn Platform, machine: 
     let b = Bootstrap { dirs, settings, live, devices, default_tmp_dir };
     step("authorized keys", || b.authorized_keys())?;
     step("passwords", || b.passwords())?;
+    step("ipv6", || b.ipv6())?;
     step("hostname", || b.hostname())?;
     step("networking", || b.networking())?;
     step("ephemeral disk", || b.ephemeral_disk(platform))?;
@@ -84,7 +85,7 @@ struct Bootstrap<'a> {
 }
 
 /// Writes `data` unless the file already holds exactly that; returns whether it wrote.
-fn write_if_changed(path: &Path, data: &[u8], mode: u32) -> Result<bool, String> {
+pub(super) fn write_if_changed(path: &Path, data: &[u8], mode: u32) -> Result<bool, String> {
     if std::fs::read(path).is_ok_and(|old| old == data) {
         return Ok(false);
     }
@@ -198,53 +199,18 @@ impl Bootstrap<'_> {
         Ok(())
     }
 
+    /// Step 7: the interfaces' networkd files, networkd told, DNS (see `network::setup`).
     fn networking(&self) -> Result<(), String> {
-        let networks = &self.settings.settings.networks;
-        let files = super::network::networkd_files(networks)?;
-        let dir = self.dirs.under_root("/etc/systemd/network");
-        let mut changed = false;
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let ours =
-                    std::fs::read_to_string(e.path()).is_ok_and(|t| t.starts_with(super::network::GENERATED));
-                if ours && name.ends_with(".network") && !files.iter().any(|(n, _)| *n == name) {
-                    std::fs::remove_file(e.path())
-                        .with_context(|| format!("removing {}", e.path().display()))?;
-                    changed = true;
-                }
-            }
-        }
-        for (name, text) in &files {
-            changed |= write_if_changed(&dir.join(name), text.as_bytes(), 0o644)?;
-        }
-        let servers = super::network::nameservers(networks)?;
-        if !servers.is_empty() {
-            let text = super::network::resolv_conf(&servers);
-            write_if_changed(&self.dirs.under_root("/etc/resolv.conf"), text.as_bytes(), 0o644)?;
-        }
-        if changed && self.live {
-            self.apply_network_files()?;
-        }
-        Ok(())
+        super::network::setup::apply(self.dirs, &self.settings.settings.networks, self.live)
     }
 
-    /// Makes systemd-networkd act on the files just written: the stemcell's `restart_networking` if it
-    /// has one, else `networkctl reload`, which needs D-Bus; a minimal image has none, so then a restart
-    /// of systemd-networkd (through systemd's own socket) does it. Before the bus connects, a restart
-    /// costs nothing.
-    fn apply_network_files(&self) -> Result<(), String> {
-        let limit = Duration::from_secs(60);
-        let script = self.dirs.restart_networking();
-        if script.is_file() {
-            return exec::run(&mut Command::new(script), None, limit).map(|_| ());
+    /// Step 5: IPv6 in the kernel when `env.bosh.ipv6.enable` asks for it (networks with IPv6
+    /// addresses enable it in the networking step anyway).
+    fn ipv6(&self) -> Result<(), String> {
+        if self.settings.settings.env.bosh.ipv6.enable {
+            super::network::ipv6::enable(self.dirs, self.live)?;
         }
-        exec::run(Command::new("networkctl").arg("reload"), None, limit)
-            .or_else(|e| {
-                log::info!("bootstrap: networkctl reload: {e}; restarting systemd-networkd instead");
-                exec::run(Command::new("systemctl").args(["restart", "systemd-networkd"]), None, limit)
-            })
-            .map(|_| ())
+        Ok(())
     }
 
     /// Steps 8–10: raw ephemeral disks, swap and `data` on the ephemeral disk or the root disk, the

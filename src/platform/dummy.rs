@@ -49,7 +49,9 @@ impl Platform for Dummy {
     fn forwards_syslog(&self) -> bool {
         false
     }
-    fn start_monit(&self, _systemd: bool) {}
+    fn start_monit(&self, _how: &super::monit_service::MonitStart) -> Result<(), String> {
+        Ok(())
+    }
     fn save_dns_records(&self, records: &[(String, String)], _agent_id: &str) -> Result<(), String> {
         let text: String = records.iter().map(|(ip, name)| format!("{ip} {name}\n")).collect();
         let path = self.dirs.dummy_etc_hosts();
@@ -78,6 +80,29 @@ impl Platform for Dummy {
     /// No NICs to rename.
     fn prepare_network_change(&self) -> Result<(), String> {
         Ok(())
+    }
+    /// No NICs to bring up.
+    fn network_for_settings(&self) {}
+    /// What `bosh/dummy-default-network-settings.json` says DHCP gave (`{"ip", "netmask",
+    /// "gateway"}`, as the Go dummy platform reads it); without that file nothing is changed.
+    fn resolve_dhcp_networks(&self, networks: &mut BTreeMap<String, crate::settings::Network>) {
+        let path = self.dirs.dummy_default_network_json();
+        let known: crate::settings::Network = match crate::fsutil::read_json(&path) {
+            Ok(Some(n)) => n,
+            Ok(None) => return,
+            Err(e) => return log::warn!("reading {}: {e}", path.display()),
+        };
+        let Ok(ip) = known.ip.parse::<std::net::IpAddr>() else {
+            return log::warn!("{}: ip '{}' is not an address", path.display(), known.ip);
+        };
+        super::network::routes::fill_dhcp(networks, |_, _| {
+            Some(super::network::routes::Resolved {
+                iface: "dummy".into(),
+                ip,
+                netmask: known.netmask.clone(),
+                gateway: known.gateway.parse().ok(),
+            })
+        });
     }
     fn ssh_host_public_key(&self) -> Result<String, String> {
         Ok("dummy-public-key".into())

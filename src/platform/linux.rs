@@ -3,6 +3,8 @@
 
 use super::bootstrap::{self, Machine};
 use super::disks::{self, DiskConfig, DiskManager as _, LinuxDisks};
+use super::firewall;
+use super::monit_service::{MonitService, MonitStart};
 use super::users::{self, UserRegex};
 use super::{hosts_file, network, write_cert_files, Platform};
 use crate::dirs::Dirs;
@@ -45,23 +47,17 @@ impl Platform for Linux {
     fn forwards_syslog(&self) -> bool {
         true
     }
-    fn start_monit(&self, systemd: bool) {
+    fn start_monit(&self, how: &MonitStart) -> Result<(), String> {
         if !self.live() {
-            return; // a scratch root (tests): the system's monit is not ours to start
+            log::info!("monit: not started (a scratch root, not the live system)");
+            return Ok(());
         }
-        let mut cmd = if systemd {
-            let mut c = Command::new("systemctl");
-            c.args(["reload-or-restart", "monit"]);
-            c
-        } else {
-            let mut c = Command::new("sv");
-            c.args(["start", "monit"]);
-            c
-        };
-        match exec::run(&mut cmd, None, Duration::from_secs(30)) {
-            Ok(_) => log::info!("monit started ({})", if systemd { "systemd" } else { "runit" }),
-            Err(e) => log::warn!("starting monit: {e}"),
+        if how.iptables_firewall {
+            log::info!("monit firewall: left to the stemcell's iptables rules (UseMonitIptablesFirewall)");
+        } else if let Err(e) = firewall::setup_monit_firewall() {
+            log::warn!("{e}");
         }
+        MonitService::new(how.manager).start(&self.dirs)
     }
     fn save_dns_records(&self, records: &[(String, String)], agent_id: &str) -> Result<(), String> {
         let path = self.dirs.under_root("/etc/hosts");
@@ -116,6 +112,17 @@ impl Platform for Linux {
     /// name on the next boot, as the original Ruby agent's `prepare_network_change` did.
     fn prepare_network_change(&self) -> Result<(), String> {
         network::remove_persistent_net_rules(&self.dirs)
+    }
+    fn network_for_settings(&self) {
+        network::setup::dhcp_before_settings(&self.dirs, self.live());
+    }
+    fn resolve_dhcp_networks(&self, networks: &mut std::collections::BTreeMap<String, crate::settings::Network>) {
+        let nics = network::nics::detect(&self.dirs).unwrap_or_else(|e| {
+            log::warn!("finding the network interfaces: {e}");
+            Vec::new()
+        });
+        let live = network::routes::Live::read();
+        network::routes::fill_dhcp(networks, |n, v6| live.lease(&nics, n, v6));
     }
     fn ssh_host_public_key(&self) -> Result<String, String> {
         users::host_public_key(&self.dirs)

@@ -5,8 +5,10 @@
 pub mod bootstrap;
 mod dummy;
 pub mod disks;
+pub mod firewall;
 mod linux;
 pub mod logrotate;
+pub mod monit_service;
 pub mod network;
 pub mod users;
 
@@ -71,9 +73,11 @@ pub trait Platform: Send + Sync {
     fn offers_test_actions(&self) -> bool;
     /// Whether the machine's rsyslog forwards sshd's lines to the agent, for SSH login alerts.
     fn forwards_syslog(&self) -> bool;
-    /// Starts monit through the service manager (`systemd`, else runit), or reloads a running one,
-    /// once the files its monitrc includes exist (the Go agent's `StartMonit`); failures are logged.
-    fn start_monit(&self, systemd: bool);
+    /// Starts monit through the stemcell's service manager, retried ([`monit_service`]), once the
+    /// files its monitrc includes exist; a running monit is left alone. The monit firewall is made
+    /// first ([`firewall`], best effort) unless `how` says the stemcell's iptables rules do that. An
+    /// error means monit could not be started (the Go agent's `SetupFirewall` and `StartMonit`).
+    fn start_monit(&self, how: &monit_service::MonitStart) -> Result<(), String>;
     /// Powers the VM off.
     fn shutdown(&self) -> Result<(), String>;
     /// Replaces the agent-managed trusted CA certificates with the blocks in `pem_bundle`.
@@ -90,6 +94,12 @@ pub trait Platform: Send + Sync {
     fn disks(&self) -> &dyn disks::DiskManager;
     /// Gets ready for the director moving the VM to other networks (`prepare_network_change`).
     fn prepare_network_change(&self) -> Result<(), String>;
+    /// Called before each metadata request while settings are fetched: on a VM none of whose NICs
+    /// is configured yet, brings up DHCP on them (failures are logged; the request tells).
+    fn network_for_settings(&self);
+    /// Fills the DHCP networks' `ip`, `netmask` and `gateway` with what DHCP gave the VM, which the
+    /// director learns only from the agent (`apply`, `get_state`); others are left alone.
+    fn resolve_dhcp_networks(&self, networks: &mut std::collections::BTreeMap<String, crate::settings::Network>);
     /// The VM's SSH host public key, so bosh-cli can pin it in `known_hosts`.
     fn ssh_host_public_key(&self) -> Result<String, String>;
     /// Creates (or completes) the `bosh ssh` user `user` that logs in with `public_key`.

@@ -107,6 +107,9 @@ pub struct BoshEnv {
     /// Blobstore overrides; the first wins over the top-level `blobstore`.
     #[serde(deserialize_with = "null_as_default")]
     pub blobstores: Vec<Blobstore>,
+    /// `ipv6.enable`: enable IPv6 in the kernel at boot, whatever the networks.
+    #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
+    pub ipv6: Ipv6Env,
     /// `job_dir`: a tmpfs on `data/jobs` and `data/sensitive_blobs`, so rendered templates (and their
     /// credentials) never reach a disk.
     #[serde(deserialize_with = "null_as_default", skip_serializing_if = "is_default")]
@@ -118,6 +121,18 @@ pub struct BoshEnv {
     /// `properties.logging.max_log_file_size` wins).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_log_file_size: Option<String>,
+    /// Keys not interpreted here.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `env.bosh.ipv6`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Ipv6Env {
+    /// Enable IPv6 in the kernel (the stemcell may have disabled it).
+    #[serde(deserialize_with = "null_as_default")]
+    pub enable: bool,
     /// Keys not interpreted here.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

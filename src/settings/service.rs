@@ -1,5 +1,10 @@
 //! Loading, caching and updating settings. Sources are tried in order; the first good answer is cached
 //! in `settings.json`, and when every source fails the cached copy keeps the agent bootable.
+//!
+//! At boot ([`SettingsService::load_at_boot`]) a VM with no cached copy keeps passing over its
+//! sources, pausing between passes, for minutes ([`Patience`]) rather than exiting: a metadata
+//! service or a settings file that is late (cloud-init on Azure writes it during boot) must not
+//! make the agent exit again and again until the service manager's start limit leaves it dead.
 
 use crate::error::Context as _;
 use crate::sync::{read, write};
@@ -9,6 +14,33 @@ use crate::dirs::Dirs;
 use crate::fsutil;
 use serde_json::{json, Map, Value};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long a boot without any settings (no source answers, nothing cached) keeps trying.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Patience {
+    /// The pause between two passes over the sources.
+    pub pause: Duration,
+    /// Total time after which the boot gives up (the agent exits and its supervisor restarts it).
+    pub give_up: Duration,
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Patience { pause: Duration::from_secs(5), give_up: Duration::from_secs(600) }
+    }
+}
+
+impl Patience {
+    /// The defaults with what `agent.json`'s `Infrastructure.Settings.Retry` overrides.
+    pub fn from_config(retry: &crate::config::RetryConfig) -> Patience {
+        let d = Patience::default();
+        Patience {
+            pause: retry.pause_ms.map(Duration::from_millis).unwrap_or(d.pause),
+            give_up: retry.give_up_ms.map(Duration::from_millis).unwrap_or(d.give_up),
+        }
+    }
+}
 
 /// Command-line overrides (`-a`, `-n`, `-s`), which win over every source.
 #[derive(Clone, Debug, Default)]
@@ -47,7 +79,18 @@ impl SettingsService {
     /// Fetches settings from the first source that answers, falling back to the cached copy, applies
     /// the overrides and checks the keys the agent cannot run without.
     pub fn load(&self) -> Result<Effective, String> {
-        let (mut settings, source, blank) = self.fetch_or_cached()?;
+        self.load_with(None)
+    }
+
+    /// [`SettingsService::load`] at boot: when no source answers and nothing is cached, passes over
+    /// the sources again, `patience.pause` apart, until one answers or `patience.give_up` has
+    /// passed, saying each time what it waits for.
+    pub fn load_at_boot(&self, patience: Patience) -> Result<Effective, String> {
+        self.load_with(Some(patience))
+    }
+
+    fn load_with(&self, patience: Option<Patience>) -> Result<Effective, String> {
+        let (mut settings, source, blank) = self.fetch_or_cached(patience)?;
         apply_overrides(&mut settings, &self.overrides)?;
         for (key, value) in [("agent_id", &settings.agent_id), ("mbus", &settings.mbus)] {
             if value.is_empty() && blank.contains(&key) {
@@ -107,8 +150,51 @@ impl SettingsService {
     }
 
     /// The settings, where they came from, and which mandatory keys the document gave as `""`
-    /// (so an empty `mbus` is reported as empty, not missing).
-    fn fetch_or_cached(&self) -> Result<(Settings, String, Vec<&'static str>), String> {
+    /// (so an empty `mbus` is reported as empty, not missing). With `patience`, passes over the
+    /// sources again while none answers and nothing is cached (see [`Patience`]).
+    fn fetch_or_cached(&self, patience: Option<Patience>) -> Result<(Settings, String, Vec<&'static str>), String> {
+        let started = Instant::now();
+        for pass in 1u32.. {
+            let errors = match self.fetch_once() {
+                Ok(found) => return Ok(found),
+                Err(errors) => errors,
+            };
+            match fsutil::read_json::<Settings>(&self.dirs.settings_json()) {
+                Ok(Some(s)) => {
+                    log::warn!("no settings source answered; using the cached settings.json");
+                    return Ok((s, format!("cached {}", self.dirs.settings_json().display()), Vec::new()));
+                }
+                Ok(None) if self.sources.is_empty() && self.has_enough_overrides() => {
+                    return Ok((Settings::default(), "the command line (-a, -n)".into(), Vec::new()));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("no settings source answered and the cache is unreadable: {e}")),
+            }
+            let why = if errors.is_empty() {
+                "no settings source is configured and no cached settings exist".to_string()
+            } else {
+                format!("no settings could be loaded: {}", errors.join("; "))
+            };
+            let Some(p) = patience.filter(|_| !self.sources.is_empty()) else { return Err(why) };
+            let waited = started.elapsed();
+            if waited + p.pause > p.give_up {
+                return Err(format!("{why} (gave up after {pass} passes in {:.0?})", waited));
+            }
+            log::warn!(
+                "waiting for settings: pass {pass} over {} found none and nothing is cached ({why}); \
+                 trying again in {:?}, for up to {:?} in all",
+                self.source_names(),
+                p.pause,
+                p.give_up
+            );
+            std::thread::sleep(p.pause);
+        }
+        unreachable!("the pass counter is unbounded")
+    }
+
+    /// One pass over the sources: the first settings that parse (with their source and blank
+    /// mandatory keys), or every source's error.
+    fn fetch_once(&self) -> Result<(Settings, String, Vec<&'static str>), Vec<String>> {
         let mut errors = Vec::new();
         for source in self.sources.iter() {
             match source.fetch().and_then(|v| {
@@ -126,21 +212,11 @@ impl SettingsService {
                 }
             }
         }
-        match fsutil::read_json::<Settings>(&self.dirs.settings_json()) {
-            Ok(Some(s)) => {
-                log::warn!("all settings sources failed; using cached settings.json");
-                Ok((s, format!("cached {}", self.dirs.settings_json().display()), Vec::new()))
-            }
-            Ok(None) if self.sources.is_empty() && self.has_enough_overrides() => {
-                Ok((Settings::default(), "the command line (-a, -n)".into(), Vec::new()))
-            }
-            Ok(None) => Err(if errors.is_empty() {
-                "no settings source is configured and no cached settings exist".into()
-            } else {
-                format!("no settings could be loaded: {}", errors.join("; "))
-            }),
-            Err(e) => Err(format!("no settings source answered and the cache is unreadable: {e}")),
-        }
+        Err(errors)
+    }
+
+    fn source_names(&self) -> String {
+        self.sources.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
     }
 
     fn has_enough_overrides(&self) -> bool {
@@ -253,6 +329,35 @@ mod tests {
         assert!(!std::fs::read_to_string(dirs.settings_json()).unwrap().contains("IAAS"));
         let cached = SettingsService::new(dirs, vec![], Overrides::default());
         assert_eq!(cached.load().unwrap().settings.iaas_public_key, None, "settings.json has no key");
+    }
+
+    /// A settings file that appears late (cloud-init writing Azure's user data) is waited for at
+    /// boot, pass after pass; without patience, or once it is used up, the load fails.
+    #[test]
+    fn boot_waits_for_a_late_source_and_gives_up_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(dir.path().join("base"), "/");
+        let src = dir.path().join("late.json");
+        let svc =
+            SettingsService::new(dirs.clone(), vec![Box::new(FileSource { path: src.clone() })], Overrides::default());
+        let quick = Patience { pause: Duration::from_millis(20), give_up: Duration::from_secs(30) };
+        let writer = {
+            let src = src.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                std::fs::write(&src, r#"{"agent_id":"late","mbus":"nats://h:1"}"#).unwrap();
+            })
+        };
+        assert_eq!(svc.load_at_boot(quick).unwrap().settings.agent_id, "late");
+        writer.join().unwrap();
+        std::fs::remove_file(&src).unwrap();
+        std::fs::remove_file(dirs.settings_json()).unwrap();
+        assert!(svc.load().unwrap_err().contains("no settings could be loaded"), "one pass only");
+        let short = Patience { pause: Duration::from_millis(20), give_up: Duration::from_millis(100) };
+        let e = svc.load_at_boot(short).unwrap_err();
+        assert!(e.contains("gave up after") && e.contains("late.json"), "{e}");
+        let d = Patience::default();
+        assert_eq!((d.pause, d.give_up), (Duration::from_secs(5), Duration::from_secs(600)));
     }
 
     #[test]

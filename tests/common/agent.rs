@@ -21,6 +21,7 @@ pub struct TestAgent {
     /// The agent id, unique per test.
     pub agent_id: String,
     args: Vec<String>,
+    wrapper: Vec<String>,
     env: Vec<(String, String)>,
 }
 
@@ -49,7 +50,8 @@ impl TestAgent {
         args.extend(["-C".into(), path(&dir.path().join("agent.json"))]);
         args.extend(["-b".into(), path(&base)]);
         args.extend(how.extra.iter().map(|s| s.to_string()));
-        let mut agent = TestAgent { child: None, dir, base, agent_id, args, env: how.env };
+        let wrapper = how.wrapper.to_vec();
+        let mut agent = TestAgent { child: None, dir, base, agent_id, args, wrapper, env: how.env };
         agent.spawn();
         agent
     }
@@ -57,10 +59,12 @@ impl TestAgent {
     fn prepare(dir: &Path, base: &Path, settings: &Value, extra: Option<Value>) {
         std::fs::create_dir_all(base.join("bosh")).expect("base dir");
         std::fs::write(dir.join("settings.json"), settings.to_string()).expect("settings");
+        // A failed start lasts 1 s here, not the agent's 10 s, so tests of refused starts stay quick.
         let mut cfg = json!({"Platform": {"Linux": {}}, "Infrastructure": {"Settings": {"Sources": [
-            {"Type": "File", "SettingsPath": path(&dir.join("settings.json"))}]}}});
-        if let (Some(Value::Object(more)), Some(obj)) = (extra, cfg.as_object_mut()) {
-            obj.extend(more);
+            {"Type": "File", "SettingsPath": path(&dir.join("settings.json"))}],
+            "Retry": {"MinFailedRunMs": 1000}}}});
+        if let Some(more) = extra {
+            merge(&mut cfg, more);
         }
         std::fs::write(dir.join("agent.json"), cfg.to_string()).expect("agent.json");
     }
@@ -68,7 +72,16 @@ impl TestAgent {
     fn spawn(&mut self) {
         let log =
             std::fs::File::options().create(true).append(true).open(self.log_path()).expect("agent log");
-        let child = Command::new(env!("CARGO_BIN_EXE_bosh-agent"))
+        let binary = env!("CARGO_BIN_EXE_bosh-agent");
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = cmd
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -160,12 +173,28 @@ pub struct Launch<'a> {
     pub base: Option<&'a Path>,
     /// `-M`; `dummy` when `None`.
     pub supervisor: Option<&'a str>,
-    /// Keys merged into `agent.json` (e.g. `Monit`).
+    /// Keys merged into `agent.json` (e.g. `Monit`), object by object: `{"Infrastructure":
+    /// {"Settings": {"Retry": ..}}}` keeps the File source, `.. {"Sources": [..]}` replaces it.
     pub agent_json: Option<Value>,
     /// More command-line arguments.
     pub extra: &'a [&'a str],
+    /// A command the agent binary and its arguments are appended to (e.g. entering a network
+    /// namespace); empty: the binary runs directly.
+    pub wrapper: &'a [String],
     /// Environment variables set for the agent (e.g. a `PATH` with fake tools first).
     pub env: Vec<(String, String)>,
+}
+
+/// Merges `more` into `into`: objects key by key, anything else replaced.
+fn merge(into: &mut Value, more: Value) {
+    match (into, more) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
 }
 
 fn path(p: &Path) -> String {

@@ -16,7 +16,13 @@ pub struct HttpListener {
 impl HttpListener {
     /// Binds a free loopback port and serves every connection with `handle`.
     pub fn start(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> HttpListener {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind test HTTP server");
+        HttpListener::start_on("127.0.0.1:0", handle)
+    }
+
+    /// Binds `addr` (`0.0.0.0:0`: every interface of the calling thread's network namespace, a free
+    /// port) and serves every connection with `handle`.
+    pub fn start_on(addr: &str, handle: impl Fn(TcpStream) + Send + Sync + 'static) -> HttpListener {
+        let listener = TcpListener::bind(addr).expect("bind test HTTP server");
         let addr = listener.local_addr().expect("test HTTP server address");
         let stop = Arc::new(AtomicBool::new(false));
         let (handle, stopped) = (Arc::new(handle), stop.clone());
@@ -43,7 +49,11 @@ impl HttpListener {
 impl Drop for HttpListener {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr); // wake the accept loop
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let _ = TcpStream::connect(wake); // wake the accept loop
     }
 }
 

@@ -43,6 +43,20 @@ pub fn turn(test: &str, tools: &[&str]) -> Option<std::sync::MutexGuard<'static,
     devices_available(test, tools).then_some(g)
 }
 
+/// Detaches a loop device and waits (bounded) until the kernel has let go of it: a detach is
+/// deferred while anything still holds the device open, and a test that goes on to restart an agent
+/// must not have it find the "vanished" disk still there.
+pub fn detach(dev: &Path) {
+    let _ = Command::new("losetup").arg("-d").arg(dev).status();
+    let name = dev.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
+    let gone = super::wait_until(std::time::Duration::from_secs(20), || !backing.exists());
+    // Not a second panic while a failing test unwinds through a Drop.
+    if !gone && !std::thread::panicking() {
+        panic!("{} still attached 20 s after losetup -d", dev.display());
+    }
+}
+
 /// A loop device on a sparse image of its own. On drop, whatever is mounted from it or its
 /// partitions is lazily unmounted, it is detached, and the partition nodes the kernel no longer backs
 /// (made by mknod in udev-less containers) are removed.
@@ -97,7 +111,7 @@ impl LoopDevice {
 impl Drop for LoopDevice {
     fn drop(&mut self) {
         self.unmount_all();
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+        detach(&self.dev);
         for n in 1..=4 {
             let p = self.part(n);
             let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();

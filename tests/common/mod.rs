@@ -1,5 +1,6 @@
 //! Fixtures shared by the integration tests: a throw-away PKI, a real nats-server and monit, the
-//! agent binary and its director, HTTP blob servers, tarballs, loop devices and mounts.
+//! agent binary and its director, HTTP blob servers, a metadata service, a LAN of network namespaces,
+//! tarballs, loop devices and mounts.
 
 pub mod agent;
 pub mod blob_server;
@@ -7,9 +8,11 @@ pub mod certs;
 pub mod crash;
 pub mod http_listener;
 pub mod loopdev;
+pub mod metadata;
 pub mod monit_daemon;
 pub mod mounts;
 pub mod nats_server;
+pub mod netns;
 mod poll;
 pub mod settings;
 pub mod tarball;

@@ -9,6 +9,7 @@
 //! Job processes are shell loops that exit on their own once the temporary directory is gone, so a
 //! test that dies halfway leaves nothing running for long.
 
+use super::agent::{Launch, TestAgent};
 use super::wait_until;
 use bosh_agent::supervisor::monit::MonitOptions;
 use std::fs;
@@ -69,6 +70,12 @@ impl MonitDaemon {
     /// Like [`start`](Self::start), plus top-level monitrc text (e.g. an `alerts.monitrc`) made from
     /// the monit dir and installed as `<monit_dir>/extra.monitrc`.
     pub fn start_with(jobs: &[&str], extra: impl FnOnce(&Path) -> String) -> MonitDaemon {
+        MonitDaemon::start_with_file(jobs, "extra.monitrc", extra)
+    }
+
+    /// Like [`start_with`](Self::start_with), with the extra text in `<monit_dir>/<name>` (e.g. a
+    /// stemcell's `alerts.monitrc`).
+    pub fn start_with_file(jobs: &[&str], name: &str, extra: impl FnOnce(&Path) -> String) -> MonitDaemon {
         let binary = monit_binary();
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
@@ -88,7 +95,7 @@ impl MonitDaemon {
             let file = monit_dir.join("job").join(format!("{i:04}_{name}.monitrc"));
             fs::write(file, daemon.job_snippet(name)).expect("job monitrc");
         }
-        fs::write(monit_dir.join("extra.monitrc"), extra(&monit_dir)).expect("extra monitrc");
+        fs::write(monit_dir.join(name), extra(&monit_dir)).expect("extra monitrc");
         let r = root.display();
         let control = format!(
             "set daemon 1\nset logfile {r}/monit.log\nset pidfile {r}/monit.pid\nset idfile {r}/monit.id\n\
@@ -187,6 +194,25 @@ impl MonitDaemon {
             .call()
             .ok()?;
         resp.body_mut().read_to_string().ok()
+    }
+
+    /// Starts the agent with `-M monit` driving this monit (its directory as the base dir; its
+    /// address, control file and binary in `agent.json`), with monit's alert listener on `smtp_port`.
+    pub fn launch_agent(&self, settings: &serde_json::Value, smtp_port: u16) -> TestAgent {
+        let monit_cfg = serde_json::json!({"Monit": {
+            "Address": self.address(), "ControlFile": self.control_file(), "Binary": monit_binary()
+        }});
+        let smtp = smtp_port.to_string();
+        TestAgent::launch(
+            settings,
+            Launch {
+                base: Some(self.dir()),
+                supervisor: Some("monit"),
+                agent_json: Some(monit_cfg),
+                extra: &["-t", &smtp],
+                ..Launch::default()
+            },
+        )
     }
 
     /// Monit's log so far (for failure messages).

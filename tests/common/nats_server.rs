@@ -34,6 +34,8 @@ pub struct NatsServerOptions {
     /// Map client certificates to these users (`verify_and_map`), by subject DN such as
     /// `CN=<id>.agent.bosh-internal,O=Cloud Foundry`, as the BOSH nats job does; others are refused.
     pub mapped_users: Option<Vec<MappedUser>>,
+    /// Listen on every interface (of the network namespace it starts in), not only 127.0.0.1.
+    pub listen_all: bool,
 }
 
 /// A user identified by its client certificate's subject, with optional publish/subscribe allow-lists.
@@ -154,7 +156,8 @@ fn config_text(pki: &TestPki, port: u16, opts: &NatsServerOptions) -> String {
         .server_cert
         .clone()
         .unwrap_or_else(|| (pki.server_cert_file.clone(), pki.server_key_file.clone()));
-    let mut conf = format!("listen: 127.0.0.1:{port}\n");
+    let host = if opts.listen_all { "0.0.0.0" } else { "127.0.0.1" };
+    let mut conf = format!("listen: {host}:{port}\n");
     if !opts.plain {
         conf.push_str(&format!(
             "tls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  {verify}\n  timeout: 5\n}}\n",

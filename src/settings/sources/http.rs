@@ -1,5 +1,5 @@
 //! The one HTTP client the network sources share: every request is bounded by the attempt's
-//! deadline, the body by a size cap, and the answer is sorted into "try again" and "give up".
+//! deadline, the body by a size cap, and every failure is one to try again.
 //!
 //! Why one small wrapper: metadata services and the registry are reached at boot, before anything
 //! else works, so a hanging or chatty server must never stall the agent; putting the deadline and the
@@ -69,11 +69,10 @@ impl Http {
             })?;
         match status {
             200..=299 => Ok(body),
-            // Throttled, overloaded, or (IMDSv2) a token that expired between requests: worth retrying.
-            401 | 408 | 429 | 500..=599 => {
-                Err(Failure::Transient(format!("{method} {shown}: HTTP {status}{}", excerpt(&body))))
-            }
-            _ => Err(Failure::Permanent(format!("{method} {shown}: HTTP {status}{}", excerpt(&body)))),
+            // Any other answer is retried, as the Go agent does: at boot a metadata service answers
+            // 404 until the cloud has attached the user data, 401 for an expired IMDSv2 token, 5xx
+            // when overloaded; the tries are bounded anyway.
+            _ => Err(Failure::Transient(format!("{method} {shown}: HTTP {status}{}", excerpt(&body)))),
         }
     }
 }

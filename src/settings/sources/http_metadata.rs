@@ -8,7 +8,7 @@
 
 use super::http::{join, Http};
 use super::user_data::{self, UserData};
-use super::{Attempt, Failure, Fetched};
+use super::{Attempt, Failure, Fetched, NetworkHook};
 use crate::config::HttpSourceConfig;
 use std::time::Instant;
 
@@ -20,12 +20,13 @@ const TOKEN_TTL_SECONDS: &str = "300";
 /// An EC2-style metadata service.
 pub struct HttpMetadataSource {
     config: HttpSourceConfig,
+    network: Option<NetworkHook>,
 }
 
 impl HttpMetadataSource {
-    /// A source for `config` (see [`HttpSourceConfig`]).
-    pub fn new(config: HttpSourceConfig) -> HttpMetadataSource {
-        HttpMetadataSource { config }
+    /// A source for `config` (see [`HttpSourceConfig`]); `network` is called before each try.
+    pub fn new(config: HttpSourceConfig, network: Option<NetworkHook>) -> HttpMetadataSource {
+        HttpMetadataSource { config, network }
     }
 
     fn url(&self, path: &str) -> String {
@@ -82,6 +83,9 @@ impl Attempt for HttpMetadataSource {
     }
 
     fn attempt(&self, deadline: Instant) -> Result<Fetched, Failure> {
+        if let Some(up) = &self.network {
+            up();
+        }
         let http = Http::new(deadline);
         let headers = self.headers(&http)?;
         let path = if self.config.user_data_path.is_empty() {

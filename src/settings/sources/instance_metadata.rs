@@ -4,7 +4,7 @@
 //! configured headers (GCP refuses requests without `Metadata-Flavor: Google`).
 
 use super::http::{join, Http};
-use super::{Attempt, Failure, Fetched};
+use super::{Attempt, Failure, Fetched, NetworkHook};
 use serde_json::Value;
 use std::time::Instant;
 
@@ -16,6 +16,8 @@ pub struct InstanceMetadataSource {
     pub headers: Vec<(String, String)>,
     /// Path of the settings under `uri`.
     pub settings_path: String,
+    /// Called before each try (see [`NetworkHook`]).
+    pub network: Option<NetworkHook>,
 }
 
 impl Attempt for InstanceMetadataSource {
@@ -24,6 +26,9 @@ impl Attempt for InstanceMetadataSource {
     }
 
     fn attempt(&self, deadline: Instant) -> Result<Fetched, Failure> {
+        if let Some(up) = &self.network {
+            up();
+        }
         let body = Http::new(deadline).get(&join(&self.uri, &self.settings_path), &self.headers)?;
         match serde_json::from_slice::<Value>(&body) {
             Ok(settings @ Value::Object(_)) => Ok(Fetched { settings, public_key: None }),

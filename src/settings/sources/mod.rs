@@ -7,6 +7,7 @@
 mod cdrom;
 mod config_drive;
 mod embedded;
+mod guest_info;
 mod http;
 mod http_metadata;
 mod instance_metadata;
@@ -22,7 +23,14 @@ pub use select::select;
 use crate::error::Context as _;
 use serde_json::Value;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// What the sources that need the network (`HTTP`, `InstanceMetadata`) call before each try: on a
+/// VM none of whose NICs is configured yet, the platform brings up DHCP (the Go agent's minimal
+/// network setup; stemcells ship no DHCP configuration). Failures are the platform's to log: the
+/// request that follows says whether the network works.
+pub type NetworkHook = Arc<dyn Fn() + Send + Sync>;
 
 /// A place the agent can read its settings from.
 pub trait SettingsSource: Send + Sync {

@@ -2,14 +2,24 @@
 //! <infrastructure>` implied, or the embedded default when neither is given.
 
 use super::embedded::EmbeddedSource;
+use super::guest_info::GuestInfoSource;
 use super::retry::{RetryPolicy, Retrying, Round};
 use super::cdrom::CdromSource;
 use super::config_drive::{self, ConfigDriveSource};
 use super::http_metadata::HttpMetadataSource;
 use super::instance_metadata::InstanceMetadataSource;
-use super::{Attempt, FileSource, SettingsSource};
+use super::{Attempt, FileSource, NetworkHook, SettingsSource};
 use crate::config::{HttpSourceConfig, SourceConfig};
 use crate::dirs::Dirs;
+
+/// How the sources of one start behave besides their own configuration.
+#[derive(Clone, Default)]
+pub struct Setup {
+    /// Tries and deadlines.
+    pub policy: RetryPolicy,
+    /// Brings the network up before the first metadata request (the platform's; none: nothing to do).
+    pub network: Option<NetworkHook>,
+}
 
 /// The sources for this start: those of `agent.json` when it was given, else those `-I
 /// <infrastructure>` implies, else the embedded default (an HTTPS bus on loopback).
@@ -17,12 +27,14 @@ pub fn select(
     configured: Option<&[SourceConfig]>,
     infrastructure: Option<&str>,
     dirs: &Dirs,
+    setup: &Setup,
 ) -> Result<Vec<Box<dyn SettingsSource>>, String> {
     match (configured, infrastructure) {
-        (Some(configs), _) => Ok(from_config(configs, dirs)),
+        (Some(configs), _) => Ok(build_with(configs, dirs, setup)),
         (None, Some(infrastructure)) => {
             let metadata_url = std::env::var(METADATA_URL_ENV).ok();
-            for_infrastructure(infrastructure, dirs, metadata_url.as_deref())
+            let configs = infrastructure_configs(infrastructure, dirs, metadata_url.as_deref())?;
+            Ok(build_with(&configs, dirs, setup))
         }
         (None, None) => {
             log::info!("no -C given: running on the embedded default (HTTPS bus, dummy platform)");
@@ -33,14 +45,21 @@ pub fn select(
 
 /// Builds the sources named in `agent.json` with the default [`RetryPolicy`]; `<base>/bosh` holds
 /// temporary mount points.
+#[cfg(feature = "internals")]
 pub fn from_config(configs: &[SourceConfig], dirs: &Dirs) -> Vec<Box<dyn SettingsSource>> {
     build(configs, dirs, RetryPolicy::default())
 }
 
-/// Builds the sources with `policy`, skipping (with a warning) the types this release does not
-/// implement yet so a stemcell listing several still boots from the ones it has. Local files are
-/// read once: retrying them cannot help.
+/// Builds the sources with `policy` and no network hook (the network is already up).
+#[cfg(feature = "internals")]
 pub fn build(configs: &[SourceConfig], dirs: &Dirs, policy: RetryPolicy) -> Vec<Box<dyn SettingsSource>> {
+    build_with(configs, dirs, &Setup { policy, network: None })
+}
+
+/// Builds the sources as `setup` says. Local files are read once per pass: retrying them within a
+/// pass cannot help (the settings service passes again when nothing answered).
+pub fn build_with(configs: &[SourceConfig], dirs: &Dirs, setup: &Setup) -> Vec<Box<dyn SettingsSource>> {
+    let policy = setup.policy;
     let round = Round::new(policy);
     let mut leads = true;
     let mut retrying = |inner: Box<dyn Attempt>| -> Box<dyn SettingsSource> {
@@ -55,12 +74,16 @@ pub fn build(configs: &[SourceConfig], dirs: &Dirs, policy: RetryPolicy) -> Vec<
             SourceConfig::File { settings_path } => {
                 out.push(Box::new(FileSource { path: settings_path.clone() }))
             }
-            SourceConfig::Http(h) => out.push(retrying(Box::new(HttpMetadataSource::new(h.clone())))),
+            SourceConfig::Http(h) => out.push(retrying(Box::new(HttpMetadataSource::new(
+                h.clone(),
+                setup.network.clone(),
+            )))),
             SourceConfig::InstanceMetadata { uri, headers, settings_path } => {
                 out.push(retrying(Box::new(InstanceMetadataSource {
                     uri: uri.clone(),
                     headers: headers.clone(),
                     settings_path: settings_path.clone(),
+                    network: setup.network.clone(),
                 })))
             }
             SourceConfig::ConfigDrive { disk_paths, meta_data_path, user_data_path, settings_path } => out
@@ -76,8 +99,8 @@ pub fn build(configs: &[SourceConfig], dirs: &Dirs, policy: RetryPolicy) -> Vec<
                 device_path: device_path.clone(),
                 scratch: scratch.clone(),
             }))),
-            SourceConfig::Unsupported { kind } => {
-                log::warn!("settings source type '{kind}' is not supported by this agent yet; skipped")
+            SourceConfig::VsphereGuestInfo { rpc_tool_path, vmtoolsd_path } => {
+                out.push(retrying(Box::new(GuestInfoSource::new(rpc_tool_path, vmtoolsd_path))))
             }
         }
     }
@@ -134,6 +157,7 @@ pub fn infrastructure_configs(
 }
 
 /// [`infrastructure_configs`] built with the default [`RetryPolicy`].
+#[cfg(feature = "internals")]
 pub fn for_infrastructure(
     name: &str,
     dirs: &Dirs,
