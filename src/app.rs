@@ -267,7 +267,8 @@ mod signals {
                 return None;
             }
             let ts = libc::timespec {
-                tv_sec: left.as_secs() as libc::time_t,
+                // time_t by inference (the alias itself is deprecated on musl).
+                tv_sec: left.as_secs().try_into().unwrap_or(i32::MAX.into()),
                 tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
             };
             // SAFETY: the set was initialised in `block`; a null info pointer is allowed.

@@ -211,14 +211,14 @@ fn bpm_cgroup(proc_cgroup: &str, prefix: &str) -> Option<(String, String)> {
     (clean(job) && clean(&cgroup)).then(|| (job.to_string(), cgroup))
 }
 
-#[allow(clippy::useless_conversion)] // f_type is i64 here, another integer on other architectures
+#[allow(clippy::useless_conversion)] // f_type is i64 with glibc, u64 with musl (the release binary)
 fn is_cgroup2(path: &str) -> bool {
     let Ok(c) = std::ffi::CString::new(path) else { return false };
     let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
     // SAFETY: c is a valid C string and st a valid out pointer for statfs.
     let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
     // SAFETY: statfs filled st when it returned 0.
-    rc == 0 && i64::from(unsafe { st.assume_init() }.f_type) == CGROUP2_SUPER_MAGIC
+    rc == 0 && i64::try_from(unsafe { st.assume_init() }.f_type) == Ok(CGROUP2_SUPER_MAGIC)
 }
 
 /// Applies an nft script atomically (`nft -f -`).
