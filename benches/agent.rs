@@ -21,6 +21,7 @@
 mod support;
 
 use bosh_agent::client::{Nats, Transport};
+use bosh_agent::dispatch::pool::LINGER;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use support::peers::{go_agent_binary, run_role_if_asked, EchoProcess, GoAgent};
@@ -71,7 +72,7 @@ const TARGET_BINARY_BYTES: u64 = 3_500_000;
 fn main() {
     run_role_if_asked();
     let started = Instant::now();
-    let machine_before = support::machine();
+    let load_before = support::load();
     let agent_bin = agent_binary();
     let go_bin = go_agent_binary();
     let pki = TestPki::new();
@@ -187,12 +188,12 @@ fn main() {
     let soaked = agent.memory();
 
     // 6: the threads left once surplus workers and task threads have lingered out.
-    std::thread::sleep(bosh_agent::dispatch::pool::LINGER + Duration::from_secs(5));
+    std::thread::sleep(LINGER + Duration::from_secs(5));
     let settled = [Some(memory(&agent)), go.as_ref().map(memory), Some(memory(&echo))];
 
     table.count("threads, idle after start", &fresh, |m| m.threads, Some(TARGET_IDLE_THREADS));
     table.count(
-        &format!("threads, idle after the soak + {}s", IDLE.as_secs()),
+        &format!("threads, idle after the soak + {}s", (LINGER + Duration::from_secs(5)).as_secs()),
         &settled,
         |m| m.threads,
         Some(TARGET_IDLE_THREADS),
@@ -257,7 +258,7 @@ fn main() {
              soak {SOAK}, idle {}s",
             IDLE.as_secs()
         ),
-        format!("machine: {machine_before} before, {} after", support::machine()),
+        format!("machine: {}; load average before {load_before}, after {}", support::cores(), support::load()),
     ];
     table.print(&title, started.elapsed());
     drop((to_agent, to_echo, to_go));

@@ -154,7 +154,7 @@ fn main() {
 
     println!();
     println!("bosh-agent density: {wanted} agents wanted on one nats-server ({})", binary.display());
-    println!("machine: {}", support::machine());
+    println!("machine: {}; load average now {}", support::cores(), support::load());
     println!();
     let header = ["figure", "value", "target", "verdict"].map(String::from);
     print_table(&header, &rows);

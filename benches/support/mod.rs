@@ -338,13 +338,17 @@ pub fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
-/// The machine as the benches' titles describe it: cores and load average.
-pub fn machine() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let load = std::fs::read_to_string("/proc/loadavg")
+/// The machine's cores, as the benches' titles give them.
+pub fn cores() -> String {
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{n} cores")
+}
+
+/// The load average now (1, 5, 15 minutes): how busy the shared machine was around a run.
+pub fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
-    format!("{cores} cores, load average {load}")
+        .unwrap_or_default()
 }
 
 /// A NATS connection subscribed to `subject` as the client `cn` of the PKI, connected and its
