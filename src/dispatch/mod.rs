@@ -352,7 +352,9 @@ pub struct Loggable<'a> {
 impl std::fmt::Display for Loggable<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::fmt::Write as _;
-        let safe = self.s.len() <= self.max && !self.s.chars().any(char::is_control);
+        // Printable ASCII (nearly every field) is checked by bytes, without decoding characters.
+        let printable = |s: &str| s.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) || !s.chars().any(char::is_control);
+        let safe = self.s.len() <= self.max && printable(self.s);
         if safe {
             return f.write_str(self.s);
         }
