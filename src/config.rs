@@ -126,14 +126,16 @@ pub struct RetryConfig {
 
 impl RetryConfig {
     fn from_value(value: Option<&Value>) -> Result<RetryConfig, String> {
-        let Some(map) = object(value, "Infrastructure.Settings.Retry")? else { return Ok(RetryConfig::default()) };
+        let Some(map) = object(value, "Infrastructure.Settings.Retry")? else {
+            return Ok(RetryConfig::default());
+        };
         let mut r = RetryConfig::default();
         for (key, v) in map {
             let n = match v {
                 Value::Null => continue,
-                v => v.as_u64().ok_or_else(|| {
-                    format!("Infrastructure.Settings.Retry.{key} must be a whole number")
-                })?,
+                v => v
+                    .as_u64()
+                    .ok_or_else(|| format!("Infrastructure.Settings.Retry.{key} must be a whole number"))?,
             };
             match key.to_ascii_lowercase().as_str() {
                 "attempts" => r.attempts = Some(u32::try_from(n).unwrap_or(u32::MAX)),
@@ -260,7 +262,10 @@ pub struct MonitConfig {
 }
 
 /// The object at `what`: `None` when absent or `null`, an error naming it when not an object.
-fn object<'a>(value: Option<&'a Value>, what: &str) -> Result<Option<&'a serde_json::Map<String, Value>>, String> {
+fn object<'a>(
+    value: Option<&'a Value>,
+    what: &str,
+) -> Result<Option<&'a serde_json::Map<String, Value>>, String> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(map)) => Ok(Some(map)),
@@ -525,18 +530,34 @@ mod tests {
         assert!(l.create_partition_if_no_ephemeral_disk && l.skip_disk_setup && l.scrub_ephemeral_disk);
         assert!(l.use_monit_iptables_firewall && l.uses_systemd());
         assert_eq!(
-            (l.device_path_resolution_type.as_str(), l.partitioner_type.as_str(), l.virtio_device_prefix.as_str()),
+            (
+                l.device_path_resolution_type.as_str(),
+                l.partitioner_type.as_str(),
+                l.virtio_device_prefix.as_str()
+            ),
             ("virtio", "parted", "google")
         );
-        assert_eq!((l.disk_id_transform_pattern.as_str(), l.disk_id_transform_replacement.as_str()), ("^(disk-.+)$", "google-${1}"));
+        assert_eq!(
+            (l.disk_id_transform_pattern.as_str(), l.disk_id_transform_replacement.as_str()),
+            ("^(disk-.+)$", "google-${1}")
+        );
         assert_eq!(l.lun_device_symlink_path, "/dev/disk/azure/data/by-lun");
-        assert_eq!((l.instance_storage_managed_volume_pattern.as_str(), l.instance_storage_device_pattern.as_str()), ("EBS", "/dev/nvme*n1"));
+        assert_eq!(
+            (l.instance_storage_managed_volume_pattern.as_str(), l.instance_storage_device_pattern.as_str()),
+            ("EBS", "/dev/nvme*n1")
+        );
         assert_eq!(l.unknown, vec!["NetworkingType".to_string(), "ScrubEphemeralDisks".to_string()]);
         assert_eq!(AgentConfig::from_value(&json!({})).unwrap().linux, LinuxOptions::default());
         assert!(!LinuxOptions::default().uses_systemd());
         let bad = json!({"Platform": {"Linux": {"SkipDiskSetup": "true"}}});
-        assert_eq!(AgentConfig::from_value(&bad).unwrap_err(), "Platform.Linux.SkipDiskSetup must be true or false");
+        assert_eq!(
+            AgentConfig::from_value(&bad).unwrap_err(),
+            "Platform.Linux.SkipDiskSetup must be true or false"
+        );
         let bad = json!({"Platform": {"Linux": {"PartitionerType": 1}}});
-        assert_eq!(AgentConfig::from_value(&bad).unwrap_err(), "Platform.Linux.PartitionerType must be a string");
+        assert_eq!(
+            AgentConfig::from_value(&bad).unwrap_err(),
+            "Platform.Linux.PartitionerType must be a string"
+        );
     }
 }

@@ -34,7 +34,10 @@ mod tests {
         let r: Result<(), std::io::Error> = Err(std::io::Error::other("disk full"));
         assert_eq!(r.context("writing spec.json").unwrap_err(), "writing spec.json: disk full");
         let r: Result<(), String> = Err("refused".into());
-        assert_eq!(r.with_context(|| format!("connecting to {}", "h:1")).unwrap_err(), "connecting to h:1: refused");
+        assert_eq!(
+            r.with_context(|| format!("connecting to {}", "h:1")).unwrap_err(),
+            "connecting to h:1: refused"
+        );
         assert_eq!(Ok::<_, String>(1).context("never shown"), Ok(1));
     }
 }

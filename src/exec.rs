@@ -152,8 +152,9 @@ mod tests {
     fn feeds_stdin_reports_codes_and_times_out() {
         let o = output(&mut Command::new("cat"), Some(b"hello"), Some(Duration::from_secs(5))).unwrap();
         assert_eq!((o.code(), o.stdout.as_str()), (Some(0), "hello"));
-        let o = output(Command::new("sh").args(["-c", "echo e >&2; exit 2"]), None, Some(Duration::from_secs(5)))
-            .unwrap();
+        let o =
+            output(Command::new("sh").args(["-c", "echo e >&2; exit 2"]), None, Some(Duration::from_secs(5)))
+                .unwrap();
         assert_eq!((o.code(), o.stderr.as_str()), (Some(2), "e\n"));
         let e = run(Command::new("sleep").arg("5"), None, Duration::from_millis(200)).unwrap_err();
         assert!(e.contains("timed out"), "{e}");
@@ -171,7 +172,8 @@ mod tests {
         let started = Instant::now();
         let o = output(Command::new("sh").args(["-c", script]), None, Some(Duration::from_secs(30))).unwrap();
         assert_eq!((o.code(), o.stdout.len(), o.stderr.len()), (Some(0), 1 << 20, 1 << 20));
-        let out = run(Command::new("head").args(["-c", "1048576", "/dev/zero"]), None, Duration::from_secs(30));
+        let out =
+            run(Command::new("head").args(["-c", "1048576", "/dev/zero"]), None, Duration::from_secs(30));
         assert_eq!(out.map(|s| s.len()), Ok(1 << 20));
         assert!(started.elapsed() < Duration::from_secs(30));
     }

@@ -65,7 +65,7 @@ impl Heartbeat {
             }
             // Between beats the agent is usually idle: hand back heap freed by the last burst.
             crate::memory::release_free();
-                    match stopped.recv_timeout(interval) {
+            match stopped.recv_timeout(interval) {
                 Err(RecvTimeoutError::Timeout) => continue,
                 _ => break,
             }

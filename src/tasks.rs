@@ -11,10 +11,10 @@
 //!
 //! A leaf: the dispatcher starts and finishes tasks, actions read and cancel them.
 
-use crate::error::Context as _;
-use crate::sync::{lock, wait_timeout};
 use crate::cancel::CancelToken;
+use crate::error::Context as _;
 use crate::fsutil;
+use crate::sync::{lock, wait_timeout};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -185,7 +185,9 @@ impl ProcFile {
     fn read_head<'a>(&mut self, buf: &'a mut [u8]) -> Option<&'a str> {
         use std::os::unix::fs::FileExt as _;
         if self.file.is_none() {
-            self.file = std::fs::File::open(self.path).map_err(|e| log::warn!("vitals: cannot open {}: {e}", self.path)).ok();
+            self.file = std::fs::File::open(self.path)
+                .map_err(|e| log::warn!("vitals: cannot open {}: {e}", self.path))
+                .ok();
         }
         let file = self.file.as_ref()?;
         let mut len = 0;
@@ -422,7 +424,8 @@ mod tests {
         assert_eq!(load_text(raw(2047)), "1.00", "rounded as /proc/loadavg rounds");
         assert_eq!(load_averages().map(|l| l.len()), Some(3));
         // The boot-time clock is the one /proc/uptime prints (a second may pass between them).
-        let proc_uptime: f64 = std::fs::read_to_string("/proc/uptime").unwrap().split(' ').next().unwrap().parse().unwrap();
+        let proc_uptime: f64 =
+            std::fs::read_to_string("/proc/uptime").unwrap().split(' ').next().unwrap().parse().unwrap();
         let secs = uptime_secs().expect("boot-time clock");
         assert!(secs.abs_diff(proc_uptime as u64) <= 1, "{secs} vs {proc_uptime}");
         assert_eq!(percent(1, 3, 0), "33");

@@ -48,7 +48,8 @@ impl Action for GetState {
     }
     fn run(self, call: &Call) -> Result<Value, String> {
         let ctx = call.ctx;
-        let (agent_id, vm_name) = ctx.settings.with(|s| (s.settings.agent_id.clone(), s.settings.vm.name.clone()));
+        let (agent_id, vm_name) =
+            ctx.settings.with(|s| (s.settings.agent_id.clone(), s.settings.vm.name.clone()));
         let mut state = spec::load(&ctx.dirs)?;
         let obj = state.as_object_mut().ok_or("applied spec is not a JSON object")?;
         let default_networks = json!(super::network::networks_with_dhcp(ctx));

@@ -6,11 +6,11 @@
 //! A compile changes `packages/<name>` links, so it holds the jobs lock: an `apply` on the same VM
 //! never interleaves with it.
 
-use crate::sync::lock;
 use super::{bind, Action, Call};
 use crate::blobstore::{Blobs, MultiDigest};
 use crate::jobs::compiler::{Compiler, Destination, Request, Source};
 use crate::jobs::spec::PackageSpec;
+use crate::sync::lock;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;

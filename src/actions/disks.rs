@@ -3,8 +3,8 @@
 //! (`list_disk`, which must match the director's own record or it raises `AgentDiskOutOfSync`). The
 //! work happens in `platform::disks`; these types only bind arguments and pick the disk.
 
-use crate::error::Context as _;
 use super::{bind, Action, Call, Context};
+use crate::error::Context as _;
 use crate::platform::disks::{self, DiskOptions, DiskSettings};
 use crate::settings::Effective;
 use serde_json::{json, Value};
@@ -43,11 +43,7 @@ impl Action for MountDisk {
         let settings = reloaded(call.ctx);
         let disk = disks::find_disk(&call.ctx.dirs, &settings, &self.cid)?;
         let opts = DiskOptions::for_disk(&disk, &settings)?;
-        call.ctx
-            .platform
-            .disks()
-            .mount(&disk, &opts)
-            .context("Mounting persistent disk")?;
+        call.ctx.platform.disks().mount(&disk, &opts).context("Mounting persistent disk")?;
         Ok(json!({}))
     }
 }
@@ -64,12 +60,7 @@ impl Action for UnmountDisk {
     fn run(self, call: &Call) -> Result<Value, String> {
         let settings = reloaded(call.ctx);
         let disk = disks::find_disk(&call.ctx.dirs, &settings, &self.cid)?;
-        let was_mounted = call
-            .ctx
-            .platform
-            .disks()
-            .unmount(&disk)
-            .context("Unmounting persistent disk")?;
+        let was_mounted = call.ctx.platform.disks().unmount(&disk).context("Unmounting persistent disk")?;
         let message = if was_mounted {
             format!("Unmounted partition of {}", disk.go_format())
         } else {

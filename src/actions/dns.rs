@@ -2,10 +2,10 @@
 //! every agent and gives the whole broadcast 10 s, so they are synchronous and quick, and an older
 //! records version than the one on disk is answered at once without a download.
 
-use crate::error::Context as _;
 use super::{bind, Action, Call, Context};
 use crate::blobstore::{Blobs, MultiDigest};
 use crate::config::get_ci;
+use crate::error::Context as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -28,8 +28,7 @@ pub struct SyncDns(Sync);
 impl Action for SyncDns {
     fn bind(args: &[Value]) -> Result<Self, String> {
         let (id, digest, version): (String, String, u64) = bind_three(args)?;
-        let digest = MultiDigest::parse(&digest)
-            .context("Extracting method arguments from payload")?;
+        let digest = MultiDigest::parse(&digest).context("Extracting method arguments from payload")?;
         Ok(SyncDns(Sync { source: Source::Blob(id), digest, version }))
     }
     fn run(self, call: &Call) -> Result<Value, String> {
@@ -51,8 +50,8 @@ pub struct SyncDnsWithSignedUrl(Sync);
 impl Action for SyncDnsWithSignedUrl {
     fn bind(args: &[Value]) -> Result<Self, String> {
         let (a,): (SignedArgs,) = bind(args)?;
-        let digest = MultiDigest::parse(&a.multi_digest)
-            .context("Extracting method arguments from payload")?;
+        let digest =
+            MultiDigest::parse(&a.multi_digest).context("Extracting method arguments from payload")?;
         let source = Source::Signed { url: a.signed_url, headers: a.blobstore_headers.unwrap_or_default() };
         Ok(SyncDnsWithSignedUrl(Sync { source, digest, version: a.version }))
     }

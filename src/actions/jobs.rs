@@ -2,14 +2,14 @@
 //! A VM that was never applied answers all of them as no-ops, because the director sends pre-stop,
 //! drain and stop before the first apply (the director's `stages/setup_stage.rb` and update steps).
 
-use crate::error::Context as _;
-use crate::sync::lock;
 use super::{bind, Action, Call, Context};
 use crate::blobstore::Blobs;
 use crate::bus::HmTopic;
+use crate::error::Context as _;
 use crate::jobs::applier::{Installer, Layout, DEFAULT_PARALLEL};
 use crate::jobs::scripts::{self, ERRAND_OUTPUT_CAP, KILL_GRACE};
 use crate::jobs::spec::{self, ApplySpec};
+use crate::sync::lock;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -22,8 +22,7 @@ fn spec_arg(v: Value) -> Result<(Value, ApplySpec), String> {
             "Extracting method arguments from payload: argument 1: the apply spec must be an object".into()
         );
     }
-    let typed =
-        ApplySpec::from_value(&v).context("Extracting method arguments from payload")?;
+    let typed = ApplySpec::from_value(&v).context("Extracting method arguments from payload")?;
     Ok((v, typed))
 }
 

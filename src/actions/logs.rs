@@ -7,10 +7,10 @@
 //! which it copies over SSH and removes with `remove_file`. All three select and stream files the same
 //! way ([`crate::logs`]); temp tarballs are removed on every path once uploaded.
 
-use crate::error::Context as _;
 use super::{bind, Action, Call, Context};
 use crate::blobstore::digest::UploadDigests;
 use crate::blobstore::Blobs;
+use crate::error::Context as _;
 use crate::logs::{self, Request};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -74,9 +74,7 @@ impl Action for FetchLogsWithSignedUrl {
     fn run(self, call: &Call) -> Result<Value, String> {
         let blobs = blobs(call.ctx)?;
         let bundle = logs::bundle(&call.ctx.dirs, &self.request, None)?;
-        let multi = blobs
-            .upload_signed(&self.url, &self.headers, bundle.path())
-            .context("Uploading logs")?;
+        let multi = blobs.upload_signed(&self.url, &self.headers, bundle.path()).context("Uploading logs")?;
         Ok(json!({"sha1": multi}))
     }
 }

@@ -21,10 +21,10 @@ mod system;
 mod tasks;
 
 pub use args::bind;
-pub use registry::{lookup, ActionSpec, Bound, Quick};
 /// Every action, for the tests that drive each of them (the argument fuzz).
 #[cfg(feature = "internals")]
 pub use registry::REGISTRY;
+pub use registry::{lookup, ActionSpec, Bound, Quick};
 
 use crate::bus::{BusControl, Notifier};
 use crate::cancel::CancelToken;

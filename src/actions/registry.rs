@@ -93,7 +93,10 @@ pub static REGISTRY: &[ActionSpec] = &[
         quick: Quick::UnlessTaskRunning,
         ..row("get_task", Synchronous, [NO, NO, YES], binder::<tasks::GetTask>)
     },
-    ActionSpec { quick: Quick::Yes, ..row("cancel_task", Synchronous, [NO, NO, YES], binder::<tasks::CancelTask>) },
+    ActionSpec {
+        quick: Quick::Yes,
+        ..row("cancel_task", Synchronous, [NO, NO, YES], binder::<tasks::CancelTask>)
+    },
     row("list_disk", AsyncFromProtocol3, [NO, NO, YES], binder::<disks::ListDisk>),
     row("remove_file", Synchronous, [NO, NO, YES], binder::<system::RemoveFile>),
     row("shutdown", Synchronous, [NO, NO, YES], binder::<system::Shutdown>),
@@ -157,7 +160,11 @@ mod tests {
         assert_eq!(flags("bundle_logs"), (false, false, false, false, true));
         assert_eq!(flags("run_errand"), (true, true, true, false, true));
         let quick: Vec<_> = REGISTRY.iter().filter(|s| s.quick != Quick::No).map(|s| s.name).collect();
-        assert_eq!(quick, ["ping", "noop", "info", "get_task", "cancel_task"], "only lookups answer on a listener");
+        assert_eq!(
+            quick,
+            ["ping", "noop", "info", "get_task", "cancel_task"],
+            "only lookups answer on a listener"
+        );
         assert!(lookup("dummy_sleep", false).is_none());
         assert!(lookup("no_such", true).is_none());
         let mut names: Vec<_> = REGISTRY.iter().map(|s| s.name).collect();

@@ -4,8 +4,8 @@
 //! Unlike the Go agent, which exits and lets the supervisor restart it, the new bus certificate is
 //! hot-swapped: the bus reconnects with it and the task stays answerable over the new connection.
 
-use crate::error::Context as _;
 use super::{bind, Action, Call};
+use crate::error::Context as _;
 use crate::settings::UpdateSettings;
 use serde_json::{json, Value};
 

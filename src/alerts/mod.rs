@@ -13,9 +13,9 @@ mod tcp_service;
 
 pub use smtp::{SmtpOptions, SmtpServer};
 
-use crate::error::Context as _;
 use crate::bus::{HmTopic, Notifier};
 use crate::dirs::Dirs;
+use crate::error::Context as _;
 use crate::settings::service::SettingsService;
 use serde::Serialize;
 use std::path::Path;
@@ -395,13 +395,7 @@ fn publish(notifier: &dyn Notifier, alert: &Alert, what: &str) {
 }
 
 fn network_ips(settings: &crate::settings::Effective) -> Vec<String> {
-    settings
-        .settings
-        .networks
-        .values()
-        .filter(|n| !n.ip.is_empty())
-        .map(|n| n.ip.clone())
-        .collect()
+    settings.settings.networks.values().filter(|n| !n.ip.is_empty()).map(|n| n.ip.clone()).collect()
 }
 
 #[cfg(test)]

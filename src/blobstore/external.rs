@@ -7,8 +7,8 @@
 //! missing executable fails construction (`executable bosh-blobstore-<p> not found in PATH`) so a
 //! misconfigured VM is obvious at startup rather than at the first deploy.
 
-use crate::error::Context as _;
 use super::{copy_stream, Provider, ProviderError};
+use crate::error::Context as _;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Write};

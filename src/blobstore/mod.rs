@@ -447,7 +447,10 @@ mod tests {
         let actual = digest::sha1_hex(b"what bosh-cli uploaded");
         let e = blobs.fetch("pkg", &MultiDigest::sha1(&expected), &dirs.blobs()).unwrap_err();
         assert!(e.starts_with("Getting blob from inner blobstore: Checking downloaded blob 'pkg'"), "{e}");
-        assert!(e.contains(&format!("Expected stream to have digest '{expected}' but was '{actual}'")), "{e}");
+        assert!(
+            e.contains(&format!("Expected stream to have digest '{expected}' but was '{actual}'")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! string *is* the credential, so it is cut from every message this module produces, including ureq's
 //! own error texts.
 
-use crate::error::Context as _;
 use super::{copy_stream, ProviderError};
+use crate::error::Context as _;
 use crate::url::{redact_url, scrub};
 use std::collections::BTreeMap;
 use std::fs::File;

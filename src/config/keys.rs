@@ -82,16 +82,27 @@ pub const SETTINGS: &[(&str, Treatment)] = &[
              and either is followed",
         ),
     ),
-    ("Retry", Treatment::Honoured("this agent's extension: tries, timeouts and patience of the settings fetch")),
+    (
+        "Retry",
+        Treatment::Honoured("this agent's extension: tries, timeouts and patience of the settings fetch"),
+    ),
 ];
 
 /// Keys of each source type (`Type` itself selects the source).
 pub const SOURCE: &[(&str, &str, Treatment)] = &[
-    ("HTTP", "URI", Treatment::Honoured("the metadata service (DHCP is brought up first when no NIC is configured)")),
+    (
+        "HTTP",
+        "URI",
+        Treatment::Honoured("the metadata service (DHCP is brought up first when no NIC is configured)"),
+    ),
     ("HTTP", "Headers", Treatment::Honoured("sent with every metadata request")),
     ("HTTP", "UserDataPath", Treatment::Honoured("the user data: settings, or a registry pointer")),
     ("HTTP", "TokenPath", Treatment::Honoured("IMDSv2: a token is PUT for and sent with every request")),
-    ("HTTP", "SSHKeysPath", Treatment::Honoured("vcap's OpenSSH key from the metadata service (a failure is logged)")),
+    (
+        "HTTP",
+        "SSHKeysPath",
+        Treatment::Honoured("vcap's OpenSSH key from the metadata service (a failure is logged)"),
+    ),
     (
         "HTTP",
         "InstanceIDPath",
@@ -102,11 +113,23 @@ pub const SOURCE: &[(&str, &str, Treatment)] = &[
     ("InstanceMetadata", "SettingsPath", Treatment::Honoured("the settings document")),
     ("File", "SettingsPath", Treatment::Honoured("the settings file")),
     ("File", "MetaDataPath", Treatment::Ignored("unused by the File source, in the Go agent too")),
-    ("File", "UserDataPath", Treatment::Ignored("unused by the File source, in the Go agent too (SettingsPath is read)")),
+    (
+        "File",
+        "UserDataPath",
+        Treatment::Ignored("unused by the File source, in the Go agent too (SettingsPath is read)"),
+    ),
     ("ConfigDrive", "DiskPaths", Treatment::Honoured("devices (or images, directories) tried in order")),
     ("ConfigDrive", "MetaDataPath", Treatment::Honoured("meta-data on the drive: instance id, OpenSSH key")),
-    ("ConfigDrive", "UserDataPath", Treatment::Honoured("user data on the drive: settings or a registry pointer")),
-    ("ConfigDrive", "SettingsPath", Treatment::Honoured("a settings file on the drive, read first when present")),
+    (
+        "ConfigDrive",
+        "UserDataPath",
+        Treatment::Honoured("user data on the drive: settings or a registry pointer"),
+    ),
+    (
+        "ConfigDrive",
+        "SettingsPath",
+        Treatment::Honoured("a settings file on the drive, read first when present"),
+    ),
     ("CDROM", "FileName", Treatment::Honoured("the settings file on the disc")),
     ("CDROM", "DevicePath", Treatment::Honoured("this agent's extension: the drive, /dev/sr0 by default")),
     ("VsphereGuestInfo", "RpcToolPath", Treatment::Honoured("the vmware-rpctool to run")),
@@ -126,7 +149,8 @@ pub fn notes(value: &Value) -> Vec<(String, Treatment)> {
             out.push((format!("Platform.Linux.{key}"), find(LINUX, key)));
         }
     }
-    let Some(Value::Object(settings)) = get_ci(value, "Infrastructure").and_then(|i| get_ci(i, "Settings")) else {
+    let Some(Value::Object(settings)) = get_ci(value, "Infrastructure").and_then(|i| get_ci(i, "Settings"))
+    else {
         return out;
     };
     for key in settings.keys() {
@@ -175,21 +199,31 @@ mod tests {
                 {"Type": "HTTP", "URI": "http://m", "Nope": 1}
             ]}}
         }));
-        let get = |k: &str| notes.iter().find(|(p, _)| p == k).map(|(_, t)| *t).unwrap_or_else(|| panic!("{k}: {notes:?}"));
+        let get = |k: &str| {
+            notes.iter().find(|(p, _)| p == k).map(|(_, t)| *t).unwrap_or_else(|| panic!("{k}: {notes:?}"))
+        };
         assert!(matches!(get("Platform.Linux.ServiceManager"), Treatment::Honoured(_)));
-        assert!(matches!(get("Platform.Linux.scrubephemeraldisk"), Treatment::Ignored(w) if w.contains("softlayer")));
+        assert!(
+            matches!(get("Platform.Linux.scrubephemeraldisk"), Treatment::Ignored(w) if w.contains("softlayer"))
+        );
         assert!(matches!(get("Platform.Linux.Bogus"), Treatment::Ignored(w) if w.contains("unknown")));
         assert!(matches!(get("Infrastructure.Settings.UseRegistry"), Treatment::Ignored(_)));
-        assert!(matches!(get("Infrastructure.Settings.Sources[0] (File).MetaDataPath"), Treatment::Ignored(_)));
+        assert!(matches!(
+            get("Infrastructure.Settings.Sources[0] (File).MetaDataPath"),
+            Treatment::Ignored(_)
+        ));
         assert!(matches!(get("Infrastructure.Settings.Sources[1] (HTTP).URI"), Treatment::Honoured(_)));
-        assert!(matches!(get("Infrastructure.Settings.Sources[1] (HTTP).Nope"), Treatment::Ignored(w) if w.contains("unknown")));
+        assert!(
+            matches!(get("Infrastructure.Settings.Sources[1] (HTTP).Nope"), Treatment::Ignored(w) if w.contains("unknown"))
+        );
         assert_eq!(notes.len(), 9, "{notes:?}");
     }
 
     /// Every `LinuxOptions` field has its entry, so a key cannot be added to one and not the other.
     #[test]
     fn the_table_covers_every_linux_option() {
-        let all: serde_json::Map<String, Value> = LINUX.iter().map(|(k, _)| (k.to_string(), Value::Null)).collect();
+        let all: serde_json::Map<String, Value> =
+            LINUX.iter().map(|(k, _)| (k.to_string(), Value::Null)).collect();
         let parsed = super::super::LinuxOptions::from_value(Some(&Value::Object(all))).unwrap();
         assert!(parsed.unknown.is_empty(), "{:?}", parsed.unknown);
         assert_eq!(LINUX.len(), 16);

@@ -216,7 +216,9 @@ mod tests {
             assert_eq!(e.reply_to.as_deref(), Some("r.1"), "{}", String::from_utf8_lossy(body));
             assert!(e.message.contains("not valid JSON"), "{}", e.message);
         }
-        for unreadable in [&br#"{"reply_to":"\ud800","method":"ping"}"#[..], b"{\"reply_to\":\"r.1\"", b"[1e400]"] {
+        for unreadable in
+            [&br#"{"reply_to":"\ud800","method":"ping"}"#[..], b"{\"reply_to\":\"r.1\"", b"[1e400]"]
+        {
             assert_eq!(Request::parse(unreadable).unwrap_err().reply_to, None);
         }
     }

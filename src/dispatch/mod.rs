@@ -116,9 +116,12 @@ impl Dispatcher {
             Quick::Yes => true,
             // A poll of a running task may wait for it (tasks::POLL_WAIT); any other answer is a
             // lookup. A task never starts running again once it has ended.
-            Quick::UnlessTaskRunning => {
-                d.request.arguments.first().and_then(serde_json::Value::as_str).is_none_or(|id| !self.ctx.tasks.is_running(id))
-            }
+            Quick::UnlessTaskRunning => d
+                .request
+                .arguments
+                .first()
+                .and_then(serde_json::Value::as_str)
+                .is_none_or(|id| !self.ctx.tasks.is_running(id)),
         }
     }
 
@@ -353,7 +356,9 @@ impl std::fmt::Display for Loggable<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::fmt::Write as _;
         // Printable ASCII (nearly every field) is checked by bytes, without decoding characters.
-        let printable = |s: &str| s.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) || !s.chars().any(char::is_control);
+        let printable = |s: &str| {
+            s.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) || !s.chars().any(char::is_control)
+        };
         let safe = self.s.len() <= self.max && printable(self.s);
         if safe {
             return f.write_str(self.s);

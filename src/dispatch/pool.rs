@@ -83,7 +83,8 @@ impl<T: Send + 'static> Pool<T> {
     /// A pool with no thread yet; `handle` runs each item on one of its threads.
     pub fn new(limits: Limits, handle: impl Fn(T) + Send + Sync + 'static) -> Pool<T> {
         let state = State { queue: VecDeque::new(), idle: 0, threads: 0 };
-        let inner = Inner { state: Mutex::new(state), wake: Condvar::new(), limits, handle: Box::new(handle) };
+        let inner =
+            Inner { state: Mutex::new(state), wake: Condvar::new(), limits, handle: Box::new(handle) };
         Pool { inner: Arc::new(inner) }
     }
 
@@ -94,7 +95,11 @@ impl<T: Send + 'static> Pool<T> {
         let limits = self.inner.limits;
         let mut s = lock(&self.inner.state);
         if s.queue.len() >= limits.max_queued {
-            let why = io::Error::other(format!("{} items already wait for a {} thread", s.queue.len(), limits.name));
+            let why = io::Error::other(format!(
+                "{} items already wait for a {} thread",
+                s.queue.len(),
+                limits.name
+            ));
             return Err((item, why));
         }
         s.queue.push_back(item);
@@ -137,7 +142,10 @@ impl<T: Send + 'static> Pool<T> {
             if let Some(item) = s.queue.pop_front() {
                 drop(s);
                 if catch_unwind(AssertUnwindSafe(|| (inner.handle)(item))).is_err() {
-                    log::error!("a {} thread's work panicked outside its guard; the thread goes on", inner.limits.name);
+                    log::error!(
+                        "a {} thread's work panicked outside its guard; the thread goes on",
+                        inner.limits.name
+                    );
                 }
                 s = lock(&inner.state);
                 continue;
@@ -188,8 +196,12 @@ impl Default for TaskRunner {
 impl TaskRunner {
     /// A runner running at most `max_threads` task bodies at once.
     pub fn with_limit(max_threads: usize) -> TaskRunner {
-        let limits =
-            Limits { name: "task", spare: KEEP_IDLE, max_threads: max_threads.max(1), max_queued: MAX_QUEUED_TASKS };
+        let limits = Limits {
+            name: "task",
+            spare: KEEP_IDLE,
+            max_threads: max_threads.max(1),
+            max_queued: MAX_QUEUED_TASKS,
+        };
         TaskRunner(Pool::new(limits, |job: Job| job()))
     }
 
@@ -230,8 +242,12 @@ impl Requests {
     pub fn new() -> Requests {
         let dispatcher: Arc<OnceLock<Arc<Dispatcher>>> = Arc::default();
         let handler = dispatcher.clone();
-        let limits =
-            Limits { name: "worker", spare: MAX_WORKERS, max_threads: MAX_WORKERS, max_queued: MAX_QUEUED_REQUESTS };
+        let limits = Limits {
+            name: "worker",
+            spare: MAX_WORKERS,
+            max_threads: MAX_WORKERS,
+            max_queued: MAX_QUEUED_REQUESTS,
+        };
         let workers = Pool::new(limits, move |work: Work| {
             // Work is queued only once the dispatcher is set.
             if let Some(dispatcher) = handler.get() {

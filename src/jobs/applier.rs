@@ -10,16 +10,16 @@
 //! bundles are 0755 with their contents as the archive has them; a job's `sys/log`, `sys/run` and
 //! `data` directories are `root:vcap` 0770, made only when missing and never reset afterwards.
 
-use crate::error::Context as _;
-use crate::sync::lock;
 use super::spec::{ApplySpec, PackageSpec, TemplateSpec};
 use crate::archive::{self, Unpack};
 use crate::blobstore::{Blobs, MultiDigest};
 use crate::dirs::Dirs;
+use crate::error::Context as _;
+use crate::owner::{self, Group};
+use crate::sync::lock;
 use ring::digest::SHA1_FOR_LEGACY_USE_ONLY;
 use std::collections::BTreeSet;
 use std::fs;
-use crate::owner::{self, Group};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -143,8 +143,7 @@ impl Installer<'_> {
         if pending.is_empty() {
             return Ok(());
         }
-        let digest =
-            MultiDigest::parse(&archive_ref.sha1).context("rendered templates archive")?;
+        let digest = MultiDigest::parse(&archive_ref.sha1).context("rendered templates archive")?;
         let tmp = self.tmp_dir()?;
         let blob = self
             .blobs
@@ -319,7 +318,8 @@ fn drop_links(link_root: &Path, keep: &BTreeSet<PathBuf>) -> usize {
     let mut dropped = 0;
     for l in fs::read_dir(link_root).into_iter().flatten().flatten() {
         let path = l.path();
-        if fs::read_link(&path).is_ok_and(|target| !keep.contains(&target)) && fs::remove_file(&path).is_ok() {
+        if fs::read_link(&path).is_ok_and(|target| !keep.contains(&target)) && fs::remove_file(&path).is_ok()
+        {
             dropped += 1;
         }
     }

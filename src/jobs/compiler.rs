@@ -51,7 +51,6 @@
 //!
 //! Both the `HOME` and `TMPDIR` directories are removed after the compile.
 
-use crate::error::Context as _;
 use super::applier::{switch_link, Installer, Layout, DEFAULT_PARALLEL};
 use super::scripts::{self, SCRIPT_PATH};
 use super::spec::{check_name, ApplySpec, PackageSpec};
@@ -60,6 +59,7 @@ use crate::blobstore::digest::{hex, sha1_hex, UploadDigests};
 use crate::blobstore::{Blobs, FetchedBlob, MultiDigest};
 use crate::cancel::CancelToken;
 use crate::dirs::Dirs;
+use crate::error::Context as _;
 use crate::gzip::ParallelGz;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -237,10 +237,8 @@ impl Compiler<'_> {
         phases.mark("pack");
         let compiled = match &req.destination {
             Destination::Blobstore => {
-                let (blobstore_id, sha1) = self
-                    .blobs
-                    .upload_hashed(&tgz, &digests.sha1)
-                    .context("Uploading compiled package")?;
+                let (blobstore_id, sha1) =
+                    self.blobs.upload_hashed(&tgz, &digests.sha1).context("Uploading compiled package")?;
                 Compiled::Blob { blobstore_id, sha1 }
             }
             Destination::Signed { url, headers } => {
@@ -327,8 +325,8 @@ impl Compiler<'_> {
             .stdin(Stdio::null())
             .process_group(0);
         log::info!("Running packaging of {} {} (logs in {})", req.name, req.version, logs.display());
-        let code = scripts::run_logged(cmd, &out_log, &err_log, self.cancel)
-            .context("Running packaging script")?;
+        let code =
+            scripts::run_logged(cmd, &out_log, &err_log, self.cancel).context("Running packaging script")?;
         if code == 0 {
             return Ok(());
         }

@@ -35,7 +35,11 @@ mod tests {
         let path = dirs.health_json();
         let written = std::fs::metadata(&path).unwrap().ino();
         record(&dirs, "running");
-        assert_eq!(std::fs::metadata(&path).unwrap().ino(), written, "an unchanged state is not written again");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().ino(),
+            written,
+            "an unchanged state is not written again"
+        );
         record(&dirs, "failing");
         assert_ne!(std::fs::metadata(&path).unwrap().ino(), written);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), r#"{"state":"failing"}"#);

@@ -2,10 +2,10 @@
 //! `post-stop`), drain scripts with their integer protocol, and errands. Every script runs in its own
 //! process group so a cancel (SIGTERM, then SIGKILL after a grace period) reaches everything it started.
 
-use crate::error::Context as _;
-use crate::sync::lock;
 use crate::cancel::CancelToken;
 use crate::dirs::Dirs;
+use crate::error::Context as _;
+use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;

@@ -1,8 +1,8 @@
 //! The apply spec (the director's `ApplySpec`, `instance_spec.rb`): what the director wants installed. It is persisted verbatim in
 //! `spec.json` (so `get_state` echoes what the director sent) and read through typed views here.
 
-use crate::error::Context as _;
 use crate::dirs::Dirs;
+use crate::error::Context as _;
 use crate::fsutil;
 use crate::settings::null_as_default;
 use crate::vitals::DiskPaths;
@@ -195,8 +195,23 @@ mod tests {
     fn hostile_names_are_refused_where_the_spec_is_parsed() {
         let long = "a".repeat(MAX_NAME_LEN + 1);
         let hostile = [
-            "", ".", "..", "../x", "../../etc", "a/b", "/abs", "a\0b", "a\nb", " a", "a b", "\u{fc}", "a:b",
-            "$(id)", "*", long.as_str(), "..\\x",
+            "",
+            ".",
+            "..",
+            "../x",
+            "../../etc",
+            "a/b",
+            "/abs",
+            "a\0b",
+            "a\nb",
+            " a",
+            "a b",
+            "\u{fc}",
+            "a:b",
+            "$(id)",
+            "*",
+            long.as_str(),
+            "..\\x",
         ];
         for bad in hostile {
             let specs = [
@@ -207,7 +222,11 @@ mod tests {
             // An empty legacy `template` means "none" (errands then need a name).
             for spec in specs.iter().take(if bad.is_empty() { 2 } else { 3 }) {
                 let e = ApplySpec::from_value(spec).expect_err(&format!("{bad:?} accepted"));
-                let want = if bad.is_empty() { "''".to_string() } else { bad.chars().take(8).collect::<String>().escape_debug().to_string() };
+                let want = if bad.is_empty() {
+                    "''".to_string()
+                } else {
+                    bad.chars().take(8).collect::<String>().escape_debug().to_string()
+                };
                 assert!(e.contains("invalid") && e.contains(&want), "{bad:?}: {e}");
             }
         }
@@ -219,8 +238,7 @@ mod tests {
 
     #[test]
     fn reads_a_captured_director_spec() {
-        let raw: Value =
-            serde_json::from_str(include_str!("../../tests/fixtures/apply_spec.json")).unwrap();
+        let raw: Value = serde_json::from_str(include_str!("../../tests/fixtures/apply_spec.json")).unwrap();
         let s = ApplySpec::from_value(&raw).unwrap();
         assert!(s.configures() && s.archive().is_some());
         let jobs: Vec<_> = s.jobs().into_iter().map(|j| j.name).collect();

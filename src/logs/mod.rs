@@ -27,8 +27,8 @@ pub use crate::gzip::ParallelGz;
 
 mod glob;
 
-use crate::error::Context as _;
 use crate::dirs::Dirs;
+use crate::error::Context as _;
 use crate::fsutil::TempFile;
 use flate2::Compression;
 use glob::Glob;

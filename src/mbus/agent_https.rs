@@ -2,14 +2,14 @@
 //! (quick ones answered on the connection thread, the rest by a worker), and the connection thread
 //! waits for the reply.
 
-use crate::dispatch::pool::Requests;
-use crate::error::Context as _;
 use super::https::{AgentEndpoint, HttpsOptions, HttpsServer};
 use super::url::MbusUrl;
 use crate::bus::BusControl;
 use crate::dirs::Dirs;
+use crate::dispatch::pool::Requests;
 use crate::dispatch::Response;
 use crate::dispatch::{Incoming, ReplySink};
+use crate::error::Context as _;
 use crate::settings::Effective;
 use std::sync::mpsc::{self, Sender};
 

@@ -317,7 +317,12 @@ mod tests {
 
     fn request(reply_to: &str) -> Message {
         let body = serde_json::json!({"method": "ping", "arguments": [], "reply_to": reply_to});
-        Message { subject: "agent.x".into(), reply: None, payload: body.to_string().into_bytes(), status: None }
+        Message {
+            subject: "agent.x".into(),
+            reply: None,
+            payload: body.to_string().into_bytes(),
+            status: None,
+        }
     }
 
     #[test]
@@ -334,7 +339,8 @@ mod tests {
         assert!(dedup.first_delivery(&request("director.a")));
         assert!(!dedup.first_delivery(&request("director.a")));
         assert!(dedup.first_delivery(&request("director.b")));
-        let garbage = Message { subject: "agent.x".into(), reply: None, payload: b"{not json".to_vec(), status: None };
+        let garbage =
+            Message { subject: "agent.x".into(), reply: None, payload: b"{not json".to_vec(), status: None };
         assert!(dedup.first_delivery(&garbage), "the dispatcher answers malformed requests");
         assert!(dedup.first_delivery(&garbage));
         dedup.close_after(Duration::ZERO);

@@ -16,9 +16,9 @@ mod mounts;
 mod system_dirs;
 mod tmp_dir;
 
-use crate::error::Context as _;
 use super::{users, Platform};
 use crate::dirs::Dirs;
+use crate::error::Context as _;
 use crate::exec;
 use crate::owner;
 use crate::settings::Effective;
@@ -40,7 +40,12 @@ pub struct Machine {
 
 /// Runs every bootstrap step in the Go agent's order; the error names the failed step. The
 /// platform decides whether it runs at all (see [`Platform::bootstrap`]).
-pub fn run(dirs: &Dirs, settings: &Effective, platform: &dyn Platform, machine: Machine) -> Result<(), String> {
+pub fn run(
+    dirs: &Dirs,
+    settings: &Effective,
+    platform: &dyn Platform,
+    machine: Machine,
+) -> Result<(), String> {
     let live = machine.live;
     let (devices, default_tmp_dir) = (machine.devices, machine.default_tmp_dir);
     let b = Bootstrap { dirs, settings, live, devices, default_tmp_dir };

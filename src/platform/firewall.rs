@@ -233,16 +233,17 @@ mod tests {
     #[test]
     fn finds_the_bpm_job_in_the_unified_line() {
         let text = "12:pids:/system.slice/x\n0::/system.slice/runc-bpm-web.scope\n";
-        assert_eq!(
-            bpm_cgroup(text, ""),
-            Some(("web".into(), "system.slice/runc-bpm-web.scope".into()))
-        );
+        assert_eq!(bpm_cgroup(text, ""), Some(("web".into(), "system.slice/runc-bpm-web.scope".into())));
         assert_eq!(
             bpm_cgroup(text, "unified/").map(|(_, c)| c),
             Some("unified/system.slice/runc-bpm-web.scope".into())
         );
         assert_eq!(bpm_cgroup("0::/system.slice/bosh-agent.service\n", ""), None);
-        assert_eq!(bpm_cgroup("1:name=systemd:/runc-bpm-web.scope\n", ""), None, "v1 lines are not looked at");
+        assert_eq!(
+            bpm_cgroup("1:name=systemd:/runc-bpm-web.scope\n", ""),
+            None,
+            "v1 lines are not looked at"
+        );
         assert_eq!(bpm_cgroup("0::/a/runc-bpm-.scope\n", ""), None);
         assert_eq!(bpm_cgroup("0::/a/runc-bpm-we\"b.scope\n", ""), None);
     }

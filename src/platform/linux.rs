@@ -67,9 +67,11 @@ impl Platform for Linux {
     fn delete_arp_entries(&self, ips: &[std::net::IpAddr]) {
         for ip in ips {
             let ip = ip.to_string();
-            if let Err(e) =
-                exec::run(Command::new("ip").args(["neigh", "flush", "to", &ip]), None, Duration::from_secs(5))
-            {
+            if let Err(e) = exec::run(
+                Command::new("ip").args(["neigh", "flush", "to", &ip]),
+                None,
+                Duration::from_secs(5),
+            ) {
                 log::info!("flushing the neighbour entry of {ip}: {e}");
             }
         }
@@ -116,7 +118,10 @@ impl Platform for Linux {
     fn network_for_settings(&self) {
         network::setup::dhcp_before_settings(&self.dirs, self.live());
     }
-    fn resolve_dhcp_networks(&self, networks: &mut std::collections::BTreeMap<String, crate::settings::Network>) {
+    fn resolve_dhcp_networks(
+        &self,
+        networks: &mut std::collections::BTreeMap<String, crate::settings::Network>,
+    ) {
         let nics = network::nics::detect(&self.dirs).unwrap_or_else(|e| {
             log::warn!("finding the network interfaces: {e}");
             Vec::new()

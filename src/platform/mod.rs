@@ -3,8 +3,8 @@
 //! ask the [`Platform`] for behaviour; none of them asks which platform it is.
 
 pub mod bootstrap;
-mod dummy;
 pub mod disks;
+mod dummy;
 pub mod firewall;
 mod linux;
 pub mod logrotate;
@@ -54,7 +54,11 @@ pub fn new(kind: PlatformKind, dirs: &Dirs) -> Box<dyn Platform> {
 
 /// Builds the platform for `-P` as `agent.json`'s `Platform.Linux` says (`UseDefaultTmpDir`, the
 /// disk keys); fails on an option no platform can honour (an unknown `PartitionerType`).
-pub fn with_options(kind: PlatformKind, dirs: &Dirs, options: &LinuxOptions) -> Result<Box<dyn Platform>, String> {
+pub fn with_options(
+    kind: PlatformKind,
+    dirs: &Dirs,
+    options: &LinuxOptions,
+) -> Result<Box<dyn Platform>, String> {
     let disk = disks::DiskConfig::from_linux(options)?;
     Ok(match kind {
         PlatformKind::Ubuntu | PlatformKind::Linux => {
@@ -99,7 +103,10 @@ pub trait Platform: Send + Sync {
     fn network_for_settings(&self);
     /// Fills the DHCP networks' `ip`, `netmask` and `gateway` with what DHCP gave the VM, which the
     /// director learns only from the agent (`apply`, `get_state`); others are left alone.
-    fn resolve_dhcp_networks(&self, networks: &mut std::collections::BTreeMap<String, crate::settings::Network>);
+    fn resolve_dhcp_networks(
+        &self,
+        networks: &mut std::collections::BTreeMap<String, crate::settings::Network>,
+    );
     /// The VM's SSH host public key, so bosh-cli can pin it in `known_hosts`.
     fn ssh_host_public_key(&self) -> Result<String, String>;
     /// Creates (or completes) the `bosh ssh` user `user` that logs in with `public_key`.

@@ -164,7 +164,8 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     if out.status.success() {
         return Ok(());
     }
-    let said: Vec<&str> = [out.stderr.trim(), out.stdout.trim()].into_iter().filter(|s| !s.is_empty()).collect();
+    let said: Vec<&str> =
+        [out.stderr.trim(), out.stdout.trim()].into_iter().filter(|s| !s.is_empty()).collect();
     Err(format!("{cmd:?} failed ({}): {}", out.status, said.join("; ")))
 }
 
@@ -216,7 +217,8 @@ mod tests {
     #[test]
     fn service_manager_from_agent_json() {
         let of = |linux: serde_json::Value| {
-            let config = crate::config::AgentConfig::from_value(&json!({"Platform": {"Linux": linux}})).unwrap();
+            let config =
+                crate::config::AgentConfig::from_value(&json!({"Platform": {"Linux": linux}})).unwrap();
             MonitStart::from_config(&config.linux)
         };
         let start = of(json!({"ServiceManager": "systemd", "usemonitiptablesfirewall": true}));

@@ -15,11 +15,11 @@
 
 use crate::dirs::Dirs;
 use crate::error::Context as _;
-use crate::sync::lock;
 use crate::exec;
+use crate::sync::lock;
+use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::ffi::CString;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;

@@ -423,11 +423,20 @@ mod tests {
         }))
         .unwrap();
         let env = &s.env.bosh;
-        assert_eq!((env.password.as_deref(), env.keep_root_password, env.swap_size), (Some("h"), true, Some(0)));
-        assert_eq!((env.authorized_keys.len(), env.ntp.as_deref(), env.parallel), (1, Some(&["t".into()][..]), None));
+        assert_eq!(
+            (env.password.as_deref(), env.keep_root_password, env.swap_size),
+            (Some("h"), true, Some(0))
+        );
+        assert_eq!(
+            (env.authorized_keys.len(), env.ntp.as_deref(), env.parallel),
+            (1, Some(&["t".into()][..]), None)
+        );
         let n = &s.networks["n"];
         assert!(n.is_default_for("gateway") && !n.is_default_for("dns"));
-        assert_eq!((n.prefix.as_ref().and_then(Prefix::length), n.routes[0].gateway.as_str()), (Some(24), ""));
+        assert_eq!(
+            (n.prefix.as_ref().and_then(Prefix::length), n.routes[0].gateway.as_str()),
+            (Some(24), "")
+        );
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["env"]["bosh"]["remove_dev_tools"], true);
         assert_eq!(v["networks"]["n"]["cloud_properties"]["k"], 1);

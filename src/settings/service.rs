@@ -6,12 +6,12 @@
 //! service or a settings file that is late (cloud-init on Azure writes it during boot) must not
 //! make the agent exit again and again until the service manager's start limit leaves it dead.
 
-use crate::error::Context as _;
-use crate::sync::{read, write};
 use super::sources::SettingsSource;
 use super::{Blobstore, Effective, Settings, UpdateSettings};
 use crate::dirs::Dirs;
+use crate::error::Context as _;
 use crate::fsutil;
+use crate::sync::{read, write};
 use serde_json::{json, Map, Value};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -152,7 +152,10 @@ impl SettingsService {
     /// The settings, where they came from, and which mandatory keys the document gave as `""`
     /// (so an empty `mbus` is reported as empty, not missing). With `patience`, passes over the
     /// sources again while none answers and nothing is cached (see [`Patience`]).
-    fn fetch_or_cached(&self, patience: Option<Patience>) -> Result<(Settings, String, Vec<&'static str>), String> {
+    fn fetch_or_cached(
+        &self,
+        patience: Option<Patience>,
+    ) -> Result<(Settings, String, Vec<&'static str>), String> {
         let started = Instant::now();
         for pass in 1u32.. {
             let errors = match self.fetch_once() {
@@ -168,7 +171,9 @@ impl SettingsService {
                     return Ok((Settings::default(), "the command line (-a, -n)".into(), Vec::new()));
                 }
                 Ok(None) => {}
-                Err(e) => return Err(format!("no settings source answered and the cache is unreadable: {e}")),
+                Err(e) => {
+                    return Err(format!("no settings source answered and the cache is unreadable: {e}"))
+                }
             }
             let why = if errors.is_empty() {
                 "no settings source is configured and no cached settings exist".to_string()
@@ -198,7 +203,8 @@ impl SettingsService {
         let mut errors = Vec::new();
         for source in self.sources.iter() {
             match source.fetch().and_then(|v| {
-                let blank = ["agent_id", "mbus"].into_iter().filter(|k| v.get(k) == Some(&json!(""))).collect();
+                let blank =
+                    ["agent_id", "mbus"].into_iter().filter(|k| v.get(k) == Some(&json!(""))).collect();
                 serde_json::from_value::<Settings>(v).context("invalid settings").map(|s| (s, blank))
             }) {
                 Ok((mut s, blank)) => {
@@ -338,8 +344,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dirs = Dirs::new(dir.path().join("base"), "/");
         let src = dir.path().join("late.json");
-        let svc =
-            SettingsService::new(dirs.clone(), vec![Box::new(FileSource { path: src.clone() })], Overrides::default());
+        let svc = SettingsService::new(
+            dirs.clone(),
+            vec![Box::new(FileSource { path: src.clone() })],
+            Overrides::default(),
+        );
         let quick = Patience { pause: Duration::from_millis(20), give_up: Duration::from_secs(30) };
         let writer = {
             let src = src.clone();

@@ -6,8 +6,8 @@
 //! rule today's Go agent enforces, so a certificate for some other service signed by the same CA cannot
 //! impersonate the director's NATS server.
 
-use crate::error::Context as _;
 use super::{parse_certs, parse_key, provider, root_store};
+use crate::error::Context as _;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};

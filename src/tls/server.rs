@@ -5,8 +5,8 @@
 //! the TLS channel. The self-signed path exists because the agent's embedded default mode must come up
 //! with nothing configured; bosh-cli without `cert.ca` skips verification anyway.
 
-use crate::error::Context as _;
 use super::{parse_certs, parse_key, provider};
+use crate::error::Context as _;
 use std::sync::Arc;
 
 /// Builds the HTTPS bus's server config from PEM strings (`env.bosh.mbus.cert.{certificate,private_key}`).
@@ -32,8 +32,8 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::Server
 /// TLS 1.3. With no names given the certificate names `localhost`, so the result is always usable.
 pub fn self_signed(names: &[String]) -> Result<(String, String), String> {
     let names = if names.is_empty() { vec!["localhost".to_string()] } else { names.to_vec() };
-    let certified = rcgen::generate_simple_self_signed(names)
-        .context("generating self-signed certificate")?;
+    let certified =
+        rcgen::generate_simple_self_signed(names).context("generating self-signed certificate")?;
     Ok((certified.cert.pem(), certified.signing_key.serialize_pem()))
 }
 

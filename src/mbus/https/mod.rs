@@ -19,8 +19,8 @@
 
 mod blobs;
 
-use crate::sync::lock;
 use super::http::{self, Body, BodyReader, Framing, Head};
+use crate::sync::lock;
 use base64::Engine;
 use blobs::{BlobStore, PutError};
 use rustls::{ServerConnection, StreamOwned};
@@ -280,7 +280,8 @@ fn poll_loop(listener: TcpListener, shared: Arc<Shared>) {
             fds.push(libc::pollfd { fd: p.tcp.as_raw_fd(), events, revents: 0 });
         }
         let now = Instant::now();
-        let wait = pending.iter().map(|p| p.deadline.saturating_duration_since(now)).min().unwrap_or(STOP_POLL);
+        let wait =
+            pending.iter().map(|p| p.deadline.saturating_duration_since(now)).min().unwrap_or(STOP_POLL);
         let wait_ms = wait.min(STOP_POLL).as_millis().max(1) as libc::c_int;
         // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfd entries for the call.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
@@ -628,7 +629,11 @@ fn authorized(expected: &[u8], head: &Head) -> bool {
 fn route(shared: &Shared, ex: &mut Exchange<'_>, head: &Head) -> io::Result<()> {
     if !authorized(&shared.auth, head) {
         let peer = ex.stream.sock.peer_addr().map_or_else(|_| "an unknown peer".into(), |a| a.to_string());
-        log::info!("https: 401 for {} {} from {peer}: wrong or missing mbus credentials", head.method, head.path());
+        log::info!(
+            "https: 401 for {} {} from {peer}: wrong or missing mbus credentials",
+            head.method,
+            head.path()
+        );
         return ex.respond(401, &[("WWW-Authenticate", "Basic realm=\"\"")], b"");
     }
     let path = head.path();

@@ -5,12 +5,12 @@
 //! only place that owns that policy. State shared with publishers lives in [`State`] behind one
 //! mutex, with a condvar to wake waiters on connect, reconfigure and shutdown.
 
-use crate::error::Context as _;
 use super::protocol::{self, ConnectInfo, Parser, ServerInfo, ServerOp};
 use super::url::NatsUrl;
 use super::wire::{self, Reader, Wire};
-use crate::sync::{lock, wait_timeout};
 use super::{Inbox, Message, NatsOptions, PENDING_MAX_BYTES, PENDING_MAX_MESSAGES};
+use crate::error::Context as _;
+use crate::sync::{lock, wait_timeout};
 use std::collections::VecDeque;
 use std::io;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -233,7 +233,9 @@ fn establish(
             Some(ServerOp::Info(info)) => break info,
             Some(other) => return Err(format!("expected INFO, got {}", op_name(&other))),
             None => {
-                if !retry_interrupted(|| plain.fill(&mut parser, None)).map_err(|e| io_text("reading INFO", &e))? {
+                if !retry_interrupted(|| plain.fill(&mut parser, None))
+                    .map_err(|e| io_text("reading INFO", &e))?
+                {
                     return Err("server closed the connection before INFO".into());
                 }
             }

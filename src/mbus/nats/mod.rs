@@ -26,6 +26,7 @@ pub mod protocol;
 pub mod url;
 mod wire;
 
+use crate::sync::{lock, wait_timeout};
 use connection::{Shared, State};
 use std::collections::VecDeque;
 use std::fmt;
@@ -33,7 +34,6 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use crate::sync::{lock, wait_timeout};
 
 /// nats-server's default `max_payload` (and BOSH's `nats.max_payload_mb` default): the limit we
 /// assume until the server's INFO tells us otherwise.
@@ -228,7 +228,10 @@ impl NatsConnection {
         // a buffered copy would drop the next one too.
         let line = protocol::pub_line_len(subject, reply, payload.len());
         if line > protocol::SERVER_MAX_CONTROL_LINE {
-            return Err(PublishError::ControlLineTooLong { len: line, max: protocol::SERVER_MAX_CONTROL_LINE });
+            return Err(PublishError::ControlLineTooLong {
+                len: line,
+                max: protocol::SERVER_MAX_CONTROL_LINE,
+            });
         }
         let wire = {
             let state = lock(&self.shared.state);

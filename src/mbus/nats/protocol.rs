@@ -372,7 +372,13 @@ mod tests {
         assert_eq!(
             all(&mut p),
             vec![
-                ServerOp::Msg { subject: "_INBOX.a".into(), sid: 4, reply: None, payload: vec![], status: Some(503) },
+                ServerOp::Msg {
+                    subject: "_INBOX.a".into(),
+                    sid: 4,
+                    reply: None,
+                    payload: vec![],
+                    status: Some(503)
+                },
                 ServerOp::Msg {
                     subject: "s".into(),
                     sid: 1,

@@ -69,9 +69,9 @@ impl NatsUrl {
         }
         let port = match p.port {
             None | Some("") => DEFAULT_PORT,
-            Some(port) => {
-                port.parse::<u16>().map_err(|_| format!("NATS URL has an invalid port '{}'", port.escape_debug()))?
-            }
+            Some(port) => port
+                .parse::<u16>()
+                .map_err(|_| format!("NATS URL has an invalid port '{}'", port.escape_debug()))?,
         };
         Ok(NatsUrl { host: p.host.to_string(), port, user, pass })
     }

@@ -8,13 +8,13 @@
 //! two halves cannot deadlock, and no lock is held while a publisher waits on a full socket buffer
 //! except the send lock itself.
 
-use crate::error::Context as _;
 use super::protocol::Parser;
+use crate::error::Context as _;
+use crate::sync::lock;
 use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use crate::sync::lock;
 use std::sync::{Arc, Mutex};
 
 /// The sending half, shared by the connection thread (PONG, PING, SUB) and every publisher.
@@ -168,9 +168,7 @@ pub(crate) fn tls_pair(
 ) -> Result<(Wire, Reader), String> {
     let name = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
-        Err(_) => {
-            ServerName::try_from(host.to_string()).context("invalid TLS server name")?
-        }
+        Err(_) => ServerName::try_from(host.to_string()).context("invalid TLS server name")?,
     };
     let mut conn = ClientConnection::new(config, name).context("starting TLS")?;
     // Large publishes are encrypted in one go; the socket, not rustls, provides back-pressure.

@@ -2,10 +2,10 @@
 //! `bosh/dummy_mounts.json` instead of touching a device, so the director's disk conversation
 //! (add, mount, list, migrate, unmount, remove) runs on a laptop and tests can read what happened.
 
-use crate::error::Context as _;
-use crate::sync::lock;
 use super::{record_mounted_cid, DiskManager, DiskOptions, DiskSettings};
 use crate::dirs::Dirs;
+use crate::error::Context as _;
+use crate::sync::lock;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -373,7 +373,9 @@ pub fn setup(
         match root::find(&dirs.root) {
             Err(why) => log::info!("no root disk to grow: {why}"),
             Ok(r) => match root::grow(&r) {
-                Ok(true) => log::info!("grew the root partition {} and its filesystem", r.partition.display()),
+                Ok(true) => {
+                    log::info!("grew the root partition {} and its filesystem", r.partition.display())
+                }
                 Ok(false) => {}
                 Err(e) => log::warn!("root filesystem on {} not grown: {e}", r.partition.display()),
             },
@@ -390,16 +392,23 @@ fn raw_ephemeral(list: &Value, resolver: &Resolver) -> Result<(), String> {
         other => return Err(format!("disks.raw_ephemeral must be a list, got {other}")),
     };
     for (i, hint) in disks.iter().enumerate() {
-        let dev = resolver.resolve(&DiskSettings::from_hint("", hint)?).with_context(|| format!("raw ephemeral disk {i}"))?;
+        let dev = resolver
+            .resolve(&DiskSettings::from_hint("", hint)?)
+            .with_context(|| format!("raw ephemeral disk {i}"))?;
         let d = dev.display();
         let t = table::read(&dev)?;
-        if t.as_ref().is_some_and(|t| t.label == Label::Gpt && t.parts.iter().any(|p| p.name.starts_with("raw-ephemeral-"))) {
+        if t.as_ref().is_some_and(|t| {
+            t.label == Label::Gpt && t.parts.iter().any(|p| p.name.starts_with("raw-ephemeral-"))
+        }) {
             log::info!("raw ephemeral disk {d} is already partitioned");
             continue;
         }
         let uses = mount::in_use(&dev)?;
         if !uses.is_empty() {
-            return Err(format!("raw ephemeral disk {d} is in use ({}); not repartitioning it", uses.join(", ")));
+            return Err(format!(
+                "raw ephemeral disk {d} is in use ({}); not repartitioning it",
+                uses.join(", ")
+            ));
         }
         log::info!("raw ephemeral disk {d}: one partition raw-ephemeral-{i} over the whole disk");
         table::wipe_signatures(&dev)?;
@@ -467,10 +476,16 @@ mod tests {
         let plan = Plan { swap: 64 * MIB, data: 960 * MIB };
         let size = G + 2 * MIB;
         let p = "bosh-partition-a";
-        let ours = table(Label::Gpt, &[(MIB, 64 * MIB, "x", "bosh-partition-a-0"), (65 * MIB, 960 * MIB, "x", "bosh-partition-a-1")]);
+        let ours = table(
+            Label::Gpt,
+            &[(MIB, 64 * MIB, "x", "bosh-partition-a-0"), (65 * MIB, 960 * MIB, "x", "bosh-partition-a-1")],
+        );
         assert!(is_ours(Layout::Gpt, &ours, &plan, p, size));
         assert!(!is_ours(Layout::Gpt, &ours, &plan, "bosh-partition-b", size), "another agent's disk");
-        assert!(!is_ours(Layout::Gpt, &ours, &Plan { swap: 0, data: G }, p, size), "a layout for another swap size");
+        assert!(
+            !is_ours(Layout::Gpt, &ours, &Plan { swap: 0, data: G }, p, size),
+            "a layout for another swap size"
+        );
         assert!(!is_ours(Layout::Dos, &ours, &plan, p, size));
         let unnamed = table(Label::Gpt, &[(MIB, 64 * MIB, "x", ""), (65 * MIB, 960 * MIB, "x", "")]);
         assert!(!is_ours(Layout::Gpt, &unnamed, &plan, p, size));

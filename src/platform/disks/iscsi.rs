@@ -263,7 +263,8 @@ mod tests {
 
     #[test]
     fn reads_dmsetup_and_iscsiadm_output() {
-        let out = "3600a09803830447a4f244c4657616f6f\t(253:0)\n3600a09803830447a4f244c4657616f6f-part1\t(253:1)\n";
+        let out =
+            "3600a09803830447a4f244c4657616f6f\t(253:0)\n3600a09803830447a4f244c4657616f6f-part1\t(253:1)\n";
         let m = parse_maps(out);
         assert_eq!(m.len(), 2);
         assert_eq!(base_name(&m[1]), "3600a09803830447a4f244c4657616f6f");

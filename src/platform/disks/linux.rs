@@ -92,14 +92,17 @@ impl LinuxDisks {
 
     /// Mounts `source` on store, or on the migration target when store holds another disk. Returns
     /// where it mounted it, or `None` when it was mounted already.
-    fn mount_prepared(&self, cid: &str, source: &Source, opts: &DiskOptions) -> Result<Option<PathBuf>, String> {
+    fn mount_prepared(
+        &self,
+        cid: &str,
+        source: &Source,
+        opts: &DiskOptions,
+    ) -> Result<Option<PathBuf>, String> {
         let table = mount::mounts()?;
         let store = self.dirs.store();
         let target = self.dirs.store_migration_target();
         let (path, mine, mut options) = match source {
-            Source::Dir(dir) => {
-                (dir, mount::bind_points_of(&table, dir), vec!["bind".to_string()])
-            }
+            Source::Dir(dir) => (dir, mount::bind_points_of(&table, dir), vec!["bind".to_string()]),
             Source::Block(dev) => (dev, mount_points_of(&table, device_number(dev)?), Vec::new()),
         };
         options.extend(opts.mount_options.iter().cloned());
@@ -182,7 +185,11 @@ impl DiskManager for LinuxDisks {
         let source = match self.source(disk, true)? {
             Source::Dir(dir) => return self.mount_prepared(&disk.id, &Source::Dir(dir), opts).map(|_| ()),
             Source::Block(dev) if self.config.preformatted => {
-                log::info!("disk {}: UsePreformattedPersistentDisk, mounting {} as it is", disk.id, dev.display());
+                log::info!(
+                    "disk {}: UsePreformattedPersistentDisk, mounting {} as it is",
+                    disk.id,
+                    dev.display()
+                );
                 return self.mount_prepared(&disk.id, &Source::Block(dev), opts).map(|_| ());
             }
             Source::Block(dev) => prepare::prepare(&dev, &opts.fs_type, self.live)?,

@@ -33,10 +33,10 @@ pub use dummy::DummyDisks;
 pub use linux::LinuxDisks;
 pub use options::DiskConfig;
 
-use crate::error::Context as _;
-use crate::sync::lock;
 use crate::dirs::Dirs;
+use crate::error::Context as _;
 use crate::settings::Effective;
+use crate::sync::lock;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;

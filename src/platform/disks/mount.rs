@@ -94,7 +94,9 @@ pub fn bind_points_of(table: &[MountEntry], dir: &Path) -> Vec<PathBuf> {
     table
         .iter()
         .filter(|m| m.dev == dev && m.mount_point != canonical)
-        .filter(|m| std::fs::metadata(&m.mount_point).is_ok_and(|md| md.dev() == want.dev() && md.ino() == want.ino()))
+        .filter(|m| {
+            std::fs::metadata(&m.mount_point).is_ok_and(|md| md.dev() == want.dev() && md.ino() == want.ino())
+        })
         .map(|m| m.mount_point.clone())
         .collect()
 }

@@ -144,7 +144,9 @@ impl DiskConfig {
             ("InstanceStorageDevicePattern", &o.instance_storage_device_pattern),
         ] {
             if !value.is_empty() {
-                log::warn!("{key} is not supported by this agent and is ignored (no official stemcell sets it)");
+                log::warn!(
+                    "{key} is not supported by this agent and is ignored (no official stemcell sets it)"
+                );
             }
         }
         let prefix = if o.virtio_device_prefix.is_empty() { "virtio" } else { &o.virtio_device_prefix };
@@ -178,7 +180,10 @@ mod tests {
         o.skip_disk_setup = true;
         o.scrub_ephemeral_disk = true;
         let c = DiskConfig::from_linux(&o).unwrap();
-        assert_eq!((c.layout, c.resolution, c.virtio_prefix.as_str()), (Layout::Dos, Resolution::Iscsi, "google"));
+        assert_eq!(
+            (c.layout, c.resolution, c.virtio_prefix.as_str()),
+            (Layout::Dos, Resolution::Iscsi, "google")
+        );
         assert!(c.root_partitions && c.preformatted && c.bind_mount && c.skip_setup);
         o.partitioner_type = "parted".into();
         o.device_path_resolution_type = "mapper".into();

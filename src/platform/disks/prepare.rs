@@ -21,9 +21,9 @@
 //! `/sys/class/block/<part>/dev`. A stale node with the wrong numbers is replaced. A multipath map
 //! (iSCSI) has no kernel partitions: its partitions are the maps `<name>-partN` multipathd makes.
 
+use super::mount::{device_number, split_dev};
 use crate::error::Context as _;
 use crate::exec;
-use super::mount::{device_number, split_dev};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -129,7 +129,9 @@ fn kernel_agrees(dev: &Path) -> Result<bool, String> {
         .unwrap_or_default();
     let name = dev.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let dir = PathBuf::from("/sys/class/block").join(&name);
-    let read = |p: &Path, f: &str| std::fs::read_to_string(p.join(f)).ok().and_then(|v| v.trim().parse::<u64>().ok());
+    let read = |p: &Path, f: &str| {
+        std::fs::read_to_string(p.join(f)).ok().and_then(|v| v.trim().parse::<u64>().ok())
+    };
     let mut kernel: Vec<(u32, u64, u64)> = partitions_in_sysfs(dev)
         .iter()
         .filter_map(|part| {

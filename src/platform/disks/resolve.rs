@@ -110,7 +110,11 @@ impl Resolver {
         if !disk.device_id.is_empty() {
             let names = self.by_id_names(|name| name.ends_with(disk.device_id.as_str()))?;
             let first = names.first().ok_or_else(|| {
-                format!("no device in {} matches id '{}' of disk {cid}", self.by_id().display(), disk.device_id)
+                format!(
+                    "no device in {} matches id '{}' of disk {cid}",
+                    self.by_id().display(),
+                    disk.device_id
+                )
             })?;
             return block_device(first, cid);
         }
@@ -149,7 +153,8 @@ impl Resolver {
         // disk has none: its path is all there is).
         if patient && self.udev && (!cid.is_empty() || !disk.device_id.is_empty()) {
             for args in [&["trigger"][..], &["settle"][..]] {
-                if let Err(e) = exec::run(Command::new("udevadm").args(args), None, Duration::from_secs(120)) {
+                if let Err(e) = exec::run(Command::new("udevadm").args(args), None, Duration::from_secs(120))
+                {
                     log::info!("udevadm {}: {e}", args.join(" "));
                 }
             }
@@ -164,7 +169,8 @@ impl Resolver {
                     || (!short.is_empty() && name == exact)
                     || (!id_hint.is_empty() && name.ends_with(id_hint))
             })?;
-            let mut targets: Vec<PathBuf> = names.iter().filter_map(|n| std::fs::canonicalize(n).ok()).collect();
+            let mut targets: Vec<PathBuf> =
+                names.iter().filter_map(|n| std::fs::canonicalize(n).ok()).collect();
             targets.dedup();
             match targets.as_slice() {
                 [] => Ok(None),
@@ -247,7 +253,9 @@ impl Resolver {
         match found {
             Ok(p) => block_device(&p, cid),
             Err(Waited::Failed(e)) => Err(format!("disk {cid}: {e}")),
-            Err(Waited::TimedOut) => Err(format!("timed out after {wait:?} waiting for disk {cid}: no {what}")),
+            Err(Waited::TimedOut) => {
+                Err(format!("timed out after {wait:?} waiting for disk {cid}: no {what}"))
+            }
         }
     }
 }
@@ -349,7 +357,10 @@ fn renamed_device(path: &Path, exists: impl Fn(&Path) -> bool) -> Option<PathBuf
     if !shape {
         return None;
     }
-    ["vd", "xvd", "sd"].iter().map(|p| PathBuf::from(format!("/dev/{p}{rest}"))).find(|p| p != path && exists(p))
+    ["vd", "xvd", "sd"]
+        .iter()
+        .map(|p| PathBuf::from(format!("/dev/{p}{rest}")))
+        .find(|p| p != path && exists(p))
 }
 
 /// The kernel's block device name (`sdc`) of the SCSI disk `disk` names under the sysfs root
@@ -407,7 +418,8 @@ fn scsi_lookup(disk: &DiskSettings, sys: &Path) -> Result<Option<String>, String
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("listing {}: {e}", bus.display())),
     };
-    let hosts = if disk.host_device_id.is_empty() { Vec::new() } else { host_names(&disk.host_device_id, sys) };
+    let hosts =
+        if disk.host_device_id.is_empty() { Vec::new() } else { host_names(&disk.host_device_id, sys) };
     let same = |a: &str, b: &str| a.trim_start_matches('0') == b.trim_start_matches('0');
     let mut found = Vec::new();
     let mut os_disks = Vec::new();
@@ -422,7 +434,11 @@ fn scsi_lookup(disk: &DiskSettings, sys: &Path) -> Result<Option<String>, String
         let blocks: Vec<String> = std::fs::read_dir(entry.path().join("block"))
             .map(|rd| rd.flatten().map(|b| b.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
-        if same(parts[1], "0") && same(parts[2], "0") && same(parts[3], "0") && blocks.iter().any(|b| b.starts_with("sd")) {
+        if same(parts[1], "0")
+            && same(parts[2], "0")
+            && same(parts[3], "0")
+            && blocks.iter().any(|b| b.starts_with("sd"))
+        {
             os_disks.push(addr.clone());
         }
         // A vSphere volume id is the SCSI target (`H:0:<id>:0`, as the Ruby and Go agents look it
@@ -456,7 +472,11 @@ fn scsi_lookup(disk: &DiskSettings, sys: &Path) -> Result<Option<String>, String
             }
         }
     }
-    let under = if disk.host_device_id.is_empty() { String::new() } else { format!(" under host {}", disk.host_device_id) };
+    let under = if disk.host_device_id.is_empty() {
+        String::new()
+    } else {
+        format!(" under host {}", disk.host_device_id)
+    };
     match found.as_slice() {
         [] => Ok(None),
         [(_, _, name)] => Ok(Some(name.clone())),
@@ -525,7 +545,8 @@ mod tests {
         assert_eq!(renamed("/dev/sd"), None);
         assert_eq!(renamed("/dev/sdb/../vdb"), None);
         assert_eq!(renamed("/dev/nvme0n1"), None);
-        let names: Vec<String> = mapped_names(Path::new("/dev/sdc")).iter().map(|p| p.display().to_string()).collect();
+        let names: Vec<String> =
+            mapped_names(Path::new("/dev/sdc")).iter().map(|p| p.display().to_string()).collect();
         assert_eq!(names, ["/dev/xvdc", "/dev/vdc", "/dev/sdc"]);
         assert_eq!(mapped_names(Path::new("/dev/nvme1n1")), vec![PathBuf::from("/dev/nvme1n1")]);
     }
@@ -541,16 +562,21 @@ mod tests {
         assert!(e.contains("no device under") && e.contains("no path"), "{e}");
         // The Go agent's glob `*<CID>`: GCE's google-<name>.
         std::os::unix::fs::symlink("/dev/null", by_id.join(format!("google-{cid}"))).unwrap();
-        assert!(r.resolve(&d).unwrap_err().contains("/dev/null (disk vol-0123"), "found, then not a block device");
+        assert!(
+            r.resolve(&d).unwrap_err().contains("/dev/null (disk vol-0123"),
+            "found, then not a block device"
+        );
         // A second device naming it: refused.
         std::os::unix::fs::symlink("/dev/zero", by_id.join(format!("scsi-0QEMU_{cid}"))).unwrap();
         assert!(r.resolve(&d).unwrap_err().contains("matches several devices"));
         // KVM truncates virtio serials to 20 characters: only `<prefix>-<first 20>` names it.
-        let kvm = DiskSettings { id: "11112222-3333-4444-5555-666677778888".into(), ..DiskSettings::default() };
+        let kvm =
+            DiskSettings { id: "11112222-3333-4444-5555-666677778888".into(), ..DiskSettings::default() };
         std::os::unix::fs::symlink("/dev/full", by_id.join("virtio-11112222-3333-4444-5")).unwrap();
         assert!(r.resolve(&kvm).unwrap_err().contains("/dev/full"));
         // Not named there: the hint's path under the names the driver gives it, waited for.
-        let missing = DiskSettings { id: "short".into(), path: "/dev/sdzz".into(), ..DiskSettings::default() };
+        let missing =
+            DiskSettings { id: "short".into(), path: "/dev/sdzz".into(), ..DiskSettings::default() };
         let e = r.resolve(&missing).unwrap_err();
         assert!(e.contains("timed out") && e.contains("/dev/xvdzz or /dev/vdzz or /dev/sdzz"), "{e}");
     }
@@ -569,12 +595,24 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let sys = root.path().join("sys");
         // No bus at all: nothing found, not an error.
-        assert!(scsi_block_name(&hint(json!({"volume_id": "3"})), &sys).unwrap_err().contains("no SCSI disk"));
+        assert!(scsi_block_name(&hint(json!({"volume_id": "3"})), &sys)
+            .unwrap_err()
+            .contains("no SCSI disk"));
         scsi_device(root.path(), "pci0/host0/target0:0:0", "0:0:0:0", "sda");
         scsi_device(root.path(), "pci0/host2/target2:0:3", "2:0:3:0", "sdd");
         scsi_device(root.path(), "pci0/host2/target2:0:0", "2:0:0:3", "sdc");
-        scsi_device(root.path(), "vmbus/f8b3781b-1e82-4818-a1c3-63d806ec15bb/host3/target3:0:0", "3:0:0:1", "sde");
-        scsi_device(root.path(), "vmbus/00000000-0000-8899-0000-000000000000/host5/target5:0:0", "5:0:0:1", "sdf");
+        scsi_device(
+            root.path(),
+            "vmbus/f8b3781b-1e82-4818-a1c3-63d806ec15bb/host3/target3:0:0",
+            "3:0:0:1",
+            "sde",
+        );
+        scsi_device(
+            root.path(),
+            "vmbus/00000000-0000-8899-0000-000000000000/host5/target5:0:0",
+            "5:0:0:1",
+            "sdf",
+        );
         std::fs::create_dir_all(root.path().join("sys/bus/scsi/devices/host2")).unwrap();
         // vSphere: the volume id is the target number (2:0:3:0), not the LUN (2:0:0:3).
         assert_eq!(scsi_block_name(&hint(json!({"volume_id": "3"})), &sys).unwrap(), "sdd");
@@ -643,6 +681,9 @@ mod tests {
         });
         assert_eq!(r.unwrap(), 3);
         assert!(matches!(poll::<()>(Duration::ZERO, Duration::ZERO, || Ok(None)), Err(Waited::TimedOut)));
-        assert!(matches!(poll::<()>(Duration::from_secs(5), Duration::ZERO, || Err("x".into())), Err(Waited::Failed(_))));
+        assert!(matches!(
+            poll::<()>(Duration::from_secs(5), Duration::ZERO, || Err("x".into())),
+            Err(Waited::Failed(_))
+        ));
     }
 }

@@ -47,7 +47,8 @@ pub struct RootDisk {
 
 /// The root disk under `root_dir` (module doc); `Err` says why there is none.
 pub fn find(root_dir: &Path) -> Result<RootDisk, String> {
-    let canonical = std::fs::canonicalize(root_dir).with_context(|| format!("resolving {}", root_dir.display()))?;
+    let canonical =
+        std::fs::canonicalize(root_dir).with_context(|| format!("resolving {}", root_dir.display()))?;
     let table = mount::mounts()?;
     let (maj, min) = table
         .iter()
@@ -56,8 +57,9 @@ pub fn find(root_dir: &Path) -> Result<RootDisk, String> {
         .map(|m| m.dev)
         .ok_or_else(|| format!("{} is not a mount point", canonical.display()))?;
     let sys = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
-    let real = std::fs::canonicalize(&sys)
-        .map_err(|_| format!("the filesystem at {} is not on a block device ({maj}:{min})", canonical.display()))?;
+    let real = std::fs::canonicalize(&sys).map_err(|_| {
+        format!("the filesystem at {} is not on a block device ({maj}:{min})", canonical.display())
+    })?;
     let number: u32 = std::fs::read_to_string(real.join("partition"))
         .ok()
         .and_then(|n| n.trim().parse().ok())
@@ -84,7 +86,8 @@ pub fn find(root_dir: &Path) -> Result<RootDisk, String> {
 
 /// The free space after the root partition, in bytes (what swap and data may use).
 pub fn free_space(root: &RootDisk) -> Result<u64, String> {
-    let t = table::read(&root.disk)?.ok_or_else(|| format!("{} has no partition table", root.disk.display()))?;
+    let t =
+        table::read(&root.disk)?.ok_or_else(|| format!("{} has no partition table", root.disk.display()))?;
     let part = root_part(&t.parts, root)?;
     Ok(usable_end(&t, super::prepare::size_of(&root.disk)?).saturating_sub(part.end()))
 }
@@ -139,7 +142,11 @@ pub fn prepare(root: &RootDisk, plan: &Plan) -> Result<Ephemeral, String> {
         let mut made: Vec<&Part> = t.parts.iter().filter(|p| p.start > rp.start).collect();
         made.sort_by_key(|p| p.start);
         if made.len() != wanted.len() {
-            return Err(format!("root disk {d} shows {} partitions after the root one, expected {}", made.len(), wanted.len()));
+            return Err(format!(
+                "root disk {d} shows {} partitions after the root one, expected {}",
+                made.len(),
+                wanted.len()
+            ));
         }
         made.iter().map(|p| p.number).collect()
     } else if after.len() == wanted.len()

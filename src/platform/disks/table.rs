@@ -91,8 +91,14 @@ pub fn parse(json: &str) -> Result<Table, String> {
     let mut parts = Vec::new();
     for p in t["partitions"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let node = p["node"].as_str().unwrap_or_default();
-        let digits: String =
-            node.chars().rev().take_while(|c| c.is_ascii_digit()).collect::<Vec<_>>().into_iter().rev().collect();
+        let digits: String = node
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_digit())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         let number = digits.parse().map_err(|_| format!("partition node '{node}' has no number"))?;
         let (Some(start), Some(size)) = (p["start"].as_u64(), p["size"].as_u64()) else {
             return Err(format!("partition {node} has no start or size"));
@@ -251,7 +257,13 @@ mod tests {
         assert_eq!(t.label, Label::Gpt);
         assert_eq!(
             t.parts[0],
-            Part { number: 1, start: MIB, size: 100 * MIB, kind: GPT_SWAP.into(), name: "bosh-partition-a-0".into() }
+            Part {
+                number: 1,
+                start: MIB,
+                size: 100 * MIB,
+                kind: GPT_SWAP.into(),
+                name: "bosh-partition-a-0".into()
+            }
         );
         assert_eq!((t.parts[1].number, t.parts[1].end()), (2, 299 * MIB));
         let dos = r#"{"partitiontable": {"label": "dos", "sectorsize": 4096, "partitions": [
@@ -282,6 +294,9 @@ mod tests {
         assert_eq!(room_after(&t, 299 * MIB + 33 * 512 + 5 * MIB, 2), Some(5 * MIB));
         assert_eq!(room_after(&t, 400 * MIB, 1), None, "partition 2 follows 1");
         assert_eq!(room_after(&t, 400 * MIB, 7), None);
-        assert_eq!((round_up(MIB + 1, MIB), round_down(2 * MIB - 1, MIB), round_up(MIB, MIB)), (2 * MIB, MIB, MIB));
+        assert_eq!(
+            (round_up(MIB + 1, MIB), round_down(2 * MIB - 1, MIB), round_up(MIB, MIB)),
+            (2 * MIB, MIB, MIB)
+        );
     }
 }

@@ -84,7 +84,10 @@ pub fn enable(dirs: &Dirs, live: bool) -> Result<Enabled, String> {
 
 fn reboot(grub: &Path, live: bool) -> Result<Enabled, String> {
     if !live {
-        log::info!("IPv6: removed ipv6.disable=1 from {}; a reboot would enable it (scratch root)", grub.display());
+        log::info!(
+            "IPv6: removed ipv6.disable=1 from {}; a reboot would enable it (scratch root)",
+            grub.display()
+        );
         return Ok(Enabled::AfterReboot(grub.to_path_buf()));
     }
     log::warn!("IPv6: removed ipv6.disable=1 from {}; rebooting to enable it", grub.display());

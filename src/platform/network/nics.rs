@@ -92,7 +92,8 @@ mod tests {
         let db = root.path().join("run/udev/data");
         std::fs::create_dir_all(&db).unwrap();
         std::fs::write(db.join("n9"), "I:1\nE:AZURE_UNMANAGED_SRIOV=1\n").unwrap();
-        let names: Vec<(String, String)> = detect(&dirs).unwrap().into_iter().map(|n| (n.name, n.mac)).collect();
+        let names: Vec<(String, String)> =
+            detect(&dirs).unwrap().into_iter().map(|n| (n.name, n.mac)).collect();
         assert_eq!(
             names,
             vec![

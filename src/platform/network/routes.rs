@@ -121,15 +121,18 @@ pub fn interface_addresses() -> Vec<(String, IpAddr, u8)> {
             let (addr, mask) = match i32::from((*ifa.ifa_addr).sa_family) {
                 libc::AF_INET => {
                     let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    let m = (!ifa.ifa_netmask.is_null())
-                        .then(|| u32::from_be((*(ifa.ifa_netmask as *const libc::sockaddr_in)).sin_addr.s_addr));
+                    let m = (!ifa.ifa_netmask.is_null()).then(|| {
+                        u32::from_be((*(ifa.ifa_netmask as *const libc::sockaddr_in)).sin_addr.s_addr)
+                    });
                     let mask = m.map(|m| IpAddr::V4(Ipv4Addr::from(m)));
                     (IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))), mask)
                 }
                 libc::AF_INET6 => {
                     let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
                     let mask = (!ifa.ifa_netmask.is_null()).then(|| {
-                        IpAddr::V6(Ipv6Addr::from((*(ifa.ifa_netmask as *const libc::sockaddr_in6)).sin6_addr.s6_addr))
+                        IpAddr::V6(Ipv6Addr::from(
+                            (*(ifa.ifa_netmask as *const libc::sockaddr_in6)).sin6_addr.s6_addr,
+                        ))
                     });
                     (IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)), mask)
                 }
@@ -147,7 +150,10 @@ fn global_unicast(a: &IpAddr) -> bool {
     match a {
         IpAddr::V4(v) => !(v.is_loopback() || v.is_link_local() || v.is_unspecified() || v.is_multicast()),
         IpAddr::V6(v) => {
-            !(v.is_loopback() || v.is_unspecified() || v.is_multicast() || (v.segments()[0] & 0xffc0) == 0xfe80)
+            !(v.is_loopback()
+                || v.is_unspecified()
+                || v.is_multicast()
+                || (v.segments()[0] & 0xffc0) == 0xfe80)
         }
     }
 }
@@ -228,7 +234,10 @@ fn resolvable(n: &Network) -> bool {
 
 /// Fills `ip`, `netmask` and `gateway` of the DHCP networks from `lookup(network, v6)` and marks
 /// them `resolved`; networks the lookup has nothing for are left as they are.
-pub fn fill_dhcp(networks: &mut BTreeMap<String, Network>, lookup: impl Fn(&Network, bool) -> Option<Resolved>) {
+pub fn fill_dhcp(
+    networks: &mut BTreeMap<String, Network>,
+    lookup: impl Fn(&Network, bool) -> Option<Resolved>,
+) {
     for (name, n) in networks.iter_mut().filter(|(_, n)| resolvable(n)) {
         let v6 = n.prefix.as_ref().and_then(Prefix::length) == Some(128);
         match lookup(n, v6) {
@@ -248,7 +257,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const ROUTE: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+    const ROUTE: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
         eth1\t00000000\t0102000A\t0003\t0\t0\t200\t00000000\t0\t0\t0\n\
         eth0\t00000000\t0100A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
         eth0\t0000A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n";
@@ -266,7 +276,10 @@ mod tests {
 
     #[test]
     fn parses_the_kernels_default_routes() {
-        assert_eq!(default_routes_v4(ROUTE), vec![route("eth0", "192.168.0.1", 100), route("eth1", "10.0.2.1", 200)]);
+        assert_eq!(
+            default_routes_v4(ROUTE),
+            vec![route("eth0", "192.168.0.1", 100), route("eth1", "10.0.2.1", 200)]
+        );
         assert_eq!(default_routes_v4("Iface\tDestination\n"), vec![]);
         assert_eq!(default_routes_v6(ROUTE6), vec![route("eth0", "fd00::1", 1024)]);
         assert_eq!(netmask_text(24, false), "255.255.255.0");
@@ -303,7 +316,10 @@ mod tests {
             })
         });
         let d = &nets["dyn"];
-        assert_eq!((d.ip.as_str(), d.netmask.as_str(), d.gateway.as_str(), d.resolved), ("10.0.0.7", "255.255.255.0", "10.0.0.1", true));
+        assert_eq!(
+            (d.ip.as_str(), d.netmask.as_str(), d.gateway.as_str(), d.resolved),
+            ("10.0.0.7", "255.255.255.0", "10.0.0.1", true)
+        );
         assert_eq!(d.extra["cloud_properties"], json!({"a": 1}));
         assert_eq!((nets["six"].ip.as_str(), nets["six"].gateway.as_str()), ("fd00::7", "fd00::1"));
         for kept in ["range", "man", "vip"] {
@@ -327,9 +343,15 @@ mod tests {
         let live = Live { v4: vec![route("eth0", "10.0.0.1", 100)], v6: vec![], addrs };
         let net = |mac: &str| Network { kind: "dynamic".into(), mac: mac.into(), ..Network::default() };
         let first = live.lease(&nics, &net("AA:BB:CC:DD:EE:01"), false).unwrap();
-        assert_eq!((first.ip.to_string(), first.gateway), ("10.0.0.7".into(), Some("10.0.0.1".parse().unwrap())));
+        assert_eq!(
+            (first.ip.to_string(), first.gateway),
+            ("10.0.0.7".into(), Some("10.0.0.1".parse().unwrap()))
+        );
         let second = live.lease(&nics, &net("aa:bb:cc:dd:ee:02"), false).unwrap();
-        assert_eq!((second.ip.to_string(), second.netmask.as_str(), second.gateway), ("10.1.0.9".into(), "255.255.0.0", None));
+        assert_eq!(
+            (second.ip.to_string(), second.netmask.as_str(), second.gateway),
+            ("10.1.0.9".into(), "255.255.0.0", None)
+        );
         let anonymous = live.lease(&nics, &net(""), false).unwrap();
         assert_eq!(anonymous.iface, "eth0", "no MAC: the default route's interface");
         assert_eq!(live.lease(&nics, &net(""), true), None, "no IPv6 route or address");

@@ -1,10 +1,10 @@
 //! The embedded default: what `bosh-agent` without `-C` or `-I` runs on, so it starts with nothing
 //! configured (and `bosh-agent call` finds it without options).
 
-use crate::error::Context as _;
 use super::SettingsSource;
-use serde_json::Value;
 use crate::dirs::Dirs;
+use crate::error::Context as _;
+use serde_json::Value;
 
 /// The embedded default's bus: HTTPS on loopback with fixed credentials.
 pub const EMBEDDED_MBUS: &str = "https://bosh:bosh@127.0.0.1:6868";

@@ -5,8 +5,8 @@
 //! sources of one pass share a deadline ([`RetryPolicy`]), so the cached settings win after a
 //! bounded wait. What happens between passes is the settings service's (`service.rs`).
 
-use crate::sync::lock;
 use super::{Attempt, Failure, Fetched, SettingsSource};
+use crate::sync::lock;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -165,7 +165,8 @@ mod tests {
         assert_eq!((d.attempt_timeout, d.total), (Duration::from_secs(10), Duration::from_secs(120)));
         let black_hole = (d.attempt_timeout + d.interval) * d.attempts;
         assert!(black_hole <= d.total, "{black_hole:?}: one black-holed source must fit a pass");
-        let cfg = crate::config::RetryConfig { attempts: Some(0), interval_ms: Some(5), ..Default::default() };
+        let cfg =
+            crate::config::RetryConfig { attempts: Some(0), interval_ms: Some(5), ..Default::default() };
         let p = RetryPolicy::from_config(&cfg);
         assert_eq!((p.attempts, p.interval, p.total), (1, Duration::from_millis(5), d.total));
     }

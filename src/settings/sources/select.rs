@@ -1,13 +1,13 @@
 //! Which sources to read: the ones `agent.json` names (`-C`), the ones the Ruby agent's `-I
 //! <infrastructure>` implied, or the embedded default when neither is given.
 
-use super::embedded::EmbeddedSource;
-use super::guest_info::GuestInfoSource;
-use super::retry::{RetryPolicy, Retrying, Round};
 use super::cdrom::CdromSource;
 use super::config_drive::{self, ConfigDriveSource};
+use super::embedded::EmbeddedSource;
+use super::guest_info::GuestInfoSource;
 use super::http_metadata::HttpMetadataSource;
 use super::instance_metadata::InstanceMetadataSource;
+use super::retry::{RetryPolicy, Retrying, Round};
 use super::{Attempt, FileSource, NetworkHook, SettingsSource};
 use crate::config::{HttpSourceConfig, SourceConfig};
 use crate::dirs::Dirs;
@@ -74,10 +74,9 @@ pub fn build_with(configs: &[SourceConfig], dirs: &Dirs, setup: &Setup) -> Vec<B
             SourceConfig::File { settings_path } => {
                 out.push(Box::new(FileSource { path: settings_path.clone() }))
             }
-            SourceConfig::Http(h) => out.push(retrying(Box::new(HttpMetadataSource::new(
-                h.clone(),
-                setup.network.clone(),
-            )))),
+            SourceConfig::Http(h) => {
+                out.push(retrying(Box::new(HttpMetadataSource::new(h.clone(), setup.network.clone()))))
+            }
             SourceConfig::InstanceMetadata { uri, headers, settings_path } => {
                 out.push(retrying(Box::new(InstanceMetadataSource {
                     uri: uri.clone(),

@@ -5,8 +5,8 @@
 //! answer within about 2 s even when monit hangs, so they get one short overall deadline and no retry;
 //! actions may wait for a busy monit and are retried by the caller.
 
-use crate::error::Context as _;
 use super::status::{latin1, Status};
+use crate::error::Context as _;
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use std::fs;

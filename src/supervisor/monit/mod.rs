@@ -10,10 +10,10 @@
 mod client;
 pub mod status;
 
-use crate::error::Context as _;
 use self::client::{CallError, Client};
 use self::status::Status;
 use super::{JobStatus, JobSupervisor, Process};
+use crate::error::Context as _;
 use serde_json::json;
 use std::fs;
 use std::io;
@@ -386,12 +386,15 @@ mod tests {
     }
 
     fn supervisor(dir: &Path) -> MonitSupervisor {
-        MonitSupervisor::new(MonitOptions {
-            address: "127.0.0.1:1".into(),
-            monit_dir: dir.join("monit"),
-            control_file: dir.join("monitrc"),
-            monit_binary: "monit".into(),
-        }, MonitTimings::default())
+        MonitSupervisor::new(
+            MonitOptions {
+                address: "127.0.0.1:1".into(),
+                monit_dir: dir.join("monit"),
+                control_file: dir.join("monitrc"),
+                monit_binary: "monit".into(),
+            },
+            MonitTimings::default(),
+        )
         .unwrap()
     }
 
