@@ -67,6 +67,26 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The state of a connection that has not connected yet, with `opts` and `max_payload` assumed
+    /// until a server's INFO says otherwise.
+    pub(crate) fn new(opts: NatsOptions, max_payload: usize) -> State {
+        State {
+            opts,
+            generation: 0,
+            shutdown: false,
+            wire: None,
+            socket: None,
+            max_payload,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            connection_id: 0,
+            pings_sent: 0,
+            pongs_received: 0,
+            subscribed: 0,
+            last_failure: None,
+        }
+    }
+
     /// Queues a frame for the next connection, dropping the oldest beyond the bounds.
     pub(crate) fn buffer(&mut self, frame: Vec<u8>) {
         self.pending_bytes += frame.len();
@@ -488,21 +508,7 @@ mod tests {
     use super::*;
 
     fn state() -> State {
-        State {
-            opts: NatsOptions { urls: vec![], tls: None, subscriptions: vec![], name: String::new() },
-            generation: 0,
-            shutdown: false,
-            wire: None,
-            socket: None,
-            max_payload: 0,
-            pending: VecDeque::new(),
-            pending_bytes: 0,
-            connection_id: 0,
-            pings_sent: 0,
-            pongs_received: 0,
-            subscribed: 0,
-            last_failure: None,
-        }
+        State::new(NatsOptions { urls: vec![], tls: None, subscriptions: vec![], name: String::new() }, 0)
     }
 
     #[test]

@@ -28,7 +28,6 @@ mod wire;
 
 use crate::sync::{lock, wait_timeout};
 use connection::{Shared, State};
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
@@ -176,21 +175,7 @@ impl NatsConnection {
     /// because the agent must keep trying until the director's NATS accepts it.
     pub fn start(opts: NatsOptions, inbox: impl Inbox) -> NatsConnection {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                opts,
-                generation: 0,
-                shutdown: false,
-                wire: None,
-                socket: None,
-                max_payload: DEFAULT_MAX_PAYLOAD,
-                pending: VecDeque::new(),
-                pending_bytes: 0,
-                connection_id: 0,
-                pings_sent: 0,
-                pongs_received: 0,
-                subscribed: 0,
-                last_failure: None,
-            }),
+            state: Mutex::new(State::new(opts, DEFAULT_MAX_PAYLOAD)),
             changed: Condvar::new(),
         });
         let worker = shared.clone();
