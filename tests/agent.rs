@@ -100,7 +100,7 @@ fn bad_input_gets_an_exception_naming_the_problem_and_the_agent_keeps_serving() 
         },
         tx,
     );
-    assert!(raw.wait_connected(Duration::from_secs(10)) && raw.flush(Duration::from_secs(5)));
+    assert!(raw.wait_connected(crate::common::CONNECT_WITHIN) && raw.flush(Duration::from_secs(5)));
     let subject = format!("agent.{}", env.agent.agent_id);
     for garbage in [&b"not json"[..], b"[1,2]", b"{\"arguments\":[]}", b"\xff\xfe"] {
         raw.publish(&subject, garbage).unwrap();
@@ -342,7 +342,7 @@ fn rotation_loses_no_request_and_answers_each_once() {
         },
         tx,
     );
-    assert!(stream.wait_connected(Duration::from_secs(10)) && stream.flush(Duration::from_secs(5)));
+    assert!(stream.wait_connected(crate::common::CONNECT_WITHIN) && stream.flush(Duration::from_secs(5)));
 
     let (cert, key) = pki.client(&format!("{id}.agent.bosh-internal"));
     let update = json!([{"trusted_certs": "", "mbus": {"cert": {"ca": pki.ca_pem, "certificate": cert, "private_key": key}}}]);

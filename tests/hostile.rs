@@ -37,7 +37,7 @@ impl Raw {
             name: "hostile".into(),
         };
         let conn = NatsConnection::start(opts, tx);
-        assert!(conn.wait_connected(Duration::from_secs(10)) && conn.flush(Duration::from_secs(5)));
+        assert!(conn.wait_connected(crate::common::CONNECT_WITHIN) && conn.flush(Duration::from_secs(5)));
         Raw { conn, rx, inbox, agent_id: env.agent.agent_id.clone() }
     }
 

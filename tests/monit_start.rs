@@ -253,6 +253,12 @@ fn alerts_survive_an_agent_restart(stemcell_ships_one: bool) {
     let hm = HealthMonitor::connect(&pki, &nats.url(), &id);
     let mut d = Director::connect(&pki, &nats.url(), &id);
     assert!(d.wait_ready(Duration::from_secs(15)), "agent never answered:\n{}", agent.log());
+    // The bus answers from its own thread while the main thread may still be writing the file.
+    assert!(
+        wait_until(Duration::from_secs(15), || alerts_file.exists()),
+        "no alerts.monitrc:\n{}",
+        agent.log()
+    );
     let written = fs::read(&alerts_file).expect("alerts.monitrc");
     if stemcell_ships_one {
         assert_eq!(Some(&written), shipped.as_ref(), "the stemcell's alerts.monitrc is used as shipped");
@@ -281,23 +287,31 @@ fn alerts_survive_an_agent_restart(stemcell_ships_one: bool) {
     let incarnation = monit.incarnation().expect("monit's incarnation");
     let alert_subject = format!("hm.agent.alert.{id}");
     let kill_web_and_see_alert = |who: &str| {
-        assert!(wait_until(Duration::from_secs(20), || monit.live_pid("web").is_some()), "web runs");
-        let pid = monit.live_pid("web").expect("web pid");
+        // Killed before monit saw it run, the process would raise no event: wait for monit to watch it.
+        let watched = || monit.watched_pid("web").filter(|&p| monit.live_pid("web") == Some(p));
+        assert!(wait_until(Duration::from_secs(20), || watched().is_some()), "web runs under monit's eye");
+        let pid = watched().expect("web pid");
         hm.drain();
         // SAFETY: killing the test's own job process.
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let killed = Instant::now();
+        let deadline = killed + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let alert = hm.next(&alert_subject, left).unwrap_or_else(|| {
-                panic!("no alert through {who} for the killed job; monit log:\n{}", monit.log())
+                panic!(
+                    "no alert through {who} for the killed job (pid {pid}, killed {:?} ago); {}\nmonit log:\n{}",
+                    killed.elapsed(),
+                    monit.process_report(),
+                    monit.log()
+                )
             });
             let title = alert["title"].as_str().unwrap_or("");
             if title.starts_with("web ") && title.contains(" - Does not exist - ") {
                 break;
             }
         }
-        assert!(wait_until(Duration::from_secs(20), || monit.live_pid("web").is_some_and(|p| p != pid)));
+        assert!(wait_until(Duration::from_secs(20), || watched().is_some_and(|p| p != pid)), "web restarted");
     };
     kill_web_and_see_alert("the first agent");
     agent.restart();

@@ -223,7 +223,7 @@ impl Director {
     /// Connects with a director certificate.
     pub fn connect(pki: &TestPki, url: &str, agent_id: &str) -> Director {
         let tls = pki.nats_tls("director.bosh-internal");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + super::CONNECT_WITHIN;
         Director { nats: Nats::connect(url, Some(tls), agent_id, deadline).expect("director connects") }
     }
 
@@ -313,7 +313,7 @@ impl HealthMonitor {
             name: "hm".into(),
         };
         let conn = NatsConnection::start(opts, tx);
-        assert!(conn.wait_connected(Duration::from_secs(10)), "health monitor connects");
+        assert!(conn.wait_connected(super::CONNECT_WITHIN), "health monitor connects");
         assert!(conn.flush(Duration::from_secs(5)), "subscription registered");
         HealthMonitor { conn, rx }
     }

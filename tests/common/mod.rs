@@ -17,7 +17,7 @@ mod poll;
 pub mod settings;
 pub mod tarball;
 
-pub use poll::wait_until;
+pub use poll::{wait_until, CONNECT_WITHIN};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once};

@@ -174,6 +174,19 @@ impl MonitDaemon {
         self.pid(name).filter(|&p| alive(p))
     }
 
+    /// The pid monit itself last saw for process `name`, once it saw it running and healthy (status
+    /// 0), read over HTTP. A test that kills a job to see monit react must wait for this: a process
+    /// killed before monit noticed it running is no state change to monit, so it raises no event.
+    pub fn watched_pid(&self, name: &str) -> Option<i32> {
+        let xml = self.status_xml()?;
+        let service = xml.split("<service ").find(|s| s.starts_with(&format!("name=\"{name}\">")))?;
+        let field = |tag: &str| {
+            let start = service.find(&format!("<{tag}>"))? + tag.len() + 2;
+            service[start..].split('<').next()?.trim().parse::<i64>().ok()
+        };
+        (field("status") == Some(0)).then(|| field("pid")).flatten().and_then(|p| i32::try_from(p).ok())
+    }
+
     /// Monit's incarnation read directly over HTTP (independent of the code under test).
     pub fn incarnation(&self) -> Option<String> {
         let xml = self.status_xml()?;
@@ -218,6 +231,32 @@ impl MonitDaemon {
     /// Monit's log so far (for failure messages).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("monit.log")).unwrap_or_default()
+    }
+
+    /// What monit's process is doing (for failure messages): its state, the kernel function it
+    /// waits in, its current system call, and the TCP sockets it holds open.
+    pub fn process_report(&self) -> String {
+        let Some(pid) = self.child.as_ref().map(Child::id) else { return "monit: not started".into() };
+        let read =
+            |f: &str| fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_else(|e| format!("({e})"));
+        let stat = read("stat");
+        let state = stat.rsplit_once(')').map_or("?", |(_, rest)| rest.trim_start().get(..1).unwrap_or("?"));
+        let ss = Command::new("ss")
+            .args(["-tnpa"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains(&format!("pid={pid},")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        format!(
+            "monit pid {pid} state {state} wchan {} syscall {}\nmonit sockets:\n{ss}",
+            read("wchan"),
+            read("syscall").trim()
+        )
     }
 
     fn exited(&mut self) -> bool {
