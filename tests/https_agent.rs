@@ -87,6 +87,8 @@ fn refuses_bad_credentials_and_bad_bodies() {
         .send(body)
         .unwrap();
     assert_eq!(wrong.status(), 401);
+    // The agent closes a refused connection, so it must say so: a client would reuse it otherwise.
+    assert_eq!(wrong.headers().get("connection").and_then(|v| v.to_str().ok()), Some("close"));
     assert_eq!(
         wrong.headers().get("www-authenticate").and_then(|v| v.to_str().ok()),
         Some(r#"Basic realm="""#)

@@ -402,7 +402,8 @@ fn reject(shared: &Arc<Shared>, p: Pending, why: Rejection) {
         let _slot = slot;
         match why {
             Rejection::Unauthorized(head) => {
-                let outcome = handle(&for_thread, &mut stream, &head);
+                // The connection closes after this answer: say so, or a client would reuse it.
+                let outcome = handle(&for_thread, &mut stream, &head, false);
                 close(stream, outcome.unread_body);
             }
             Rejection::Status(status) => {
@@ -438,7 +439,7 @@ fn serve(shared: &Shared, mut stream: Tls, first: Head) {
                 }
             },
         };
-        let outcome = handle(shared, &mut stream, &head);
+        let outcome = handle(shared, &mut stream, &head, true);
         if !outcome.keep_alive {
             linger = outcome.unread_body;
             break;
@@ -581,8 +582,9 @@ impl<'a> Exchange<'a> {
     }
 }
 
-/// Runs one request through authentication and routing, and logs it.
-fn handle(shared: &Shared, stream: &mut Tls, head: &Head) -> Outcome {
+/// Runs one request through authentication and routing, and logs it. With `may_keep_alive` false
+/// the answer carries `Connection: close` whatever the client asked for.
+fn handle(shared: &Shared, stream: &mut Tls, head: &Head, may_keep_alive: bool) -> Outcome {
     let started = Instant::now();
     let result = match head.framing() {
         Ok(framing) => {
@@ -592,7 +594,7 @@ fn handle(shared: &Shared, stream: &mut Tls, head: &Head) -> Outcome {
                 body: Body::new(framing),
                 framing,
                 continue_pending: head.expects_continue(),
-                keep_alive: head.keep_alive(),
+                keep_alive: may_keep_alive && head.keep_alive(),
                 status: None,
             };
             let routed = route(shared, &mut ex, head);
