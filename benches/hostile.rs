@@ -16,7 +16,7 @@ mod common {
     mod poll;
     pub mod settings;
     pub mod tarball;
-    pub use poll::wait_until;
+    pub use poll::{wait_until, CONNECT_WITHIN};
 }
 
 use common::agent::AgentEnv;
