@@ -86,15 +86,7 @@ impl Https {
     /// certificate as bosh-cli does without a CA.
     pub fn new(url: &MbusUrl, ca: Option<&str>) -> Result<Https, String> {
         let tls = match ca {
-            Some(pem) => {
-                let certs = crate::tls::parse_certs(pem)?
-                    .into_iter()
-                    .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-                    .collect::<Vec<_>>();
-                ureq::tls::TlsConfig::builder()
-                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-                    .build()
-            }
+            Some(pem) => crate::tls::http_tls(Some(&crate::tls::parse_certs(pem)?)),
             None => ureq::tls::TlsConfig::builder().disable_verification(true).build(),
         };
         let agent = ureq::Agent::config_builder()

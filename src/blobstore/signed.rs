@@ -23,24 +23,16 @@ const IO_TIMEOUT: Duration = Duration::from_secs(120);
 /// The HTTP agent for blob transfers: verifies servers against `ca_pem` when given, otherwise against
 /// the public web roots; 4xx/5xx are returned as responses so callers can word the error.
 pub fn http_agent(ca_pem: Option<&str>) -> Result<ureq::Agent, String> {
-    let mut tls = ureq::tls::TlsConfig::builder();
-    if let Some(pem) = ca_pem {
-        let certs = crate::tls::parse_certs(pem)
-            .context("blobstore option tls.cert.ca")?
-            .into_iter()
-            .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-            .collect::<Vec<_>>();
-        if certs.is_empty() {
-            return Err("blobstore option tls.cert.ca holds no certificate".into());
-        }
-        tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
-    }
-    Ok(configured(tls.build()))
+    let certs = match ca_pem {
+        Some(pem) => Some(crate::tls::parse_certs(pem).context("blobstore option tls.cert.ca")?),
+        None => None,
+    };
+    Ok(configured(crate::tls::http_tls(certs.as_deref())))
 }
 
 /// The agent without a custom CA (cannot fail).
 pub fn default_agent() -> ureq::Agent {
-    configured(ureq::tls::TlsConfig::builder().build())
+    configured(crate::tls::http_tls(None))
 }
 
 fn configured(tls: ureq::tls::TlsConfig) -> ureq::Agent {

@@ -39,7 +39,12 @@ pub fn nats_client_config(
     let certs = parse_certs(cert_pem).context("NATS client certificate")?;
     let key = parse_key(key_pem).context("NATS client private key")?;
     let roots = if ca_pem.trim().is_empty() {
-        rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }
+        let mut roots = rustls::RootCertStore::empty();
+        let (_, unusable) = roots.add_parsable_certificates(super::system_roots().iter().cloned());
+        if unusable > 0 {
+            log::debug!("{unusable} system CA certificate(s) unusable as NATS roots");
+        }
+        roots
     } else {
         root_store(ca_pem).context("NATS CA")?
     };

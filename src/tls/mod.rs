@@ -9,12 +9,51 @@ pub mod server;
 use crate::error::Context as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The one crypto provider of the binary; every config is built from it so no process-wide default
 /// has to be installed.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Where distributions keep the system's bundle of trusted CAs (Debian and Ubuntu first).
+const SYSTEM_BUNDLES: &[&str] =
+    &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
+/// The system's trusted CAs, read once: what a server is checked against when settings name no CA
+/// (a public blobstore, signed URLs, a NATS without `mbus.cert.ca`), as the Go agent uses the
+/// system's roots. Read from the stemcell's `ca-certificates` bundle rather than compiled in, so they
+/// follow the OS's updates and cost the binary nothing; empty (with a warning) where there is none.
+pub fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        for path in SYSTEM_BUNDLES {
+            if let Ok(pem) = std::fs::read_to_string(path) {
+                match parse_certs(&pem) {
+                    Ok(certs) => return certs,
+                    Err(e) => log::warn!("system CA bundle {path}: {e}"),
+                }
+            }
+        }
+        log::warn!(
+            "no system CA bundle ({}): servers without a configured CA are not trusted",
+            SYSTEM_BUNDLES.join(", ")
+        );
+        Vec::new()
+    })
+}
+
+/// The TLS settings of every HTTP client the agent builds: servers checked against `ca` when given,
+/// else against [`system_roots`]. ureq's own default (its compiled-in web roots) is not linked into
+/// the binary, and ureq panics on a connection that would need it, so no client is built without this.
+pub fn http_tls(ca: Option<&[CertificateDer<'static>]>) -> ureq::tls::TlsConfig {
+    let certs: Vec<ureq::tls::Certificate<'static>> = ca
+        .unwrap_or_else(|| system_roots())
+        .iter()
+        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build()
 }
 
 /// Parses every certificate in a PEM bundle; an empty bundle is an error because a caller that asks
@@ -41,4 +80,25 @@ pub fn root_store(ca_pem: &str) -> Result<rustls::RootCertStore, String> {
         roots.add(cert).context("adding CA certificate")?;
     }
     Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ureq's compiled-in roots are not linked: a config that fell back to them would panic on the
+    /// first HTTPS connection, so every config names its roots.
+    #[test]
+    fn http_clients_never_fall_back_to_ureqs_own_roots() {
+        assert!(matches!(http_tls(None).root_certs(), ureq::tls::RootCerts::Specific(_)));
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
+            .and_then(|p| p.self_signed(&key))
+            .expect("self-signed CA");
+        let ca = parse_certs(&cert.pem()).expect("its PEM parses");
+        match http_tls(Some(&ca)).root_certs() {
+            ureq::tls::RootCerts::Specific(certs) => assert_eq!(certs.len(), ca.len()),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -23,6 +23,7 @@ impl Http {
     /// A client for one attempt.
     pub(crate) fn new(deadline: Instant) -> Http {
         let agent = ureq::Agent::config_builder()
+            .tls_config(crate::tls::http_tls(None))
             .http_status_as_error(false)
             .max_redirects(3)
             .timeout_connect(Some(CONNECT_TIMEOUT))

@@ -114,6 +114,7 @@ impl Client {
 
 fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
+        .tls_config(crate::tls::http_tls(None))
         .http_status_as_error(false)
         // Monit answers a successful action with a 302 to the service's page; that answer is the result.
         .max_redirects(0)
