@@ -40,7 +40,7 @@ pub fn nats_client_config(
     let key = parse_key(key_pem).context("NATS client private key")?;
     let roots = if ca_pem.trim().is_empty() {
         let mut roots = rustls::RootCertStore::empty();
-        let (_, unusable) = roots.add_parsable_certificates(super::system_roots().iter().cloned());
+        let (_, unusable) = roots.add_parsable_certificates(super::system_roots());
         if unusable > 0 {
             log::debug!("{unusable} system CA certificate(s) unusable as NATS roots");
         }

@@ -9,7 +9,7 @@ pub mod server;
 use crate::error::Context as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, Weak};
 
 /// The one crypto provider of the binary; every config is built from it so no process-wide default
 /// has to be installed.
@@ -21,39 +21,62 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 const SYSTEM_BUNDLES: &[&str] =
     &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
 
-/// The system's trusted CAs, read once: what a server is checked against when settings name no CA
-/// (a public blobstore, signed URLs, a NATS without `mbus.cert.ca`), as the Go agent uses the
-/// system's roots. Read from the stemcell's `ca-certificates` bundle rather than compiled in, so they
-/// follow the OS's updates and cost the binary nothing; empty (with a warning) where there is none.
-pub fn system_roots() -> &'static [CertificateDer<'static>] {
-    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
-    ROOTS.get_or_init(|| {
-        for path in SYSTEM_BUNDLES {
-            if let Ok(pem) = std::fs::read_to_string(path) {
-                match parse_certs(&pem) {
-                    Ok(certs) => return certs,
-                    Err(e) => log::warn!("system CA bundle {path}: {e}"),
-                }
+/// The system's trusted CAs, read from the bundle now: what a server is checked against when
+/// settings name no CA (a public blobstore, signed URLs, a NATS without `mbus.cert.ca`), as the Go
+/// agent uses the system's roots. Read from the stemcell's `ca-certificates` bundle rather than
+/// compiled in, because that bundle is where `env.bosh.trusted_certs` lands (`update-ca-certificates`):
+/// a blobstore behind the director's own CA is trusted as soon as the settings say so. Empty (with a
+/// warning) where there is no bundle.
+pub fn system_roots() -> Vec<CertificateDer<'static>> {
+    for path in SYSTEM_BUNDLES {
+        if let Ok(pem) = std::fs::read_to_string(path) {
+            match parse_certs(&pem) {
+                Ok(certs) => return certs,
+                Err(e) => log::warn!("system CA bundle {path}: {e}"),
             }
         }
-        log::warn!(
-            "no system CA bundle ({}): servers without a configured CA are not trusted",
-            SYSTEM_BUNDLES.join(", ")
-        );
-        Vec::new()
-    })
+    }
+    log::warn!(
+        "no system CA bundle ({}): servers without a configured CA are not trusted",
+        SYSTEM_BUNDLES.join(", ")
+    );
+    Vec::new()
 }
 
-/// The TLS settings of every HTTP client the agent builds: servers checked against `ca` when given,
-/// else against [`system_roots`]. ureq's own default (its compiled-in web roots) is not linked into
-/// the binary, and ureq panics on a connection that would need it, so no client is built without this.
+/// The system roots as HTTP clients hold them: one copy shared by every client alive, read again
+/// once they are all gone. So an idle agent holds none (the bundle is ~150 certificates), and the
+/// next action sees certificates `trusted_certs` added since.
+fn shared_system_roots() -> Arc<Vec<ureq::tls::Certificate<'static>>> {
+    static SHARED: Mutex<Weak<Vec<ureq::tls::Certificate<'static>>>> = Mutex::new(Weak::new());
+    let mut held = crate::sync::lock(&SHARED);
+    if let Some(roots) = held.upgrade() {
+        return roots;
+    }
+    let roots = Arc::new(
+        system_roots().iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect(),
+    );
+    *held = Arc::downgrade(&roots);
+    roots
+}
+
+/// The TLS settings of an HTTP client that may reach any server: checked against `ca` when given,
+/// else against the system's roots. ureq's own default (its compiled-in web roots) is not linked into
+/// the binary, and ureq panics on a connection that would need it, so no client is built without
+/// this or [`loopback_tls`].
 pub fn http_tls(ca: Option<&[CertificateDer<'static>]>) -> ureq::tls::TlsConfig {
-    let certs: Vec<ureq::tls::Certificate<'static>> = ca
-        .unwrap_or_else(|| system_roots())
-        .iter()
-        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-        .collect();
-    ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build()
+    let roots = match ca {
+        Some(ca) => ureq::tls::RootCerts::new_with_certs(
+            &ca.iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect::<Vec<_>>(),
+        ),
+        None => ureq::tls::RootCerts::Specific(shared_system_roots()),
+    };
+    ureq::tls::TlsConfig::builder().root_certs(roots).build()
+}
+
+/// The TLS settings of a long-lived client of a plain-HTTP peer on loopback (monit): no roots, so it
+/// holds none; were the peer to answer with TLS, verification fails with an error, never a panic.
+pub fn loopback_tls() -> ureq::tls::TlsConfig {
+    ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&[])).build()
 }
 
 /// Parses every certificate in a PEM bundle; an empty bundle is an error because a caller that asks
@@ -91,6 +114,7 @@ mod tests {
     #[test]
     fn http_clients_never_fall_back_to_ureqs_own_roots() {
         assert!(matches!(http_tls(None).root_certs(), ureq::tls::RootCerts::Specific(_)));
+        assert!(matches!(loopback_tls().root_certs(), ureq::tls::RootCerts::Specific(r) if r.is_empty()));
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
             .and_then(|p| p.self_signed(&key))
@@ -100,5 +124,17 @@ mod tests {
             ureq::tls::RootCerts::Specific(certs) => assert_eq!(certs.len(), ca.len()),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Clients alive at once share one copy of the system roots. (That the copy goes with the last
+    /// client is `Weak`'s promise; other tests' clients on parallel threads make it unobservable here.)
+    #[test]
+    fn clients_alive_at_once_share_one_copy_of_the_system_roots() {
+        let root_set = |c: &ureq::tls::TlsConfig| match c.root_certs() {
+            ureq::tls::RootCerts::Specific(r) => Arc::clone(r),
+            other => panic!("{other:?}"),
+        };
+        let (a, b) = (http_tls(None), http_tls(None));
+        assert!(Arc::ptr_eq(&root_set(&a), &root_set(&b)), "one copy for both");
     }
 }

@@ -114,7 +114,7 @@ impl Client {
 
 fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
-        .tls_config(crate::tls::http_tls(None))
+        .tls_config(crate::tls::loopback_tls())
         .http_status_as_error(false)
         // Monit answers a successful action with a 302 to the service's page; that answer is the result.
         .max_redirects(0)
