@@ -629,7 +629,7 @@ impl Packer<'_> {
         let mut names = fs::read_dir(dir)
             .and_then(|entries| entries.map(|e| e.map(|e| e.file_name())).collect::<io::Result<Vec<_>>>())
             .with_context(|| format!("listing {}", dir.display()))?;
-        names.sort();
+        crate::order::sort(&mut names);
         for name in names {
             let path = dir.join(&name);
             let mut arc_name = prefix.clone();

@@ -68,12 +68,16 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T, mode: u32)
 }
 
 /// Reads a JSON file; `Ok(None)` when it does not exist, so callers can tell "never written" from
-/// "unreadable".
+/// "unreadable". The text is parsed into a `Value` first and typed from that, the one way the agent
+/// types JSON (`T::deserialize(&Value)`), so each type links one deserializer, not one per source.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    let invalid =
+        |e: serde_json::Error| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()));
     match fs::read(path) {
-        Ok(data) => serde_json::from_slice(&data)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
+        Ok(data) => {
+            let value: serde_json::Value = serde_json::from_slice(&data).map_err(invalid)?;
+            T::deserialize(&value).map(Some).map_err(invalid)
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }

@@ -97,6 +97,10 @@ pub mod mbus;
 #[cfg(not(feature = "internals"))]
 pub(crate) mod mbus;
 #[cfg(feature = "internals")]
+pub mod order;
+#[cfg(not(feature = "internals"))]
+pub(crate) mod order;
+#[cfg(feature = "internals")]
 pub mod owner;
 #[cfg(not(feature = "internals"))]
 pub(crate) mod owner;

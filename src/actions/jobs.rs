@@ -164,7 +164,7 @@ impl Action for Start {
                         .collect()
                 })
                 .unwrap_or_default();
-            extra.sort();
+            crate::order::sort(&mut extra);
             for path in extra {
                 let label = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                 ctx.supervisor.add_job(&format!("{}_{label}", job.name), i, &path)?;
@@ -332,7 +332,7 @@ impl Action for RunScript {
         }
         let env = match options.as_ref().and_then(|o| o.get("env")) {
             None | Some(Value::Null) => BTreeMap::new(),
-            Some(e) => serde_json::from_value(e.clone())
+            Some(e) => serde::Deserialize::deserialize(e)
                 .context("Extracting method arguments from payload: argument 2: env")?,
         };
         Ok(RunScript { name, env })

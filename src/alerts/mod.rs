@@ -161,7 +161,7 @@ pub fn from_mail(mail: &str, ips: &[String], now: i64) -> Option<Alert> {
     let severity = severity(event)?;
     let service = f.service.unwrap_or("");
     let mut sorted: Vec<&str> = ips.iter().map(String::as_str).collect();
-    sorted.sort_unstable();
+    crate::order::sort(&mut sorted);
     let who =
         if sorted.is_empty() { service.to_string() } else { format!("{service} ({})", sorted.join(", ")) };
     Some(Alert {

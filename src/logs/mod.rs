@@ -153,7 +153,7 @@ pub fn select(dirs: &Dirs, request: &Request) -> Result<Vec<LogFile>, String> {
         let prefix = if prefixed { format!("{}/", t.name()).into_bytes() } else { Vec::new() };
         walk(&root, &request.filters, &prefix, &mut files);
     }
-    files.sort_by(|a, b| a.name.cmp(&b.name));
+    crate::order::sort_by(&mut files, |a, b| a.name.cmp(&b.name));
     Ok(files)
 }
 

@@ -205,7 +205,9 @@ impl SettingsService {
             match source.fetch().and_then(|v| {
                 let blank =
                     ["agent_id", "mbus"].into_iter().filter(|k| v.get(k) == Some(&json!(""))).collect();
-                serde_json::from_value::<Settings>(v).context("invalid settings").map(|s| (s, blank))
+                <Settings as serde::Deserialize>::deserialize(&v)
+                    .context("invalid settings")
+                    .map(|s| (s, blank))
             }) {
                 Ok((mut s, blank)) => {
                     log::info!("settings loaded from {}", source.name());

@@ -146,7 +146,7 @@ pub fn label_prefix(agent_id: &str) -> String {
 pub fn is_ours(layout: Layout, t: &Table, plan: &Plan, prefix: &str, size: u64) -> bool {
     let wanted = plan.sizes();
     let mut parts: Vec<_> = t.parts.iter().collect();
-    parts.sort_by_key(|p| p.number);
+    crate::order::sort_by_key(&mut parts, |p| p.number);
     if parts.len() != wanted.len() {
         return false;
     }

@@ -184,7 +184,7 @@ impl DiskOptions {
         let mount_options = match &disk.mount_options {
             Some(o) if !o.is_empty() => o.clone(),
             _ => env_value("persistent_disk_mount_options")
-                .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
+                .and_then(|v| Vec::<String>::deserialize(&v).ok())
                 .unwrap_or_default(),
         };
         Ok(DiskOptions { fs_type, mount_options })

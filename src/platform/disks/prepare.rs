@@ -118,7 +118,7 @@ fn partitions_in_sysfs(dev: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    parts.sort();
+    crate::order::sort(&mut parts);
     parts
 }
 
@@ -139,8 +139,8 @@ fn kernel_agrees(dev: &Path) -> Result<bool, String> {
             Some((read(&p, "partition")? as u32, read(&p, "start")?, read(&p, "size")?))
         })
         .collect();
-    table.sort();
-    kernel.sort();
+    crate::order::sort(&mut table);
+    crate::order::sort(&mut kernel);
     Ok(table == kernel)
 }
 

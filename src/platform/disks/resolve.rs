@@ -143,7 +143,7 @@ impl Resolver {
         };
         let mut names: Vec<PathBuf> =
             entries.flatten().filter(|e| keep(&e.file_name().to_string_lossy())).map(|e| e.path()).collect();
-        names.sort();
+        crate::order::sort(&mut names);
         Ok(names)
     }
 
@@ -302,7 +302,7 @@ pub fn rescan_scsi_hosts(sys: &Path) -> usize {
     };
     let mut scanned = 0;
     let mut hosts: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    hosts.sort();
+    crate::order::sort(&mut hosts);
     for host in hosts {
         let scan = host.join("scan");
         match std::fs::OpenOptions::new().write(true).open(&scan).and_then(|mut f| {
@@ -461,10 +461,10 @@ fn scsi_lookup(disk: &DiskSettings, sys: &Path) -> Result<Option<String>, String
             found.push((addr.clone(), parts[0].to_string(), b));
         }
     }
-    found.sort();
+    crate::order::sort(&mut found);
     if found.len() > 1 && disk.lun.is_empty() {
         // The Go agent's host: that of the last `*:0:0:0` entry holding an `sd*` disk.
-        os_disks.sort();
+        crate::order::sort(&mut os_disks);
         if let Some(host) = os_disks.last().and_then(|a| a.split(':').next()) {
             let on_host: Vec<_> = found.iter().filter(|(_, h, _)| h == host).cloned().collect();
             if on_host.len() == 1 {

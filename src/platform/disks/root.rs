@@ -117,7 +117,7 @@ pub fn prepare(root: &RootDisk, plan: &Plan) -> Result<Ephemeral, String> {
     }
     let rp = root_part(&t.parts, root)?.clone();
     let mut after: Vec<&Part> = t.parts.iter().filter(|p| p.start > rp.start).collect();
-    after.sort_by_key(|p| p.start);
+    crate::order::sort_by_key(&mut after, |p| p.start);
     let wanted = plan.sizes();
     let numbers: Vec<u32> = if after.is_empty() {
         if t.label == Label::Gpt {
@@ -140,7 +140,7 @@ pub fn prepare(root: &RootDisk, plan: &Plan) -> Result<Ephemeral, String> {
         super::prepare::sync_partitions(&root.disk)?;
         let t = table::read(&root.disk)?.ok_or_else(|| format!("{d} lost its partition table"))?;
         let mut made: Vec<&Part> = t.parts.iter().filter(|p| p.start > rp.start).collect();
-        made.sort_by_key(|p| p.start);
+        crate::order::sort_by_key(&mut made, |p| p.start);
         if made.len() != wanted.len() {
             return Err(format!(
                 "root disk {d} shows {} partitions after the root one, expected {}",

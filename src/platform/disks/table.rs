@@ -111,7 +111,7 @@ pub fn parse(json: &str) -> Result<Table, String> {
             name: p["name"].as_str().unwrap_or_default().to_string(),
         });
     }
-    parts.sort_by_key(|p| p.number);
+    crate::order::sort_by_key(&mut parts, |p| p.number);
     Ok(Table { label, parts })
 }
 

@@ -142,7 +142,7 @@ pub fn plan(networks: &BTreeMap<String, Network>, nics: &[Nic], dns: &[IpAddr]) 
             ),
         }
     }
-    statics.sort_by(|a, b| a.iface.cmp(&b.iface));
+    crate::order::sort_by(&mut statics, |a, b| a.iface.cmp(&b.iface));
     let any_default = dhcp.iter().any(|d| d.default_gateway) || statics.iter().any(|s| s.default_gateway);
     let mut by_iface: BTreeMap<&str, Vec<&Dhcp>> = BTreeMap::new();
     for d in &dhcp {
@@ -201,7 +201,7 @@ pub fn plan(networks: &BTreeMap<String, Network>, nics: &[Nic], dns: &[IpAddr]) 
         routes(&mut f, &s.network, &s.routes)?;
         out.files.push((file_name(&s.iface), f.render()));
     }
-    out.files.sort();
+    crate::order::sort(&mut out.files);
     Ok(out)
 }
 

@@ -50,7 +50,7 @@ pub fn detect(dirs: &Dirs) -> Result<Vec<Nic>, String> {
             _ => log::info!("network interface {name}: no MAC address in sysfs; left alone"),
         }
     }
-    nics.sort_by(|a, b| a.name.cmp(&b.name));
+    crate::order::sort_by(&mut nics, |a, b| a.name.cmp(&b.name));
     Ok(nics)
 }
 

@@ -68,7 +68,7 @@ pub fn default_routes_v4(table: &str) -> Vec<DefaultRoute> {
         let gateway = (gw != 0).then(|| IpAddr::V4(Ipv4Addr::from(u32::from_be(gw))));
         out.push(DefaultRoute { iface: f[0].to_string(), gateway, metric });
     }
-    out.sort_by_key(|r| r.metric);
+    crate::order::sort_by_key(&mut out, |r| r.metric);
     out
 }
 
@@ -96,7 +96,7 @@ pub fn default_routes_v6(table: &str) -> Vec<DefaultRoute> {
         let gateway = (hop != 0).then(|| IpAddr::V6(Ipv6Addr::from(hop)));
         out.push(DefaultRoute { iface: f[9].to_string(), gateway, metric });
     }
-    out.sort_by_key(|r| r.metric);
+    crate::order::sort_by_key(&mut out, |r| r.metric);
     out
 }
 
