@@ -87,7 +87,10 @@ impl Https {
     pub fn new(url: &MbusUrl, ca: Option<&str>) -> Result<Https, String> {
         let tls = match ca {
             Some(pem) => crate::tls::http_tls(Some(&crate::tls::parse_certs(pem)?)),
-            None => ureq::tls::TlsConfig::builder().disable_verification(true).build(),
+            None => ureq::tls::TlsConfig::builder()
+                .disable_verification(true)
+                .unversioned_rustls_crypto_provider(crate::tls::provider())
+                .build(),
         };
         let agent = ureq::Agent::config_builder()
             .tls_config(tls)

@@ -12,10 +12,86 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::{Arc, Mutex, Weak};
 
 /// The one crypto provider of the binary; every config is built from it so no process-wide default
-/// has to be installed.
+/// has to be installed. It is ring's, with AES-GCM as the only ciphers: every server an agent talks to
+/// (nats-server, the director's nginx, S3 and its kin) offers AES-GCM, which TLS 1.3 makes mandatory
+/// and x86_64 runs in hardware, so ChaCha20-Poly1305 would only add 55 kB of code to a binary with a
+/// size budget. It is spelled out field by field because taking ring's default and replacing its
+/// ciphers would still link the ones replaced. Certificates are verified with every algorithm ring
+/// offers, as rustls' own ring provider does.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::{cipher_suite as suite, kx_group};
+    Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS13_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ],
+        kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
+        signature_verification_algorithms: SIGNATURES,
+        secure_random: &Ring,
+        key_provider: &Ring,
+    })
 }
+
+/// Randomness and private keys from ring, as rustls' ring provider takes them.
+#[derive(Debug)]
+struct Ring;
+
+impl rustls::crypto::SecureRandom for Ring {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
+        use ring::rand::SecureRandom as _;
+        ring::rand::SystemRandom::new().fill(buf).map_err(|_| rustls::crypto::GetRandomFailed)
+    }
+}
+
+impl rustls::crypto::KeyProvider for Ring {
+    fn load_private_key(
+        &self,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+        rustls::crypto::ring::sign::any_supported_type(&key)
+    }
+}
+
+/// The signature algorithms a peer's certificate chain and handshake may use: all that webpki
+/// verifies with ring, each TLS signature scheme mapped to the certificate algorithms it may name
+/// (for TLS 1.2 an ECDSA scheme does not fix the curve).
+static SIGNATURES: rustls::crypto::WebPkiSupportedAlgorithms = {
+    use rustls::SignatureScheme as S;
+    use webpki::ring as alg;
+    rustls::crypto::WebPkiSupportedAlgorithms {
+        all: &[
+            alg::ECDSA_P256_SHA256,
+            alg::ECDSA_P256_SHA384,
+            alg::ECDSA_P384_SHA256,
+            alg::ECDSA_P384_SHA384,
+            alg::ED25519,
+            alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+            alg::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+            alg::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+            alg::RSA_PKCS1_2048_8192_SHA256,
+            alg::RSA_PKCS1_2048_8192_SHA384,
+            alg::RSA_PKCS1_2048_8192_SHA512,
+            alg::RSA_PKCS1_2048_8192_SHA256_ABSENT_PARAMS,
+            alg::RSA_PKCS1_2048_8192_SHA384_ABSENT_PARAMS,
+            alg::RSA_PKCS1_2048_8192_SHA512_ABSENT_PARAMS,
+        ],
+        mapping: &[
+            (S::ECDSA_NISTP384_SHA384, &[alg::ECDSA_P384_SHA384, alg::ECDSA_P256_SHA384]),
+            (S::ECDSA_NISTP256_SHA256, &[alg::ECDSA_P256_SHA256, alg::ECDSA_P384_SHA256]),
+            (S::ED25519, &[alg::ED25519]),
+            (S::RSA_PSS_SHA512, &[alg::RSA_PSS_2048_8192_SHA512_LEGACY_KEY]),
+            (S::RSA_PSS_SHA384, &[alg::RSA_PSS_2048_8192_SHA384_LEGACY_KEY]),
+            (S::RSA_PSS_SHA256, &[alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY]),
+            (S::RSA_PKCS1_SHA512, &[alg::RSA_PKCS1_2048_8192_SHA512]),
+            (S::RSA_PKCS1_SHA384, &[alg::RSA_PKCS1_2048_8192_SHA384]),
+            (S::RSA_PKCS1_SHA256, &[alg::RSA_PKCS1_2048_8192_SHA256]),
+        ],
+    }
+};
 
 /// Where distributions keep the system's bundle of trusted CAs (Debian and Ubuntu first).
 const SYSTEM_BUNDLES: &[&str] =
@@ -70,13 +146,16 @@ pub fn http_tls(ca: Option<&[CertificateDer<'static>]>) -> ureq::tls::TlsConfig 
         ),
         None => ureq::tls::RootCerts::Specific(shared_system_roots()),
     };
-    ureq::tls::TlsConfig::builder().root_certs(roots).build()
+    ureq::tls::TlsConfig::builder().root_certs(roots).unversioned_rustls_crypto_provider(provider()).build()
 }
 
 /// The TLS settings of a long-lived client of a plain-HTTP peer on loopback (monit): no roots, so it
 /// holds none; were the peer to answer with TLS, verification fails with an error, never a panic.
 pub fn loopback_tls() -> ureq::tls::TlsConfig {
-    ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&[])).build()
+    ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&[]))
+        .unversioned_rustls_crypto_provider(provider())
+        .build()
 }
 
 /// Parses every certificate in a PEM bundle; an empty bundle is an error because a caller that asks
