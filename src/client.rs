@@ -76,7 +76,7 @@ pub fn connect(opts: &CallOptions, deadline: Instant) -> Result<Box<dyn Transpor
 
 /// bosh-cli's side of the HTTPS bus: `POST /agent` with Basic auth.
 pub struct Https {
-    agent: ureq::Agent,
+    http: crate::http_client::Client,
     endpoint: String,
     auth: String,
 }
@@ -85,23 +85,15 @@ impl Https {
     /// A client for `url`, verifying the agent against `ca` when given, otherwise accepting any
     /// certificate as bosh-cli does without a CA.
     pub fn new(url: &MbusUrl, ca: Option<&str>) -> Result<Https, String> {
-        let tls = match ca {
-            Some(pem) => crate::tls::http_tls(Some(&crate::tls::parse_certs(pem)?)),
-            None => ureq::tls::TlsConfig::builder()
-                .disable_verification(true)
-                .unversioned_rustls_crypto_provider(crate::tls::provider())
-                .build(),
+        let trust = match ca {
+            Some(pem) => crate::tls::Trust::roots(&crate::tls::parse_certs(pem)?)?,
+            None => crate::tls::Trust::Anybody,
         };
-        let agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .build()
-            .new_agent();
+        let http = crate::http_client::Client::new(trust).connect_timeout(Duration::from_secs(30));
         let creds =
             base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", url.user, url.password));
         Ok(Https {
-            agent,
+            http,
             endpoint: format!("https://{}/agent", url.host_port()),
             auth: format!("Basic {creds}"),
         })
@@ -112,15 +104,14 @@ impl Transport for Https {
     fn request(&mut self, method: &str, arguments: &[Value], _deadline: Instant) -> Result<Value, String> {
         let body =
             json!({ "method": method, "arguments": arguments, "reply_to": "bosh-agent-call" }).to_string();
+        let headers = [("Authorization", self.auth.as_str()), ("Content-Type", "application/json")];
         let mut resp = self
-            .agent
-            .post(&self.endpoint)
-            .header("Authorization", &self.auth)
-            .header("Content-Type", "application/json")
-            .send(body.as_bytes())
-            .map_err(|e| format!("POST {}: {}", self.endpoint, explain(&e.to_string(), false)))?;
-        let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().context("reading reply")?;
+            .http
+            .send("POST", &self.endpoint, &headers, crate::http_client::Body::Bytes(body.as_bytes()), None)
+            .map_err(|e| format!("POST {}: {}", self.endpoint, explain(&e, false)))?;
+        let status = resp.status;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut resp, &mut text).context("reading reply")?;
         if status == 401 {
             return Err("wrong mbus credentials: the agent answered 401 Unauthorized to the user and \
                         password in --mbus"

@@ -81,6 +81,10 @@ pub mod heartbeat;
 #[cfg(not(feature = "internals"))]
 pub(crate) mod heartbeat;
 #[cfg(feature = "internals")]
+pub mod http_client;
+#[cfg(not(feature = "internals"))]
+pub(crate) mod http_client;
+#[cfg(feature = "internals")]
 pub mod ids;
 #[cfg(not(feature = "internals"))]
 pub(crate) mod ids;

@@ -15,9 +15,9 @@ use std::cell::RefCell;
 use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Log targets never written: the TLS and HTTP libraries' own chatter (their failures reach our
-/// log through the errors they return).
-const IGNORED_TARGETS: [&str; 2] = ["rustls", "ureq"];
+/// Log targets never written: the TLS library's own chatter (its failures reach our log through the
+/// errors it returns).
+const IGNORED_TARGETS: [&str; 1] = ["rustls"];
 
 /// Above this a thread's line buffer is not kept for the next line (a debug line with a large
 /// argument should not pin its size for the thread's life).
@@ -171,7 +171,7 @@ mod tests {
         };
         record("bosh_agent::dispatch", log::Level::Info, &format!("first {long}"));
         record("rustls::client", log::Level::Warn, "hidden");
-        record("ureq::unversioned", log::Level::Error, "hidden");
+        record("rustls::server::hs", log::Level::Error, "hidden");
         record("bosh_agent::x", log::Level::Debug, "hidden");
         record("bosh_agent::x", log::Level::Error, "second");
         assert!(!logger.enabled(&Metadata::builder().target("rustls").level(log::Level::Error).build()));

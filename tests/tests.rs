@@ -71,6 +71,9 @@ mod bootstrap;
 mod ephemeral;
 // The HTTPS bus server over real TLS, including clients that misbehave.
 mod https_bus;
+// The agent's HTTP client through a real proxy (tinyproxy): absolute-form requests, CONNECT tunnels,
+// proxy credentials.
+mod http_client;
 // The root disk in the bootstrap, on a loop-backed root disk mounted as the root dir: swap and
 // data after the root partition, the root partition and filesystem grown.
 mod root_disk;

@@ -10,6 +10,7 @@
 
 use super::signed::{http_agent, retryable_status};
 use super::{copy_stream, opt_str, Provider, ProviderError};
+use crate::http_client::{Body, Client};
 use base64::Engine as _;
 use std::fs::File;
 use std::io::Write;
@@ -17,7 +18,7 @@ use std::path::Path;
 
 /// A dav endpoint with optional Basic credentials and CA.
 pub struct Dav {
-    agent: ureq::Agent,
+    agent: Client,
     endpoint: String,
     auth: Option<String>,
 }
@@ -83,6 +84,11 @@ impl Dav {
         format!("{}/{}/{}", self.endpoint, shard(id), encode_segment(id))
     }
 
+    /// The `Authorization` header, when a user is configured.
+    fn auth_header(&self) -> Vec<(&str, &str)> {
+        self.auth.iter().map(|a| ("Authorization", a.as_str())).collect()
+    }
+
     fn status_error(&self, what: &str, id: &str, status: u16) -> ProviderError {
         let msg = format!("{what} dav blob {id}: Wrong response code: {status}");
         if retryable_status(status) {
@@ -95,18 +101,14 @@ impl Dav {
 
 impl Provider for Dav {
     fn get(&self, id: &str, out: &mut dyn Write, _scratch: &Path) -> Result<(), ProviderError> {
-        let mut req = self.agent.get(&self.url(id));
-        if let Some(auth) = &self.auth {
-            req = req.header("Authorization", auth.as_str());
+        let mut resp = self
+            .agent
+            .send("GET", &self.url(id), &self.auth_header(), Body::Empty, None)
+            .map_err(|e| ProviderError::transient(format!("Getting dav blob {id}: {e}")))?;
+        if resp.status != 200 {
+            return Err(self.status_error("Getting", id, resp.status));
         }
-        let mut resp =
-            req.call().map_err(|e| ProviderError::transient(format!("Getting dav blob {id}: {e}")))?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            return Err(self.status_error("Getting", id, status));
-        }
-        let mut body = resp.body_mut().as_reader();
-        copy_stream(&mut body, out)
+        copy_stream(&mut resp, out)
             .map(|_| ())
             .map_err(|e| ProviderError::transient(format!("Getting dav blob {id}: reading body: {e}")))
     }
@@ -115,14 +117,12 @@ impl Provider for Dav {
         let file = File::open(src).map_err(|e| {
             ProviderError::permanent(format!("Putting dav blob {id}: opening {}: {e}", src.display()))
         })?;
-        let mut req = self.agent.put(&self.url(id));
-        if let Some(auth) = &self.auth {
-            req = req.header("Authorization", auth.as_str());
-        }
         // `File` bodies carry Content-Length from the file's metadata and stream from disk.
-        let resp =
-            req.send(file).map_err(|e| ProviderError::transient(format!("Putting dav blob {id}: {e}")))?;
-        match resp.status().as_u16() {
+        let resp = self
+            .agent
+            .send("PUT", &self.url(id), &self.auth_header(), Body::File(file), None)
+            .map_err(|e| ProviderError::transient(format!("Putting dav blob {id}: {e}")))?;
+        match resp.status {
             201 | 204 => Ok(()),
             status => Err(self.status_error("Putting", id, status)),
         }

@@ -196,14 +196,14 @@ fn stream_verified(
 }
 
 /// The cascade over local blob directories and the configured provider, plus signed-URL transfers.
-/// Cheap to clone (shared provider and HTTP agent), so actions can each hold one.
+/// Cheap to clone (shared provider and HTTP client), so actions can each hold one.
 #[derive(Clone)]
 pub struct Blobs {
     provider: Arc<dyn Provider>,
     provider_name: String,
     sensitive_dir: PathBuf,
     blobs_dir: PathBuf,
-    http: ureq::Agent,
+    http: Arc<crate::http_client::Client>,
     retry_delay: Duration,
 }
 
@@ -242,7 +242,7 @@ impl Blobs {
         };
         let name = if blobstore.provider.is_empty() { "(none)" } else { blobstore.provider.as_str() };
         let mut blobs = Blobs::with_provider(provider, name, dirs);
-        blobs.http = signed::http_agent(dav::ca_option(options)?.as_deref())?;
+        blobs.http = Arc::new(signed::http_agent(dav::ca_option(options)?.as_deref())?);
         Ok(blobs)
     }
 
@@ -253,8 +253,8 @@ impl Blobs {
             provider_name: name.to_string(),
             sensitive_dir: dirs.sensitive_blobs(),
             blobs_dir: dirs.blobs(),
-            // Building an agent without a custom CA cannot fail.
-            http: signed::default_agent(),
+            // Building a client without a custom CA cannot fail.
+            http: Arc::new(signed::default_agent()),
             retry_delay: DEFAULT_RETRY_DELAY,
         }
     }

@@ -2,11 +2,13 @@
 //!
 //! Why separate from the providers: the director signs a URL for one object and may add headers
 //! (`blobstore_headers`, e.g. server-side encryption keys); the agent just GETs or PUTs it. The query
-//! string *is* the credential, so it is cut from every message this module produces, including ureq's
-//! own error texts.
+//! string *is* the credential, so it is cut from every message this module produces, including the
+//! HTTP client's own error texts.
 
 use super::{copy_stream, ProviderError};
 use crate::error::Context as _;
+use crate::http_client::{Body, Client};
+use crate::tls::Trust;
 use crate::url::{redact_url, scrub};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -20,30 +22,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// per transfer, so multi-GiB blobs are fine on a slow but live link.
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The HTTP agent for blob transfers: verifies servers against `ca_pem` when given, otherwise against
-/// the public web roots; 4xx/5xx are returned as responses so callers can word the error.
-pub fn http_agent(ca_pem: Option<&str>) -> Result<ureq::Agent, String> {
-    let certs = match ca_pem {
-        Some(pem) => Some(crate::tls::parse_certs(pem).context("blobstore option tls.cert.ca")?),
-        None => None,
+/// The HTTP client for blob transfers: verifies servers against `ca_pem` when given, otherwise
+/// against the system's roots; every status is an answer, so callers can word the error.
+pub fn http_agent(ca_pem: Option<&str>) -> Result<Client, String> {
+    let trust = match ca_pem {
+        Some(pem) => Trust::roots(&crate::tls::parse_certs(pem).context("blobstore option tls.cert.ca")?)
+            .context("blobstore option tls.cert.ca")?,
+        None => Trust::System,
     };
-    Ok(configured(crate::tls::http_tls(certs.as_deref())))
+    Ok(configured(trust))
 }
 
-/// The agent without a custom CA (cannot fail).
-pub fn default_agent() -> ureq::Agent {
-    configured(crate::tls::http_tls(None))
+/// The client without a custom CA (cannot fail).
+pub fn default_agent() -> Client {
+    configured(Trust::System)
 }
 
-fn configured(tls: ureq::tls::TlsConfig) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .tls_config(tls)
-        .http_status_as_error(false)
-        .timeout_connect(Some(CONNECT_TIMEOUT))
-        .timeout_per_read(Some(IO_TIMEOUT))
-        .timeout_per_write(Some(IO_TIMEOUT))
-        .build()
-        .new_agent()
+fn configured(trust: Trust) -> Client {
+    Client::new(trust).connect_timeout(CONNECT_TIMEOUT).io_timeout(IO_TIMEOUT)
 }
 
 /// Whether an HTTP status may change on a retry (server trouble, throttling, timeouts).
@@ -53,19 +49,16 @@ pub fn retryable_status(status: u16) -> bool {
 
 /// GETs `url` with `headers` and streams a 200 body into `out`.
 pub fn get(
-    agent: &ureq::Agent,
+    agent: &Client,
     url: &str,
     headers: &BTreeMap<String, String>,
     out: &mut dyn Write,
 ) -> Result<(), ProviderError> {
     let shown = redact_url(url);
-    let mut req = agent.get(url);
-    for (k, v) in headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    let mut resp =
-        req.call().map_err(|e| ProviderError::transient(scrub(&format!("GET {shown}: {e}"), url)))?;
-    let status = resp.status().as_u16();
+    let mut resp = agent
+        .send("GET", url, &pairs(headers), Body::Empty, None)
+        .map_err(|e| ProviderError::transient(scrub(&format!("GET {shown}: {e}"), url)))?;
+    let status = resp.status;
     if status != 200 {
         let msg = format!("GET {shown}: unexpected response status {status}");
         return Err(if retryable_status(status) {
@@ -74,8 +67,7 @@ pub fn get(
             ProviderError::permanent(msg)
         });
     }
-    let mut body = resp.body_mut().as_reader();
-    copy_stream(&mut body, out)
+    copy_stream(&mut resp, out)
         .map(|_| ())
         .map_err(|e| ProviderError::transient(scrub(&format!("GET {shown}: reading body: {e}"), url)))
 }
@@ -83,7 +75,7 @@ pub fn get(
 /// PUTs the file `src` to `url` with `headers`; the body streams from disk with an explicit
 /// `Content-Length` (object stores refuse chunked uploads). Any 2xx is success.
 pub fn put(
-    agent: &ureq::Agent,
+    agent: &Client,
     url: &str,
     headers: &BTreeMap<String, String>,
     src: &Path,
@@ -91,14 +83,11 @@ pub fn put(
     let shown = redact_url(url);
     let file = File::open(src)
         .map_err(|e| ProviderError::permanent(format!("PUT {shown}: opening {}: {e}", src.display())))?;
-    // A `File` body makes ureq send `Content-Length` from the file's metadata and stream from disk.
-    let mut req = agent.put(url);
-    for (k, v) in headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    let resp =
-        req.send(file).map_err(|e| ProviderError::transient(scrub(&format!("PUT {shown}: {e}"), url)))?;
-    let status = resp.status().as_u16();
+    // A `File` body is sent with `Content-Length` from the file's metadata and streamed from disk.
+    let resp = agent
+        .send("PUT", url, &pairs(headers), Body::File(file), None)
+        .map_err(|e| ProviderError::transient(scrub(&format!("PUT {shown}: {e}"), url)))?;
+    let status = resp.status;
     if (200..300).contains(&status) {
         Ok(())
     } else {
@@ -109,6 +98,11 @@ pub fn put(
             ProviderError::permanent(msg)
         })
     }
+}
+
+/// Header pairs as the HTTP client takes them.
+pub fn pairs(headers: &BTreeMap<String, String>) -> Vec<(&str, &str)> {
+    headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 #[cfg(test)]

@@ -119,43 +119,105 @@ pub fn system_roots() -> Vec<CertificateDer<'static>> {
     Vec::new()
 }
 
-/// The system roots as HTTP clients hold them: one copy shared by every client alive, read again
+/// The system roots as HTTP clients hold them: one store shared by every client alive, read again
 /// once they are all gone. So an idle agent holds none (the bundle is ~150 certificates), and the
 /// next action sees certificates `trusted_certs` added since.
-fn shared_system_roots() -> Arc<Vec<ureq::tls::Certificate<'static>>> {
-    static SHARED: Mutex<Weak<Vec<ureq::tls::Certificate<'static>>>> = Mutex::new(Weak::new());
+fn shared_system_roots() -> Arc<rustls::RootCertStore> {
+    static SHARED: Mutex<Weak<rustls::RootCertStore>> = Mutex::new(Weak::new());
     let mut held = crate::sync::lock(&SHARED);
     if let Some(roots) = held.upgrade() {
         return roots;
     }
-    let roots = Arc::new(
-        system_roots().iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect(),
-    );
+    let mut store = rustls::RootCertStore::empty();
+    let (_, unusable) = store.add_parsable_certificates(system_roots());
+    if unusable > 0 {
+        log::debug!("{unusable} system CA certificate(s) unusable as roots");
+    }
+    let roots = Arc::new(store);
     *held = Arc::downgrade(&roots);
     roots
 }
 
-/// The TLS settings of an HTTP client that may reach any server: checked against `ca` when given,
-/// else against the system's roots. ureq's own default (its compiled-in web roots) is not linked into
-/// the binary, and ureq panics on a connection that would need it, so no client is built without
-/// this or [`loopback_tls`].
-pub fn http_tls(ca: Option<&[CertificateDer<'static>]>) -> ureq::tls::TlsConfig {
-    let roots = match ca {
-        Some(ca) => ureq::tls::RootCerts::new_with_certs(
-            &ca.iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect::<Vec<_>>(),
-        ),
-        None => ureq::tls::RootCerts::Specific(shared_system_roots()),
-    };
-    ureq::tls::TlsConfig::builder().root_certs(roots).unversioned_rustls_crypto_provider(provider()).build()
+/// Whom an HTTP client trusts: what [`http_client_config`] turns into a TLS configuration.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// The system's roots (public blobstores, signed URLs, metadata services).
+    System,
+    /// Exactly these CAs (a blobstore's `tls.cert.ca`, `bosh-agent call --ca`).
+    Roots(Arc<rustls::RootCertStore>),
+    /// Nobody: a plain-HTTP peer on loopback (monit); were it to answer with TLS, verification fails.
+    Nobody,
+    /// Any certificate, as bosh-cli trusts an agent it has no CA for (`bosh-agent call` without
+    /// `--ca`); the handshake's signatures are still checked.
+    Anybody,
 }
 
-/// The TLS settings of a long-lived client of a plain-HTTP peer on loopback (monit): no roots, so it
-/// holds none; were the peer to answer with TLS, verification fails with an error, never a panic.
-pub fn loopback_tls() -> ureq::tls::TlsConfig {
-    ureq::tls::TlsConfig::builder()
-        .root_certs(ureq::tls::RootCerts::new_with_certs(&[]))
-        .unversioned_rustls_crypto_provider(provider())
-        .build()
+impl Trust {
+    /// Exactly the CAs in `ca`; an error names a certificate that is not one.
+    pub fn roots(ca: &[CertificateDer<'static>]) -> Result<Trust, String> {
+        let mut store = rustls::RootCertStore::empty();
+        for cert in ca {
+            store.add(cert.clone()).context("adding CA certificate")?;
+        }
+        Ok(Trust::Roots(Arc::new(store)))
+    }
+}
+
+/// The TLS configuration of an HTTP client (TLS 1.2 and 1.3, the binary's provider, no client
+/// certificate). Built when a client first needs it, so a client that only speaks plain HTTP holds
+/// no roots.
+pub fn http_client_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let config = match trust {
+        Trust::System => builder.with_root_certificates(shared_system_roots()),
+        Trust::Roots(roots) => builder.with_root_certificates(Arc::clone(roots)),
+        Trust::Nobody => builder.with_root_certificates(rustls::RootCertStore::empty()),
+        Trust::Anybody => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+        }
+    };
+    Ok(Arc::new(config.with_no_client_auth()))
+}
+
+/// Accepts any server certificate; see [`Trust::Anybody`].
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Parses every certificate in a PEM bundle; an empty bundle is an error because a caller that asks
@@ -188,32 +250,36 @@ pub fn root_store(ca_pem: &str) -> Result<rustls::RootCertStore, String> {
 mod tests {
     use super::*;
 
-    /// ureq's compiled-in roots are not linked: a config that fell back to them would panic on the
-    /// first HTTPS connection, so every config names its roots.
+    /// Every kind of trust gives a configuration; CA material that is no certificate is refused.
     #[test]
-    fn http_clients_never_fall_back_to_ureqs_own_roots() {
-        assert!(matches!(http_tls(None).root_certs(), ureq::tls::RootCerts::Specific(_)));
-        assert!(matches!(loopback_tls().root_certs(), ureq::tls::RootCerts::Specific(r) if r.is_empty()));
+    fn every_trust_builds_and_garbage_is_no_ca() {
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
             .and_then(|p| p.self_signed(&key))
             .expect("self-signed CA");
         let ca = parse_certs(&cert.pem()).expect("its PEM parses");
-        match http_tls(Some(&ca)).root_certs() {
-            ureq::tls::RootCerts::Specific(certs) => assert_eq!(certs.len(), ca.len()),
-            other => panic!("{other:?}"),
+        let roots = Trust::roots(&ca).expect("a CA");
+        for trust in [Trust::System, roots, Trust::Nobody, Trust::Anybody] {
+            assert!(http_client_config(&trust).is_ok(), "{trust:?}");
         }
+        assert!(Trust::roots(&[CertificateDer::from(vec![1, 2, 3])]).is_err(), "garbage is no CA");
     }
 
     /// Clients alive at once share one copy of the system roots. (That the copy goes with the last
     /// client is `Weak`'s promise; other tests' clients on parallel threads make it unobservable here.)
     #[test]
     fn clients_alive_at_once_share_one_copy_of_the_system_roots() {
-        let root_set = |c: &ureq::tls::TlsConfig| match c.root_certs() {
-            ureq::tls::RootCerts::Specific(r) => Arc::clone(r),
-            other => panic!("{other:?}"),
-        };
-        let (a, b) = (http_tls(None), http_tls(None));
-        assert!(Arc::ptr_eq(&root_set(&a), &root_set(&b)), "one copy for both");
+        let (a, b) = (shared_system_roots(), shared_system_roots());
+        assert!(Arc::ptr_eq(&a, &b), "one copy for both");
+    }
+
+    /// Only AES-GCM is offered, and TLS 1.2 stays (servers that speak nothing newer still exist).
+    #[test]
+    fn the_provider_offers_aes_gcm_over_tls_1_2_and_1_3() {
+        let p = provider();
+        assert!(p.cipher_suites.iter().all(|s| format!("{:?}", s.suite()).contains("GCM")));
+        let versions: Vec<_> = p.cipher_suites.iter().map(|s| s.version().version).collect();
+        assert!(versions.contains(&rustls::ProtocolVersion::TLSv1_2));
+        assert!(versions.contains(&rustls::ProtocolVersion::TLSv1_3));
     }
 }

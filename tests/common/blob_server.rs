@@ -1,8 +1,8 @@
 //! A tiny real HTTP/1.1 blob server for integration tests (dav provider, signed URLs, log and
 //! compile uploads).
 //!
-//! Why a real server over std::net rather than a mock: the agent's HTTP client (ureq, timeouts,
-//! Content-Length streaming, `Expect: 100-continue`, Basic auth) is part of what is under test, so the
+//! Why a real server over std::net rather than a mock: the agent's HTTP client (`http_client`: timeouts,
+//! Content-Length streaming, Basic auth) is part of what is under test, so the
 //! bytes must cross a socket. It stays deliberately small: one thread per connection, one request per
 //! connection (`Connection: close`), blobs stored as files in a temp dir keyed by request path (the
 //! query string is ignored for storage, as with signed URLs). Tests can require Basic auth or a header,
@@ -204,7 +204,7 @@ fn respond(out: &mut TcpStream, status: u16, body: &[u8]) -> io::Result<()> {
     out.flush()
 }
 
-/// A `Transfer-Encoding: chunked` body decoder (ureq uses chunked for non-file bodies).
+/// A `Transfer-Encoding: chunked` body decoder (some clients send one for a body of unknown length).
 struct Chunked<'a, R> {
     inner: &'a mut R,
     left: u64,

@@ -6,6 +6,8 @@
 //! status policy in one place means every source gets them the same way.
 
 use super::Failure;
+use crate::http_client::{Body, Client};
+use crate::tls::Trust;
 use std::time::{Duration, Instant};
 
 /// Largest metadata or registry answer read; settings are a few kilobytes.
@@ -15,21 +17,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A client whose requests all end by `deadline`.
 pub(crate) struct Http {
-    agent: ureq::Agent,
+    http: Client,
     deadline: Instant,
 }
 
 impl Http {
     /// A client for one attempt.
     pub(crate) fn new(deadline: Instant) -> Http {
-        let agent = ureq::Agent::config_builder()
-            .tls_config(crate::tls::http_tls(None))
-            .http_status_as_error(false)
-            .max_redirects(3)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .build()
-            .new_agent();
-        Http { agent, deadline }
+        let http = Client::new(Trust::System).max_redirects(3).connect_timeout(CONNECT_TIMEOUT);
+        Http { http, deadline }
     }
 
     /// `GET url` with `headers`; the body of a 2xx answer.
@@ -44,30 +40,19 @@ impl Http {
 
     fn call(&self, method: &str, url: &str, headers: &[(String, String)]) -> Result<Vec<u8>, Failure> {
         let shown = crate::url::redact_url(url);
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if self.deadline <= Instant::now() {
             return Err(Failure::Transient(format!("{method} {shown}: out of time")));
         }
-        let result = if method == "PUT" {
-            let mut req = self.agent.put(url);
-            for (k, v) in headers {
-                req = req.header(k.as_str(), v.as_str());
-            }
-            req.config().timeout_global(Some(left)).build().send_empty()
-        } else {
-            let mut req = self.agent.get(url);
-            for (k, v) in headers {
-                req = req.header(k.as_str(), v.as_str());
-            }
-            req.config().timeout_global(Some(left)).build().call()
-        };
-        let scrub = |e: ureq::Error| crate::url::scrub(&e.to_string(), url);
-        let mut resp = result.map_err(|e| Failure::Transient(format!("{method} {shown}: {}", scrub(e))))?;
-        let status = resp.status().as_u16();
-        let body =
-            resp.body_mut().with_config().limit(MAX_BODY).read_to_vec().map_err(|e| {
-                Failure::Transient(format!("{method} {shown}: reading the answer: {}", scrub(e)))
-            })?;
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let scrub = |e: &dyn std::fmt::Display| crate::url::scrub(&e.to_string(), url);
+        let mut resp = self
+            .http
+            .send(method, url, &headers, Body::Empty, Some(self.deadline))
+            .map_err(|e| Failure::Transient(format!("{method} {shown}: {}", scrub(&e))))?;
+        let status = resp.status;
+        let body = resp.read_to_vec(MAX_BODY).map_err(|e| {
+            Failure::Transient(format!("{method} {shown}: reading the answer: {}", scrub(&e)))
+        })?;
         match status {
             200..=299 => Ok(body),
             // Any other answer is retried, as the Go agent does: at boot a metadata service answers

@@ -1,19 +1,21 @@
 //! The HTTP side of monit: its status document and its per-service actions, plus the `monit.user`
 //! credentials both the agent and the stemcell's monitrc use.
 //!
-//! Two ureq agents with different bounds: status reads feed `get_state` and heartbeats, which must
-//! answer within about 2 s even when monit hangs, so they get one short overall deadline and no retry;
-//! actions may wait for a busy monit and are retried by the caller.
+//! Two bounds: status reads feed `get_state` and heartbeats, which must answer within about 2 s even
+//! when monit hangs, so they get one short overall deadline and no retry; actions may wait for a busy
+//! monit and are retried by the caller.
 
 use super::status::{latin1, Status};
 use crate::error::Context as _;
+use crate::http_client::{self, Body};
+use crate::tls::Trust;
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest status document read (monit's answer for a few hundred services is far smaller).
 const MAX_STATUS_BYTES: u64 = 8 << 20;
@@ -40,8 +42,9 @@ impl CallError {
 
 /// Talks to one monit daemon's HTTP interface.
 pub(crate) struct Client {
-    status_agent: ureq::Agent,
-    action_agent: ureq::Agent,
+    http: http_client::Client,
+    status_timeout: Duration,
+    action_timeout: Duration,
     base: String,
     auth: String,
     /// Monit 5.2x and later refuse a POST without a CSRF "double submit" token: the same value as a
@@ -61,8 +64,13 @@ impl Client {
     ) -> Client {
         let creds = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         Client {
-            status_agent: agent(status_timeout),
-            action_agent: agent(action_timeout),
+            // Monit answers a successful action with a 302 to the service's page; that answer is
+            // the result. Connecting to loopback is instant or never.
+            http: http_client::Client::new(Trust::Nobody)
+                .max_redirects(0)
+                .connect_timeout(Duration::from_secs(1)),
+            status_timeout,
+            action_timeout,
             base: format!("http://{address}"),
             auth: format!("Basic {creds}"),
             csrf: random_hex(16),
@@ -71,26 +79,23 @@ impl Client {
 
     /// The status document, bounded by the short status deadline.
     pub(crate) fn status(&self) -> Result<Status, CallError> {
-        self.status_with(&self.status_agent)
+        self.status_within(self.status_timeout)
     }
 
     /// The status document, bounded by the longer action deadline (for actions, which may wait).
     pub(crate) fn status_patiently(&self) -> Result<Status, CallError> {
-        self.status_with(&self.action_agent)
+        self.status_within(self.action_timeout)
     }
 
-    fn status_with(&self, agent: &ureq::Agent) -> Result<Status, CallError> {
+    fn status_within(&self, timeout: Duration) -> Result<Status, CallError> {
         let url = format!("{}/_status2?format=xml", self.base);
-        let mut resp =
-            agent.get(&url).header("Authorization", &self.auth).call().map_err(|e| transport(&url, e))?;
-        let code = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_STATUS_BYTES)
-            .read_to_vec()
+        let deadline = Some(Instant::now() + timeout);
+        let mut resp = self
+            .http
+            .send("GET", &url, &[("Authorization", &self.auth)], Body::Empty, deadline)
             .map_err(|e| transport(&url, e))?;
-        check(code, &body)?;
+        let body = resp.read_to_vec(MAX_STATUS_BYTES).map_err(|e| transport(&url, e))?;
+        check(resp.status, &body)?;
         Status::parse(&latin1(&body)).map_err(CallError::Failed)
     }
 
@@ -98,33 +103,23 @@ impl Client {
     pub(crate) fn action(&self, service: &str, action: &str) -> Result<(), CallError> {
         let url = format!("{}/{}", self.base, url_encode(service));
         let body = format!("action={}&securitytoken={}", url_encode(action), self.csrf);
+        let cookie = format!("securitytoken={}", self.csrf);
+        let headers = [
+            ("Authorization", self.auth.as_str()),
+            ("Cookie", cookie.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        let deadline = Some(Instant::now() + self.action_timeout);
         let mut resp = self
-            .action_agent
-            .post(&url)
-            .header("Authorization", &self.auth)
-            .header("Cookie", &format!("securitytoken={}", self.csrf))
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .send(body.as_bytes())
+            .http
+            .send("POST", &url, &headers, Body::Bytes(body.as_bytes()), deadline)
             .map_err(|e| transport(&url, e))?;
-        let code = resp.status().as_u16();
-        let body = resp.body_mut().with_config().limit(64 << 10).read_to_vec().unwrap_or_default();
-        check(code, &body)
+        let body = resp.read_to_vec(64 << 10).unwrap_or_default();
+        check(resp.status, &body)
     }
 }
 
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .tls_config(crate::tls::loopback_tls())
-        .http_status_as_error(false)
-        // Monit answers a successful action with a 302 to the service's page; that answer is the result.
-        .max_redirects(0)
-        .timeout_global(Some(timeout))
-        .timeout_connect(Some(timeout.min(Duration::from_secs(1))))
-        .build()
-        .new_agent()
-}
-
-fn transport(url: &str, e: ureq::Error) -> CallError {
+fn transport(url: &str, e: impl std::fmt::Display) -> CallError {
     CallError::Transport(format!("monit request {url}: {e}"))
 }
 
