@@ -561,6 +561,10 @@ struct Target {
 impl Target {
     fn parse(url: &str) -> Result<Target, String> {
         let shown = crate::url::redact_url(url);
+        // A space or control character would let a URL write its own request line or headers.
+        if url.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(format!("{shown}: the URL holds a space or control character"));
+        }
         let https = match url.split_once("://").map(|(s, _)| s.to_ascii_lowercase()) {
             Some(s) if s == "https" => true,
             Some(s) if s == "http" => false,
@@ -734,6 +738,7 @@ mod tests {
         assert_eq!((t.authority().as_str(), t.path.as_str()), ("[fd00::1]:80", "/?q"));
         assert!(Target::parse("ftp://h/x").is_err());
         assert!(Target::parse("http:///x").is_err());
+        assert!(Target::parse("http://h/x HTTP/1.1\r\nX-Evil: 1").is_err());
         let err = Target::parse("http://h:x/?sig=secret").unwrap_err();
         assert!(!err.contains("secret"), "{err}");
     }
