@@ -166,8 +166,9 @@ impl Client {
         }
         let absolute = proxy.is_some() && !target.https;
         let mut head = format!(
-            "{method} {} HTTP/1.1\r\nHost: {at}\r\nConnection: close\r\n",
-            if absolute { format!("http://{at}{}", target.path) } else { target.path.clone() },
+            "{method} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n",
+            if absolute { format!("http://{host}{}", target.path) } else { target.path.clone() },
+            host = target.host_header(),
         );
         let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
         for (name, default) in [("User-Agent", "bosh-agent"), ("Accept", "*/*")] {
@@ -556,6 +557,8 @@ struct Target {
     path: String,
     /// `Basic ...` from the URL's userinfo.
     basic_auth: Option<String>,
+    /// Whether the URL names its port.
+    port_given: bool,
 }
 
 impl Target {
@@ -599,7 +602,8 @@ impl Target {
             );
             format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(creds))
         });
-        Ok(Target { https, host: parts.host.to_string(), port, path, basic_auth })
+        let port_given = !matches!(parts.port, None | Some(""));
+        Ok(Target { https, host: parts.host.to_string(), port, path, basic_auth, port_given })
     }
 
     /// `host:port` as the `Host` header and `CONNECT` name it (IPv6 in brackets).
@@ -608,6 +612,17 @@ impl Target {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The `Host` header: the URL's host and port as written, so a URL without a port sends none. A
+    /// signed URL's signature covers this header, and object stores sign it without a default port.
+    fn host_header(&self) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        if self.port_given {
+            format!("{host}:{}", self.port)
+        } else {
+            host
         }
     }
 
@@ -736,6 +751,10 @@ mod tests {
         assert_eq!(t.basic_auth.as_deref(), Some("Basic dTpwQHNz"));
         let t = Target::parse("http://[fd00::1]?q").unwrap();
         assert_eq!((t.authority().as_str(), t.path.as_str()), ("[fd00::1]:80", "/?q"));
+        assert_eq!(t.host_header(), "[fd00::1]", "no port in the URL, none in Host");
+        let signed = Target::parse("https://bucket.s3.amazonaws.com/key?X-Amz-Signature=s").unwrap();
+        assert_eq!((signed.host_header().as_str(), signed.port), ("bucket.s3.amazonaws.com", 443));
+        assert_eq!(Target::parse("http://h:8080/").unwrap().host_header(), "h:8080");
         assert!(Target::parse("ftp://h/x").is_err());
         assert!(Target::parse("http:///x").is_err());
         assert!(Target::parse("http://h/x HTTP/1.1\r\nX-Evil: 1").is_err());
