@@ -31,8 +31,11 @@ use std::time::{Duration, Instant};
 const MAX_HEAD: u64 = 64 << 10;
 /// Longest chunk-size line of a chunked body.
 const MAX_CHUNK_LINE: u64 = 1 << 10;
-/// Buffer for reading answers and streaming bodies.
-const BUFFER: usize = 64 << 10;
+/// Buffer for streaming a file body to the server.
+const UPLOAD_BUFFER: usize = 64 << 10;
+/// Buffer for reading answers: one TLS record. A caller reading a body into a larger buffer of its
+/// own (a blob download) reads past it.
+const ANSWER_BUFFER: usize = 16 << 10;
 
 /// A client: whom it trusts, how long it waits, how many redirects it follows. Cheap to share
 /// (`Sync`); every request opens its own connection.
@@ -347,7 +350,7 @@ fn send_request(conn: &mut Conn, head: &[u8], body: Body<'_>) -> io::Result<()> 
         }
         Body::File(mut file) => {
             conn.write_all(head)?;
-            let mut buf = vec![0u8; BUFFER];
+            let mut buf = vec![0u8; UPLOAD_BUFFER];
             loop {
                 let n = match file.read(&mut buf) {
                     Ok(0) => break,
@@ -415,7 +418,7 @@ enum Framing {
 impl Response {
     /// Reads the head of the answer (skipping 1xx ones) and works out the body's framing.
     fn read(conn: Conn, head_only: bool) -> io::Result<Response> {
-        let mut reader = BufReader::with_capacity(BUFFER, conn);
+        let mut reader = BufReader::with_capacity(ANSWER_BUFFER, conn);
         loop {
             let mut head = Vec::new();
             loop {
