@@ -167,12 +167,13 @@ impl Client {
         if target.https {
             conn = self.secure(conn, &target.host)?;
         }
+        // Through a proxy, plain HTTP names the whole URL (absolute form); otherwise the path.
         let absolute = proxy.is_some() && !target.https;
-        let mut head = format!(
-            "{method} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n",
-            if absolute { format!("http://{host}{}", target.path) } else { target.path.clone() },
-            host = target.host_header(),
-        );
+        let named = target.host_header();
+        let request_target =
+            if absolute { format!("http://{named}{}", target.path) } else { target.path.clone() };
+        let mut head =
+            format!("{method} {request_target} HTTP/1.1\r\nHost: {named}\r\nConnection: close\r\n");
         let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
         for (name, default) in [("User-Agent", "bosh-agent"), ("Accept", "*/*")] {
             if !has(name) {
@@ -839,6 +840,19 @@ mod tests {
         assert!(sent.contains("\r\nX-A: b\r\n") && sent.contains("Connection: close"), "{sent}");
         assert_eq!(sent.matches("Accept:").count(), 1, "a default header only when not given: {sent}");
         assert!(!sent.contains("Content-Length"), "a GET without a body says no length: {sent}");
+    }
+
+    #[test]
+    fn through_a_proxy_plain_http_names_the_whole_url_and_the_proxys_credentials() {
+        let (proxy, server) = serve_once(b"HTTP/1.1 204 No Content\r\n\r\n");
+        let mut client = Client::new(Trust::Nobody);
+        client.proxy = Some(parse_proxy(&proxy.replace("http://", "http://me:pw@")).unwrap());
+        let r = client.send("GET", "http://blobs.example:25250/ab/c?d", &[], Body::Empty, None).unwrap();
+        assert_eq!(r.status, 204);
+        let sent = String::from_utf8(server.join().unwrap()).unwrap();
+        assert!(sent.starts_with("GET http://blobs.example:25250/ab/c?d HTTP/1.1\r\n"), "{sent}");
+        assert!(sent.contains("\r\nHost: blobs.example:25250\r\n"), "{sent}");
+        assert!(sent.contains("\r\nProxy-Authorization: Basic bWU6cHc=\r\n"), "{sent}");
     }
 
     #[test]
