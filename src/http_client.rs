@@ -201,9 +201,14 @@ impl Client {
             head.push_str(&format!("Content-Length: {length}\r\n"));
         }
         head.push_str("\r\n");
-        send_request(&mut conn, head.as_bytes(), body)
-            .map_err(|e| format!("{at}: sending the request: {e}"))?;
-        Response::read(conn, method == "HEAD").map_err(|e| format!("{at}: reading the answer: {e}"))
+        let head_only = method == "HEAD";
+        if let Err(sending) = send_request(&mut conn, head.as_bytes(), body) {
+            // A server may answer before it has read the body (a refused upload: 401, 413) and close;
+            // its answer says more than the broken write does.
+            return Response::read(conn, head_only)
+                .map_err(|_| format!("{at}: sending the request: {sending}"));
+        }
+        Response::read(conn, head_only).map_err(|e| format!("{at}: reading the answer: {e}"))
     }
 
     /// A TCP connection to the first address of `host` that answers.
@@ -853,6 +858,23 @@ mod tests {
         assert!(sent.starts_with("GET http://blobs.example:25250/ab/c?d HTTP/1.1\r\n"), "{sent}");
         assert!(sent.contains("\r\nHost: blobs.example:25250\r\n"), "{sent}");
         assert!(sent.contains("\r\nProxy-Authorization: Basic bWU6cHc=\r\n"), "{sent}");
+    }
+
+    #[test]
+    fn an_upload_refused_before_its_body_is_read_gets_the_servers_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/big", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n").unwrap();
+            // Closing with unread data makes the kernel reset the connection under the writer.
+        });
+        let big = vec![7u8; 32 << 20];
+        let r = Client::new(Trust::Nobody).send("PUT", &url, &[], Body::Bytes(&big), None);
+        server.join().unwrap();
+        assert_eq!(r.map(|r| r.status), Ok(413), "the answer, not the broken write");
     }
 
     #[test]
