@@ -11,6 +11,8 @@
 //! - every request on a new connection with `Connection: close`, so nothing is pooled or idles;
 //! - `Content-Length` for every body (object stores refuse chunked uploads), a file streamed from disk;
 //! - answers framed by `Content-Length`, chunked, or the connection's end; 1xx answers skipped;
+//! - an upload the server refuses before reading it (401, 413) gets the server's answer, not the
+//!   broken write;
 //! - GET and HEAD follow up to `max_redirects` redirects, dropping `Authorization` and `Cookie` when
 //!   the host changes; other methods get the redirect as their answer;
 //! - `HTTP_PROXY` / `HTTPS_PROXY` / `NO_PROXY` (either case) as Go reads them: loopback is never
